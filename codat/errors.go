@@ -1,0 +1,133 @@
+package codat
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// Sentinel errors for the cases the rotator must tell apart. An *APIError
+// matches the sentinel of its status with errors.Is.
+var (
+	// ErrUnauthorized means the key no longer works: Codat answered 401
+	// (incorrect or deleted key) or 403 (outdated key, or not associated
+	// with the resource). Codat does not document which of the two a
+	// deleted key gets, so both mean the same here.
+	ErrUnauthorized = errors.New("codat key not accepted")
+
+	// ErrBadRequest is a 400: Codat refused the request as malformed,
+	// for instance a key name over 50 characters.
+	ErrBadRequest = errors.New("codat rejected the request")
+
+	// ErrPlanLimit is a 402: the account's plan limit is exceeded.
+	ErrPlanLimit = errors.New("codat account limit exceeded")
+
+	// ErrNotFound is a 404: the key (or resource) does not exist.
+	ErrNotFound = errors.New("codat key not found")
+
+	// ErrCapReached is a 409 on create: the client already holds the
+	// maximum number of keys (10).
+	ErrCapReached = errors.New("codat key cap reached")
+
+	// ErrRateLimited is a 429 that the client did not, or could no longer,
+	// wait out.
+	ErrRateLimited = errors.New("codat rate limit")
+
+	// ErrServer is a 5xx (or 408): a problem on Codat's side that may pass.
+	ErrServer = errors.New("codat server error")
+
+	// ErrBadResponse means Codat answered with a success status but a body
+	// that cannot be used (not JSON, too large, or missing id or apiKey).
+	ErrBadResponse = errors.New("unusable codat response")
+
+	// ErrOutcomeUnknown means a create may or may not have made a key:
+	// the request may have reached Codat but no answer came back (5xx,
+	// timeout, connection dropped). The caller must look the key up by
+	// its name rather than send the create again.
+	ErrOutcomeUnknown = errors.New("outcome unknown")
+)
+
+// APIError is an error status from Codat. It carries what Codat support
+// asks for: the HTTP status and the correlation id.
+type APIError struct {
+	// Op is the operation that failed, such as "create key".
+	Op string
+	// StatusCode is the HTTP status. Codat's body also carries a
+	// statusCode, which some published examples contradict; the HTTP
+	// status wins.
+	StatusCode int
+	// Message is Codat's "error" field, or a short description of a
+	// body that was not Codat's error JSON (a proxy's HTML page).
+	Message string
+	// CorrelationID is Codat's correlationId, empty when absent.
+	CorrelationID string
+	// CanBeRetried is Codat's canBeRetried string ("Unknown", "True", ...).
+	CanBeRetried string
+	// RetryAfter is the parsed Retry-After header of a 429 or 503, zero
+	// when absent.
+	RetryAfter time.Duration
+}
+
+func (e *APIError) Error() string {
+	msg := fmt.Sprintf("%s: codat answered %d %s", e.Op, e.StatusCode, http.StatusText(e.StatusCode))
+	if e.Message != "" {
+		msg += ": " + e.Message
+	}
+	if e.CorrelationID != "" {
+		msg += " (correlation id " + e.CorrelationID + ")"
+	}
+	return msg
+}
+
+// Is maps the status to the sentinel errors above.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrUnauthorized:
+		return e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden
+	case ErrBadRequest:
+		return e.StatusCode == http.StatusBadRequest
+	case ErrPlanLimit:
+		return e.StatusCode == http.StatusPaymentRequired
+	case ErrNotFound:
+		return e.StatusCode == http.StatusNotFound
+	case ErrCapReached:
+		return e.StatusCode == http.StatusConflict
+	case ErrRateLimited:
+		return e.StatusCode == http.StatusTooManyRequests
+	case ErrServer:
+		return retryableStatus(e.StatusCode) && e.StatusCode != http.StatusTooManyRequests
+	}
+	return false
+}
+
+// OutcomeUnknownError is returned by Create when the request may have
+// reached Codat and no usable answer came back. It matches
+// ErrOutcomeUnknown.
+type OutcomeUnknownError struct {
+	// Name is the name the key was to be created with: the handle for
+	// finding it with FindByName.
+	Name string
+	// Err is what went wrong: a 5xx, a timeout, a dropped connection.
+	Err error
+}
+
+func (e *OutcomeUnknownError) Error() string {
+	return fmt.Sprintf("create key %q: outcome unknown, the request may have reached codat (look the key up by name, do not create again): %v", e.Name, e.Err)
+}
+
+// Unwrap exposes the cause.
+func (e *OutcomeUnknownError) Unwrap() error { return e.Err }
+
+// Is matches ErrOutcomeUnknown.
+func (e *OutcomeUnknownError) Is(target error) bool { return target == ErrOutcomeUnknown }
+
+// retryableStatus reports whether a status is worth another try for an
+// idempotent operation.
+func retryableStatus(code int) bool {
+	switch code {
+	case http.StatusRequestTimeout, http.StatusTooManyRequests:
+		return true
+	}
+	return code >= 500 && code <= 599
+}
