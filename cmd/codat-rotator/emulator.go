@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/codat/emulator"
+)
+
+// emulatorCommand is `codat-rotator emulator`: a local Codat stand-in.
+type emulatorCommand struct {
+	stdout, stderr io.Writer
+
+	listen     string
+	initialKey string
+	faults     string
+	latency    time.Duration
+	opts       emulator.Options
+	logLevel   string
+	logFormat  string
+
+	emu    *emulator.Server
+	server *http.Server
+	ln     net.Listener
+	served chan error
+}
+
+func newEmulatorCommand(stdout, stderr io.Writer) *emulatorCommand {
+	return &emulatorCommand{stdout: stdout, stderr: stderr}
+}
+
+func (c *emulatorCommand) ParseFlags(args []string) error {
+	fs := newFlagSet("emulator", "[flags]", c.stderr)
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:8484", "`address` to serve on; port 0 picks a free one (logged)")
+	fs.StringVar(&c.initialKey, "initial-key", "", "raw value of the client's first `key`; empty generates one and prints it as stdout's only line")
+	fs.StringVar(&c.faults, "faults", "", "faults at start, as the JSON of POST /_emulator/faults, or @file")
+	fs.DurationVar(&c.latency, "latency", 0, "latency added to every list, create and delete")
+	fs.IntVar(&c.opts.MaxKeys, "max-keys", emulator.CodatMaxKeys, "the key cap answered with 409")
+	fs.BoolVar(&c.opts.ListOmitsRawKeys, "list-omits-raw-keys", false, "leave apiKey out of list results")
+	fs.BoolVar(&c.opts.AllowDeleteLast, "allow-delete-last", false, "let the last key be deleted (still recorded as a violation)")
+	fs.IntVar(&c.opts.DailyQuota, "daily-quota", 1000, "requests a day reported in X-Rate-Limit-* headers")
+	fs.BoolVar(&c.opts.EnforceQuota, "enforce-quota", false, "answer 429 once the daily quota is spent")
+	fs.Uint64Var(&c.opts.Seed, "seed", 0, "seed for random faults; 0 picks one")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
+	fs.StringVar(&c.logFormat, "log-format", "auto", "log `format`: auto, json, text, pretty")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
+	if _, _, err := net.SplitHostPort(c.listen); err != nil {
+		return fmt.Errorf("--listen %q: want host:port: %v", c.listen, err)
+	}
+	if c.faults != "" {
+		text := c.faults
+		if path, ok := strings.CutPrefix(text, "@"); ok {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return fmt.Errorf("--faults: %w", err)
+			}
+			text = string(b)
+		}
+		f, err := emulator.ParseFaults(text)
+		if err != nil {
+			return fmt.Errorf("--faults: %w", err)
+		}
+		c.opts.Faults = f
+	}
+	if c.latency < 0 {
+		return fmt.Errorf("--latency %s: must not be negative", c.latency)
+	}
+	if c.latency > 0 {
+		for _, f := range []*emulator.OpFaults{&c.opts.Faults.List, &c.opts.Faults.Create, &c.opts.Faults.Delete} {
+			f.Latency = emulator.Duration(c.latency)
+		}
+	}
+	if c.opts.MaxKeys < 1 {
+		return fmt.Errorf("--max-keys %d: must be at least 1", c.opts.MaxKeys)
+	}
+	if c.opts.DailyQuota < 1 {
+		return fmt.Errorf("--daily-quota %d: must be at least 1", c.opts.DailyQuota)
+	}
+	c.opts.InitialKey = c.initialKey
+	return nil
+}
+
+func (c *emulatorCommand) Run(ctx context.Context) error {
+	log, err := newLogger(c.stderr, c.logLevel, c.logFormat)
+	if err != nil {
+		return &usageError{err}
+	}
+	c.opts.Logger = log.With("component", "emulator")
+	c.emu, err = emulator.New(c.opts)
+	if err != nil {
+		return &usageError{err}
+	}
+	c.ln, err = net.Listen("tcp", c.listen)
+	if err != nil {
+		return &usageError{fmt.Errorf("--listen %q: %w", c.listen, err)}
+	}
+	if c.initialKey == "" {
+		// The one line on stdout, so that scripts can capture the key.
+		if _, err := fmt.Fprintln(c.stdout, c.emu.InitialKey()); err != nil {
+			return fmt.Errorf("print initial key: %w", err)
+		}
+	}
+	c.server = &http.Server{
+		Handler:           c.emu,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	c.served = make(chan error, 1)
+	go func() { c.served <- c.server.Serve(c.ln) }()
+	log.Info("emulator listening", "addr", c.ln.Addr().String(), "url", "http://"+c.ln.Addr().String(),
+		"max_keys", c.opts.MaxKeys, "initial_key_generated", c.initialKey == "")
+
+	select {
+	case <-ctx.Done():
+		log.Info("emulator stopping")
+		return nil
+	case err := <-c.served:
+		return fmt.Errorf("serve: %w", err)
+	}
+}
+
+func (c *emulatorCommand) Close() error {
+	if c.emu != nil {
+		c.emu.Close() // release hung requests so shutdown can finish
+	}
+	if c.server == nil {
+		if c.ln != nil {
+			return c.ln.Close()
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.server.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("shut down emulator: %w", err)
+	}
+	return nil
+}

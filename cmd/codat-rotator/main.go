@@ -1,0 +1,139 @@
+// Command codat-rotator rotates Codat API keys on a schedule and
+// publishes them to HashiCorp Vault. This file handles signals and exit
+// codes only; each subcommand is a type with ParseFlags, Run and Close.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+func main() {
+	ctx, cancel := context.WithCancel(context.Background())
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-signals
+		cancel() // first signal: the graceful path
+		<-signals
+		fmt.Fprintln(os.Stderr, "codat-rotator: second signal, exiting now")
+		os.Exit(exitError)
+	}()
+	os.Exit(Main(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// command is one subcommand.
+type command interface {
+	// ParseFlags reads the command's flags and arguments.
+	ParseFlags(args []string) error
+	// Run does the command's work; a long-running command returns when
+	// ctx is done.
+	Run(ctx context.Context) error
+	// Close releases what Run holds.
+	Close() error
+}
+
+// commands lists the subcommands with a line of help each.
+var commands = []struct {
+	name, help string
+	make       func(stdout, stderr io.Writer) command
+}{
+	{"emulator", "run a local Codat API emulator for demos and tests", func(o, e io.Writer) command { return newEmulatorCommand(o, e) }},
+	{"version", "print version and build information", func(o, e io.Writer) command { return &versionCommand{stdout: o} }},
+}
+
+// Main runs the program with args (without the program name) and returns
+// the exit code. Tests call it as users call the binary.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		printUsage(stderr)
+		return exitUsage
+	}
+	name := args[0]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		printUsage(stdout)
+		return exitOK
+	}
+	for _, c := range commands {
+		if c.name != name {
+			continue
+		}
+		cmd := c.make(stdout, stderr)
+		if err := cmd.ParseFlags(args[1:]); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return exitOK
+			}
+			fmt.Fprintf(stderr, "codat-rotator %s: %v\n", name, err)
+			return exitUsage
+		}
+		err := cmd.Run(ctx)
+		if cerr := cmd.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "codat-rotator %s: %v\n", name, err)
+			var u *usageError
+			if errors.As(err, &u) {
+				return exitUsage
+			}
+			return exitError
+		}
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "codat-rotator: unknown command %q\n\n", name)
+	printUsage(stderr)
+	return exitUsage
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintln(w, "usage: codat-rotator <command> [flags]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "commands:")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.help)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Run 'codat-rotator <command> -h' for a command's flags.")
+}
+
+// usageError is bad input found after flag parsing (an address that
+// cannot be listened on, say); it exits with the usage code.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// newFlagSet returns a flag set that reports errors instead of exiting
+// and prints a usage text listing every flag with its default.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: codat-rotator %s %s\n\nflags:\n", name, synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// noArgs rejects positional arguments a command does not take.
+func noArgs(fs *flag.FlagSet) error {
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}

@@ -1,0 +1,270 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binary is the real program, built once for the whole-binary tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "codat-rotator-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "codat-rotator")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build codat-rotator:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// run runs the binary to completion and returns its exit code and output.
+func run(tb testing.TB, args ...string) (code int, stdout, stderr string) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), o.String(), e.String()
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return 0, o.String(), e.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	tests := []struct {
+		name string
+		args []string
+		want string // in stderr
+	}{
+		{"no command", nil, "usage: codat-rotator <command>"},
+		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"unknown flag", []string{"emulator", "--nope"}, "flag provided but not defined: -nope"},
+		{"listen without port", []string{"emulator", "--listen", "localhost"}, `--listen "localhost": want host:port`},
+		{"listen on a busy port", []string{"emulator", "--listen", busy.Addr().String()}, "address already in use"},
+		{"listen on a foreign address", []string{"emulator", "--listen", "192.0.2.1:0"}, "cannot assign requested address"},
+		{"bad faults", []string{"emulator", "--faults", `{"create":{"fail_rate":2}}`}, "create.fail_rate: 2 is not between 0 and 1"},
+		{"unknown fault", []string{"emulator", "--faults", `{"create":{"explode":1}}`}, `unknown field "explode"`},
+		{"stray argument", []string{"emulator", "now"}, `unexpected argument "now"`},
+		{"bad log level", []string{"emulator", "--listen", "127.0.0.1:0", "--log-level", "loud"}, `log level "loud"`},
+		{"short initial key", []string{"emulator", "--listen", "127.0.0.1:0", "--initial-key", "abc"}, "initial key: want 8 to 256 characters"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := run(t, tt.args...)
+			if code != exitUsage {
+				t.Errorf("exit code: got %d, want %d", code, exitUsage)
+			}
+			if !strings.Contains(stderr, tt.want) {
+				t.Errorf("stderr: want %q in\n%s", tt.want, stderr)
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	code, stdout, _ := run(t, "help")
+	if code != 0 || !strings.Contains(stdout, "emulator") || !strings.Contains(stdout, "version") {
+		t.Fatalf("help: exit %d, stdout:\n%s", code, stdout)
+	}
+	code, _, stderr := run(t, "emulator", "-h")
+	if code != 0 || !strings.Contains(stderr, "-listen address") || !strings.Contains(stderr, `(default "127.0.0.1:8484")`) {
+		t.Fatalf("emulator -h: exit %d, stderr:\n%s", code, stderr)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, stdout, _ := run(t, "version")
+	if code != 0 || !strings.HasPrefix(stdout, "codat-rotator ") || !strings.Contains(stdout, "go: go1.") {
+		t.Fatalf("version: exit %d, stdout:\n%s", code, stdout)
+	}
+}
+
+func TestEmulatorCommand(t *testing.T) {
+	cmd := exec.Command(binary, "emulator", "--listen", "127.0.0.1:0", "--log-format", "json")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+
+	// stdout's one line is the generated key, ready for a script.
+	key, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	key = strings.TrimSpace(key)
+	if len(key) != 40 {
+		t.Fatalf("printed key %q: want 40 characters", key)
+	}
+	var addr string
+	logs := bufio.NewScanner(stderr)
+	var logged bytes.Buffer
+	for logs.Scan() {
+		logged.WriteString(logs.Text() + "\n")
+		var rec struct {
+			Msg  string `json:"msg"`
+			Addr string `json:"addr"`
+		}
+		if err := json.Unmarshal(logs.Bytes(), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %q", logs.Text())
+		}
+		if rec.Msg == "emulator listening" {
+			addr = rec.Addr
+			break
+		}
+	}
+	if addr == "" {
+		t.Fatalf("no address logged:\n%s", logged.String())
+	}
+	go func() { _, _ = io.Copy(&logged, stderr) }()
+
+	req, _ := http.NewRequest("GET", "http://"+addr+"/apiKeys", nil)
+	req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(key)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), key) {
+		t.Fatalf("list with the printed key: %d %s", resp.StatusCode, body)
+	}
+
+	// Faults can be set while it runs.
+	resp, err = http.Post("http://"+addr+"/_emulator/faults", "application/json", strings.NewReader(`{"list":{"fail":1,"fail_status":503}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("set faults: %d", resp.StatusCode)
+	}
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Fatalf("after the fault: got %d, want 503", resp.StatusCode)
+	}
+
+	// SIGTERM stops it cleanly.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("emulator did not stop on SIGTERM")
+	}
+}
+
+func TestEmulatorInitialKeyFlag(t *testing.T) {
+	const key = "ztHQGvnC4XN2CgUhaDWEG4ySLUJqWjp7zkbZkGHd"
+	cmd := exec.Command(binary, "emulator", "--listen", "127.0.0.1:0", "--log-format", "json", "--initial-key", key)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill() }()
+	logs := bufio.NewScanner(stderr)
+	addr := ""
+	var logged strings.Builder
+	for addr == "" && logs.Scan() {
+		logged.WriteString(logs.Text() + "\n")
+		var rec struct {
+			Msg, Addr string
+		}
+		if json.Unmarshal(logs.Bytes(), &rec) == nil && rec.Msg == "emulator listening" {
+			addr = rec.Addr
+		}
+	}
+	if addr == "" {
+		t.Fatalf("no address logged:\n%s", logged.String())
+	}
+	req, _ := http.NewRequest("GET", "http://"+addr+"/apiKeys", nil)
+	req.Header.Set("Authorization", "Basic enRIUUd2bkM0WE4yQ2dVaGFEV0VHNHlTTFVKcVdqcDd6a2Jaa0dIZA==")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("list with the given key: got %d", resp.StatusCode)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(&logged, stderrReader(logs))
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("stdout: got %q, want nothing when the key is given", stdout.String())
+	}
+	if strings.Contains(logged.String(), key) {
+		t.Errorf("the given key appears in the log:\n%s", logged.String())
+	}
+}
+
+// stderrReader drains what a scanner has not read yet.
+func stderrReader(s *bufio.Scanner) io.Reader {
+	pr, pw := io.Pipe()
+	go func() {
+		for s.Scan() {
+			_, _ = pw.Write(append(s.Bytes(), '\n'))
+		}
+		pw.Close()
+	}()
+	return pr
+}
