@@ -26,12 +26,21 @@ type Key struct {
 }
 
 // keyDetails is the wire form of ApiKeyDetails. No field is marked
-// required in Codat's spec, so every field is a pointer and checked.
-type keyDetails struct {
-	ID          *string `json:"id"`
-	Name        *string `json:"name"`
-	APIKey      *string `json:"apiKey"`
-	CreatedDate *string `json:"createdDate"`
+// required in Codat's spec: each is read on its own, so that a field of
+// an unexpected type costs that field, not the whole key.
+type keyDetails map[string]json.RawMessage
+
+// str returns a field that is a JSON string, or "" and false.
+func (d keyDetails) str(name string) (string, bool) {
+	raw, ok := d[name]
+	if !ok {
+		return "", false
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return "", false
+	}
+	return s, true
 }
 
 type keyList struct {
@@ -56,7 +65,7 @@ func DecodeKey(body []byte) (Key, error) {
 func DecodeKeyList(body []byte) ([]Key, error) {
 	var l keyList
 	if err := json.Unmarshal(body, &l); err != nil {
-		return nil, fmt.Errorf("%w: list body is not JSON: %v", ErrBadResponse, err)
+		return nil, fmt.Errorf("%w: list body is not a JSON object with results", ErrBadResponse)
 	}
 	if l.Results == nil {
 		return nil, fmt.Errorf("%w: list body has no results", ErrBadResponse)
@@ -74,22 +83,20 @@ func DecodeKeyList(body []byte) ([]Key, error) {
 
 func decodeKey(body []byte) (Key, error) {
 	var d keyDetails
-	if err := json.Unmarshal(body, &d); err != nil {
-		return Key{}, fmt.Errorf("%w: key is not a JSON object: %v", ErrBadResponse, err)
+	if err := json.Unmarshal(body, &d); err != nil || d == nil {
+		return Key{}, fmt.Errorf("%w: key is not a JSON object", ErrBadResponse)
 	}
-	if d.ID == nil || *d.ID == "" {
-		return Key{}, fmt.Errorf("%w: key has no id", ErrBadResponse)
+	id, _ := d.str("id")
+	if id == "" {
+		return Key{}, fmt.Errorf("%w: key has no id (or it is not a string)", ErrBadResponse)
 	}
-	k := Key{ID: *d.ID}
-	if d.Name != nil {
-		k.Name = *d.Name
-	}
-	if d.APIKey != nil {
-		k.APIKey = Secret(*d.APIKey)
-	}
-	if d.CreatedDate != nil {
-		k.CreatedRaw = *d.CreatedDate
-		k.Created, _ = ParseTime(*d.CreatedDate)
+	k := Key{ID: id}
+	k.Name, _ = d.str("name")
+	raw, _ := d.str("apiKey")
+	k.APIKey = Secret(raw)
+	if c, ok := d.str("createdDate"); ok {
+		k.CreatedRaw = c
+		k.Created, _ = ParseTime(c)
 	}
 	return k, nil
 }
@@ -127,20 +134,21 @@ func ParseTime(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("parse time %q: not an ISO 8601 date-time", s)
 }
 
-// errorBody is Codat's error document.
-type errorBody struct {
-	StatusCode        *int            `json:"statusCode"`
-	Service           string          `json:"service"`
-	Error             *string         `json:"error"`
-	CorrelationID     string          `json:"correlationId"`
-	CanBeRetried      json.RawMessage `json:"canBeRetried"`
-	DetailedErrorCode *int            `json:"detailedErrorCode"`
-	Validation        *struct {
-		Errors []struct {
-			ItemID  string `json:"itemId"`
-			Message string `json:"message"`
-		} `json:"errors"`
-	} `json:"validation"`
+// errorFields reads Codat's error document field by field: a field of an
+// unexpected type (a statusCode sent as a string, say) must not cost the
+// message and correlation id that support needs.
+type errorFields map[string]json.RawMessage
+
+func (f errorFields) str(name string) (string, bool) {
+	raw, ok := f[name]
+	if !ok {
+		return "", false
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return "", false
+	}
+	return s, true
 }
 
 // DecodeError builds the APIError for an error response. It never fails:
@@ -148,20 +156,29 @@ type errorBody struct {
 // empty body) is described by its type and size instead.
 func DecodeError(op string, status int, contentType string, body []byte) *APIError {
 	e := &APIError{Op: op, StatusCode: status}
-	var b errorBody
-	if err := json.Unmarshal(body, &b); err == nil && b.Error != nil {
-		e.Message = strings.TrimSpace(*b.Error)
-		e.CorrelationID = b.CorrelationID
-		e.CanBeRetried = rawString(b.CanBeRetried)
-		if b.Validation != nil {
-			for _, v := range b.Validation.Errors {
-				if v.Message != "" && !strings.Contains(e.Message, v.Message) {
-					e.Message += "; " + v.Message
-				}
+	var f errorFields
+	msg, ok := "", false
+	if json.Unmarshal(body, &f) == nil {
+		msg, ok = f.str("error")
+	}
+	if !ok {
+		e.Message = describeBody(contentType, body)
+		return e
+	}
+	e.Message = strings.TrimSpace(msg)
+	e.CorrelationID, _ = f.str("correlationId")
+	e.CanBeRetried = rawString(f["canBeRetried"])
+	var v struct {
+		Errors []struct {
+			Message string `json:"message"`
+		} `json:"errors"`
+	}
+	if raw, ok := f["validation"]; ok && json.Unmarshal(raw, &v) == nil {
+		for _, item := range v.Errors {
+			if item.Message != "" && !strings.Contains(e.Message, item.Message) {
+				e.Message += "; " + item.Message
 			}
 		}
-	} else {
-		e.Message = describeBody(contentType, body)
 	}
 	return e
 }
@@ -196,14 +213,18 @@ func ParseRetryAfter(v string, now time.Time) (time.Duration, error) {
 	if v == "" {
 		return 0, fmt.Errorf("parse retry-after: empty")
 	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs < 0 {
-			return 0, fmt.Errorf("parse retry-after %q: negative", v)
-		}
-		if secs > int64(24*time.Hour/time.Second) {
-			secs = int64(24 * time.Hour / time.Second)
+	const maxRetryAfter = 24 * time.Hour
+	if digitsOnly(v) {
+		secs, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || secs > int64(maxRetryAfter/time.Second) {
+			return maxRetryAfter, nil // too large to represent: the cap
 		}
 		return time.Duration(secs) * time.Second, nil
+	}
+	if strings.HasPrefix(v, "-") {
+		if _, err := strconv.ParseInt(v, 10, 64); err == nil {
+			return 0, fmt.Errorf("parse retry-after %q: negative", v)
+		}
 	}
 	t, err := http.ParseTime(v)
 	if err != nil {
@@ -213,5 +234,14 @@ func ParseRetryAfter(v string, now time.Time) (time.Duration, error) {
 	if d < 0 {
 		d = 0
 	}
-	return d, nil
+	return min(d, maxRetryAfter), nil
+}
+
+func digitsOnly(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
 }

@@ -11,6 +11,7 @@ package emulator
 
 import (
 	"crypto/rand"
+	"errors"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -168,8 +169,9 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
-// Close releases requests held open by a hang fault. The Server answers
-// no request after Close as if it were hung; close the listener too.
+// Close releases requests held open by hang and latency faults, which
+// then get no answer (the connection drops), and makes the Server drop
+// every later request too; close the listener as well.
 func (s *Server) Close() { s.stop.Do(func() { close(s.done) }) }
 
 // InitialKey returns the raw value of the key the client started with.
@@ -245,16 +247,31 @@ func (s *Server) Violations() []Violation {
 // toward the cap but was not made through the API. It returns the key's
 // id and raw value.
 func (s *Server) AddPortalKey(name string) (id, raw string, err error) {
+	k, err := s.addPortalKey(name)
+	if err != nil {
+		return "", "", err
+	}
+	return k.id, k.raw, nil
+}
+
+// Errors of the portal operations.
+var (
+	errPortalName = errors.New("name is longer than 50 characters")
+	errPortalCap  = errors.New("the key cap is reached")
+)
+
+func (s *Server) addPortalKey(name string) (*key, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.active()) >= s.opts.MaxKeys {
-		return "", "", fmt.Errorf("add portal key: %d keys already, the cap is %d", len(s.active()), s.opts.MaxKeys)
-	}
 	if len([]rune(name)) > maxNameLen {
-		return "", "", fmt.Errorf("add portal key: name is longer than %d characters", maxNameLen)
+		return nil, fmt.Errorf("add portal key: %w", errPortalName)
+	}
+	if len(s.active()) >= s.opts.MaxKeys {
+		return nil, fmt.Errorf("add portal key: %w (%d keys)", errPortalCap, len(s.active()))
 	}
 	k := s.addKey(name, OriginPortal)
-	return k.id, k.raw, nil
+	copied := *k
+	return &copied, nil
 }
 
 // DeletePortalKey deletes a key as a person would in the Portal. Like the

@@ -46,6 +46,11 @@ type response struct {
 }
 
 func (s *Server) serveCodat(w http.ResponseWriter, r *http.Request) {
+	select {
+	case <-s.done:
+		panic(http.ErrAbortHandler) // closed: answer nothing
+	default:
+	}
 	s.inflight.Add(1)
 	defer s.inflight.Add(-1)
 	// Read the body first: net/http notices a client that goes away (and
@@ -73,8 +78,8 @@ func (s *Server) serveCodat(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Rate-Limit-Reset", quotaReset.Format(time.RFC3339))
 
 	if v.latency > 0 && !s.wait(r, v.latency) {
-		s.record(ev, 0, "client gave up during latency")
-		return
+		s.record(ev, 0, "latency interrupted")
+		panic(http.ErrAbortHandler) // no answer at all, never an empty 200
 	}
 
 	var resp response
@@ -88,7 +93,10 @@ func (s *Server) serveCodat(w http.ResponseWriter, r *http.Request) {
 	case v.hang:
 		s.wait(r, 0)
 		s.record(ev, 0, "hang")
-		return
+		panic(http.ErrAbortHandler) // released by Close: drop, never an empty 200
+	case v.failStatus == http.StatusTooManyRequests:
+		resp = s.rateLimited(time.Second, false) // every 429 carries Retry-After
+		ev.Fault = "fail"
 	case v.failStatus != 0:
 		resp = s.failure(v.failStatus)
 		ev.Fault = "fail"
@@ -263,8 +271,6 @@ func (s *Server) failure(status int) response {
 		msg = msgUnauthorized
 	case http.StatusPaymentRequired:
 		msg = "The account limit of your plan has been exceeded."
-	case http.StatusTooManyRequests:
-		msg = msgRateLimited
 	}
 	return errorResponse(status, msg, nil)
 }

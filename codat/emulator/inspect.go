@@ -2,6 +2,7 @@ package emulator
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -47,16 +48,20 @@ func (s *Server) serveInspect(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			Name string `json:"name"`
 		}
-		if err := decodeStrict(r.Body, &req); err != nil {
+		if err := decodeStrict(r.Body, &req); err != nil && !errors.Is(err, io.EOF) {
 			writeJSON(w, http.StatusBadRequest, inspectError(err.Error()))
 			return
 		}
-		id, raw, err := s.AddPortalKey(req.Name)
-		if err != nil {
+		k, err := s.addPortalKey(req.Name)
+		switch {
+		case errors.Is(err, errPortalName):
+			writeJSON(w, http.StatusBadRequest, inspectError(err.Error()))
+			return
+		case err != nil:
 			writeJSON(w, http.StatusConflict, inspectError(err.Error()))
 			return
 		}
-		writeJSON(w, http.StatusCreated, PortalKey{ID: id, Name: req.Name, APIKey: raw, CreatedDate: s.now().Format(time.RFC3339)})
+		writeJSON(w, http.StatusCreated, PortalKey{ID: k.id, Name: k.name, APIKey: k.raw, CreatedDate: k.created.Format(time.RFC3339)})
 	case strings.HasPrefix(path, "/keys/") && r.Method == http.MethodDelete:
 		if err := s.DeletePortalKey(strings.TrimPrefix(path, "/keys/")); err != nil {
 			writeJSON(w, http.StatusConflict, inspectError(err.Error()))
@@ -106,7 +111,13 @@ func (s *Server) serveInspect(w http.ResponseWriter, r *http.Request) {
 func decodeStrict(r io.Reader, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r, 1<<20))
 	dec.DisallowUnknownFields()
-	return dec.Decode(v)
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
 }
 
 func inspectError(msg string) map[string]string { return map[string]string{"error": msg} }
