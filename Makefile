@@ -13,7 +13,14 @@ STATICCHECK := $(BIN)/staticcheck
 FUZZTIME ?= 30s
 FUZZ_TARGETS := FuzzDecodeKey FuzzDecodeKeyList FuzzDecodeError FuzzParseRetryAfter FuzzParseTime
 
-.PHONY: help build emulator test lint fmt fuzz clean
+# Tests need a real `vault server -dev`: the one on PATH, or bin/vault built
+# from the pinned module in tools/vault (its own module, so Vault's
+# dependencies stay out of ours). The first build takes ~10-20 minutes and
+# ~4 GB of module cache; later builds reuse the caches.
+VAULT_BIN ?= $(shell command -v vault 2>/dev/null || echo $(CURDIR)/$(BIN)/vault)
+export VAULT_BIN
+
+.PHONY: help build emulator test vault lint fmt fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,8 +31,14 @@ build: ## build bin/codat-rotator
 emulator: build ## build and run the local Codat emulator on 127.0.0.1:8484
 	$(BIN)/codat-rotator emulator --listen 127.0.0.1:8484
 
-test: ## run the whole test suite with the race detector
+test: vault ## run the whole test suite with the race detector
 	$(GO) test -race -count=1 ./...
+
+vault: ## make sure a vault binary exists for the tests (PATH, or build bin/vault)
+	@if [ -x "$(VAULT_BIN)" ]; then echo "vault: $(VAULT_BIN)"; else \
+		echo "vault: building $(BIN)/vault from tools/vault (pinned github.com/hashicorp/vault v1.21.0)"; \
+		cd tools/vault && $(GO) build -mod=mod -trimpath -ldflags '-s -w' -o $(CURDIR)/$(BIN)/vault . ; \
+	fi
 
 lint: $(STATICCHECK) ## gofmt, go vet and staticcheck
 	@unformatted=$$(gofmt -l .); \
