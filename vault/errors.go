@@ -1,0 +1,141 @@
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/hashicorp/vault/api"
+)
+
+// Errors that name what is wrong with Vault; match them with errors.Is.
+var (
+	// ErrMountMissing: no secrets engine is mounted at the mount path.
+	ErrMountMissing = errors.New("vault mount missing")
+	// ErrNotKVv2: the mount is not a KV version 2 engine (KV v1 has no
+	// check-and-set and no versions, so publishing there is refused).
+	ErrNotKVv2 = errors.New("vault mount is not kv version 2")
+	// ErrPermissionDenied: the token's policies lack a capability.
+	ErrPermissionDenied = errors.New("vault permission denied")
+	// ErrTokenInvalid: the token is expired, revoked or unknown; a new
+	// login may help.
+	ErrTokenInvalid = errors.New("vault token invalid")
+	// ErrSealed: Vault is sealed.
+	ErrSealed = errors.New("vault is sealed")
+	// ErrUnreachable: no answer from Vault (connection refused, DNS,
+	// TLS, timeout).
+	ErrUnreachable = errors.New("vault unreachable")
+	// ErrCASConflict: the secret changed since it was read.
+	ErrCASConflict = errors.New("vault check-and-set conflict")
+	// ErrMalformed: the secret exists but is not a codat-rotator secret
+	// (a field is missing or unreadable).
+	ErrMalformed = errors.New("vault secret malformed")
+	// ErrServer: any other error status from Vault.
+	ErrServer = errors.New("vault error")
+)
+
+// Error is a failed Vault call with what it was for.
+type Error struct {
+	// Op is what was attempted: "read", "write", "read back", ...
+	Op string
+	// Path is the Vault API path, such as "secret/data/codat/production".
+	Path string
+	// Capability is the policy capability the call needs.
+	Capability string
+	// Status is the HTTP status, 0 when none came back.
+	Status int
+	// Kind is one of the sentinel errors above.
+	Kind error
+	// Detail is Vault's message, or the transport error.
+	Detail string
+	// Err is the underlying error.
+	Err error
+}
+
+// Unwrap exposes the underlying error (context.Canceled, say).
+func (e *Error) Unwrap() error { return e.Err }
+
+func (e *Error) Error() string {
+	switch e.Kind {
+	case ErrPermissionDenied:
+		return fmt.Sprintf("vault %s %s: permission denied: the token's policies must grant %q on %q", e.Op, e.Path, e.Capability, e.Path)
+	case ErrTokenInvalid:
+		return fmt.Sprintf("vault %s %s: the token is invalid or expired (%s)", e.Op, e.Path, e.Detail)
+	case ErrSealed:
+		return fmt.Sprintf("vault %s %s: vault is sealed", e.Op, e.Path)
+	case ErrMountMissing:
+		return fmt.Sprintf("vault %s %s: no secrets engine is mounted there (%s)", e.Op, e.Path, e.Detail)
+	case ErrUnreachable:
+		return fmt.Sprintf("vault %s %s: vault unreachable: %s", e.Op, e.Path, e.Detail)
+	}
+	if e.Status != 0 {
+		return fmt.Sprintf("vault %s %s: %d %s: %s", e.Op, e.Path, e.Status, http.StatusText(e.Status), e.Detail)
+	}
+	return fmt.Sprintf("vault %s %s: %s", e.Op, e.Path, e.Detail)
+}
+
+// Is matches the sentinel of the error's kind.
+func (e *Error) Is(target error) bool { return target == e.Kind }
+
+// CASConflictError says that someone else wrote the secret.
+type CASConflictError struct {
+	Path string
+	// Expected is the version the write was based on.
+	Expected int
+	// Current is the version found after the conflict, 0 if unknown.
+	Current int
+}
+
+func (e *CASConflictError) Error() string {
+	if e.Current > 0 {
+		return fmt.Sprintf("vault write %s: someone else wrote %s at version %d (this write expected version %d)", e.Path, e.Path, e.Current, e.Expected)
+	}
+	return fmt.Sprintf("vault write %s: someone else wrote %s since version %d was read", e.Path, e.Path, e.Expected)
+}
+
+// Is matches ErrCASConflict.
+func (e *CASConflictError) Is(target error) bool { return target == ErrCASConflict }
+
+// classify turns an error of the Vault API client into an *Error.
+func classify(op, path, capability string, err error) error {
+	if err == nil {
+		return nil
+	}
+	e := &Error{Op: op, Path: path, Capability: capability, Kind: ErrServer, Err: err}
+	if errors.Is(err, context.Canceled) {
+		// The caller gave up: not Vault's fault. (A deadline is reported
+		// as unreachable: the client's own timeout is one.)
+		return fmt.Errorf("vault %s %s: %w", op, path, err)
+	}
+	var re *api.ResponseError
+	if errors.As(err, &re) {
+		e.Status = re.StatusCode
+		msg := strings.Join(re.Errors, "; ")
+		msg = strings.Join(strings.Fields(msg), " ") // Vault's multi-error text spans lines
+		e.Detail = msg
+		switch {
+		case re.StatusCode == http.StatusForbidden && strings.Contains(msg, "invalid token"):
+			e.Kind = ErrTokenInvalid
+		case re.StatusCode == http.StatusForbidden:
+			e.Kind = ErrPermissionDenied
+		case re.StatusCode == http.StatusServiceUnavailable && strings.Contains(msg, "sealed"):
+			e.Kind = ErrSealed
+		case re.StatusCode == http.StatusNotFound && strings.Contains(msg, "no handler for route"):
+			e.Kind = ErrMountMissing
+		}
+		return e
+	}
+	var ue *url.Error
+	var ne net.Error
+	if errors.As(err, &ue) || errors.As(err, &ne) {
+		e.Kind = ErrUnreachable
+		e.Detail = err.Error()
+		return e
+	}
+	e.Detail = err.Error()
+	return e
+}
