@@ -1,0 +1,347 @@
+// Package rotation owns the state machine of one key rotation (design
+// §3): plan, make room, create, verify, publish, activate and retire,
+// each journaled in the state file before and after its side effect so
+// that a crash at any point resumes or rolls back from the exact step.
+// It depends only on the small interfaces below; adapters live in
+// codat/, vault/ and store/.
+package rotation
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/store"
+	"github.com/codat-rotator/codat-rotator/vault"
+)
+
+// Codat is what the engine needs from Codat, with one key.
+type Codat interface {
+	List(ctx context.Context) ([]codat.Key, error)
+	Create(ctx context.Context, name string) (codat.Key, error)
+	Delete(ctx context.Context, id string) error
+}
+
+// CodatFactory returns a Codat client for the named target that
+// authenticates with key.
+type CodatFactory func(target string, key codat.Secret) Codat
+
+// Vault is what the engine needs from Vault.
+type Vault interface {
+	CheckMount(ctx context.Context, loc vault.Location) error
+	Read(ctx context.Context, loc vault.Location) (vault.Current, error)
+	Write(ctx context.Context, loc vault.Location, s vault.Secret, cas int, metadata map[string]string) (int, error)
+}
+
+// Store is what the engine needs from the state file.
+type Store interface {
+	Load(target string) (store.Target, error)
+	Update(target string, fn func(*store.Target) error) error
+	AddHistory(target string, r store.Rotation) error
+}
+
+// Target is one configured Codat client and where its key is published.
+type Target struct {
+	Name  string
+	Vault vault.Location
+	// Prefix starts the name of every key the daemon makes.
+	Prefix string
+	// MaxKeys is Codat's cap (10); ReserveSlots are kept free by routine
+	// rotations so that an emergency always has room.
+	MaxKeys, ReserveSlots int
+	// Grace is how long a superseded key lives after its successor is
+	// published.
+	Grace time.Duration
+	// Bootstrap returns the first key, used when Vault has no secret yet.
+	// Nil when none is configured.
+	Bootstrap func() (codat.Secret, error)
+	// NextRotation returns the next scheduled rotation after t, for the
+	// secret's next_rotation_at; nil when unknown.
+	NextRotation func(t time.Time) time.Time
+}
+
+// Options shape one rotation.
+type Options struct {
+	// Emergency retires every other managed key as soon as the new key is
+	// published (grace 0) and may use the reserved slots.
+	Emergency bool
+	// Revoke deletes this key, managed or not, once the new key is
+	// published.
+	Revoke string
+	// Manual runs even when the target is halted; success clears the halt.
+	Manual bool
+}
+
+// Result is what a rotation did.
+type Result struct {
+	RotationID string
+	// NewKey is the key now published.
+	NewKey store.Key
+	// Retiring are the keys superseded, with when they go.
+	Retiring []store.Key
+	// Deleted are the keys deleted during the rotation (make room,
+	// orphans, revoke).
+	Deleted []string
+	// Recovered is set when the rotation finished one a crash left behind
+	// instead of starting a new one.
+	Recovered bool
+	// Bootstrapped is set when the bootstrap key was published first.
+	Bootstrapped bool
+}
+
+// Errors a caller tells apart.
+var (
+	// ErrBusy: a rotation of the target is already running.
+	ErrBusy = errors.New("a rotation of this target is already running")
+	// ErrHalted: the target is halted; run `resume` or rotate manually.
+	ErrHalted = errors.New("target is halted")
+	// ErrNoRoom: Codat holds too many keys the daemon may not delete.
+	ErrNoRoom = errors.New("no room for a new key")
+	// ErrServedKeyRejected: Codat refuses the key Vault serves.
+	ErrServedKeyRejected = errors.New("codat rejects the key vault serves")
+	// ErrNoBootstrap: Vault holds no key and no bootstrap key is set.
+	ErrNoBootstrap = errors.New("no key in vault and no bootstrap key")
+	// ErrRolledBack: the rotation failed and its new key was deleted.
+	ErrRolledBack = errors.New("rotation rolled back")
+)
+
+// Engine runs rotations. Its zero value is not usable: set Store, Vault
+// and Codat.
+type Engine struct {
+	Store  Store
+	Vault  Vault
+	Codat  CodatFactory
+	Logger *slog.Logger
+	// Now and Sleep are the clock (defaults time.Now and a timer).
+	Now   func() time.Time
+	Sleep func(ctx context.Context, d time.Duration) error
+	// Attempts is the retry budget of one rotation (default 3); a run
+	// that exhausts it halts the target.
+	Attempts int
+	// RetryBackoff is the wait before the second attempt; it doubles
+	// (default 30s).
+	RetryBackoff time.Duration
+	// VerifyAttempts and VerifyInterval bound the check that a new key
+	// authenticates (defaults 5 and 2s).
+	VerifyAttempts int
+	VerifyInterval time.Duration
+	// PublishAttempts bounds the Vault write and read-back (default 3).
+	PublishAttempts int
+
+	mu      sync.Mutex
+	running map[string]bool
+}
+
+func (e *Engine) now() time.Time { return e.clock()().UTC() }
+
+func (e *Engine) clock() func() time.Time {
+	if e.Now != nil {
+		return e.Now
+	}
+	return time.Now
+}
+
+func (e *Engine) sleep(ctx context.Context, d time.Duration) error {
+	if e.Sleep != nil {
+		return e.Sleep(ctx, d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func (e *Engine) log() *slog.Logger {
+	if e.Logger != nil {
+		return e.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func orDefault[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// acquire marks the target as rotating; only one rotation (or retire)
+// per target runs at a time.
+func (e *Engine) acquire(target string) (release func(), err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.running == nil {
+		e.running = map[string]bool{}
+	}
+	if e.running[target] {
+		return nil, fmt.Errorf("%s: %w", target, ErrBusy)
+	}
+	e.running[target] = true
+	return func() {
+		e.mu.Lock()
+		delete(e.running, target)
+		e.mu.Unlock()
+	}, nil
+}
+
+// Rotate runs one rotation of t, retrying from fresh state up to the
+// retry budget, then runs the retirements that are due. A crash's
+// journal is resumed or rolled back first; when it completes a rotation,
+// that is the rotation and no second one starts.
+func (e *Engine) Rotate(ctx context.Context, t Target, opts Options) (Result, error) {
+	release, err := e.acquire(t.Name)
+	if err != nil {
+		return Result{}, err
+	}
+	defer release()
+
+	st, err := e.Store.Load(t.Name)
+	if err != nil {
+		return Result{}, err
+	}
+	if st.Halted && !opts.Manual {
+		return Result{}, fmt.Errorf("%s: %w since %s: %s (run `codat-rotator resume --target %s`)",
+			t.Name, ErrHalted, st.HaltedAt.Format(time.RFC3339), st.HaltReason, t.Name)
+	}
+
+	id := newRotationID(e.now())
+	log := e.log().With("target", t.Name, "rotation", id)
+	started := e.now()
+	attempts := orDefault(e.Attempts, 3)
+	backoff := orDefault(e.RetryBackoff, 30*time.Second)
+	var res Result
+	for attempt := 1; ; attempt++ {
+		r := &run{e: e, t: t, opts: opts, id: id, log: log}
+		res, err = r.rotate(ctx)
+		if err == nil {
+			break
+		}
+		log.Warn("rotation attempt failed", "attempt", attempt, "of", attempts, "error", err)
+		if !Retryable(err) || attempt >= attempts || ctx.Err() != nil {
+			break
+		}
+		if serr := e.sleep(ctx, backoff); serr != nil {
+			break
+		}
+		backoff *= 2
+	}
+	if err != nil {
+		halt := Retryable(err) && ctx.Err() == nil
+		e.recordFailure(t, id, started, opts, err, halt)
+		if halt {
+			log.Error("rotation failed; target halted", "error", err)
+			return res, fmt.Errorf("rotate %s: %w (target halted after %d attempts)", t.Name, err, attempts)
+		}
+		log.Error("rotation failed", "error", err)
+		return res, fmt.Errorf("rotate %s: %w", t.Name, err)
+	}
+	e.recordSuccess(t, res, started, opts)
+	log.Info("rotation done", "new_key_id", res.NewKey.ID, "recovered", res.Recovered, "retiring", len(res.Retiring))
+
+	retired, rerr := e.retireDue(ctx, t, log)
+	res.Deleted = append(res.Deleted, retired...)
+	if rerr != nil {
+		return res, fmt.Errorf("rotate %s: rotated, but retiring old keys failed: %w", t.Name, rerr)
+	}
+	return res, nil
+}
+
+// RetireDue deletes the managed keys whose grace has passed, checking
+// I2 (never the last key), I3 (never the served key) and I6 (only
+// managed keys) again right before each delete. It returns the ids
+// deleted.
+func (e *Engine) RetireDue(ctx context.Context, t Target) ([]string, error) {
+	release, err := e.acquire(t.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return e.retireDue(ctx, t, e.log().With("target", t.Name))
+}
+
+// Resume clears a halted target.
+func (e *Engine) Resume(t Target) error {
+	return e.Store.Update(t.Name, func(st *store.Target) error {
+		st.Halted, st.HaltReason, st.HaltedAt = false, "", time.Time{}
+		st.ConsecutiveFailures = 0
+		return nil
+	})
+}
+
+func (e *Engine) recordSuccess(t Target, res Result, started time.Time, opts Options) {
+	now := e.now()
+	err := e.Store.Update(t.Name, func(st *store.Target) error {
+		st.LastAttempt, st.LastSuccess = now, now
+		st.LastResult, st.LastError = "success", ""
+		st.ConsecutiveFailures = 0
+		st.Halted, st.HaltReason, st.HaltedAt = false, "", time.Time{}
+		return nil
+	})
+	if err == nil {
+		var retired []string
+		for _, k := range res.Retiring {
+			retired = append(retired, k.ID)
+		}
+		err = e.Store.AddHistory(t.Name, store.Rotation{
+			ID: res.RotationID, Started: started, Finished: now, Result: "success",
+			Emergency: opts.Emergency, NewKeyID: res.NewKey.ID, Retired: retired,
+		})
+	}
+	if err != nil {
+		e.log().Error("record rotation result", "target", t.Name, "error", err)
+	}
+}
+
+func (e *Engine) recordFailure(t Target, id string, started time.Time, opts Options, rerr error, halt bool) {
+	now := e.now()
+	err := e.Store.Update(t.Name, func(st *store.Target) error {
+		st.LastAttempt = now
+		st.LastResult, st.LastError = "failed", rerr.Error()
+		st.ConsecutiveFailures++
+		if halt {
+			st.Halted, st.HaltReason, st.HaltedAt = true, rerr.Error(), now
+		}
+		return nil
+	})
+	if err == nil {
+		err = e.Store.AddHistory(t.Name, store.Rotation{
+			ID: id, Started: started, Finished: now, Result: "failed", Emergency: opts.Emergency, Error: rerr.Error(),
+		})
+	}
+	if err != nil {
+		e.log().Error("record rotation result", "target", t.Name, "error", err)
+	}
+}
+
+// Retryable reports whether another attempt, from fresh state, may
+// succeed: outages, rate limits, conflicts. Configuration and permission
+// problems, and a rejected served key, are not.
+func Retryable(err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, context.Canceled), errors.Is(err, ErrNoRoom), errors.Is(err, ErrServedKeyRejected),
+		errors.Is(err, ErrNoBootstrap), errors.Is(err, ErrHalted), errors.Is(err, ErrBusy),
+		errors.Is(err, codat.ErrBadRequest), errors.Is(err, codat.ErrPlanLimit), errors.Is(err, codat.ErrUnauthorized),
+		errors.Is(err, vault.ErrPermissionDenied), errors.Is(err, vault.ErrMountMissing), errors.Is(err, vault.ErrNotKVv2),
+		errors.Is(err, vault.ErrMalformed), errors.Is(err, errRevoke):
+		return false
+	}
+	return true
+}
+
+func newRotationID(now time.Time) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return "r-" + now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
+}

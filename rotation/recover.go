@@ -1,0 +1,108 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/store"
+	"github.com/codat-rotator/codat-rotator/vault"
+)
+
+// recover finishes or rolls back the rotation a crash left in the
+// journal. It reports done when it completed that rotation (no new one
+// should start), and not done when it rolled back or found nothing to
+// finish (a fresh rotation follows). An error leaves the journal for the
+// next attempt.
+func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err error) {
+	log := r.log.With("step", string(j.Step), "journal_rotation", j.RotationID)
+	log.Warn("resuming a rotation left by a crash")
+	r.id, r.res.RotationID = j.RotationID, j.RotationID
+	r.opts.Emergency, r.opts.Revoke = j.Emergency, j.Revoke
+
+	if j.Step == store.StepMakeRoom {
+		// The delete happened or not; plan reconciles either way and
+		// makes room again if it must.
+		return false, r.clearJournal()
+	}
+
+	if err := r.e.Vault.CheckMount(ctx, r.t.Vault); err != nil {
+		return false, err
+	}
+	cur, err := r.e.Vault.Read(ctx, r.t.Vault)
+	if err != nil {
+		return false, err
+	}
+	if cur.Secret == nil {
+		return false, fmt.Errorf("%s holds no secret, so no key can reach codat to finish the rotation", r.t.Vault)
+	}
+	r.served, r.version = *cur.Secret, cur.Version
+	r.client = r.e.Codat(r.t.Name, r.served.APIKey)
+	keys, err := r.client.List(ctx)
+	if errors.Is(err, codat.ErrUnauthorized) {
+		return false, fmt.Errorf("%w: the key at %s: %w", ErrServedKeyRejected, r.t.Vault, err)
+	}
+	if err != nil {
+		return false, err
+	}
+	r.keys = keys
+
+	if j.NewKeyID != "" && r.served.KeyID == j.NewKeyID {
+		// The publish landed before the crash: finish from activate.
+		log.Info("vault already serves the new key; activating", "key_id", j.NewKeyID)
+		r.served.KeyID = j.PrevKeyID
+		k := codat.Key{ID: j.NewKeyID, APIKey: cur.Secret.APIKey, Name: cur.Secret.KeyName, Created: cur.Secret.CreatedAt}
+		if err := r.activate(k); err != nil {
+			return false, err
+		}
+		return true, r.revoke(ctx)
+	}
+	if j.Step == store.StepRetire {
+		// Activated, but Vault no longer serves that key: someone
+		// published another since. Only the revoke was left.
+		return true, r.revoke(ctx)
+	}
+
+	k, found, err := r.findJournaled(ctx, j.Name, j.NewKeyID)
+	if err != nil {
+		return false, err
+	}
+	if !found {
+		log.Info("the journaled key does not exist (or was unusable); starting afresh", "name", j.Name, "key_id", j.NewKeyID)
+		return false, r.forget(j)
+	}
+	if cur.Version != j.VaultVersion {
+		// Vault changed since the rotation planned: publishing would race
+		// whoever wrote it. Roll back and start afresh.
+		log.Warn("vault changed since the rotation began; rolling back", "journal_version", j.VaultVersion, "vault_version", cur.Version)
+		err := r.rollback(ctx, k, fmt.Errorf("%w: %s moved from version %d to %d", vault.ErrCASConflict, r.t.Vault, j.VaultVersion, cur.Version))
+		if errors.Is(err, ErrRolledBack) {
+			return false, nil
+		}
+		return false, err
+	}
+	if err := r.recordNewKey(k); err != nil {
+		return false, err
+	}
+	log.Info("resuming with the journaled key", "key_id", k.ID)
+	if err := r.finish(ctx, k); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// forget clears the journal and marks its key, if recorded, deleted: it
+// is not at Codat any more.
+func (r *run) forget(j store.Journal) error {
+	now := r.e.now()
+	return r.update(func(st *store.Target) error {
+		if j.NewKeyID != "" {
+			if rec := st.Key(j.NewKeyID); rec != nil && rec.State == store.KeyPending {
+				rec.State, rec.Deleted = store.KeyDeleted, now
+			}
+		}
+		st.Journal = nil
+		return nil
+	})
+}
