@@ -20,13 +20,16 @@ FUZZ_TARGETS := FuzzDecodeKey FuzzDecodeKeyList FuzzDecodeError FuzzParseRetryAf
 VAULT_BIN ?= $(shell command -v vault 2>/dev/null || echo $(CURDIR)/$(BIN)/vault)
 export VAULT_BIN
 
-.PHONY: help build emulator test vault lint fmt fuzz clean
+.PHONY: help build demo emulator test vault lint fmt fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build bin/codat-rotator
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/codat-rotator ./cmd/codat-rotator
+
+demo: build vault ## run the demo: Vault dev server, Codat emulator, rotations (Ctrl-C stops)
+	VAULT_BIN=$(VAULT_BIN) ./configs/demo.sh
 
 emulator: build ## build and run the local Codat emulator on 127.0.0.1:8484
 	$(BIN)/codat-rotator emulator --listen 127.0.0.1:8484

@@ -51,6 +51,7 @@ var commands = []struct {
 	name, help string
 	make       func(stdout, stderr io.Writer) command
 }{
+	{"rotate", "rotate keys now, in-process, then retire the keys that are due", func(o, e io.Writer) command { return newRotateCommand(o, e) }},
 	{"emulator", "run a local Codat API emulator for demos and tests", func(o, e io.Writer) command { return newEmulatorCommand(o, e) }},
 	{"version", "print version and build information", func(o, e io.Writer) command { return &versionCommand{stdout: o} }},
 }

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/codat-rotator/codat-rotator/vault/vaulttest"
 )
 
 // binary is the real program, built once for the whole-binary tests.
@@ -36,6 +38,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	vaulttest.StopShared()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

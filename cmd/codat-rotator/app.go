@@ -1,0 +1,190 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/store"
+	"github.com/codat-rotator/codat-rotator/vault"
+)
+
+// app is the wiring shared by the commands that rotate: the state file,
+// Vault, the Codat clients and the engine, built from the config.
+type app struct {
+	cfg     Config
+	log     *slog.Logger
+	db      *store.DB
+	vault   *vault.Client
+	engine  *rotation.Engine
+	targets []rotation.Target
+}
+
+// openApp opens the state file and builds the clients. getenv supplies
+// VAULT_* and bootstrap variables; nothing below cmd reads the
+// environment.
+func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly bool) (*app, error) {
+	vc, err := vaultConfig(cfg.Vault, getenv)
+	if err != nil {
+		return nil, err
+	}
+	vcl, err := vault.New(vc)
+	if err != nil {
+		return nil, err
+	}
+	if dir := filepath.Dir(cfg.StatePath); dir != "" && !readOnly {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("state directory: %w", err)
+		}
+	}
+	var states rotation.Store
+	db, err := store.Open(cfg.StatePath, store.Options{ReadOnly: readOnly})
+	switch {
+	case err == nil:
+		states = db
+	case readOnly && errors.Is(err, os.ErrNotExist):
+		states = noState{} // nothing rotated yet: plan from an empty state
+	default:
+		return nil, err
+	}
+	a := &app{cfg: cfg, log: log, db: db, vault: vcl}
+	clients := map[string]*codat.Client{}
+	for _, tc := range cfg.Targets {
+		c, err := codat.New("", codat.Options{BaseURL: tc.Codat.BaseURL, RequestTimeout: tc.Codat.Timeout.D(), UserAgent: "codat-rotator/" + version})
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("target %s: %w", tc.Name, err)
+		}
+		clients[tc.Name] = c
+		a.targets = append(a.targets, rotationTarget(tc, getenv))
+	}
+	a.engine = &rotation.Engine{
+		Store:  states,
+		Vault:  vcl,
+		Logger: log,
+		Codat: func(target string, key codat.Secret) rotation.Codat {
+			return clients[target].WithKey(key)
+		},
+	}
+	return a, nil
+}
+
+// noState stands for a state file that does not exist yet, read-only.
+type noState struct{}
+
+func (noState) Load(string) (store.Target, error) { return store.Target{}, nil }
+func (noState) Update(string, func(*store.Target) error) error {
+	return errors.New("no state file: read-only")
+}
+func (noState) AddHistory(string, store.Rotation) error { return errors.New("no state file: read-only") }
+
+func (a *app) Close() error {
+	if a == nil || a.db == nil {
+		return nil
+	}
+	return a.db.Close()
+}
+
+// target returns the named target, or every target when name is empty.
+func (a *app) selectTargets(name string) ([]rotation.Target, error) {
+	if name == "" {
+		return a.targets, nil
+	}
+	for _, t := range a.targets {
+		if t.Name == name {
+			return []rotation.Target{t}, nil
+		}
+	}
+	var names []string
+	for _, t := range a.targets {
+		names = append(names, t.Name)
+	}
+	return nil, fmt.Errorf("--target %q: no such target (configured: %s)", name, strings.Join(names, ", "))
+}
+
+// rotationTarget turns a target's config into the engine's Target.
+func rotationTarget(tc TargetConfig, getenv func(string) string) rotation.Target {
+	t := rotation.Target{
+		Name:         tc.Name,
+		Vault:        vault.Location{Mount: strings.Trim(tc.Vault.Mount, "/"), Path: strings.Trim(tc.Vault.Path, "/")},
+		Prefix:       tc.KeyNamePrefix,
+		MaxKeys:      tc.MaxKeys,
+		ReserveSlots: *tc.ReserveSlots,
+		Grace:        tc.Grace.D(),
+	}
+	if sched, err := cronParser.Parse(tc.Schedule); err == nil {
+		t.NextRotation = func(now time.Time) time.Time { return sched.Next(now) }
+	}
+	switch {
+	case tc.Codat.BootstrapKeyFile != "":
+		path := tc.Codat.BootstrapKeyFile
+		t.Bootstrap = func() (codat.Secret, error) {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return "", fmt.Errorf("bootstrap_key_file: %w", err)
+			}
+			key := strings.TrimSpace(string(b))
+			if key == "" {
+				return "", fmt.Errorf("bootstrap_key_file %s is empty", path)
+			}
+			return codat.Secret(key), nil
+		}
+	case tc.Codat.BootstrapKeyEnv != "":
+		name := tc.Codat.BootstrapKeyEnv
+		t.Bootstrap = func() (codat.Secret, error) {
+			key := strings.TrimSpace(getenv(name))
+			if key == "" {
+				return "", fmt.Errorf("bootstrap_key_env: $%s is not set", name)
+			}
+			return codat.Secret(key), nil
+		}
+	}
+	return t
+}
+
+// vaultConfig merges vault: with the VAULT_* environment, as the Vault
+// CLI reads it: the file wins where it sets a value.
+func vaultConfig(vc VaultConfig, getenv func(string) string) (vault.Config, error) {
+	pick := func(v, env string) string {
+		if v != "" {
+			return v
+		}
+		return getenv(env)
+	}
+	c := vault.Config{
+		Address:       pick(vc.Address, "VAULT_ADDR"),
+		Namespace:     pick(vc.Namespace, "VAULT_NAMESPACE"),
+		CACert:        pick(vc.TLS.CACert, "VAULT_CACERT"),
+		CAPath:        getenv("VAULT_CAPATH"),
+		ClientCert:    pick(vc.TLS.ClientCert, "VAULT_CLIENT_CERT"),
+		ClientKey:     pick(vc.TLS.ClientKey, "VAULT_CLIENT_KEY"),
+		TLSServerName: pick(vc.TLS.ServerName, "VAULT_TLS_SERVER_NAME"),
+	}
+	if v := getenv("VAULT_SKIP_VERIFY"); v != "" {
+		skip, err := strconv.ParseBool(v)
+		if err != nil {
+			return c, fmt.Errorf("VAULT_SKIP_VERIFY=%q: want true or false", v)
+		}
+		c.Insecure = skip
+	}
+	switch vc.Auth.Method {
+	case "token":
+		c.TokenFile = vc.Auth.TokenFile
+		if c.TokenFile == "" {
+			c.Token = codat.Secret(getenv("VAULT_TOKEN"))
+		}
+	default:
+		return c, fmt.Errorf("vault.auth.method %q: not available in this build yet; use token (VAULT_TOKEN or token_file, e.g. a Vault Agent sink)", vc.Auth.Method)
+	}
+	if c.Address == "" {
+		return c, errors.New("vault.address: not set, and VAULT_ADDR is empty")
+	}
+	return c, nil
+}

@@ -1,0 +1,408 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/codat-rotator/codat-rotator/rotation"
+)
+
+// DefaultConfigPath is where the daemon looks without --config.
+const DefaultConfigPath = "/etc/codat-rotator/config.yaml"
+
+// Config is the YAML file of design §7. Its field names are an operator
+// contract: add fields freely, rename none.
+type Config struct {
+	StatePath string         `yaml:"state_path"`
+	Log       LogConfig      `yaml:"log"`
+	Listen    ListenConfig   `yaml:"listen"`
+	Vault     VaultConfig    `yaml:"vault"`
+	Targets   []TargetConfig `yaml:"targets"`
+}
+
+// LogConfig is log:.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// ListenConfig is listen:.
+type ListenConfig struct {
+	Metrics     string `yaml:"metrics"`
+	AdminSocket string `yaml:"admin_socket"`
+}
+
+// VaultConfig is vault:.
+type VaultConfig struct {
+	Address   string          `yaml:"address"`
+	Namespace string          `yaml:"namespace"`
+	TLS       VaultTLSConfig  `yaml:"tls"`
+	Auth      VaultAuthConfig `yaml:"auth"`
+}
+
+// VaultTLSConfig is vault.tls:.
+type VaultTLSConfig struct {
+	CACert     string `yaml:"ca_cert"`
+	ClientCert string `yaml:"client_cert"`
+	ClientKey  string `yaml:"client_key"`
+	ServerName string `yaml:"server_name"`
+}
+
+// VaultAuthConfig is vault.auth:.
+type VaultAuthConfig struct {
+	Method     string           `yaml:"method"`
+	TokenFile  string           `yaml:"token_file"`
+	AppRole    AppRoleConfig    `yaml:"approle"`
+	Kubernetes KubernetesConfig `yaml:"kubernetes"`
+}
+
+// AppRoleConfig is vault.auth.approle:.
+type AppRoleConfig struct {
+	Mount        string `yaml:"mount"`
+	RoleIDFile   string `yaml:"role_id_file"`
+	SecretIDFile string `yaml:"secret_id_file"`
+}
+
+// KubernetesConfig is vault.auth.kubernetes:.
+type KubernetesConfig struct {
+	Mount     string `yaml:"mount"`
+	Role      string `yaml:"role"`
+	TokenFile string `yaml:"token_file"`
+}
+
+// TargetConfig is one entry of targets:.
+type TargetConfig struct {
+	Name          string            `yaml:"name"`
+	Codat         TargetCodatConfig `yaml:"codat"`
+	Vault         TargetVaultConfig `yaml:"vault"`
+	Schedule      string            `yaml:"schedule"`
+	Jitter        Duration          `yaml:"jitter"`
+	Grace         Duration          `yaml:"grace"`
+	KeyNamePrefix string            `yaml:"key_name_prefix"`
+	MaxKeys       int               `yaml:"max_keys"`
+	ReserveSlots  *int              `yaml:"reserve_slots"`
+}
+
+// TargetCodatConfig is targets[].codat:.
+type TargetCodatConfig struct {
+	BaseURL          string   `yaml:"base_url"`
+	BootstrapKeyFile string   `yaml:"bootstrap_key_file"`
+	BootstrapKeyEnv  string   `yaml:"bootstrap_key_env"`
+	Timeout          Duration `yaml:"timeout"`
+}
+
+// TargetVaultConfig is targets[].vault:.
+type TargetVaultConfig struct {
+	Mount string `yaml:"mount"`
+	Path  string `yaml:"path"`
+}
+
+// Duration reads "24h", "10m30s" or whole days such as "7d".
+type Duration time.Duration
+
+// UnmarshalYAML parses the duration.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := parseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := strconv.Atoi(days); err == nil && n >= 0 {
+			return time.Duration(n) * 24 * time.Hour, nil
+		}
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration (such as 30s, 10m, 24h or 7d)", s)
+	}
+	return v, nil
+}
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// Defaults for everything optional.
+const (
+	DefaultStatePath     = "/var/lib/codat-rotator/state.db"
+	DefaultMetricsListen = "127.0.0.1:9464"
+	DefaultAdminSocket   = "/run/codat-rotator/admin.sock"
+	DefaultSchedule      = "0 3 * * 1"
+	DefaultGrace         = 24 * time.Hour
+	DefaultPrefix        = "codat-rotator-"
+	DefaultMaxKeys       = 10
+	DefaultReserveSlots  = 1
+	DefaultVaultMount    = "secret"
+	DefaultK8sTokenFile  = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+)
+
+// DefaultConfig returns the settings used where the file is silent.
+func DefaultConfig() Config {
+	return Config{
+		StatePath: DefaultStatePath,
+		Log:       LogConfig{Level: "info", Format: "auto"},
+		Listen:    ListenConfig{Metrics: DefaultMetricsListen, AdminSocket: DefaultAdminSocket},
+		Vault: VaultConfig{Auth: VaultAuthConfig{
+			Method:     "token",
+			AppRole:    AppRoleConfig{Mount: "approle"},
+			Kubernetes: KubernetesConfig{Mount: "kubernetes", TokenFile: DefaultK8sTokenFile},
+		}},
+	}
+}
+
+// applyTargetDefaults fills a target's optional fields.
+func applyTargetDefaults(t *TargetConfig) {
+	if t.Codat.BaseURL == "" {
+		t.Codat.BaseURL = "https://api.codat.io"
+	}
+	if t.Vault.Mount == "" {
+		t.Vault.Mount = DefaultVaultMount
+	}
+	if t.Schedule == "" {
+		t.Schedule = DefaultSchedule
+	}
+	if t.Grace == 0 {
+		t.Grace = Duration(DefaultGrace)
+	}
+	if t.KeyNamePrefix == "" {
+		t.KeyNamePrefix = DefaultPrefix
+	}
+	if t.MaxKeys == 0 {
+		t.MaxKeys = DefaultMaxKeys
+	}
+	if t.ReserveSlots == nil {
+		n := DefaultReserveSlots
+		t.ReserveSlots = &n
+	}
+}
+
+// LoadConfig reads, expands, defaults and validates the file at path.
+func LoadConfig(path string, getenv func(string) string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	cfg, err := ParseConfig(f, getenv)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig reads the YAML: defaults, then the file over them, then
+// ${ENV} expansion, then validation. Unknown fields are errors.
+func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
+	raw, err := io.ReadAll(io.LimitReader(r, 1<<20))
+	if err != nil {
+		return Config{}, err
+	}
+	expanded, err := expandEnv(raw, getenv)
+	if err != nil {
+		return Config{}, err
+	}
+	cfg := DefaultConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, yamlError(err)
+	}
+	for i := range cfg.Targets {
+		applyTargetDefaults(&cfg.Targets[i])
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+var unknownField = regexp.MustCompile(`field (\S+) not found in type main\.\w+`)
+
+// yamlError words the YAML decoder's errors for an operator: one line per
+// problem, with its line number, and no Go type names.
+func yamlError(err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		msgs := make([]string, len(te.Errors))
+		for i, m := range te.Errors {
+			msgs[i] = unknownField.ReplaceAllString(m, "unknown field $1")
+		}
+		return errors.New(strings.Join(msgs, "\n"))
+	}
+	return errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// expandEnv replaces ${NAME} with the variable's value. An unset variable
+// is an error naming it and its line; comment lines are left alone.
+func expandEnv(raw []byte, getenv func(string) string) ([]byte, error) {
+	lines := bytes.Split(raw, []byte("\n"))
+	var errs []error
+	for i, line := range lines {
+		if bytes.HasPrefix(bytes.TrimSpace(line), []byte("#")) {
+			continue
+		}
+		lines[i] = envRef.ReplaceAllFunc(line, func(m []byte) []byte {
+			name := string(envRef.FindSubmatch(m)[1])
+			v := getenv(name)
+			if v == "" {
+				errs = append(errs, fmt.Errorf("line %d: ${%s} is not set", i+1, name))
+			}
+			return []byte(v)
+		})
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return bytes.Join(lines, []byte("\n")), nil
+}
+
+// cronParser reads standard 5-field specs, @daily-style descriptors,
+// @every and CRON_TZ= prefixes.
+var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+var targetName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+// Validate rejects settings that cannot work, naming the field.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if c.StatePath == "" {
+		bad("state_path", "must not be empty")
+	}
+	if _, err := newLogger(io.Discard, c.Log.Level, c.Log.Format); err != nil {
+		bad("log", "%v", err)
+	}
+	if c.Listen.Metrics != "" {
+		if _, _, err := net.SplitHostPort(c.Listen.Metrics); err != nil {
+			bad("listen.metrics", "%q is not host:port", c.Listen.Metrics)
+		}
+	}
+	switch c.Vault.Auth.Method {
+	case "token", "approle", "kubernetes":
+	default:
+		bad("vault.auth.method", "%q: want token, approle or kubernetes", c.Vault.Auth.Method)
+	}
+	if c.Vault.Address != "" {
+		if u, err := url.Parse(c.Vault.Address); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("vault.address", "%q is not an http(s) URL", c.Vault.Address)
+		}
+	}
+	if len(c.Targets) == 0 {
+		bad("targets", "at least one target is needed")
+	}
+	names := map[string]int{}
+	paths := map[string]int{}
+	for i, t := range c.Targets {
+		f := func(name string) string { return fmt.Sprintf("targets[%d].%s", i, name) }
+		if !targetName.MatchString(t.Name) {
+			bad(f("name"), "%q: want 1-63 letters, digits, '.', '_' or '-'", t.Name)
+		} else if j, dup := names[t.Name]; dup {
+			bad(f("name"), "%q is also the name of targets[%d]", t.Name, j)
+		} else {
+			names[t.Name] = i
+		}
+		if u, err := url.Parse(t.Codat.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad(f("codat.base_url"), "%q is not an http(s) URL", t.Codat.BaseURL)
+		}
+		if t.Codat.BootstrapKeyFile != "" && t.Codat.BootstrapKeyEnv != "" {
+			bad(f("codat"), "set bootstrap_key_file or bootstrap_key_env, not both")
+		}
+		if t.Codat.Timeout < 0 {
+			bad(f("codat.timeout"), "must not be negative")
+		}
+		if t.Vault.Path == "" {
+			bad(f("vault.path"), "must be set (the secret's path under the mount, such as codat/production)")
+		} else {
+			p := strings.Trim(t.Vault.Mount, "/") + "/" + strings.Trim(t.Vault.Path, "/")
+			if j, dup := paths[p]; dup {
+				bad(f("vault.path"), "%s is also the secret of targets[%d]", p, j)
+			}
+			paths[p] = i
+		}
+		if len(t.KeyNamePrefix) > rotation.MaxPrefixLen {
+			bad(f("key_name_prefix"), "%q is %d characters; Codat names hold 50 and the daemon appends %d, so at most %d",
+				t.KeyNamePrefix, len(t.KeyNamePrefix), rotation.NameSuffixLen, rotation.MaxPrefixLen)
+		}
+		if t.MaxKeys < 2 || t.MaxKeys > 10 {
+			bad(f("max_keys"), "%d: Codat allows 10 keys per client, and a rotation needs at least 2", t.MaxKeys)
+		}
+		reserve := *t.ReserveSlots
+		switch {
+		case reserve < 0:
+			bad(f("reserve_slots"), "%d: must not be negative", reserve)
+		case reserve >= t.MaxKeys:
+			bad(f("reserve_slots"), "%d leaves no slot of max_keys %d for rotations", reserve, t.MaxKeys)
+		case t.MaxKeys-reserve < 2:
+			bad(f("reserve_slots"), "%d leaves %d slot of max_keys %d; a rotation needs 2 (the served key and its successor)", reserve, t.MaxKeys-reserve, t.MaxKeys)
+		}
+		if t.Grace < 0 {
+			bad(f("grace"), "must not be negative")
+		}
+		if t.Jitter < 0 {
+			bad(f("jitter"), "must not be negative")
+		}
+		sched, err := cronParser.Parse(t.Schedule)
+		if err != nil {
+			bad(f("schedule"), "%q: %v", t.Schedule, err)
+			continue
+		}
+		gap := shortestGap(sched)
+		if t.Grace.D() > gap {
+			bad(f("grace"), "%s is longer than the %s between runs of %q", t.Grace, gap, t.Schedule)
+		}
+		if t.Jitter.D() >= gap {
+			bad(f("jitter"), "%s is not shorter than the %s between runs of %q", t.Jitter, gap, t.Schedule)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// shortestGap is the shortest interval between two runs of a schedule
+// over the coming year (a year covers every calendar pattern but leap
+// days).
+func shortestGap(s cron.Schedule) time.Duration {
+	if d, ok := s.(cron.ConstantDelaySchedule); ok {
+		return d.Delay
+	}
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	end := start.AddDate(1, 0, 1)
+	shortest := time.Duration(0)
+	prev := s.Next(start)
+	for i := 0; i < 100000 && prev.Before(end); i++ {
+		next := s.Next(prev)
+		if next.IsZero() {
+			break
+		}
+		if gap := next.Sub(prev); shortest == 0 || gap < shortest {
+			shortest = gap
+		}
+		prev = next
+	}
+	if shortest == 0 {
+		shortest = 366 * 24 * time.Hour
+	}
+	return shortest
+}
