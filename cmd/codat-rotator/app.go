@@ -83,7 +83,9 @@ func (noState) Load(string) (store.Target, error) { return store.Target{}, nil }
 func (noState) Update(string, func(*store.Target) error) error {
 	return errors.New("no state file: read-only")
 }
-func (noState) AddHistory(string, store.Rotation) error { return errors.New("no state file: read-only") }
+func (noState) AddHistory(string, store.Rotation) error {
+	return errors.New("no state file: read-only")
+}
 
 func (a *app) Close() error {
 	if a == nil || a.db == nil {
