@@ -104,7 +104,21 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 	if opts.Emergency {
 		p.Limit = t.MaxKeys
 	}
-	candidates, foreign := roomCandidates(st, kept, p.ServedKeyID, opts.Emergency, now)
+	candidates, _ := roomCandidates(st, kept, p.ServedKeyID, opts.Emergency, now)
+	// Foreign: at Codat, and neither managed in the state nor about to be
+	// adopted (the served key and the previous key Vault names).
+	managed := map[string]bool{p.ServedKeyID: true, previous: true}
+	for _, k := range st.Keys {
+		if k.Origin.Managed() {
+			managed[k.ID] = true
+		}
+	}
+	foreign := 0
+	for _, k := range kept {
+		if !managed[k.ID] {
+			foreign++
+		}
+	}
 	p.Foreign = foreign
 	if need := len(kept) + 1 - p.Limit; need > 0 {
 		if len(candidates) < need {

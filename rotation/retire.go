@@ -90,6 +90,7 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 			if rec := st.Key(id); rec != nil {
 				rec.State, rec.Deleted = store.KeyDeleted, e.now()
 			}
+			st.CodatKeys = len(live)
 			return nil
 		}); err != nil {
 			return deleted, err

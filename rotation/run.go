@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"time"
 
@@ -56,14 +57,26 @@ func (r *run) rotate(ctx context.Context) (Result, error) {
 		return r.res, err
 	}
 	if st.Journal != nil {
+		// Recovery finishes the interrupted rotation with the options it
+		// was started with; the caller's own options apply afterwards.
+		want, id := r.opts, r.id
 		done, err := r.recover(ctx, *st.Journal)
 		if err != nil {
 			return r.res, fmt.Errorf("recover rotation %s (step %s): %w", st.Journal.RotationID, st.Journal.Step, err)
 		}
-		if done {
+		r.opts = want
+		if done && !want.Emergency && want.Revoke == "" {
 			r.res.Recovered = true
 			return r.res, nil
 		}
+		if done {
+			// An emergency asked for now is not satisfied by finishing a
+			// routine rotation: it gets a rotation of its own.
+			r.log.Info("the interrupted rotation is finished; now the emergency rotation asked for")
+		}
+		r.id = id
+		r.res = Result{RotationID: id, Deleted: r.res.Deleted}
+		r.log = r.e.log().With("target", r.t.Name, "rotation", id)
 	}
 	if err := r.plan(ctx); err != nil {
 		return r.res, fmt.Errorf("plan: %w", err)
@@ -218,6 +231,7 @@ func (r *run) reconcile(ctx context.Context) error {
 	var orphans []codat.Key
 	err := r.update(func(st *store.Target) error {
 		orphans = orphans[:0]
+		st.CodatKeys = len(r.keys)
 		for _, k := range r.keys {
 			live[k.ID] = true
 			if rec := st.Key(k.ID); rec != nil {
@@ -313,6 +327,7 @@ func (r *run) deleteKey(ctx context.Context, c Codat, id string) error {
 		if rec := st.Key(id); rec != nil {
 			rec.State, rec.Deleted = store.KeyDeleted, now
 		}
+		st.CodatKeys = len(r.keys)
 		if st.Journal != nil && st.Journal.Step == store.StepMakeRoom {
 			st.Journal = nil
 		}
@@ -455,6 +470,10 @@ func (r *run) recordNewKey(k codat.Key) error {
 			return errors.New("the journal vanished during the rotation")
 		}
 		st.Journal.NewKeyID, st.Journal.Step, st.Journal.Updated = k.ID, store.StepVerify, now
+		st.CodatKeys = len(r.keys)
+		if !slices.ContainsFunc(r.keys, func(c codat.Key) bool { return c.ID == k.ID }) {
+			st.CodatKeys++
+		}
 		if rec := st.Key(k.ID); rec != nil {
 			rec.Origin, rec.State = store.OriginCreated, store.KeyPending
 			return nil

@@ -102,6 +102,10 @@ type Target struct {
 	HaltReason string    `json:"halt_reason,omitempty"`
 	HaltedAt   time.Time `json:"halted_at,omitzero"`
 
+	// CodatKeys is how many keys Codat held when last looked at (foreign
+	// ones included), for status and the free-slots metric.
+	CodatKeys int `json:"codat_keys,omitempty"`
+
 	LastAttempt         time.Time `json:"last_attempt,omitzero"`
 	LastSuccess         time.Time `json:"last_success,omitzero"`
 	LastResult          string    `json:"last_result,omitempty"`
