@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat"
@@ -19,21 +20,29 @@ import (
 // app is the wiring shared by the commands that rotate: the state file,
 // Vault, the Codat clients and the engine, built from the config.
 type app struct {
-	cfg     Config
-	log     *slog.Logger
-	db      *store.DB
-	vault   *vault.Client
-	engine  *rotation.Engine
+	cfg    Config
+	log    *slog.Logger
+	db     *store.DB
+	vault  *vault.Client
+	engine *rotation.Engine
+	getenv func(string) string
+	m      *metrics // nil outside the daemon
+
+	mu      sync.Mutex
 	targets []rotation.Target
+	clients map[string]*codat.Client
 }
 
 // openApp opens the state file and builds the clients. getenv supplies
 // VAULT_* and bootstrap variables; nothing below cmd reads the
 // environment.
-func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly bool) (*app, error) {
+func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly bool, m *metrics) (*app, error) {
 	vc, err := vaultConfig(cfg.Vault, getenv)
 	if err != nil {
 		return nil, err
+	}
+	if m != nil {
+		vc.Observe = m.observeVault
 	}
 	vcl, err := vault.New(vc)
 	if err != nil {
@@ -54,26 +63,52 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 	default:
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, db: db, vault: vcl}
-	clients := map[string]*codat.Client{}
-	for _, tc := range cfg.Targets {
-		c, err := codat.New("", codat.Options{BaseURL: tc.Codat.BaseURL, RequestTimeout: tc.Codat.Timeout.D(), UserAgent: "codat-rotator/" + version})
-		if err != nil {
-			db.Close()
-			return nil, fmt.Errorf("target %s: %w", tc.Name, err)
-		}
-		clients[tc.Name] = c
-		a.targets = append(a.targets, rotationTarget(tc, getenv))
+	a := &app{cfg: cfg, log: log, db: db, vault: vcl, getenv: getenv, m: m}
+	if err := a.setTargets(cfg.Targets); err != nil {
+		a.Close()
+		return nil, err
 	}
 	a.engine = &rotation.Engine{
 		Store:  states,
 		Vault:  vcl,
 		Logger: log,
 		Codat: func(target string, key codat.Secret) rotation.Codat {
-			return clients[target].WithKey(key)
+			a.mu.Lock()
+			c := a.clients[target]
+			a.mu.Unlock()
+			return c.WithKey(key)
 		},
 	}
 	return a, nil
+}
+
+// setTargets (re)builds the targets and their Codat clients.
+func (a *app) setTargets(tcs []TargetConfig) error {
+	clients := map[string]*codat.Client{}
+	var targets []rotation.Target
+	for _, tc := range tcs {
+		opts := codat.Options{BaseURL: tc.Codat.BaseURL, RequestTimeout: tc.Codat.Timeout.D(), UserAgent: "codat-rotator/" + version}
+		if a.m != nil {
+			opts.Observe = a.m.observeCodat
+		}
+		c, err := codat.New("", opts)
+		if err != nil {
+			return fmt.Errorf("target %s: %w", tc.Name, err)
+		}
+		clients[tc.Name] = c
+		targets = append(targets, rotationTarget(tc, a.getenv))
+	}
+	a.mu.Lock()
+	a.clients, a.targets = clients, targets
+	a.mu.Unlock()
+	return nil
+}
+
+// allTargets returns the configured targets.
+func (a *app) allTargets() []rotation.Target {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]rotation.Target(nil), a.targets...)
 }
 
 // noState stands for a state file that does not exist yet, read-only.
@@ -96,16 +131,17 @@ func (a *app) Close() error {
 
 // target returns the named target, or every target when name is empty.
 func (a *app) selectTargets(name string) ([]rotation.Target, error) {
+	targets := a.allTargets()
 	if name == "" {
-		return a.targets, nil
+		return targets, nil
 	}
-	for _, t := range a.targets {
+	for _, t := range targets {
 		if t.Name == name {
 			return []rotation.Target{t}, nil
 		}
 	}
 	var names []string
-	for _, t := range a.targets {
+	for _, t := range targets {
 		names = append(names, t.Name)
 	}
 	return nil, fmt.Errorf("--target %q: no such target (configured: %s)", name, strings.Join(names, ", "))

@@ -25,6 +25,9 @@ func main() {
 	ctx, cancel := context.WithCancel(context.Background())
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reloadSignals = hup
 	go func() {
 		<-signals
 		cancel() // first signal: the graceful path
@@ -51,7 +54,12 @@ var commands = []struct {
 	name, help string
 	make       func(stdout, stderr io.Writer) command
 }{
-	{"rotate", "rotate keys now, in-process, then retire the keys that are due", func(o, e io.Writer) command { return newRotateCommand(o, e) }},
+	{"run", "the daemon: rotate every target on its schedule", func(o, e io.Writer) command { return newRunCommand(o, e) }},
+	{"rotate", "rotate now (through the running daemon, or in-process), then retire the keys that are due", func(o, e io.Writer) command { return newRotateCommand(o, e) }},
+	{"status", "per target: current key, retiring keys, next rotation, last result, keys used, halted", func(o, e io.Writer) command { return &statusCommand{opsCommand: newOps(o, e)} }},
+	{"keys", "the keys at Codat, marked managed, adopted or foreign (never raw values)", func(o, e io.Writer) command { return &keysCommand{opsCommand: newOps(o, e)} }},
+	{"resume", "clear a halted target", func(o, e io.Writer) command { return &resumeCommand{opsCommand: newOps(o, e)} }},
+	{"check", "validate the config and reach Codat and Vault with the configured credentials", func(o, e io.Writer) command { return &checkCommand{opsCommand: newOps(o, e)} }},
 	{"emulator", "run a local Codat API emulator for demos and tests", func(o, e io.Writer) command { return newEmulatorCommand(o, e) }},
 	{"version", "print version and build information", func(o, e io.Writer) command { return &versionCommand{stdout: o} }},
 }
@@ -109,6 +117,10 @@ func printUsage(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'codat-rotator <command> -h' for a command's flags.")
+}
+
+func newOps(stdout, stderr io.Writer) opsCommand {
+	return opsCommand{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 }
 
 // usageError is bad input found after flag parsing (an address that

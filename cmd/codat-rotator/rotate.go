@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/rotation"
@@ -59,6 +58,15 @@ func (c *rotateCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return &usageError{err}
 	}
+	req := rotateRequest{Target: c.target, Emergency: c.emergency, Revoke: c.revoke, DryRun: c.dryRun}
+	// A running daemon holds the state file: ask it.
+	if admin, ok := dialDaemon(ctx, cfg.Listen.AdminSocket); ok {
+		var doc rotateDoc
+		if err := admin.call(ctx, "POST", "/v1/rotate", req, &doc); err != nil {
+			return err
+		}
+		return printRotate(c.stdout, doc)
+	}
 	level, format := cfg.Log.Level, cfg.Log.Format
 	if c.logLevel != "" {
 		level = c.logLevel
@@ -70,51 +78,61 @@ func (c *rotateCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return &usageError{err}
 	}
-	c.app, err = openApp(cfg, log, c.getenv, c.dryRun)
+	c.app, err = openApp(cfg, log, c.getenv, c.dryRun, nil)
 	if err != nil {
-		return err
+		return explainLocked(err, cfg.Listen.AdminSocket)
 	}
 	targets, err := c.app.selectTargets(c.target)
 	if err != nil {
 		return &usageError{err}
 	}
-	opts := rotation.Options{Emergency: c.emergency, Revoke: c.revoke, Manual: true}
-	var failed []string
+	doc := rotateInProcess(ctx, c.app, targets, req, func(t rotation.Target, opts rotation.Options) (rotation.Result, error) {
+		return c.app.engine.Rotate(ctx, t, opts)
+	})
+	return printRotate(c.stdout, doc)
+}
+
+// rotateInProcess runs (or plans) the rotation of each target with
+// rotate, in the daemon or in the command.
+func rotateInProcess(ctx context.Context, a *app, targets []rotation.Target, req rotateRequest,
+	rotate func(rotation.Target, rotation.Options) (rotation.Result, error)) rotateDoc {
+	opts := rotation.Options{Emergency: req.Emergency, Revoke: req.Revoke, Manual: true}
+	doc := rotateDoc{Results: []rotateEntry{}}
 	for _, t := range targets {
-		if c.dryRun {
-			p, err := c.app.engine.Plan(ctx, t, opts)
+		e := rotateEntry{Target: t.Name, Vault: t.Vault.String()}
+		if req.DryRun {
+			p, err := a.engine.Plan(ctx, t, opts)
 			if err != nil {
-				fmt.Fprintf(c.stdout, "%s: cannot plan: %v\n", t.Name, err)
-				failed = append(failed, t.Name)
-				continue
+				e.Error = "cannot plan: " + err.Error()
+			} else {
+				e.Plan, e.Succeeded = &p, true
 			}
-			printPlan(c.stdout, t, p)
-			continue
+		} else {
+			res, err := rotate(t, opts)
+			e.Result = &res
+			if err != nil {
+				e.Error = err.Error()
+			} else {
+				e.Succeeded = true
+			}
 		}
-		res, err := c.app.engine.Rotate(ctx, t, opts)
-		printResult(c.stdout, t, res, err)
-		if err != nil {
-			failed = append(failed, t.Name)
-		}
+		doc.Results = append(doc.Results, e)
 	}
-	if len(failed) > 0 {
-		return fmt.Errorf("failed: %s", strings.Join(failed, ", "))
-	}
-	return nil
+	return doc
 }
 
 func (c *rotateCommand) Close() error { return c.app.Close() }
 
-func printResult(w io.Writer, t rotation.Target, res rotation.Result, err error) {
+func printResult(w io.Writer, name, vaultPath string, res rotation.Result, err error) {
 	if res.Bootstrapped {
-		fmt.Fprintf(w, "%s: bootstrap key published to %s and adopted\n", t.Name, t.Vault)
+		fmt.Fprintf(w, "%s: bootstrap key published to %s and adopted\n", name, vaultPath)
 	}
 	if res.NewKey.ID != "" {
 		how := "rotated"
 		if res.Recovered {
 			how = "finished the rotation a crash interrupted"
 		}
-		fmt.Fprintf(w, "%s: %s: key %s (%s) published to %s\n", t.Name, how, res.NewKey.ID, res.NewKey.Name, t.Vault)
+		fmt.Fprintf(w, "%s: %s: key %s (%s) published to %s\n", name, how, res.NewKey.ID, res.NewKey.Name, vaultPath)
 	}
 	deleted := map[string]bool{}
 	for _, id := range res.Deleted {
@@ -122,30 +140,30 @@ func printResult(w io.Writer, t rotation.Target, res rotation.Result, err error)
 	}
 	for _, k := range res.Retiring {
 		if !deleted[k.ID] {
-			fmt.Fprintf(w, "%s: retiring key %s, to be deleted after %s\n", t.Name, k.ID, k.DeleteAfter.Format(time.RFC3339))
+			fmt.Fprintf(w, "%s: retiring key %s, to be deleted after %s\n", name, k.ID, k.DeleteAfter.Format(time.RFC3339))
 		}
 	}
 	for _, id := range res.Deleted {
-		fmt.Fprintf(w, "%s: deleted key %s\n", t.Name, id)
+		fmt.Fprintf(w, "%s: deleted key %s\n", name, id)
 	}
 	if err != nil {
-		fmt.Fprintf(w, "%s: failed: %v\n", t.Name, err)
+		fmt.Fprintf(w, "%s: failed: %v\n", name, err)
 	}
 }
 
-func printPlan(w io.Writer, t rotation.Target, p rotation.Plan) {
-	fmt.Fprintf(w, "%s: dry run, nothing changed\n", t.Name)
+func printPlan(w io.Writer, vaultPath string, p rotation.Plan) {
+	fmt.Fprintf(w, "%s: dry run, nothing changed\n", p.Target)
 	if p.Journal != nil {
 		fmt.Fprintf(w, "  an interrupted rotation (%s, step %s) would be resumed or rolled back first\n", p.Journal.RotationID, p.Journal.Step)
 	}
 	if p.Bootstrap {
-		fmt.Fprintf(w, "  %s holds no secret: the bootstrap key (%s) would be published and adopted\n", t.Vault, p.ServedKeyID)
+		fmt.Fprintf(w, "  %s holds no secret: the bootstrap key (%s) would be published and adopted\n", vaultPath, p.ServedKeyID)
 	} else {
-		fmt.Fprintf(w, "  %s serves key %s\n", t.Vault, p.ServedKeyID)
+		fmt.Fprintf(w, "  %s serves key %s\n", vaultPath, p.ServedKeyID)
 	}
 	fmt.Fprintf(w, "  codat holds %d keys (%d foreign); this rotation may hold %d\n", p.CodatKeys, p.Foreign, p.Limit)
 	for _, id := range p.Orphans {
-		fmt.Fprintf(w, "  would delete orphan key %s (the daemon's name, unknown to its state)\n", id)
+		fmt.Fprintf(w, "  would delete orphan key %s (the daemon's p.Target, unknown to its state)\n", id)
 	}
 	for _, k := range p.MakeRoom {
 		fmt.Fprintf(w, "  would delete key %s to make room\n", k.ID)

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/store"
+)
+
+// metrics are the daemon's Prometheus metrics. Counters move as things
+// happen; the per-target gauges are read from the state file at scrape
+// time, so they can never drift from it.
+type metrics struct {
+	reg *prometheus.Registry
+
+	rotations     *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	retirements   *prometheus.CounterVec
+	codatRequests *prometheus.CounterVec
+	codatLatency  *prometheus.HistogramVec
+	vaultRequests *prometheus.CounterVec
+	vaultLatency  *prometheus.HistogramVec
+}
+
+const ns = "codat_rotator"
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		rotations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "rotations_total", Help: "Rotations by target and result (success, recovered, failed).",
+		}, []string{"target", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "rotation_duration_seconds", Help: "Wall time of rotations, retries included.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}, []string{"target"}),
+		retirements: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "retired_keys_total", Help: "Keys deleted after their grace, by target.",
+		}, []string{"target"}),
+		codatRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "codat_requests_total", Help: "Codat API requests by operation and HTTP status (error: no response).",
+		}, []string{"operation", "status"}),
+		codatLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "codat_request_duration_seconds", Help: "Codat API request latency by operation.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"operation"}),
+		vaultRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "vault_requests_total", Help: "Vault requests by operation and result (ok, error).",
+		}, []string{"operation", "result"}),
+		vaultLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "vault_request_duration_seconds", Help: "Vault request latency by operation.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"operation"}),
+	}
+	m.reg.MustRegister(m.rotations, m.duration, m.retirements, m.codatRequests, m.codatLatency, m.vaultRequests, m.vaultLatency,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) observeCodat(x codat.Exchange) {
+	status := "error"
+	if x.Status != 0 {
+		status = strconv.Itoa(x.Status)
+	}
+	m.codatRequests.WithLabelValues(x.Op, status).Inc()
+	m.codatLatency.WithLabelValues(x.Op).Observe(x.Duration.Seconds())
+}
+
+func (m *metrics) observeVault(op string, err error, d time.Duration) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.vaultRequests.WithLabelValues(op, result).Inc()
+	m.vaultLatency.WithLabelValues(op).Observe(d.Seconds())
+}
+
+func (m *metrics) onRotation(target string, _ rotation.Options, res rotation.Result, err error, took time.Duration) {
+	result := "success"
+	switch {
+	case err != nil:
+		result = "failed"
+	case res.Recovered:
+		result = "recovered"
+	}
+	m.rotations.WithLabelValues(target, result).Inc()
+	m.duration.WithLabelValues(target).Observe(took.Seconds())
+}
+
+func (m *metrics) onRetire(target string, deleted []string, _ error) {
+	m.retirements.WithLabelValues(target).Add(float64(len(deleted)))
+}
+
+// stateCollector reads the per-target gauges from the state file.
+type stateCollector struct {
+	load    func(target string) (store.Target, error)
+	targets func() []rotation.Target
+	next    func(target string) time.Time
+
+	lastSuccess, nextRotation, keys, freeSlots, halted, journal *prometheus.Desc
+}
+
+func newStateCollector(load func(string) (store.Target, error), targets func() []rotation.Target, next func(string) time.Time) *stateCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(ns+"_"+name, help, append([]string{"target"}, labels...), nil)
+	}
+	return &stateCollector{
+		load: load, targets: targets, next: next,
+		lastSuccess:  d("last_success_timestamp_seconds", "When the target last rotated successfully (unix seconds, 0 never)."),
+		nextRotation: d("next_rotation_timestamp_seconds", "When the target next rotates on schedule (unix seconds)."),
+		keys:         d("keys", "Keys the state file knows at Codat, by state (active, retiring, pending, foreign).", "state"),
+		freeSlots:    d("free_slots", "Codat key slots left for routine rotations (max_keys - reserve_slots - keys held)."),
+		halted:       d("halted", "1 when the target is halted and waits for `codat-rotator resume`."),
+		journal:      d("rotation_in_flight", "1 while a rotation's journal is open (a crash left one if it stays)."),
+	}
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.lastSuccess, c.nextRotation, c.keys, c.freeSlots, c.halted, c.journal} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, t := range c.targets() {
+		st, err := c.load(t.Name)
+		if err != nil {
+			continue
+		}
+		last := 0.0
+		if !st.LastSuccess.IsZero() {
+			last = float64(st.LastSuccess.Unix())
+		}
+		ch <- prometheus.MustNewConstMetric(c.lastSuccess, prometheus.GaugeValue, last, t.Name)
+		if next := c.next(t.Name); !next.IsZero() {
+			ch <- prometheus.MustNewConstMetric(c.nextRotation, prometheus.GaugeValue, float64(next.Unix()), t.Name)
+		}
+		counts := map[store.KeyState]int{store.KeyActive: 0, store.KeyRetiring: 0, store.KeyPending: 0, store.KeyForeign: 0}
+		for _, k := range st.Keys {
+			if k.State != store.KeyDeleted {
+				counts[k.State]++
+			}
+		}
+		for state, n := range counts {
+			ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(n), t.Name, string(state))
+		}
+		held := st.CodatKeys
+		ch <- prometheus.MustNewConstMetric(c.freeSlots, prometheus.GaugeValue, float64(max(t.MaxKeys-t.ReserveSlots-held, 0)), t.Name)
+		ch <- prometheus.MustNewConstMetric(c.halted, prometheus.GaugeValue, b2f(st.Halted), t.Name)
+		ch <- prometheus.MustNewConstMetric(c.journal, prometheus.GaugeValue, b2f(st.Journal != nil), t.Name)
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,307 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/codat-rotator/codat-rotator/rotation"
+)
+
+// reloadSignals delivers SIGHUP to the running daemon; main sets it.
+var reloadSignals <-chan os.Signal
+
+// runCommand is `codat-rotator run`: the daemon.
+type runCommand struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	reload         <-chan os.Signal
+
+	configPath      string
+	logLevel        string
+	logFormat       string
+	shutdownTimeout time.Duration
+
+	cfg     Config
+	log     *slog.Logger
+	app     *app
+	m       *metrics
+	sched   *rotation.Scheduler
+	servers []*http.Server
+	notify  notifier
+	wg      sync.WaitGroup
+}
+
+func newRunCommand(stdout, stderr io.Writer) *runCommand {
+	return &runCommand{stdout: stdout, stderr: stderr, getenv: os.Getenv, reload: reloadSignals}
+}
+
+func (c *runCommand) ParseFlags(args []string) error {
+	fs := newFlagSet("run", "[--config FILE]", c.stderr)
+	fs.StringVar(&c.configPath, "config", DefaultConfigPath, "config `file`")
+	fs.StringVar(&c.logLevel, "log-level", "", "log `level` (default: the config's)")
+	fs.StringVar(&c.logFormat, "log-format", "", "log `format`: auto, json, text, pretty (default: the config's)")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long a running rotation may take to finish before it is cancelled (its journal is kept)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return noArgs(fs)
+}
+
+func (c *runCommand) loadConfig() (Config, *slog.Logger, error) {
+	cfg, err := LoadConfig(c.configPath, c.getenv)
+	if err != nil {
+		return cfg, nil, err
+	}
+	level, format := cfg.Log.Level, cfg.Log.Format
+	if c.logLevel != "" {
+		level = c.logLevel
+	}
+	if c.logFormat != "" {
+		format = c.logFormat
+	}
+	log, err := newLogger(c.stderr, level, format)
+	return cfg, log, err
+}
+
+func (c *runCommand) Run(ctx context.Context) error {
+	cfg, log, err := c.loadConfig()
+	if err != nil {
+		return &usageError{err}
+	}
+	c.cfg, c.log = cfg, log
+	slog.SetDefault(log)
+	c.notify = notifier{log: log}
+	c.m = newMetrics()
+	c.app, err = openApp(cfg, log, c.getenv, false, c.m)
+	if err != nil {
+		return explainLocked(err, "")
+	}
+	c.sched = &rotation.Scheduler{
+		Engine: c.app.engine, Logger: log,
+		OnRotation: c.m.onRotation, OnRetire: c.m.onRetire,
+	}
+	c.m.reg.MustRegister(newStateCollector(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next))
+
+	var admin net.Listener
+	if cfg.Listen.AdminSocket != "" {
+		if admin, err = listenAdmin(cfg.Listen.AdminSocket); err != nil {
+			return err
+		}
+	}
+	var metricsL net.Listener
+	if cfg.Listen.Metrics != "" {
+		if metricsL, err = net.Listen("tcp", cfg.Listen.Metrics); err != nil {
+			if admin != nil {
+				admin.Close()
+			}
+			return fmt.Errorf("listen.metrics: %w", err)
+		}
+	}
+	if err := c.sched.Start(schedules(cfg, c.app.allTargets())); err != nil {
+		return err
+	}
+	serveErr := make(chan error, 2)
+	if admin != nil {
+		c.serve(admin, adminHandler(c.app, c.sched), serveErr)
+		log.Info("admin socket listening", "path", cfg.Listen.AdminSocket)
+	}
+	if metricsL != nil {
+		c.serve(metricsL, c.observability(), serveErr)
+		log.Info("metrics listening", "addr", metricsL.Addr().String())
+	}
+	names := c.sched.Names()
+	log.Info("codat-rotator running", "version", version, "targets", strings.Join(names, ","), "state", cfg.StatePath)
+	c.notify.Ready(fmt.Sprintf("rotating %d target(s)", len(names)))
+
+	wdCtx, stopWatchdog := context.WithCancel(context.Background())
+	defer stopWatchdog()
+	go c.notify.Watchdog(wdCtx, c.sched.Alive)
+
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("signal received; shutting down")
+			return nil
+		case err := <-serveErr:
+			return err
+		case <-c.reload:
+			c.reloadConfig()
+		}
+	}
+}
+
+// serve runs an HTTP server on l until Close.
+func (c *runCommand) serve(l net.Listener, h http.Handler, errc chan<- error) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelWarn)}
+	c.servers = append(c.servers, srv)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("serve %s: %w", l.Addr(), err)
+		}
+	}()
+}
+
+// observability serves /metrics, /healthz and /readyz.
+func (c *runCommand) observability() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(c.m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if !c.sched.Alive(10 * time.Second) {
+			http.Error(w, "scheduler stalled\n", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	ready := &readiness{app: c.app, ttl: 10 * time.Second}
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := ready.check(r.Context()); err != nil {
+			http.Error(w, "not ready: "+err.Error()+"\n", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// readiness: the state file is open, Vault authenticates the daemon, and
+// every target has a served key. The answer is cached for ttl so probes
+// do not hammer Vault.
+type readiness struct {
+	app *app
+	ttl time.Duration
+
+	mu   sync.Mutex
+	at   time.Time
+	last error
+}
+
+func (r *readiness) check(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if time.Since(r.at) < r.ttl {
+		return r.last
+	}
+	r.at, r.last = time.Now(), r.probe(ctx)
+	return r.last
+}
+
+func (r *readiness) probe(ctx context.Context) error {
+	if r.app.db == nil {
+		return errors.New("state file not open")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := r.app.vault.Ping(ctx); err != nil {
+		return err
+	}
+	var missing []string
+	for _, t := range r.app.allTargets() {
+		cur, err := r.app.vault.Read(ctx, t.Vault)
+		if err != nil {
+			return err
+		}
+		if cur.Secret == nil {
+			missing = append(missing, t.Name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("no key served yet for: %s", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// reloadConfig applies a changed config (SIGHUP), or logs why it cannot
+// and keeps the old one.
+func (c *runCommand) reloadConfig() {
+	c.notify.Reloading()
+	defer c.notify.Ready("config reloaded")
+	cfg, _, err := c.loadConfig()
+	if err != nil {
+		c.log.Error("config reload failed; keeping the running config", "error", err)
+		return
+	}
+	var restart []string
+	if cfg.StatePath != c.cfg.StatePath {
+		restart = append(restart, "state_path")
+	}
+	if cfg.Listen != c.cfg.Listen {
+		restart = append(restart, "listen")
+	}
+	if !reflect.DeepEqual(cfg.Vault, c.cfg.Vault) {
+		restart = append(restart, "vault")
+	}
+	if cfg.Log != c.cfg.Log {
+		restart = append(restart, "log")
+	}
+	if len(restart) > 0 {
+		c.log.Warn("config reload: these settings need a restart and keep their running values", "fields", strings.Join(restart, ","))
+	}
+	if err := c.app.setTargets(cfg.Targets); err != nil {
+		c.log.Error("config reload failed; keeping the running config", "error", err)
+		return
+	}
+	if err := c.sched.Apply(schedules(cfg, c.app.allTargets())); err != nil {
+		c.log.Error("config reload: schedules not applied", "error", err)
+		return
+	}
+	c.cfg.Targets = cfg.Targets
+	c.log.Info("config reloaded", "targets", len(cfg.Targets))
+}
+
+// Close stops scheduling, lets a running rotation finish (or cancels it
+// after the shutdown timeout, leaving its journal), closes the listeners
+// and the state file.
+func (c *runCommand) Close() error {
+	if c.sched == nil && c.app == nil {
+		return nil
+	}
+	c.notify.Stopping()
+	for _, srv := range c.servers {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = srv.Shutdown(sctx)
+		cancel()
+	}
+	c.wg.Wait()
+	if c.sched != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
+		c.sched.Stop(ctx)
+		cancel()
+	}
+	if c.cfg.Listen.AdminSocket != "" {
+		_ = os.Remove(c.cfg.Listen.AdminSocket)
+	}
+	err := c.app.Close()
+	if c.log != nil {
+		c.log.Info("stopped")
+	}
+	return err
+}
+
+// schedules pairs each target with its schedule from the config.
+func schedules(cfg Config, targets []rotation.Target) []rotation.Schedule {
+	byName := map[string]TargetConfig{}
+	for _, tc := range cfg.Targets {
+		byName[tc.Name] = tc
+	}
+	out := make([]rotation.Schedule, 0, len(targets))
+	for _, t := range targets {
+		tc := byName[t.Name]
+		out = append(out, rotation.Schedule{Target: t, Spec: tc.Schedule, Jitter: tc.Jitter.D()})
+	}
+	return out
+}
