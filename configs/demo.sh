@@ -49,28 +49,49 @@ export DEMO_DIR
 [ -n "$CODAT_BOOTSTRAP_API_KEY" ] || { echo "demo: the emulator did not start:"; cat "$DEMO_DIR/emulator.log"; exit 1; }
 
 step() { echo; echo "== $*"; }
+secret_key_id() { curl -s -H "X-Vault-Token: $VAULT_TOKEN" "$VAULT_ADDR/v1/secret/data/codat/demo" | sed -n 's/.*"key_id":"\([^"]*\)".*/\1/p'; }
+
 step "a dry run: what the first rotation would do"
 "$BIN" rotate --config configs/demo.yaml --dry-run --log-level warn
-step "first rotation: publish the emulator's first key to Vault, then rotate it"
+
+step "starting the daemon: codat-rotator run --config configs/demo.yaml (log: $DEMO_DIR/daemon.log)"
+"$BIN" run --config configs/demo.yaml --log-format text >"$DEMO_DIR/daemon.log" 2>&1 &
+pids+=($!)
+# It never rotated, so it catches up at once: bootstrap, then a rotation.
+for _ in $(seq 100); do [ -n "$(secret_key_id)" ] && [ -S "$DEMO_DIR/admin.sock" ] && break; sleep 0.1; done
+[ -n "$(secret_key_id)" ] || { echo "demo: the daemon did not publish a key:"; cat "$DEMO_DIR/daemon.log"; exit 1; }
+sleep 0.5
+
+step "codat-rotator status (through the daemon's admin socket)"
+"$BIN" status --config configs/demo.yaml
+
+step "what consumers read: vault kv get secret/codat/demo"
+"$VAULT" kv get secret/codat/demo | sed -E 's/^(api_key|authorization_header)( +)(.{12}).*/\1\2\3… (cut here)/'
+
+step "a manual rotation through the running daemon: codat-rotator rotate"
 "$BIN" rotate --config configs/demo.yaml
-step "what consumers read"
-"$VAULT" kv get secret/codat/demo
-step "the header, as an application would fetch it"
-echo "vault kv get -field=authorization_header secret/codat/demo"
-echo "  → $("$VAULT" kv get -field=authorization_header secret/codat/demo | cut -c1-14)… (redacted here)"
-step "an emergency rotation: the old keys go at once"
-"$BIN" rotate --config configs/demo.yaml --emergency
-step "keys at the emulator"
-curl -s http://127.0.0.1:$CODAT_PORT/_emulator/keys
+
+step "codat-rotator keys"
+"$BIN" keys --config configs/demo.yaml
+
+step "metrics: curl -s 127.0.0.1:19464/metrics | grep codat_rotator_rotations_total"
+curl -s http://127.0.0.1:19464/metrics | grep '^codat_rotator_rotations_total' || true
+
+step "the emulator's record: violations of the invariants"
 curl -s http://127.0.0.1:$CODAT_PORT/_emulator/violations
 
 if [ "$DEMO_WAIT" = 0 ]; then exit 0; fi
 cat <<MSG
 
-The Vault dev server and the Codat emulator keep running. In another shell:
-  export VAULT_ADDR=$VAULT_ADDR VAULT_TOKEN=$VAULT_TOKEN DEMO_DIR=$DEMO_DIR CODAT_BOOTSTRAP_API_KEY=unused
-  ./bin/codat-rotator rotate --config configs/demo.yaml
-  vault kv get secret/codat/demo
+The daemon rotates every 20 s. Where to look, in another shell:
+  export VAULT_ADDR=$VAULT_ADDR VAULT_TOKEN=$VAULT_TOKEN DEMO_DIR=$DEMO_DIR
+  ./bin/codat-rotator status --config configs/demo.yaml
+  ./bin/codat-rotator rotate --config configs/demo.yaml --emergency
+  vault kv get -field=authorization_header secret/codat/demo
+  curl -s 127.0.0.1:19464/metrics | grep codat_rotator_
+  tail -f $DEMO_DIR/daemon.log
 Press Ctrl-C to stop everything.
 MSG
+tail -f "$DEMO_DIR/daemon.log" &
+pids+=($!)
 while true; do sleep 3600; done
