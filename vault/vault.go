@@ -11,8 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -30,20 +30,31 @@ type Config struct {
 	// TLS settings; verification is never off unless Insecure is set.
 	CACert, CAPath, ClientCert, ClientKey, TLSServerName string
 	Insecure                                             bool
-	// Token authenticates when TokenFile is empty.
+	// Auth is how to get a token; nil means TokenAuth{Token, TokenFile}.
+	Auth Auth
+	// Token authenticates when TokenFile is empty (shorthand for TokenAuth).
 	Token codat.Secret
 	// TokenFile is read for the token (a Vault Agent sink, say).
 	TokenFile string
+	// OnLogin, when set, is called after every successful login.
+	OnLogin func(method string)
 	// Timeout bounds each request (default 30s).
 	Timeout time.Duration
 	// Observe, when set, is called after every Vault request.
 	Observe func(op string, err error, d time.Duration)
 }
 
-// Client talks to one Vault.
+// Client talks to one Vault. It logs in by itself, and again when Vault
+// says its token is no longer valid.
 type Client struct {
-	api *api.Client
-	cfg Config
+	api     *api.Client
+	cfg     Config
+	auth    Auth
+	onLogin func(string)
+
+	mu    sync.Mutex // serialises logins
+	gen   int        // counts logins
+	lease *api.Secret
 }
 
 // New returns a client for cfg. It does not contact Vault.
@@ -79,19 +90,21 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Namespace != "" {
 		c.SetNamespace(cfg.Namespace)
 	}
-	token := cfg.Token
-	if cfg.TokenFile != "" {
-		b, err := os.ReadFile(cfg.TokenFile)
+	c.ClearToken()
+	cl := &Client{api: c, cfg: cfg, auth: cfg.Auth, onLogin: cfg.OnLogin}
+	if cl.auth == nil {
+		cl.auth = TokenAuth{Token: cfg.Token, File: cfg.TokenFile}
+	}
+	if ta, ok := cl.auth.(TokenAuth); ok {
+		// A static token needs no network: take it now, so a missing one
+		// fails here rather than at the first call.
+		token, _, err := ta.login(context.Background(), c)
 		if err != nil {
-			return nil, fmt.Errorf("vault token file: %w", err)
+			return nil, err
 		}
-		token = codat.Secret(strings.TrimSpace(string(b)))
+		c.SetToken(token.Reveal())
 	}
-	if token.Empty() {
-		return nil, errors.New("vault token: not set (vault.auth.token_file or VAULT_TOKEN)")
-	}
-	c.SetToken(token.Reveal())
-	return &Client{api: c, cfg: cfg}, nil
+	return cl, nil
 }
 
 // Address returns Vault's address.
@@ -152,6 +165,10 @@ const (
 // KV v1 would accept the write at "<mount>/data/<path>" as a plain secret
 // with no check-and-set, so it is refused up front.
 func (c *Client) CheckMount(ctx context.Context, loc Location) error {
+	return c.call(ctx, func() error { return c.checkMount(ctx, loc) })
+}
+
+func (c *Client) checkMount(ctx context.Context, loc Location) error {
 	start := time.Now()
 	sec, err := c.api.Logical().ReadWithContext(ctx, "sys/internal/ui/mounts/"+loc.String())
 	c.observe("mount", err, start)
@@ -211,6 +228,16 @@ func (c *Client) probeMount(ctx context.Context, loc Location) error {
 
 // Read returns what Vault holds at loc.
 func (c *Client) Read(ctx context.Context, loc Location) (Current, error) {
+	var cur Current
+	err := c.call(ctx, func() error {
+		var err error
+		cur, err = c.read(ctx, loc)
+		return err
+	})
+	return cur, err
+}
+
+func (c *Client) read(ctx context.Context, loc Location) (Current, error) {
 	start := time.Now()
 	kv, err := c.api.KVv2(loc.Mount).Get(ctx, loc.Path)
 	c.observe("read", err, start)
@@ -261,6 +288,16 @@ func (c *Client) readDeleted(ctx context.Context, loc Location) (Current, error)
 // path must hold no version yet), then sets the custom metadata when it
 // differs. It returns the new version.
 func (c *Client) Write(ctx context.Context, loc Location, s Secret, cas int, metadata map[string]string) (int, error) {
+	var version int
+	err := c.call(ctx, func() error {
+		var err error
+		version, err = c.write(ctx, loc, s, cas, metadata)
+		return err
+	})
+	return version, err
+}
+
+func (c *Client) write(ctx context.Context, loc Location, s Secret, cas int, metadata map[string]string) (int, error) {
 	start := time.Now()
 	kv, err := c.api.KVv2(loc.Mount).Put(ctx, loc.Path, encodeSecret(s), api.WithCheckAndSet(cas))
 	c.observe("write", err, start)
@@ -273,7 +310,7 @@ func (c *Client) Write(ctx context.Context, loc Location, s Secret, cas int, met
 		var re *api.ResponseError
 		if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest && strings.Contains(strings.Join(re.Errors, " "), "check-and-set") {
 			conflict := &CASConflictError{Path: loc.String(), Expected: cas}
-			if cur, rerr := c.Read(ctx, loc); rerr == nil {
+			if cur, rerr := c.read(ctx, loc); rerr == nil {
 				conflict.Current = cur.Version
 			}
 			return 0, conflict
@@ -285,7 +322,7 @@ func (c *Client) Write(ctx context.Context, loc Location, s Secret, cas int, met
 		version = kv.VersionMetadata.Version
 	}
 	if len(metadata) > 0 && !sameStrings(stringMap(kv.CustomMetadata), metadata) {
-		if err := c.PatchMetadata(ctx, loc, metadata); err != nil {
+		if err := c.patchMetadata(ctx, loc, metadata); err != nil {
 			return version, err
 		}
 	}
@@ -294,6 +331,10 @@ func (c *Client) Write(ctx context.Context, loc Location, s Secret, cas int, met
 
 // PatchMetadata merges custom metadata into the secret's metadata.
 func (c *Client) PatchMetadata(ctx context.Context, loc Location, metadata map[string]string) error {
+	return c.call(ctx, func() error { return c.patchMetadata(ctx, loc, metadata) })
+}
+
+func (c *Client) patchMetadata(ctx context.Context, loc Location, metadata map[string]string) error {
 	cm := make(map[string]any, len(metadata))
 	for k, v := range metadata {
 		cm[k] = v
@@ -315,14 +356,16 @@ var ErrMetadata = errors.New("secret written, custom metadata not set")
 // valid. A self lookup needs Vault's default policy; a token without it
 // gets "permission denied", which still proves the token valid.
 func (c *Client) Ping(ctx context.Context) error {
-	start := time.Now()
-	_, err := c.api.Auth().Token().LookupSelfWithContext(ctx)
-	c.observe("lookup self", err, start)
-	err = classify("token lookup", "auth/token/lookup-self", "read", err)
-	if errors.Is(err, ErrPermissionDenied) {
-		return nil
-	}
-	return err
+	return c.call(ctx, func() error {
+		start := time.Now()
+		_, err := c.api.Auth().Token().LookupSelfWithContext(ctx)
+		c.observe("lookup self", err, start)
+		err = classify("token lookup", "auth/token/lookup-self", "read", err)
+		if errors.Is(err, ErrPermissionDenied) {
+			return nil
+		}
+		return err
+	})
 }
 
 func (c *Client) observe(op string, err error, start time.Time) {

@@ -739,7 +739,7 @@ func TestNew(t *testing.T) {
 	}{
 		{"no address", vault.Config{Token: "s.token"}, "vault address: not set", nil},
 		{"no token", vault.Config{Address: srv.Addr}, "vault token: not set", nil},
-		{"blank token file", vault.Config{Address: srv.Addr, TokenFile: blankFile}, "vault token: not set", nil},
+		{"blank token file", vault.Config{Address: srv.Addr, TokenFile: blankFile}, "empty", nil},
 		{"missing token file", vault.Config{Address: srv.Addr, TokenFile: filepath.Join(dir, "nope")}, "vault token file", fs.ErrNotExist},
 		{"missing CA file", vault.Config{Address: srv.Addr, Token: "s.token", CACert: filepath.Join(dir, "nope.pem")}, "vault tls", nil},
 	} {

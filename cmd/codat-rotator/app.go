@@ -218,8 +218,20 @@ func vaultConfig(vc VaultConfig, getenv func(string) string) (vault.Config, erro
 		if c.TokenFile == "" {
 			c.Token = codat.Secret(getenv("VAULT_TOKEN"))
 		}
+	case "approle":
+		ar := vc.Auth.AppRole
+		if ar.RoleIDFile == "" || ar.SecretIDFile == "" {
+			return c, errors.New("vault.auth.approle: role_id_file and secret_id_file must both be set")
+		}
+		c.Auth = vault.AppRoleAuth{Mount: ar.Mount, RoleIDFile: ar.RoleIDFile, SecretIDFile: ar.SecretIDFile}
+	case "kubernetes":
+		k := vc.Auth.Kubernetes
+		if k.Role == "" {
+			return c, errors.New("vault.auth.kubernetes.role: must be set")
+		}
+		c.Auth = vault.KubernetesAuth{Mount: k.Mount, Role: k.Role, TokenFile: k.TokenFile}
 	default:
-		return c, fmt.Errorf("vault.auth.method %q: not available in this build yet; use token (VAULT_TOKEN or token_file, e.g. a Vault Agent sink)", vc.Auth.Method)
+		return c, fmt.Errorf("vault.auth.method %q: want token, approle or kubernetes", vc.Auth.Method)
 	}
 	if c.Address == "" {
 		return c, errors.New("vault.address: not set, and VAULT_ADDR is empty")

@@ -88,6 +88,13 @@ func (c *runCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return explainLocked(err, "")
 	}
+	lctx, cancelLogin := context.WithTimeout(ctx, 15*time.Second)
+	if err := c.app.vault.Login(lctx); err != nil {
+		// Not fatal: Vault may come up later; /readyz says not ready and
+		// every call logs in again.
+		log.Error("vault login failed; retrying on every call", "error", err)
+	}
+	cancelLogin()
 	c.sched = &rotation.Scheduler{
 		Engine: c.app.engine, Logger: log,
 		OnRotation: c.m.onRotation, OnRetire: c.m.onRetire,
@@ -128,6 +135,8 @@ func (c *runCommand) Run(ctx context.Context) error {
 	wdCtx, stopWatchdog := context.WithCancel(context.Background())
 	defer stopWatchdog()
 	go c.notify.Watchdog(wdCtx, c.sched.Alive)
+	// Renew the Vault token while it can be, log in again when not.
+	go c.app.vault.KeepAlive(wdCtx, log.With("component", "vault"))
 
 	for {
 		select {

@@ -1,0 +1,287 @@
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+	"github.com/hashicorp/vault/api/auth/approle"
+	"github.com/hashicorp/vault/api/auth/kubernetes"
+
+	"github.com/codat-rotator/codat-rotator/codat"
+)
+
+// Auth is how the client gets a Vault token.
+type Auth interface {
+	// login returns a fresh token; for a login method, with its lease.
+	login(ctx context.Context, c *api.Client) (token codat.Secret, lease *api.Secret, err error)
+	// name is the method's name, for errors and logs.
+	name() string
+}
+
+// TokenAuth uses a token as it is: Token, or the contents of File (a
+// Vault Agent sink, say), which is read again when Vault says the token
+// is no longer valid.
+type TokenAuth struct {
+	Token codat.Secret
+	File  string
+}
+
+func (a TokenAuth) name() string { return "token" }
+
+func (a TokenAuth) login(context.Context, *api.Client) (codat.Secret, *api.Secret, error) {
+	if a.File != "" {
+		b, err := os.ReadFile(a.File)
+		if err != nil {
+			return "", nil, fmt.Errorf("vault token file: %w", err)
+		}
+		a.Token = codat.Secret(strings.TrimSpace(string(b)))
+		if a.Token.Empty() {
+			return "", nil, fmt.Errorf("vault token file %s: empty", a.File)
+		}
+	}
+	if a.Token.Empty() {
+		return "", nil, errors.New("vault token: not set (vault.auth.token_file or VAULT_TOKEN)")
+	}
+	return a.Token, nil, nil
+}
+
+// AppRoleAuth logs in with a role id and a secret id, each read from a
+// file at every login.
+type AppRoleAuth struct {
+	Mount        string
+	RoleIDFile   string
+	SecretIDFile string
+}
+
+func (a AppRoleAuth) name() string { return "approle" }
+
+func (a AppRoleAuth) login(ctx context.Context, c *api.Client) (codat.Secret, *api.Secret, error) {
+	roleID, err := os.ReadFile(a.RoleIDFile)
+	if err != nil {
+		return "", nil, fmt.Errorf("approle role_id_file: %w", err)
+	}
+	m, err := approle.NewAppRoleAuth(strings.TrimSpace(string(roleID)), &approle.SecretID{FromFile: a.SecretIDFile},
+		approle.WithMountPath(orDefault(a.Mount, "approle")))
+	if err != nil {
+		return "", nil, fmt.Errorf("approle: %w", err)
+	}
+	return loginWith(ctx, c, m, "auth/"+orDefault(a.Mount, "approle")+"/login")
+}
+
+// KubernetesAuth logs in with the pod's service-account token, read from
+// TokenFile at every login (projected tokens rotate).
+type KubernetesAuth struct {
+	Mount     string
+	Role      string
+	TokenFile string
+}
+
+func (a KubernetesAuth) name() string { return "kubernetes" }
+
+func (a KubernetesAuth) login(ctx context.Context, c *api.Client) (codat.Secret, *api.Secret, error) {
+	if a.Role == "" {
+		return "", nil, errors.New("kubernetes auth: vault.auth.kubernetes.role is not set")
+	}
+	m, err := kubernetes.NewKubernetesAuth(a.Role,
+		kubernetes.WithMountPath(orDefault(a.Mount, "kubernetes")),
+		kubernetes.WithServiceAccountTokenPath(a.TokenFile))
+	if err != nil {
+		return "", nil, fmt.Errorf("kubernetes auth: %w", err)
+	}
+	return loginWith(ctx, c, m, "auth/"+orDefault(a.Mount, "kubernetes")+"/login")
+}
+
+func loginWith(ctx context.Context, c *api.Client, m api.AuthMethod, path string) (codat.Secret, *api.Secret, error) {
+	// Log in on a copy: the shared client must not send a stale token,
+	// and Login would set the new one on it behind our lock.
+	lc, err := c.Clone()
+	if err != nil {
+		return "", nil, err
+	}
+	lc.ClearToken()
+	sec, err := m.Login(ctx, lc)
+	if err != nil {
+		return "", nil, classify("login", path, "update", err)
+	}
+	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" {
+		return "", nil, fmt.Errorf("vault login %s: no token in the answer", path)
+	}
+	return codat.Secret(sec.Auth.ClientToken), sec, nil
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// Login gets a token now: for a login method, a fresh one. Calls log in
+// by themselves when needed; Login lets a caller fail early.
+func (c *Client) Login(ctx context.Context) error {
+	_, err := c.relogin(ctx, -1)
+	return err
+}
+
+// ensureToken logs in if no token is held yet and returns the login
+// generation the caller works with.
+func (c *Client) ensureToken(ctx context.Context) (int, error) {
+	c.mu.Lock()
+	gen, have := c.gen, c.api.Token() != ""
+	c.mu.Unlock()
+	if have {
+		return gen, nil
+	}
+	return c.relogin(ctx, gen)
+}
+
+// relogin replaces the token unless another call already did since
+// generation seen (-1: always).
+func (c *Client) relogin(ctx context.Context, seen int) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if seen >= 0 && c.gen != seen && c.api.Token() != "" {
+		return c.gen, nil
+	}
+	token, lease, err := c.auth.login(ctx, c.api)
+	if err != nil {
+		return c.gen, err
+	}
+	c.api.SetToken(token.Reveal())
+	c.lease = lease
+	c.gen++
+	if c.onLogin != nil {
+		c.onLogin(c.auth.name())
+	}
+	return c.gen, nil
+}
+
+// call runs op with a token; when Vault says the token is invalid
+// (expired, revoked), it logs in again and runs op once more, so a
+// rotation in flight survives a token's expiry.
+func (c *Client) call(ctx context.Context, op func() error) error {
+	gen, err := c.ensureToken(ctx)
+	if err != nil {
+		return err
+	}
+	err = op()
+	if !errors.Is(err, ErrTokenInvalid) {
+		return err
+	}
+	if _, lerr := c.relogin(ctx, gen); lerr != nil {
+		return fmt.Errorf("%w; logging in again failed: %w", err, lerr)
+	}
+	return op()
+}
+
+// KeepAlive renews the token while it can and logs in again when it
+// cannot (renewal refused, maximum TTL reached), until ctx ends. It
+// returns at once for a token that does not expire.
+func (c *Client) KeepAlive(ctx context.Context, log *slog.Logger) {
+	for ctx.Err() == nil {
+		if _, err := c.ensureToken(ctx); err != nil {
+			log.Error("vault login failed; retrying in 30s", "method", c.auth.name(), "error", err)
+			if !sleepCtx(ctx, 30*time.Second) {
+				return
+			}
+			continue
+		}
+		sec, err := c.renewable(ctx)
+		if err != nil {
+			log.Warn("cannot look up the vault token; not renewing it", "error", err)
+			return
+		}
+		if sec == nil {
+			return // a token that never expires: nothing to do
+		}
+		if !sec.Auth.Renewable {
+			if _, static := c.auth.(TokenAuth); static {
+				return // a static token: re-read only when Vault refuses it
+			}
+			// A login token that cannot be renewed: log in again before
+			// it runs out.
+			if !sleepCtx(ctx, time.Duration(sec.Auth.LeaseDuration)*time.Second*8/10) {
+				return
+			}
+			c.mu.Lock()
+			gen := c.gen
+			c.mu.Unlock()
+			if _, err := c.relogin(ctx, gen); err != nil {
+				log.Error("vault login failed; retrying in 30s", "method", c.auth.name(), "error", err)
+				sleepCtx(ctx, 30*time.Second)
+			}
+			continue
+		}
+		w, err := c.api.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: sec})
+		if err != nil {
+			log.Error("vault token renewal", "error", err)
+			return
+		}
+		go w.Start()
+	watch:
+		for {
+			select {
+			case <-ctx.Done():
+				w.Stop()
+				return
+			case <-w.RenewCh():
+				log.Debug("vault token renewed")
+			case err := <-w.DoneCh():
+				w.Stop()
+				log.Info("vault token can no longer be renewed; logging in again", "method", c.auth.name(), "error", err)
+				c.mu.Lock()
+				gen := c.gen
+				c.mu.Unlock()
+				if _, lerr := c.relogin(ctx, gen); lerr != nil {
+					log.Error("vault login failed; retrying in 30s", "method", c.auth.name(), "error", lerr)
+					if !sleepCtx(ctx, 30*time.Second) {
+						return
+					}
+				}
+				break watch
+			}
+		}
+	}
+}
+
+// renewable returns the token's lease for the lifetime watcher, or nil
+// for a token with no TTL.
+func (c *Client) renewable(ctx context.Context) (*api.Secret, error) {
+	c.mu.Lock()
+	lease := c.lease
+	c.mu.Unlock()
+	if lease != nil {
+		if lease.Auth.LeaseDuration == 0 {
+			return nil, nil
+		}
+		return lease, nil
+	}
+	sec, err := c.api.Auth().Token().LookupSelfWithContext(ctx)
+	if err != nil {
+		return nil, classify("token lookup", "auth/token/lookup-self", "read", err)
+	}
+	ttl, err := sec.TokenTTL()
+	if err != nil || ttl == 0 {
+		return nil, err
+	}
+	renewable, _ := sec.TokenIsRenewable()
+	token, _ := sec.TokenID()
+	return &api.Secret{Auth: &api.SecretAuth{ClientToken: token, Renewable: renewable, LeaseDuration: int(ttl / time.Second)}}, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
