@@ -93,7 +93,33 @@ type TargetConfig struct {
 	KeyNamePrefix string            `yaml:"key_name_prefix"`
 	MaxKeys       int               `yaml:"max_keys"`
 	ReserveSlots  *int              `yaml:"reserve_slots"`
+	Notify        NotifyConfig      `yaml:"notify"`
 }
+
+// NotifyConfig is targets[].notify:.
+type NotifyConfig struct {
+	Webhooks []WebhookConfig `yaml:"webhooks"`
+}
+
+// WebhookConfig is one webhook of a target.
+type WebhookConfig struct {
+	// URL receives a POST per event. It may hold a secret (Slack's do):
+	// it is never logged whole.
+	URL string `yaml:"url"`
+	// Format is json (a generic document) or slack (a {"text": ...} body).
+	Format string `yaml:"format"`
+	// Events: failure, halt, low_slots, success (success is opt-in).
+	Events  []string `yaml:"events"`
+	Timeout Duration `yaml:"timeout"`
+}
+
+// Webhook events.
+const (
+	EventFailure  = "failure"
+	EventHalt     = "halt"
+	EventLowSlots = "low_slots"
+	EventSuccess  = "success"
+)
 
 // TargetCodatConfig is targets[].codat:.
 type TargetCodatConfig struct {
@@ -192,6 +218,18 @@ func applyTargetDefaults(t *TargetConfig) {
 	if t.ReserveSlots == nil {
 		n := DefaultReserveSlots
 		t.ReserveSlots = &n
+	}
+	for i := range t.Notify.Webhooks {
+		w := &t.Notify.Webhooks[i]
+		if w.Format == "" {
+			w.Format = "json"
+		}
+		if w.Events == nil {
+			w.Events = []string{EventFailure, EventHalt, EventLowSlots}
+		}
+		if w.Timeout == 0 {
+			w.Timeout = Duration(10 * time.Second)
+		}
 	}
 }
 
@@ -363,6 +401,22 @@ func (c Config) Validate() error {
 		}
 		if t.Jitter < 0 {
 			bad(f("jitter"), "must not be negative")
+		}
+		for j, w := range t.Notify.Webhooks {
+			wf := func(name string) string { return fmt.Sprintf("targets[%d].notify.webhooks[%d].%s", i, j, name) }
+			if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				bad(wf("url"), "not an http(s) URL")
+			}
+			if w.Format != "json" && w.Format != "slack" {
+				bad(wf("format"), "%q: want json or slack", w.Format)
+			}
+			for _, e := range w.Events {
+				switch e {
+				case EventFailure, EventHalt, EventLowSlots, EventSuccess:
+				default:
+					bad(wf("events"), "%q: want failure, halt, low_slots or success", e)
+				}
+			}
 		}
 		sched, err := cronParser.Parse(t.Schedule)
 		if err != nil {

@@ -86,9 +86,15 @@ func (c *rotateCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return &usageError{err}
 	}
+	hooks := newWebhooks(log, cfg.Targets)
 	doc := rotateInProcess(ctx, c.app, targets, req, func(t rotation.Target, opts rotation.Options) (rotation.Result, error) {
-		return c.app.engine.Rotate(ctx, t, opts)
+		res, err := c.app.engine.Rotate(ctx, t, opts)
+		if st, lerr := c.app.engine.Store.Load(t.Name); lerr == nil && !c.dryRun {
+			hooks.rotated(t, st, res, err)
+		}
+		return res, err
 	})
+	hooks.Wait(15 * time.Second)
 	return printRotate(c.stdout, doc)
 }
 

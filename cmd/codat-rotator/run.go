@@ -40,6 +40,7 @@ type runCommand struct {
 	sched   *rotation.Scheduler
 	servers []*http.Server
 	notify  notifier
+	hooks   *webhooks
 	wg      sync.WaitGroup
 }
 
@@ -95,9 +96,13 @@ func (c *runCommand) Run(ctx context.Context) error {
 		log.Error("vault login failed; retrying on every call", "error", err)
 	}
 	cancelLogin()
+	c.hooks = newWebhooks(log, cfg.Targets)
 	c.sched = &rotation.Scheduler{
-		Engine: c.app.engine, Logger: log,
-		OnRotation: c.m.onRotation, OnRetire: c.m.onRetire,
+		Engine: c.app.engine, Logger: log, OnRetire: c.m.onRetire,
+		OnRotation: func(name string, opts rotation.Options, res rotation.Result, err error, took time.Duration) {
+			c.m.onRotation(name, opts, res, err, took)
+			c.notifyHooks(name, res, err)
+		},
 	}
 	c.m.reg.MustRegister(newStateCollector(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next))
 
@@ -149,6 +154,20 @@ func (c *runCommand) Run(ctx context.Context) error {
 			c.reloadConfig()
 		}
 	}
+}
+
+// notifyHooks sends the target's webhooks what a rotation calls for.
+func (c *runCommand) notifyHooks(name string, res rotation.Result, err error) {
+	t, ok := c.sched.Target(name)
+	if !ok {
+		return
+	}
+	st, lerr := c.app.engine.Store.Load(name)
+	if lerr != nil {
+		c.log.Error("load state for webhooks", "target", name, "error", lerr)
+		return
+	}
+	c.hooks.rotated(t, st, res, err)
 }
 
 // serve runs an HTTP server on l until Close.
@@ -264,6 +283,7 @@ func (c *runCommand) reloadConfig() {
 		c.log.Error("config reload failed; keeping the running config", "error", err)
 		return
 	}
+	c.hooks.set(cfg.Targets)
 	if err := c.sched.Apply(schedules(cfg, c.app.allTargets())); err != nil {
 		c.log.Error("config reload: schedules not applied", "error", err)
 		return
@@ -290,6 +310,9 @@ func (c *runCommand) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 		c.sched.Stop(ctx)
 		cancel()
+	}
+	if c.hooks != nil {
+		c.hooks.Wait(10 * time.Second)
 	}
 	if c.cfg.Listen.AdminSocket != "" {
 		_ = os.Remove(c.cfg.Listen.AdminSocket)

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/store"
+)
+
+// webhookEvent is the generic JSON body. It never carries a key or a
+// header: only ids, counts and messages (errors never hold a key).
+type webhookEvent struct {
+	Event      string    `json:"event"`
+	Target     string    `json:"target"`
+	Time       time.Time `json:"time"`
+	Message    string    `json:"message"`
+	RotationID string    `json:"rotation_id,omitempty"`
+	NewKeyID   string    `json:"new_key_id,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	KeysUsed   int       `json:"keys_used"`
+	MaxKeys    int       `json:"max_keys"`
+	FreeSlots  int       `json:"free_slots"`
+	Halted     bool      `json:"halted"`
+}
+
+// webhooks sends a target's events to its webhooks, in the background,
+// retrying with backoff; Wait flushes them on shutdown.
+type webhooks struct {
+	log   *slog.Logger
+	http  *http.Client
+	sleep func(ctx context.Context, d time.Duration) bool
+	// Attempts per event and webhook (default 4: 0s, 1s, 2s, 4s).
+	attempts int
+
+	mu    sync.Mutex
+	hooks map[string][]WebhookConfig
+	ctx   context.Context
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
+}
+
+func newWebhooks(log *slog.Logger, targets []TargetConfig) *webhooks {
+	ctx, stop := context.WithCancel(context.Background())
+	w := &webhooks{log: log, http: &http.Client{}, sleep: sleepCtx, attempts: 4, ctx: ctx, stop: stop}
+	w.set(targets)
+	return w
+}
+
+// set replaces the webhooks (a config reload).
+func (w *webhooks) set(targets []TargetConfig) {
+	hooks := map[string][]WebhookConfig{}
+	for _, t := range targets {
+		hooks[t.Name] = t.Notify.Webhooks
+	}
+	w.mu.Lock()
+	w.hooks = hooks
+	w.mu.Unlock()
+}
+
+// rotated sends the events a finished rotation calls for: failure, halt,
+// low slots (free slots at or below the reserve), success (opt-in).
+func (w *webhooks) rotated(t rotation.Target, st store.Target, res rotation.Result, err error) {
+	base := webhookEvent{Target: t.Name, Time: time.Now().UTC(), RotationID: res.RotationID, NewKeyID: res.NewKey.ID,
+		KeysUsed: st.CodatKeys, MaxKeys: t.MaxKeys, FreeSlots: t.MaxKeys - st.CodatKeys, Halted: st.Halted}
+	var events []webhookEvent
+	if err != nil {
+		e := base
+		e.Event, e.Error = EventFailure, err.Error()
+		e.Message = fmt.Sprintf("codat-rotator: rotation of %s failed: %v", t.Name, err)
+		events = append(events, e)
+		if st.Halted {
+			e := base
+			e.Event, e.Error = EventHalt, st.HaltReason
+			e.Message = fmt.Sprintf("codat-rotator: %s is HALTED and rotates no more until `codat-rotator resume --target %s`: %s", t.Name, t.Name, st.HaltReason)
+			events = append(events, e)
+		}
+	} else {
+		e := base
+		e.Event = EventSuccess
+		e.Message = fmt.Sprintf("codat-rotator: %s rotated: key %s published to %s", t.Name, res.NewKey.ID, t.Vault)
+		events = append(events, e)
+	}
+	if st.CodatKeys > 0 && base.FreeSlots <= t.ReserveSlots {
+		e := base
+		e.Event = EventLowSlots
+		e.Message = fmt.Sprintf("codat-rotator: %s holds %d of %d Codat keys; %d free, the reserve is %d (foreign keys count too)",
+			t.Name, st.CodatKeys, t.MaxKeys, base.FreeSlots, t.ReserveSlots)
+		events = append(events, e)
+	}
+	for _, e := range events {
+		w.send(e)
+	}
+}
+
+// send posts the event to every webhook of its target that wants it.
+func (w *webhooks) send(e webhookEvent) {
+	w.mu.Lock()
+	hooks := w.hooks[e.Target]
+	w.mu.Unlock()
+	for _, h := range hooks {
+		if !slices.Contains(h.Events, e.Event) {
+			continue
+		}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			w.post(h, e)
+		}()
+	}
+}
+
+func (w *webhooks) post(h WebhookConfig, e webhookEvent) {
+	var body any = e
+	if h.Format == "slack" {
+		body = map[string]string{"text": e.Message}
+	}
+	raw, _ := json.Marshal(body)
+	host := redactURL(h.URL)
+	log := w.log.With("target", e.Target, "event", e.Event, "webhook", host)
+	backoff := time.Second
+	for i := 1; i <= w.attempts; i++ {
+		err := w.postOnce(h, raw)
+		if err == nil {
+			log.Debug("webhook delivered")
+			return
+		}
+		if i == w.attempts {
+			log.Error("webhook not delivered; giving up", "attempts", i, "error", err)
+			return
+		}
+		log.Warn("webhook failed; retrying", "attempt", i, "in", backoff, "error", err)
+		if !w.sleep(w.ctx, backoff) {
+			return
+		}
+		backoff *= 2
+	}
+}
+
+func (w *webhooks) postOnce(h WebhookConfig, raw []byte) error {
+	ctx, cancel := context.WithTimeout(w.ctx, h.Timeout.D())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.URL, bytes.NewReader(raw))
+	if err != nil {
+		return fmt.Errorf("webhook request: %s", redactURL(h.URL))
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "codat-rotator/"+version)
+	resp, err := w.http.Do(req)
+	if err != nil {
+		// The transport's error quotes the whole URL: keep only the host.
+		if ue, ok := err.(*url.Error); ok {
+			return fmt.Errorf("post %s: %v", redactURL(h.URL), ue.Err)
+		}
+		return fmt.Errorf("post %s: request failed", redactURL(h.URL))
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("post %s: %s", redactURL(h.URL), resp.Status)
+	}
+	return nil
+}
+
+// Wait lets deliveries in flight finish for up to d, then abandons them.
+func (w *webhooks) Wait(d time.Duration) {
+	done := make(chan struct{})
+	go func() { w.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		w.stop()
+		<-done
+	}
+	w.stop()
+}
+
+// redactURL keeps scheme and host: webhook paths often hold a secret.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(webhook)"
+	}
+	return u.Scheme + "://" + u.Host + "/…"
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
