@@ -173,8 +173,8 @@ func TestWebhookSuccessIsOptIn(t *testing.T) {
 func TestWebhookConfigErrors(t *testing.T) {
 	const base = "targets:\n  - name: a\n    vault: {path: codat/a}\n    notify:\n      webhooks:\n"
 	for yaml, want := range map[string]string{
-		"        - url: ftp://x\n":                       "targets[0].notify.webhooks[0].url: not an http(s) URL",
-		"        - {url: https://x, format: xml}\n":      `targets[0].notify.webhooks[0].format: "xml": want json or slack`,
+		"        - url: ftp://x\n":                        "targets[0].notify.webhooks[0].url: not an http(s) URL",
+		"        - {url: https://x, format: xml}\n":       `targets[0].notify.webhooks[0].format: "xml": want json or slack`,
 		"        - {url: https://x, events: [explode]}\n": `targets[0].notify.webhooks[0].events: "explode": want failure, halt, low_slots or success`,
 	} {
 		_, err := ParseConfig(strings.NewReader(base+yaml), noEnv)
