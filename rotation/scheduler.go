@@ -23,8 +23,21 @@ type Schedule struct {
 	Jitter time.Duration
 }
 
-// CronParser reads the schedules the daemon accepts.
-var CronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+// cronParser reads the schedules the daemon accepts.
+var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// ParseSchedule reads a 5-field cron spec, a descriptor (@daily,
+// @every 30s) or either after a CRON_TZ= prefix. robfig/cron v3.0.1
+// panics on some malformed specs ("CRON_TZ=" alone): that becomes an
+// error here.
+func ParseSchedule(spec string) (sched cron.Schedule, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			sched, err = nil, fmt.Errorf("malformed schedule")
+		}
+	}()
+	return cronParser.Parse(spec)
+}
 
 // Scheduler runs the rotations of several targets on their schedules, a
 // persisted retire timer per target, catch-up after downtime, and manual
@@ -86,7 +99,7 @@ func (s *Scheduler) Start(schedules []Schedule) error {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.stopping = make(chan struct{})
 	s.targets = map[string]*scheduled{}
-	s.cron = cron.New(cron.WithParser(CronParser), cron.WithLocation(time.UTC), cron.WithLogger(cronLogger{s.log()}))
+	s.cron = cron.New(cron.WithParser(cronParser), cron.WithLocation(time.UTC), cron.WithLogger(cronLogger{s.log()}))
 	// The heartbeat proves the cron loop runs: the systemd watchdog is fed
 	// from it.
 	s.beat.Store(time.Now().UnixNano())
@@ -108,7 +121,7 @@ func (s *Scheduler) apply(schedules []Schedule, starting bool) error {
 	parsed := make([]cron.Schedule, len(schedules))
 	seen := map[string]bool{}
 	for i, sc := range schedules {
-		p, err := CronParser.Parse(sc.Spec)
+		p, err := ParseSchedule(sc.Spec)
 		if err != nil {
 			return fmt.Errorf("target %s: schedule %q: %w", sc.Target.Name, sc.Spec, err)
 		}

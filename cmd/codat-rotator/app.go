@@ -157,7 +157,7 @@ func rotationTarget(tc TargetConfig, getenv func(string) string) rotation.Target
 		ReserveSlots: *tc.ReserveSlots,
 		Grace:        tc.Grace.D(),
 	}
-	if sched, err := cronParser.Parse(tc.Schedule); err == nil {
+	if sched, err := rotation.ParseSchedule(tc.Schedule); err == nil {
 		t.NextRotation = func(now time.Time) time.Time { return sched.Next(now) }
 	}
 	switch {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
 )
@@ -87,7 +88,7 @@ func (c *statusCommand) Run(ctx context.Context) error {
 		next := func(name string) time.Time {
 			for _, tc := range cfg.Targets {
 				if tc.Name == name {
-					if s, err := cronParser.Parse(tc.Schedule); err == nil {
+					if s, err := rotation.ParseSchedule(tc.Schedule); err == nil {
 						return s.Next(time.Now())
 					}
 				}

@@ -315,10 +315,6 @@ func expandEnv(raw []byte, getenv func(string) string) ([]byte, error) {
 	return bytes.Join(lines, []byte("\n")), nil
 }
 
-// cronParser reads standard 5-field specs, @daily-style descriptors,
-// @every and CRON_TZ= prefixes.
-var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
-
 var targetName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 // Validate rejects settings that cannot work, naming the field.
@@ -418,7 +414,7 @@ func (c Config) Validate() error {
 				}
 			}
 		}
-		sched, err := cronParser.Parse(t.Schedule)
+		sched, err := rotation.ParseSchedule(t.Schedule)
 		if err != nil {
 			bad(f("schedule"), "%q: %v", t.Schedule, err)
 			continue

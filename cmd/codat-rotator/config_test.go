@@ -123,3 +123,34 @@ func TestParseDuration(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseConfig: any input gives a config that validates, or an
+// error; never a panic, and never a config with an invalid target.
+func FuzzParseConfig(f *testing.F) {
+	for _, seed := range []string{
+		"targets:\n  - name: a\n    vault: {path: codat/a}\n",
+		"targets:\n  - name: a\n    vault: {path: codat/a}\n    schedule: \"CRON_TZ=Europe/London 0 3 * * 1\"\n    grace: 7d\n",
+		"targets:\n  - name: a\n    vault: {path: codat/a}\n    schedule: \"@every 1s\"\n    grace: 2s\n",
+		"state_path: ${HOME}/x\ntargets: []\n",
+		"targets:\n  - name: a\n    vault: {path: codat/a}\n    notify: {webhooks: [{url: 'https://x/y', format: slack}]}\n",
+		"{",
+		"targets: 3",
+		"log: {level: debug, format: pretty}\ntargets:\n  - {name: b, vault: {path: p}, max_keys: 2, reserve_slots: 0}\n",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, src string) {
+		cfg, err := ParseConfig(strings.NewReader(src), func(k string) string { return "v" })
+		if err != nil {
+			return
+		}
+		if verr := cfg.Validate(); verr != nil {
+			t.Fatalf("ParseConfig accepted a config that does not validate: %v", verr)
+		}
+		for _, tc := range cfg.Targets {
+			if tc.ReserveSlots == nil || tc.MaxKeys-*tc.ReserveSlots < 2 || tc.Vault.Path == "" {
+				t.Fatalf("accepted target %+v", tc)
+			}
+		}
+	})
+}
