@@ -274,7 +274,16 @@ func (s *Scheduler) RotateNow(name string, opts Options) (Result, error) {
 		return Result{}, errors.New("the daemon is shutting down")
 	}
 	defer s.wg.Done()
-	return s.rotate(name, opts)
+	// A retirement pass holds the target for a moment: wait it out rather
+	// than refuse an operator's rotation. A rotation that is really
+	// running still refuses after the wait.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err := s.rotate(name, opts)
+		if !errors.Is(err, ErrBusy) || time.Now().After(deadline) || !s.wait(200*time.Millisecond) {
+			return res, err
+		}
+	}
 }
 
 // Target returns the named target's current definition.

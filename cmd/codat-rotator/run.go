@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/store"
 )
 
 // reloadSignals delivers SIGHUP to the running daemon; main sets it.
@@ -87,7 +88,12 @@ func (c *runCommand) Run(ctx context.Context) error {
 	c.m = newMetrics()
 	c.app, err = openApp(cfg, log, c.getenv, false, c.m)
 	if err != nil {
-		return explainLocked(err, "")
+		if errors.Is(err, store.ErrLocked) {
+			if _, ok := dialDaemon(ctx, cfg.Listen.AdminSocket); ok {
+				return fmt.Errorf("another codat-rotator daemon runs with this state file and answers on %s: %w", cfg.Listen.AdminSocket, err)
+			}
+		}
+		return explainLocked(err, cfg.Listen.AdminSocket)
 	}
 	lctx, cancelLogin := context.WithTimeout(ctx, 15*time.Second)
 	if err := c.app.vault.Login(lctx); err != nil {
@@ -257,7 +263,8 @@ func (r *readiness) probe(ctx context.Context) error {
 // and keeps the old one.
 func (c *runCommand) reloadConfig() {
 	c.notify.Reloading()
-	defer c.notify.Ready("config reloaded")
+	outcome := "config reload failed; running with the previous config"
+	defer func() { c.notify.Ready(outcome) }()
 	cfg, _, err := c.loadConfig()
 	if err != nil {
 		c.log.Error("config reload failed; keeping the running config", "error", err)
@@ -289,6 +296,7 @@ func (c *runCommand) reloadConfig() {
 		return
 	}
 	c.cfg.Targets = cfg.Targets
+	outcome = "config reloaded"
 	c.log.Info("config reloaded", "targets", len(cfg.Targets))
 }
 
