@@ -25,13 +25,16 @@ type Key struct {
 	CreatedRaw string
 }
 
-// keyDetails is the wire form of ApiKeyDetails. No field is marked
-// required in Codat's spec: each is read on its own, so that a field of
-// an unexpected type costs that field, not the whole key.
-type keyDetails map[string]json.RawMessage
+// jsonFields is a JSON object read field by field: no field of Codat's
+// documents is marked required, and a field of an unexpected type must
+// cost that field only, not the whole key or error.
+type jsonFields map[string]json.RawMessage
+
+// keyDetails is the wire form of ApiKeyDetails.
+type keyDetails = jsonFields
 
 // str returns a field that is a JSON string, or "" and false.
-func (d keyDetails) str(name string) (string, bool) {
+func (d jsonFields) str(name string) (string, bool) {
 	raw, ok := d[name]
 	if !ok {
 		return "", false
@@ -134,29 +137,12 @@ func ParseTime(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("parse time %q: not an ISO 8601 date-time", s)
 }
 
-// errorFields reads Codat's error document field by field: a field of an
-// unexpected type (a statusCode sent as a string, say) must not cost the
-// message and correlation id that support needs.
-type errorFields map[string]json.RawMessage
-
-func (f errorFields) str(name string) (string, bool) {
-	raw, ok := f[name]
-	if !ok {
-		return "", false
-	}
-	var s string
-	if json.Unmarshal(raw, &s) != nil {
-		return "", false
-	}
-	return s, true
-}
-
 // DecodeError builds the APIError for an error response. It never fails:
 // a body that is not Codat's error JSON (an HTML page from a proxy, an
 // empty body) is described by its type and size instead.
 func DecodeError(op string, status int, contentType string, body []byte) *APIError {
 	e := &APIError{Op: op, StatusCode: status}
-	var f errorFields
+	var f jsonFields // a statusCode sent as a string must not cost the correlation id
 	msg, ok := "", false
 	if json.Unmarshal(body, &f) == nil {
 		msg, ok = f.str("error")

@@ -47,3 +47,15 @@ func isTerminal(w io.Writer) bool {
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
+
+// newLoggerFor builds the logger from the config's log settings, with
+// the --log-level and --log-format flags taking precedence when set.
+func newLoggerFor(w io.Writer, cfg LogConfig, level, format string) (*slog.Logger, error) {
+	if level == "" {
+		level = cfg.Level
+	}
+	if format == "" {
+		format = cfg.Format
+	}
+	return newLogger(w, level, format)
+}

@@ -67,14 +67,7 @@ func (c *rotateCommand) Run(ctx context.Context) error {
 		}
 		return printRotate(c.stdout, doc)
 	}
-	level, format := cfg.Log.Level, cfg.Log.Format
-	if c.logLevel != "" {
-		level = c.logLevel
-	}
-	if c.logFormat != "" {
-		format = c.logFormat
-	}
-	log, err := newLogger(c.stderr, level, format)
+	log, err := newLoggerFor(c.stderr, cfg.Log, c.logLevel, c.logFormat)
 	if err != nil {
 		return &usageError{err}
 	}

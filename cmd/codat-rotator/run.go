@@ -66,14 +66,7 @@ func (c *runCommand) loadConfig() (Config, *slog.Logger, error) {
 	if err != nil {
 		return cfg, nil, err
 	}
-	level, format := cfg.Log.Level, cfg.Log.Format
-	if c.logLevel != "" {
-		level = c.logLevel
-	}
-	if c.logFormat != "" {
-		format = c.logFormat
-	}
-	log, err := newLogger(c.stderr, level, format)
+	log, err := newLoggerFor(c.stderr, cfg.Log, c.logLevel, c.logFormat)
 	return cfg, log, err
 }
 
