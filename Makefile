@@ -34,8 +34,14 @@ demo: build vault ## run the demo: Vault dev server, Codat emulator, rotations (
 emulator: build ## build and run the local Codat emulator on 127.0.0.1:8484
 	$(BIN)/codat-rotator emulator --listen 127.0.0.1:8484
 
-test: vault ## run the whole test suite with the race detector
+test: vault test-deploy ## run the whole test suite with the race detector
 	$(GO) test -race -count=1 ./...
+
+# deploy/kubernetes is its own module (the Kubernetes API types stay out of
+# ours), so ./... above does not reach it.
+.PHONY: test-deploy
+test-deploy: ## test the Kubernetes manifests (strict decoding, kustomize build)
+	cd deploy/kubernetes && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 vault: ## make sure a vault binary exists for the tests (PATH, or build bin/vault)
 	@if [ -x "$(VAULT_BIN)" ]; then echo "vault: $(VAULT_BIN)"; else \

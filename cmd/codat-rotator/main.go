@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	_ "time/tzdata" // CRON_TZ= works in images without a zoneinfo database
 )
 
 // Exit codes.
