@@ -96,6 +96,12 @@ type scheduled struct {
 // state file, finishes a crash's journal, and catches up on rotations
 // missed while the daemon was down.
 func (s *Scheduler) Start(schedules []Schedule) error {
+	s.mu.Lock()
+	stopped := s.closing
+	s.mu.Unlock()
+	if stopped {
+		return errors.New("scheduler: cannot start again after Stop; make a new one")
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.stopping = make(chan struct{})
 	s.targets = map[string]*scheduled{}
@@ -177,6 +183,9 @@ func (s *Scheduler) startTarget(t *scheduled) {
 	case st.Journal != nil && !st.Halted:
 		s.log().Warn("an interrupted rotation is in the journal; finishing it now", "target", name, "step", string(st.Journal.Step))
 		s.laterLocked(0, func() { s.rotate(name, Options{}) })
+		// The rotation retires what is due and re-arms the timer when it
+		// ends; a timer armed now would race it for the target.
+		return
 	case st.Halted:
 		s.log().Warn("target is halted; no scheduled rotation until `codat-rotator resume`", "target", name, "reason", st.HaltReason)
 	case !t.sched.Next(st.LastSuccess).After(now):
@@ -185,8 +194,19 @@ func (s *Scheduler) startTarget(t *scheduled) {
 		delay := s.catchUpDelay(t.Jitter)
 		s.log().Info("a scheduled rotation was missed; catching up", "target", name, "last_success", st.LastSuccess, "in", delay)
 		s.laterLocked(delay, func() { s.rotate(name, Options{}) })
+		if delay == 0 {
+			return // as above: the rotation arms the timer
+		}
 	}
 	s.armRetireLocked(t)
+}
+
+// guard logs a panic in background work instead of crashing the daemon,
+// as cron's Recover does for ticks.
+func (s *Scheduler) guard(what, target string) {
+	if r := recover(); r != nil {
+		s.log().Error("panic in "+what, "target", target, "panic", fmt.Sprint(r))
+	}
 }
 
 // laterLocked runs fn after d unless the scheduler stops first; the
@@ -197,6 +217,7 @@ func (s *Scheduler) laterLocked(d time.Duration, fn func()) {
 	}
 	go func() {
 		defer s.wg.Done()
+		defer s.guard("a start-up rotation", "")
 		if !s.wait(d) {
 			return
 		}
@@ -356,7 +377,7 @@ func (s *Scheduler) armRetireLocked(t *scheduled) {
 	if len(due) > 0 {
 		next = now
 	}
-	if next.IsZero() || s.ctx.Err() != nil {
+	if next.IsZero() || s.ctx.Err() != nil || s.closing {
 		return
 	}
 	t.retireT = next
@@ -365,6 +386,7 @@ func (s *Scheduler) armRetireLocked(t *scheduled) {
 			return
 		}
 		defer s.wg.Done()
+		defer s.guard("retirement", name)
 		s.retireNow(name)
 	})
 }
@@ -389,7 +411,7 @@ func (s *Scheduler) retireNow(name string) {
 	if err != nil {
 		// Retry later rather than spin: a minute, or the next rearm.
 		s.mu.Lock()
-		if st, ok := s.targets[name]; ok && s.ctx.Err() == nil {
+		if st, ok := s.targets[name]; ok && s.ctx.Err() == nil && !s.closing {
 			if st.retire != nil {
 				st.retire.Stop()
 			}
@@ -399,6 +421,7 @@ func (s *Scheduler) retireNow(name string) {
 					return
 				}
 				defer s.wg.Done()
+				defer s.guard("retirement", name)
 				s.retireNow(name)
 			})
 		}

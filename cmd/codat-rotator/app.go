@@ -104,6 +104,19 @@ func (a *app) setTargets(tcs []TargetConfig) error {
 	return nil
 }
 
+// snapshot and restore let a reload be undone.
+func (a *app) snapshot() ([]rotation.Target, map[string]*codat.Client) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.targets, a.clients
+}
+
+func (a *app) restore(targets []rotation.Target, clients map[string]*codat.Client) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.targets, a.clients = targets, clients
+}
+
 // allTargets returns the configured targets.
 func (a *app) allTargets() []rotation.Target {
 	a.mu.Lock()

@@ -279,15 +279,17 @@ func (c *runCommand) reloadConfig() {
 	if len(restart) > 0 {
 		c.log.Warn("config reload: these settings need a restart and keep their running values", "fields", strings.Join(restart, ","))
 	}
+	oldTargets, oldClients := c.app.snapshot()
 	if err := c.app.setTargets(cfg.Targets); err != nil {
 		c.log.Error("config reload failed; keeping the running config", "error", err)
 		return
 	}
-	c.hooks.set(cfg.Targets)
 	if err := c.sched.Apply(schedules(cfg, c.app.allTargets())); err != nil {
-		c.log.Error("config reload: schedules not applied", "error", err)
+		c.app.restore(oldTargets, oldClients) // all or nothing
+		c.log.Error("config reload failed; keeping the running config", "error", err)
 		return
 	}
+	c.hooks.set(cfg.Targets)
 	c.cfg.Targets = cfg.Targets
 	outcome = "config reloaded"
 	c.log.Info("config reloaded", "targets", len(cfg.Targets))
