@@ -334,7 +334,7 @@ func Retryable(err error) bool {
 		errors.Is(err, ErrNoBootstrap), errors.Is(err, ErrHalted), errors.Is(err, ErrBusy),
 		errors.Is(err, codat.ErrBadRequest), errors.Is(err, codat.ErrPlanLimit), errors.Is(err, codat.ErrUnauthorized),
 		errors.Is(err, vault.ErrPermissionDenied), errors.Is(err, vault.ErrMountMissing), errors.Is(err, vault.ErrNotKVv2),
-		errors.Is(err, vault.ErrMalformed), errors.Is(err, errRevoke):
+		errors.Is(err, vault.ErrMalformed), errors.Is(err, vault.ErrLoginRefused), errors.Is(err, errRevoke):
 		return false
 	}
 	return true

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -100,14 +101,28 @@ func (a KubernetesAuth) login(ctx context.Context, c *api.Client) (codat.Secret,
 func loginWith(ctx context.Context, c *api.Client, m api.AuthMethod, path string) (codat.Secret, *api.Secret, error) {
 	// Log in on a copy: the shared client must not send a stale token,
 	// and Login would set the new one on it behind our lock.
-	lc, err := c.Clone()
+	lc, err := c.CloneWithHeaders() // the namespace header too
 	if err != nil {
 		return "", nil, err
 	}
 	lc.ClearToken()
 	sec, err := m.Login(ctx, lc)
 	if err != nil {
-		return "", nil, classify("login", path, "update", err)
+		var re *api.ResponseError
+		if errors.As(err, &re) {
+			// Vault refused the login: say why, in its words. No token
+			// policy is involved, and retrying will not change the answer.
+			detail := strings.Join(strings.Fields(strings.Join(re.Errors, "; ")), " ")
+			return "", nil, &Error{Op: "login", Path: path, Status: re.StatusCode, Kind: ErrLoginRefused, Detail: detail, Err: err}
+		}
+		if errors.Is(err, context.Canceled) {
+			return "", nil, fmt.Errorf("vault login %s: %w", path, err)
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			return "", nil, classify("login", path, "update", err)
+		}
+		return "", nil, fmt.Errorf("vault login %s: %w", path, err) // a local problem: a token or id file
 	}
 	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" {
 		return "", nil, fmt.Errorf("vault login %s: no token in the answer", path)
@@ -209,12 +224,18 @@ func (c *Client) KeepAlive(ctx context.Context, log *slog.Logger) {
 			if !sleepCtx(ctx, time.Duration(sec.Auth.LeaseDuration)*time.Second*8/10) {
 				return
 			}
-			c.mu.Lock()
-			gen := c.gen
-			c.mu.Unlock()
-			if _, err := c.relogin(ctx, gen); err != nil {
+			for {
+				c.mu.Lock()
+				gen := c.gen
+				c.mu.Unlock()
+				_, err := c.relogin(ctx, gen)
+				if err == nil {
+					break
+				}
 				log.Error("vault login failed; retrying in 30s", "method", c.auth.name(), "error", err)
-				sleepCtx(ctx, 30*time.Second)
+				if !sleepCtx(ctx, 30*time.Second) {
+					return
+				}
 			}
 			continue
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -34,6 +33,10 @@ var (
 	// ErrMalformed: the secret exists but is not a codat-rotator secret
 	// (a field is missing or unreadable).
 	ErrMalformed = errors.New("vault secret malformed")
+	// ErrLoginRefused: Vault refused an AppRole or Kubernetes login (bad
+	// secret id, unbound service account, no such role): its reason is in
+	// the error; retrying will not change it.
+	ErrLoginRefused = errors.New("vault login refused")
 	// ErrServer: any other error status from Vault.
 	ErrServer = errors.New("vault error")
 )
@@ -67,6 +70,8 @@ func (e *Error) Error() string {
 		return fmt.Sprintf("vault %s %s: the token is invalid or expired (%s)", e.Op, e.Path, e.Detail)
 	case ErrSealed:
 		return fmt.Sprintf("vault %s %s: vault is sealed", e.Op, e.Path)
+	case ErrLoginRefused:
+		return fmt.Sprintf("vault login %s: refused: %d %s: %s", e.Path, e.Status, http.StatusText(e.Status), e.Detail)
 	case ErrMountMissing:
 		return fmt.Sprintf("vault %s %s: no secrets engine is mounted there (%s)", e.Op, e.Path, e.Detail)
 	case ErrUnreachable:
@@ -129,9 +134,10 @@ func classify(op, path, capability string, err error) error {
 		}
 		return e
 	}
+	// Transport failures come wrapped in *url.Error. (net.Error would
+	// also match a local file's syscall.Errno: not "unreachable".)
 	var ue *url.Error
-	var ne net.Error
-	if errors.As(err, &ue) || errors.As(err, &ne) {
+	if errors.As(err, &ue) || errors.Is(err, context.DeadlineExceeded) {
 		e.Kind = ErrUnreachable
 		e.Detail = err.Error()
 		return e

@@ -44,6 +44,9 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 	if m != nil {
 		vc.Observe = m.observeVault
 	}
+	if vc.Auth != nil {
+		vc.OnLogin = func(method string) { log.Info("logged in to vault", "method", method) }
+	}
 	vcl, err := vault.New(vc)
 	if err != nil {
 		return nil, err
