@@ -257,7 +257,9 @@ func (s *Scheduler) tick(name string) {
 	if !s.wait(s.jitter(t.Jitter)) {
 		return
 	}
-	s.rotate(name, Options{})
+	if _, err := s.rotate(name, Options{}); errors.Is(err, ErrBusy) {
+		s.log().Info("rotation skipped: one is already running", "target", name)
+	}
 }
 
 // rotate runs one rotation of the named target and re-arms its retire
@@ -274,8 +276,7 @@ func (s *Scheduler) rotate(name string, opts Options) (Result, error) {
 	res, err := s.Engine.Rotate(s.ctx, t.Target, opts)
 	switch {
 	case errors.Is(err, ErrBusy):
-		log.Info("rotation skipped: one is already running")
-		return res, err
+		return res, err // the caller decides whether that is worth a line
 	case errors.Is(err, ErrHalted):
 		log.Warn("rotation skipped: target halted", "error", err)
 		return res, err
