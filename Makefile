@@ -69,3 +69,30 @@ $(STATICCHECK):
 
 clean: ## remove built files
 	rm -rf $(BIN) dist
+
+# Benchmarks print numbers; docs/benchmarks.md holds the results and how
+# to read them. They need the same Vault as the tests, take ~6 minutes
+# (two of them watch an idle daemon for 60s), and never run in `make test`.
+BENCH_IDLE ?= 60s
+BENCH_FLEET ?= 1000
+ROTATIONS ?= 1000
+
+.PHONY: bench soak
+bench: vault ## run the benchmarks and print their numbers (docs/benchmarks.md)
+	$(GO) test -run='^$$' -bench='^BenchmarkFileSize$$' -benchtime=1x ./store/
+	$(GO) test -run='^$$' -bench='^BenchmarkRotation$$' -benchtime=20x -timeout=0 ./cmd/codat-rotator/
+	$(GO) test -run='^$$' -bench='^BenchmarkStartToReady$$' -benchtime=20x -timeout=0 ./cmd/codat-rotator/
+	$(GO) test -run='^$$' -bench='^BenchmarkFleet$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
+	$(GO) test -run='^$$' -bench='^BenchmarkIdleFootprint$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
+
+soak: vault ## run the daemon on a 1s schedule for ROTATIONS rotations (default 1000, ~17 min); fail on growth or a failure
+	$(GO) test -run='^$$' -bench='^BenchmarkSoak$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -soak.rotations=$(ROTATIONS)
+
+# The seeded chaos simulation (rotation/chaos_test.go): N schedules of
+# rotations, crashes and Codat/Vault faults, invariants checked after
+# every step. A failure prints its seed; replay one schedule with
+# `go test -v -run TestChaos ./rotation/ -args -chaos.seed=SEED -chaos.trace`.
+N ?= 10000
+.PHONY: chaos
+chaos: vault ## run N seeded chaos schedules (default 10000), no race detector
+	$(GO) test -v -run TestChaos -count=1 -timeout 0 ./rotation/ -args -chaos.n=$(N)

@@ -72,9 +72,28 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		log.Info("the journaled key does not exist (or was unusable); starting afresh", "name", j.Name, "key_id", j.NewKeyID)
 		return false, r.forget(j)
 	}
+	if cur.Version != j.VaultVersion && j.Step == store.StepPublish {
+		// Our write may have landed and been served before someone wrote
+		// over it: consumers may hold this key, so it retires with the
+		// full grace instead of going at once (I4). A fresh rotation
+		// follows.
+		log.Warn("vault changed after the publish; retiring the journaled key with grace", "key_id", k.ID,
+			"journal_version", j.VaultVersion, "vault_version", cur.Version)
+		now := r.e.now()
+		return false, r.update(func(st *store.Target) error {
+			rec := st.Key(k.ID)
+			if rec == nil {
+				st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginCreated, Created: k.Created, RotationID: j.RotationID})
+				rec = &st.Keys[len(st.Keys)-1]
+			}
+			rec.Origin, rec.State, rec.DeleteAfter = store.OriginCreated, store.KeyRetiring, now.Add(r.t.Grace)
+			st.Journal = nil
+			return nil
+		})
+	}
 	if cur.Version != j.VaultVersion {
-		// Vault changed since the rotation planned: publishing would race
-		// whoever wrote it. Roll back and start afresh.
+		// Vault changed before anything was published: publishing would
+		// race whoever wrote it. Roll back and start afresh.
 		log.Warn("vault changed since the rotation began; rolling back", "journal_version", j.VaultVersion, "vault_version", cur.Version)
 		err := r.rollback(ctx, k, fmt.Errorf("%w: %s moved from version %d to %d", vault.ErrCASConflict, r.t.Vault, j.VaultVersion, cur.Version))
 		if errors.Is(err, ErrRolledBack) {

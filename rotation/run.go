@@ -59,13 +59,15 @@ func (r *run) rotate(ctx context.Context) (Result, error) {
 	if st.Journal != nil {
 		// Recovery finishes the interrupted rotation with the options it
 		// was started with; the caller's own options apply afterwards.
-		want, id := r.opts, r.id
-		done, err := r.recover(ctx, *st.Journal)
+		want, id, j := r.opts, r.id, *st.Journal
+		done, err := r.recover(ctx, j)
 		if err != nil {
-			return r.res, fmt.Errorf("recover rotation %s (step %s): %w", st.Journal.RotationID, st.Journal.Step, err)
+			return r.res, fmt.Errorf("recover rotation %s (step %s): %w", j.RotationID, j.Step, err)
 		}
 		r.opts = want
-		if done && !want.Emergency && want.Revoke == "" {
+		// The finished rotation answers the call when it was at least what
+		// was asked: a rerun of the same emergency must not rotate twice.
+		if done && (!want.Emergency || j.Emergency) && (want.Revoke == "" || want.Revoke == j.Revoke) {
 			r.res.Recovered = true
 			return r.res, nil
 		}
@@ -83,6 +85,10 @@ func (r *run) rotate(ctx context.Context) (Result, error) {
 	}
 	if err := r.checkRevoke(); err != nil {
 		return r.res, err
+	}
+	if r.opts.Revoke != "" && !slices.ContainsFunc(r.keys, func(k codat.Key) bool { return k.ID == r.opts.Revoke }) {
+		r.log.Info("the key to revoke is already deleted; rotating without it", "key_id", r.opts.Revoke)
+		r.opts.Revoke = ""
 	}
 	if err := r.makeRoom(ctx); err != nil {
 		return r.res, fmt.Errorf("make room: %w", err)
@@ -336,7 +342,8 @@ func (r *run) deleteKey(ctx context.Context, c Codat, id string) error {
 }
 
 // checkRevoke refuses a --revoke that names no key at Codat, before
-// anything is created.
+// anything is created, unless the state shows the daemon deleted it: the
+// rerun of an emergency whose revoke already happened.
 func (r *run) checkRevoke() error {
 	if r.opts.Revoke == "" {
 		return nil
@@ -345,6 +352,13 @@ func (r *run) checkRevoke() error {
 		if k.ID == r.opts.Revoke {
 			return nil
 		}
+	}
+	st, err := r.e.Store.Load(r.t.Name)
+	if err != nil {
+		return err
+	}
+	if rec := st.Key(r.opts.Revoke); rec != nil && rec.State == store.KeyDeleted {
+		return nil
 	}
 	return fmt.Errorf("%w %q: codat holds no key with that id", errRevoke, r.opts.Revoke)
 }
