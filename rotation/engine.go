@@ -136,6 +136,35 @@ type Engine struct {
 
 	mu      sync.Mutex
 	running map[string]bool
+	mounts  map[vault.Location]bool // mounts checked to be KV v2
+}
+
+// checkMount checks once per engine that loc's mount is KV v2 (a round
+// trip per rotation otherwise); a failed rotation forgets it, so the
+// next one checks again.
+func (e *Engine) checkMount(ctx context.Context, loc vault.Location) error {
+	e.mu.Lock()
+	ok := e.mounts[loc]
+	e.mu.Unlock()
+	if ok {
+		return nil
+	}
+	if err := e.Vault.CheckMount(ctx, loc); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	if e.mounts == nil {
+		e.mounts = map[vault.Location]bool{}
+	}
+	e.mounts[loc] = true
+	e.mu.Unlock()
+	return nil
+}
+
+func (e *Engine) forgetMount(loc vault.Location) {
+	e.mu.Lock()
+	delete(e.mounts, loc)
+	e.mu.Unlock()
 }
 
 func (e *Engine) now() time.Time { return e.clock()().UTC() }
@@ -236,6 +265,7 @@ func (e *Engine) Rotate(ctx context.Context, t Target, opts Options) (Result, er
 		backoff *= 2
 	}
 	if err != nil {
+		e.forgetMount(t.Vault)
 		halt := Retryable(err) && ctx.Err() == nil
 		e.recordFailure(t, id, started, opts, err, halt)
 		if halt {

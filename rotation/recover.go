@@ -27,7 +27,7 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		return false, r.clearJournal()
 	}
 
-	if err := r.e.Vault.CheckMount(ctx, r.t.Vault); err != nil {
+	if err := r.e.checkMount(ctx, r.t.Vault); err != nil {
 		return false, err
 	}
 	cur, err := r.e.Vault.Read(ctx, r.t.Vault)

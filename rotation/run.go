@@ -122,7 +122,7 @@ func (r *run) finish(ctx context.Context, k codat.Key) error {
 // first run), lists Codat's keys with it and reconciles the state.
 func (r *run) plan(ctx context.Context) error {
 	log := r.step(store.StepPlan)
-	if err := r.e.Vault.CheckMount(ctx, r.t.Vault); err != nil {
+	if err := r.e.checkMount(ctx, r.t.Vault); err != nil {
 		return err
 	}
 	cur, err := r.e.Vault.Read(ctx, r.t.Vault)

@@ -52,6 +52,9 @@ type Scheduler struct {
 	OnRetire func(target string, deleted []string, err error)
 	// Jitter returns a random delay in [0, max); tests replace it.
 	Jitter func(max time.Duration) time.Duration
+	// Heartbeat is how often the scheduler loop proves it is alive, for
+	// the systemd watchdog and /healthz (default 10s; at least 1s).
+	Heartbeat time.Duration
 	// CatchUpDelay is the wait before a catch-up rotation at start, so a
 	// fleet restarting at once does not rotate at once (default: the
 	// target's jitter).
@@ -109,9 +112,8 @@ func (s *Scheduler) Start(schedules []Schedule) error {
 	// The heartbeat proves the cron loop runs: the systemd watchdog is fed
 	// from it.
 	s.beat.Store(time.Now().UnixNano())
-	if _, err := s.cron.AddFunc("@every 1s", func() { s.beat.Store(time.Now().UnixNano()) }); err != nil {
-		return err
-	}
+	beat := max(s.HeartbeatInterval(), time.Second)
+	s.cron.Schedule(cron.Every(beat), cron.FuncJob(func() { s.beat.Store(time.Now().UnixNano()) }))
 	if err := s.apply(schedules, true); err != nil {
 		return err
 	}
@@ -430,6 +432,14 @@ func (s *Scheduler) retireNow(name string) {
 		return
 	}
 	s.ArmRetire(name)
+}
+
+// HeartbeatInterval is the heartbeat's period.
+func (s *Scheduler) HeartbeatInterval() time.Duration {
+	if s.Heartbeat > 0 {
+		return s.Heartbeat
+	}
+	return 10 * time.Second
 }
 
 // Alive reports whether the scheduler's loop ticked within max: the

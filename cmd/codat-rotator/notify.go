@@ -32,9 +32,9 @@ func (n notifier) Reloading() { n.send(daemon.SdNotifyReloading) }
 // Watchdog feeds systemd's watchdog (WatchdogSec=) at half its interval
 // while alive() holds, so a wedged scheduler gets the service restarted.
 // It returns at once when no watchdog is configured.
-func (n notifier) Watchdog(ctx context.Context, alive func(max time.Duration) bool) {
-	interval, err := daemon.SdWatchdogEnabled(false)
-	if err != nil || interval <= 0 {
+func (n notifier) Watchdog(ctx context.Context, alive func(max time.Duration) bool, heartbeat time.Duration) {
+	interval := watchdogInterval()
+	if interval <= 0 {
 		return
 	}
 	tick := time.NewTicker(interval / 2)
@@ -44,12 +44,31 @@ func (n notifier) Watchdog(ctx context.Context, alive func(max time.Duration) bo
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			// The heartbeat ticks every second: allow a few of them.
-			if alive(max(interval, 3*time.Second)) {
+			// Allow a few heartbeats of age.
+			if alive(max(interval, 3*heartbeat)) {
 				n.send(daemon.SdNotifyWatchdog)
 			} else {
 				n.log.Error("scheduler loop stalled; not feeding the watchdog")
 			}
 		}
 	}
+}
+
+// watchdogInterval is systemd's WatchdogSec (0 when none is set).
+func watchdogInterval() time.Duration {
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil {
+		return 0
+	}
+	return interval
+}
+
+// heartbeatFor picks the scheduler's heartbeat: a third of the watchdog
+// interval (at least 1 s), at most 10 s. Waking less often is what keeps
+// an idle daemon's CPU near zero.
+func heartbeatFor(watchdog time.Duration) time.Duration {
+	if watchdog <= 0 {
+		return 10 * time.Second
+	}
+	return min(max(watchdog/3, time.Second), 10*time.Second)
 }

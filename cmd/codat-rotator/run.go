@@ -98,6 +98,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 	c.hooks = newWebhooks(log, cfg.Targets)
 	c.sched = &rotation.Scheduler{
 		Engine: c.app.engine, Logger: log, OnRetire: c.m.onRetire,
+		Heartbeat: heartbeatFor(watchdogInterval()),
 		OnRotation: func(name string, opts rotation.Options, res rotation.Result, err error, took time.Duration) {
 			c.m.onRotation(name, opts, res, err, took)
 			c.notifyHooks(name, res, err)
@@ -138,7 +139,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 
 	wdCtx, stopWatchdog := context.WithCancel(context.Background())
 	defer stopWatchdog()
-	go c.notify.Watchdog(wdCtx, c.sched.Alive)
+	go c.notify.Watchdog(wdCtx, c.sched.Alive, c.sched.HeartbeatInterval())
 	// Renew the Vault token while it can be, log in again when not.
 	go c.app.vault.KeepAlive(wdCtx, log.With("component", "vault"))
 
@@ -188,7 +189,7 @@ func (c *runCommand) observability() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(c.m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if !c.sched.Alive(10 * time.Second) {
+		if !c.sched.Alive(3 * c.sched.HeartbeatInterval()) {
 			http.Error(w, "scheduler stalled\n", http.StatusServiceUnavailable)
 			return
 		}
