@@ -11,7 +11,9 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(BIN)/staticcheck
 
 FUZZTIME ?= 30s
-FUZZ_TARGETS := FuzzDecodeKey FuzzDecodeKeyList FuzzDecodeError FuzzParseRetryAfter FuzzParseTime
+# package:target pairs
+FUZZ_TARGETS := codat:FuzzDecodeKey codat:FuzzDecodeKeyList codat:FuzzDecodeError codat:FuzzParseRetryAfter \
+	codat:FuzzParseTime store:FuzzDecodeTarget cmd/codat-rotator:FuzzParseConfig
 
 # Tests need a real `vault server -dev`: the one on PATH, or bin/vault built
 # from the pinned module in tools/vault (its own module, so Vault's
@@ -59,9 +61,9 @@ fmt: ## format the code
 	gofmt -w .
 
 fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
-	@for t in $(FUZZ_TARGETS); do \
-		echo "== $$t"; \
-		$(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) ./codat/ || exit 1; \
+	@for pt in $(FUZZ_TARGETS); do \
+		p=$${pt%%:*}; t=$${pt#*:}; echo "== $$p $$t"; \
+		$(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) ./$$p/ || exit 1; \
 	done
 
 $(STATICCHECK):
