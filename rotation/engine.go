@@ -109,6 +109,12 @@ var (
 	ErrNoBootstrap = errors.New("no key in vault and no bootstrap key")
 	// ErrRolledBack: the rotation failed and its new key was deleted.
 	ErrRolledBack = errors.New("rotation rolled back")
+	// ErrServedUnknown: which of Codat's keys Vault serves cannot be
+	// told (a secret without key_id, a listing without raw keys).
+	ErrServedUnknown = errors.New("the served key cannot be identified")
+	// ErrRetireHeld: a due key is kept for now (I2, or I3 when the served
+	// key cannot be told); the retire pass tries again later.
+	ErrRetireHeld = errors.New("a due key is kept")
 )
 
 // Engine runs rotations. Its zero value is not usable: set Store, Vault
@@ -361,7 +367,7 @@ func Retryable(err error) bool {
 	case err == nil:
 		return false
 	case errors.Is(err, context.Canceled), errors.Is(err, ErrNoRoom), errors.Is(err, ErrServedKeyRejected),
-		errors.Is(err, ErrNoBootstrap), errors.Is(err, ErrHalted), errors.Is(err, ErrBusy),
+		errors.Is(err, ErrNoBootstrap), errors.Is(err, ErrHalted), errors.Is(err, ErrServedUnknown), errors.Is(err, ErrBusy),
 		errors.Is(err, codat.ErrBadRequest), errors.Is(err, codat.ErrPlanLimit), errors.Is(err, codat.ErrUnauthorized),
 		errors.Is(err, vault.ErrPermissionDenied), errors.Is(err, vault.ErrMountMissing), errors.Is(err, vault.ErrNotKVv2),
 		errors.Is(err, vault.ErrMalformed), errors.Is(err, vault.ErrLoginRefused), errors.Is(err, errRevoke):
@@ -373,5 +379,5 @@ func Retryable(err error) bool {
 func newRotationID(now time.Time) string {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
-	return "r-" + now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
+	return "r-" + now.UTC().Format(NameTimeLayout) + "-" + hex.EncodeToString(b[:])
 }

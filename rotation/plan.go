@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/store"
+	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // Plan is what a rotation would do, computed without changing anything:
@@ -33,16 +35,21 @@ type Plan struct {
 	// Retire are the managed keys that would be superseded, with the
 	// time each would be deleted.
 	Retire []store.Key
+	// RetireNow are the keys the retire pass after the rotation would
+	// delete at once (an emergency's, or keys already past their grace).
+	RetireNow []string
 	// Revoke is the key an emergency would also delete.
 	Revoke string
 	// Blocked says why the rotation could not proceed, empty if it could.
 	Blocked string
 }
 
-// Plan computes what Rotate would do now.
+// Plan computes what Rotate would do now: the policy's functions
+// (FindServed, Reconcile, Room, Activate, Due, Retirement) applied to a
+// copy of the state, so the dry run and the run cannot disagree.
 func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error) {
 	now := e.now()
-	p := Plan{Target: t.Name, Revoke: opts.Revoke, NewKeyName: t.Prefix + now.Format("20060102T150405Z") + "-xxxxxx"}
+	p := Plan{Target: t.Name, Revoke: opts.Revoke, NewKeyName: t.Prefix + now.Format(NameTimeLayout) + "-xxxxxx"}
 	st, err := e.Store.Load(t.Name)
 	if err != nil {
 		return p, err
@@ -58,114 +65,107 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 	if err != nil {
 		return p, err
 	}
-	var key codat.Secret
-	var previous string
-	if cur.Secret == nil {
+	secret := cur.Secret
+	if secret == nil {
 		if t.Bootstrap == nil {
 			return p, fmt.Errorf("%w: %s holds no secret; set bootstrap_key_file or bootstrap_key_env", ErrNoBootstrap, t.Vault)
 		}
-		if key, err = t.Bootstrap(); err != nil {
+		key, err := t.Bootstrap()
+		if err != nil {
 			return p, fmt.Errorf("%w: %w", ErrNoBootstrap, err)
 		}
+		secret = &vault.Secret{APIKey: key}
 		p.Bootstrap = true
-	} else {
-		key, p.ServedKeyID, previous = cur.Secret.APIKey, cur.Secret.KeyID, cur.Secret.PreviousKeyID
 	}
-	keys, err := e.Codat(t.Name, key).List(ctx)
+	keys, err := e.Codat(t.Name, secret.APIKey).List(ctx)
 	if err != nil {
 		if errors.Is(err, codat.ErrUnauthorized) {
 			return p, fmt.Errorf("%w: %w", ErrServedKeyRejected, err)
 		}
 		return p, err
 	}
-	if p.ServedKeyID == "" {
-		if id, err := idOfKey(keys, key); err == nil {
-			p.ServedKeyID = id
-		} else if len(keys) == 1 {
-			p.ServedKeyID = keys[0].ID
+	seen := See(keys, secret, cur.Version)
+	served := seen.Served
+	if !served.Known {
+		return p, servedUnknown(t, p.Bootstrap, len(keys))
+	}
+	p.ServedKeyID = served.ID
+	if p.Bootstrap {
+		// The run publishes it with its id before it plans.
+		seen.Secret = &vault.Secret{APIKey: secret.APIKey, KeyID: served.ID, RotatedAt: now}
+		seen.Version++
+		st.VaultVersion = seen.Version
+	}
+
+	orphans := Reconcile(&st, seen, t.Prefix, t.Grace, now, "dry-run")
+	gone := map[string]bool{}
+	for _, k := range orphans {
+		p.Orphans = append(p.Orphans, k.ID)
+		gone[k.ID] = true
+		if rec := st.Key(k.ID); rec != nil {
+			markDeleted(rec, now)
 		}
 	}
-	known := map[string]bool{}
-	for _, k := range st.Keys {
-		if k.State != store.KeyDeleted {
-			known[k.ID] = true
-		}
-	}
-	var kept []codat.Key
-	for _, k := range keys {
-		if !known[k.ID] && k.ID != p.ServedKeyID && k.ID != previous && OwnName(t.Prefix, k.Name) {
-			p.Orphans = append(p.Orphans, k.ID)
-			continue
-		}
-		kept = append(kept, k)
-	}
+	kept := slices.DeleteFunc(slices.Clone(keys), func(k codat.Key) bool { return gone[k.ID] })
 	p.CodatKeys = len(keys)
-	p.Limit = t.MaxKeys - t.ReserveSlots
-	if opts.Emergency {
-		p.Limit = t.MaxKeys
-	}
-	candidates, _ := roomCandidates(st, kept, p.ServedKeyID, opts.Emergency, now)
-	// Foreign: at Codat, and neither managed in the state nor about to be
-	// adopted (the served key and the previous key Vault names).
-	managed := map[string]bool{p.ServedKeyID: true, previous: true}
-	for _, k := range st.Keys {
-		if k.Origin.Managed() {
-			managed[k.ID] = true
-		}
-	}
-	foreign := 0
-	for _, k := range kept {
-		if !managed[k.ID] {
-			foreign++
-		}
-	}
-	p.Foreign = foreign
-	if need := len(kept) + 1 - p.Limit; need > 0 {
-		if len(candidates) < need {
-			p.Blocked = fmt.Sprintf("no room: %d keys at codat (%d foreign), limit %d, %d managed key(s) past their grace", len(keys), foreign, p.Limit, len(candidates))
-		} else {
-			p.MakeRoom = candidates[:need]
-		}
-	}
+	p.Limit, _ = Limit(t, opts.Emergency)
 	if opts.Revoke != "" {
-		found := false
-		for _, k := range keys {
-			found = found || k.ID == opts.Revoke
-		}
-		if !found {
-			p.Blocked = fmt.Sprintf("--revoke %s: codat holds no key with that id", opts.Revoke)
+		if err := checkRevoke(st, kept, opts.Revoke); err != nil {
+			p.Blocked = err.Error()
+		} else if !slices.ContainsFunc(kept, func(k codat.Key) bool { return k.ID == opts.Revoke }) {
+			p.Revoke = "" // a rerun: the daemon deleted it already
 		}
 	}
-	grace := t.Grace
-	if opts.Emergency {
-		grace = 0
+	room, foreign, err := Room(st, kept, served, t, opts.Emergency, now)
+	p.Foreign = foreign
+	if err != nil {
+		p.Blocked = err.Error()
 	}
-	deleteAfter := now.Add(grace)
-	inRoom := map[string]bool{}
-	for _, k := range p.MakeRoom {
-		inRoom[k.ID] = true
+	p.MakeRoom = room
+	for _, k := range room {
+		gone[k.ID] = true
+		markDeleted(st.Key(k.ID), now)
 	}
-	live := map[string]bool{}
-	for _, k := range kept {
-		live[k.ID] = true
-	}
-	for _, k := range st.Keys {
-		if !live[k.ID] || inRoom[k.ID] || !k.Origin.Managed() || k.State == store.KeyDeleted {
-			continue
+	kept = slices.DeleteFunc(kept, func(k codat.Key) bool { return gone[k.ID] })
+
+	// The new key, as activate will see it, then the retire pass that
+	// follows a successful rotation.
+	const newID = "(new key)"
+	p.Retire = Activate(&st, newID, now, now.Add(Grace(t, opts)))
+	after := append(slices.Clone(kept), codat.Key{ID: newID})
+	if p.Revoke != "" {
+		after = slices.DeleteFunc(after, func(k codat.Key) bool { return k.ID == p.Revoke })
+		if rec := st.Key(p.Revoke); rec != nil {
+			markDeleted(rec, now)
 		}
-		k.State = store.KeyRetiring
-		if k.DeleteAfter.IsZero() || deleteAfter.Before(k.DeleteAfter) {
-			k.DeleteAfter = deleteAfter
-		}
-		p.Retire = append(p.Retire, k)
 	}
-	if p.Bootstrap || !known[p.ServedKeyID] {
-		// The served key is adopted at plan, then retired like the rest.
-		for _, k := range keys {
-			if k.ID == p.ServedKeyID {
-				p.Retire = append(p.Retire, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginAdopted, State: store.KeyRetiring, DeleteAfter: deleteAfter})
-			}
-		}
+	due, _ := Due(st, now)
+	del, _, _ := Retirement(due, after, FindServed(after, &vault.Secret{KeyID: newID}))
+	for _, k := range del {
+		p.RetireNow = append(p.RetireNow, k.ID)
 	}
 	return p, nil
+}
+
+// servedUnknown is the error of a rotation that cannot tell which key
+// Vault serves (or which key is the bootstrap key).
+func servedUnknown(t Target, bootstrap bool, n int) error {
+	if bootstrap {
+		return fmt.Errorf("%w: cannot tell which of codat's %d keys is the bootstrap key: the listing shows no raw keys", ErrServedUnknown, n)
+	}
+	return fmt.Errorf("%w: the secret at %s has no key_id and codat's listing shows no raw keys, so which of its keys vault serves cannot be told; add it with `vault kv patch %s key_id=<id>`",
+		ErrServedUnknown, t.Vault, t.Vault)
+}
+
+// checkRevoke refuses a --revoke that names no key at Codat, unless the
+// state shows the daemon deleted it: the rerun of an emergency whose
+// revoke already happened.
+func checkRevoke(st store.Target, keys []codat.Key, id string) error {
+	if id == "" || slices.ContainsFunc(keys, func(k codat.Key) bool { return k.ID == id }) {
+		return nil
+	}
+	if rec := st.Key(id); rec != nil && rec.State == store.KeyDeleted {
+		return nil
+	}
+	return fmt.Errorf("%w %q: codat holds no key with that id", errRevoke, id)
 }

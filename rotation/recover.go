@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/store"
@@ -37,8 +38,8 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 	if cur.Secret == nil {
 		return false, fmt.Errorf("%s holds no secret, so no key can reach codat to finish the rotation", r.t.Vault)
 	}
-	r.served, r.version = *cur.Secret, cur.Version
-	r.client = r.e.Codat(r.t.Name, r.served.APIKey)
+	r.secret, r.version = *cur.Secret, cur.Version
+	r.client = r.e.Codat(r.t.Name, r.secret.APIKey)
 	keys, err := r.client.List(ctx)
 	if errors.Is(err, codat.ErrUnauthorized) {
 		return false, fmt.Errorf("%w: the key at %s: %w", ErrServedKeyRejected, r.t.Vault, err)
@@ -47,11 +48,11 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		return false, err
 	}
 	r.keys = keys
+	r.served = FindServed(keys, &r.secret)
 
-	if j.NewKeyID != "" && r.served.KeyID == j.NewKeyID {
+	if j.NewKeyID != "" && r.secret.KeyID == j.NewKeyID {
 		// The publish landed before the crash: finish from activate.
 		log.Info("vault already serves the new key; activating", "key_id", j.NewKeyID)
-		r.served.KeyID = j.PrevKeyID
 		k := codat.Key{ID: j.NewKeyID, APIKey: cur.Secret.APIKey, Name: cur.Secret.KeyName, Created: cur.Secret.CreatedAt}
 		if err := r.activate(k); err != nil {
 			return false, err
@@ -63,6 +64,30 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		// published another since. Only the revoke was left.
 		return true, r.revoke(ctx)
 	}
+	if MaySupersede(j) && cur.Version != j.VaultVersion {
+		// Our write may have landed and been served before someone wrote
+		// over it: consumers may hold this key, so it retires with the
+		// full grace instead of going at once (I4), whether or not its
+		// raw value can still be had. A fresh rotation follows.
+		if !slices.ContainsFunc(keys, func(k codat.Key) bool { return k.ID == j.NewKeyID }) {
+			log.Info("the journaled key is gone from codat", "key_id", j.NewKeyID)
+			return false, r.forget(j)
+		}
+		log.Warn("vault changed after the publish; retiring the journaled key with grace", "key_id", j.NewKeyID,
+			"journal_version", j.VaultVersion, "vault_version", cur.Version)
+		now := r.e.now()
+		return false, r.update(func(st *store.Target) error {
+			k := codat.Key{ID: j.NewKeyID, Name: j.Name}
+			for _, l := range keys {
+				if l.ID == j.NewKeyID {
+					k = l
+				}
+			}
+			supersede(recordCreated(st, k, j.RotationID, now), now.Add(r.t.Grace))
+			st.Journal = nil
+			return nil
+		})
+	}
 
 	k, found, err := r.findJournaled(ctx, j.Name, j.NewKeyID)
 	if err != nil {
@@ -71,25 +96,6 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 	if !found {
 		log.Info("the journaled key does not exist (or was unusable); starting afresh", "name", j.Name, "key_id", j.NewKeyID)
 		return false, r.forget(j)
-	}
-	if cur.Version != j.VaultVersion && j.Step == store.StepPublish {
-		// Our write may have landed and been served before someone wrote
-		// over it: consumers may hold this key, so it retires with the
-		// full grace instead of going at once (I4). A fresh rotation
-		// follows.
-		log.Warn("vault changed after the publish; retiring the journaled key with grace", "key_id", k.ID,
-			"journal_version", j.VaultVersion, "vault_version", cur.Version)
-		now := r.e.now()
-		return false, r.update(func(st *store.Target) error {
-			rec := st.Key(k.ID)
-			if rec == nil {
-				st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginCreated, Created: k.Created, RotationID: j.RotationID})
-				rec = &st.Keys[len(st.Keys)-1]
-			}
-			rec.Origin, rec.State, rec.DeleteAfter = store.OriginCreated, store.KeyRetiring, now.Add(r.t.Grace)
-			st.Journal = nil
-			return nil
-		})
 	}
 	if cur.Version != j.VaultVersion {
 		// Vault changed before anything was published: publishing would
@@ -118,7 +124,7 @@ func (r *run) forget(j store.Journal) error {
 	return r.update(func(st *store.Target) error {
 		if j.NewKeyID != "" {
 			if rec := st.Key(j.NewKeyID); rec != nil && rec.State == store.KeyPending {
-				rec.State, rec.Deleted = store.KeyDeleted, now
+				markDeleted(rec, now)
 			}
 		}
 		st.Journal = nil

@@ -5,33 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
-	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/store"
 )
 
-// Due returns the managed keys whose delete-after has passed, soonest
-// first, and the earliest delete-after still to come (zero if none): the
-// persisted timer a daemon arms.
-func Due(st store.Target, now time.Time) (due []store.Key, next time.Time) {
-	for _, k := range st.Keys {
-		if !k.Origin.Managed() || k.State != store.KeyRetiring {
-			continue
-		}
-		if !k.DeleteAfter.After(now) {
-			due = append(due, k)
-		} else if next.IsZero() || k.DeleteAfter.Before(next) {
-			next = k.DeleteAfter
-		}
-	}
-	sort.Slice(due, func(i, j int) bool { return due[i].DeleteAfter.Before(due[j].DeleteAfter) })
-	return due, next
-}
-
 // retireDue deletes the due keys, checking the invariants against fresh
-// Vault and Codat state right before each delete.
+// Vault and Codat state right before each delete. It first reconciles
+// the state with what it reads, as a rotation's plan does, so a key an
+// operator published again is active, not due. A due key it must keep
+// because the served key cannot be told, or because it is the last key,
+// is an error: the caller retries later instead of at once.
 func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]string, error) {
 	log = log.With("step", string(store.StepRetire))
 	st, err := e.Store.Load(t.Name)
@@ -58,41 +42,50 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 	if err != nil {
 		return nil, fmt.Errorf("retire: %w", err)
 	}
-	live := map[string]bool{}
-	for _, k := range keys {
-		live[k.ID] = true
+	seen := See(keys, cur.Secret, cur.Version)
+	served := seen.Served
+	if served.Known {
+		err := e.Store.Update(t.Name, func(st *store.Target) error {
+			// Orphans are left to the next rotation, which deletes them
+			// under its journal.
+			_ = Reconcile(st, seen, t.Prefix, t.Grace, now, "")
+			due, _ = Due(*st, now)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	del, gone, held := Retirement(due, keys, served)
+	var errs []error
+	for _, h := range held {
+		log.Warn("not retiring a due key", "key_id", h.Key.ID, "reason", h.Reason)
+		if !served.May(h.Key.ID) || !served.Known {
+			errs = append(errs, fmt.Errorf("%w: not retiring key %s: %s", ErrRetireHeld, h.Key.ID, h.Reason))
+		}
 	}
 	var deleted []string
-	var errs []error
-	for _, k := range due {
-		switch {
-		case k.ID == cur.Secret.KeyID:
-			// I3: Vault serves it (someone published it again).
-			log.Warn("not retiring the key vault serves", "key_id", k.ID)
+	for _, k := range del {
+		log.Info("deleting retired key", "key_id", k.ID, "delete_after", k.DeleteAfter)
+		if err := client.Delete(ctx, k.ID); err != nil && !errors.Is(err, codat.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("delete key %s: %w", k.ID, err))
 			continue
-		case !live[k.ID]:
-			// Gone already: nothing to delete.
-		case len(live) <= 1:
-			// I2: never the last key.
-			log.Warn("not retiring the last key", "key_id", k.ID)
-			continue
-		default:
-			log.Info("deleting retired key", "key_id", k.ID, "delete_after", k.DeleteAfter)
-			if err := client.Delete(ctx, k.ID); err != nil && !errors.Is(err, codat.ErrNotFound) {
-				errs = append(errs, fmt.Errorf("delete key %s: %w", k.ID, err))
-				continue
-			}
-			delete(live, k.ID)
-			deleted = append(deleted, k.ID)
 		}
-		id := k.ID
-		if err := e.Store.Update(t.Name, func(st *store.Target) error {
-			if rec := st.Key(id); rec != nil {
-				rec.State, rec.Deleted = store.KeyDeleted, e.now()
+		deleted = append(deleted, k.ID)
+		gone = append(gone, k)
+	}
+	if len(gone) > 0 {
+		now := e.now()
+		err := e.Store.Update(t.Name, func(st *store.Target) error {
+			for _, k := range gone {
+				if rec := st.Key(k.ID); rec != nil {
+					markDeleted(rec, now)
+				}
 			}
-			st.CodatKeys = len(live)
+			st.CodatKeys = len(keys) - len(deleted)
 			return nil
-		}); err != nil {
+		})
+		if err != nil {
 			return deleted, err
 		}
 	}

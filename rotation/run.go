@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat"
@@ -32,10 +31,12 @@ type run struct {
 	id   string
 	log  *slog.Logger
 
-	// Set by plan: what Vault serves, at which version, a Codat client
-	// holding that key, and Codat's keys.
-	served  vault.Secret
+	// Set by plan: the secret Vault serves, at which version, which of
+	// Codat's keys it is, a Codat client holding that key, and Codat's
+	// keys.
+	secret  vault.Secret
 	version int
+	served  Served
 	client  Codat
 	keys    []codat.Key
 
@@ -134,36 +135,22 @@ func (r *run) plan(ctx context.Context) error {
 			return fmt.Errorf("bootstrap: %w", err)
 		}
 	}
-	r.served, r.version = *cur.Secret, cur.Version
-	r.client = r.e.Codat(r.t.Name, r.served.APIKey)
+	r.secret, r.version = *cur.Secret, cur.Version
+	r.client = r.e.Codat(r.t.Name, r.secret.APIKey)
 	keys, err := r.client.List(ctx)
 	if errors.Is(err, codat.ErrUnauthorized) {
-		return fmt.Errorf("%w: the key at %s (id %q): %w", ErrServedKeyRejected, r.t.Vault, r.served.KeyID, err)
+		return fmt.Errorf("%w: the key at %s (id %q): %w", ErrServedKeyRejected, r.t.Vault, r.secret.KeyID, err)
 	}
 	if err != nil {
 		return err
 	}
 	r.keys = keys
-	if r.served.KeyID == "" {
-		// A secret written by hand: find the key's id by the key itself.
-		id, err := idOfKey(keys, r.served.APIKey)
-		if err != nil {
-			return fmt.Errorf("the secret at %s has no key_id: %w", r.t.Vault, err)
-		}
-		r.served.KeyID = id
+	r.served = FindServed(keys, &r.secret)
+	if !r.served.Known {
+		return servedUnknown(r.t, false, len(keys))
 	}
-	log.Debug("planned", "served_key_id", r.served.KeyID, "vault_version", r.version, "codat_keys", len(keys))
+	log.Debug("planned", "served_key_id", r.served.ID, "vault_version", r.version, "codat_keys", len(keys))
 	return r.reconcile(ctx)
-}
-
-// idOfKey finds the id of a raw key in a listing that carries raw keys.
-func idOfKey(keys []codat.Key, raw codat.Secret) (string, error) {
-	for _, k := range keys {
-		if k.APIKey == raw {
-			return k.ID, nil
-		}
-	}
-	return "", errors.New("codat's listing does not show which key it is")
 }
 
 // bootstrap publishes the configured first key to Vault as-is and adopts
@@ -185,17 +172,15 @@ func (r *run) bootstrap(ctx context.Context, cur vault.Current) (vault.Current, 
 		}
 		return cur, err
 	}
-	var k codat.Key
-	if id, err := idOfKey(keys, key); err == nil {
-		for _, kk := range keys {
-			if kk.ID == id {
-				k = kk
-			}
+	served := FindServed(keys, &vault.Secret{APIKey: key})
+	if !served.Known {
+		return cur, servedUnknown(r.t, true, len(keys))
+	}
+	k := codat.Key{ID: served.ID}
+	for _, l := range keys {
+		if l.ID == served.ID {
+			k = l
 		}
-	} else if len(keys) == 1 {
-		k = keys[0] // the only key must be the one that listed it
-	} else {
-		return cur, fmt.Errorf("cannot tell which of codat's %d keys is the bootstrap key: %w", len(keys), err)
 	}
 	now := r.e.now()
 	s := vault.Secret{APIKey: key, KeyID: k.ID, KeyName: k.Name, CreatedAt: k.Created, RotatedAt: now, NextRotationAt: r.nextRotation(now)}
@@ -210,12 +195,8 @@ func (r *run) bootstrap(ctx context.Context, cur vault.Current) (vault.Current, 
 		return cur, fmt.Errorf("read back bootstrap key: %s does not hold key %s", r.t.Vault, k.ID)
 	}
 	err = r.update(func(st *store.Target) error {
-		if rec := st.Key(k.ID); rec != nil {
-			rec.Origin, rec.State, rec.Published = store.OriginAdopted, store.KeyActive, now
-			return nil
-		}
-		st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginAdopted, State: store.KeyActive,
-			Created: k.Created, Published: now, RotationID: r.id})
+		adopt(st, k, store.KeyActive, now, time.Time{}, r.id)
+		st.VaultVersion = after.Version
 		return nil
 	})
 	if err != nil {
@@ -226,68 +207,14 @@ func (r *run) bootstrap(ctx context.Context, cur vault.Current) (vault.Current, 
 	return after, nil
 }
 
-// reconcile brings the state in line with Codat: every key is managed,
-// adopted or foreign; keys gone from Codat are marked deleted; keys that
-// carry the daemon's own name shape but are unknown (orphans of a crash)
-// are deleted (I5).
+// reconcile applies Reconcile to the state and deletes the orphans it
+// finds (I5).
 func (r *run) reconcile(ctx context.Context) error {
 	log := r.step(store.StepPlan)
 	now := r.e.now()
-	live := map[string]bool{}
 	var orphans []codat.Key
 	err := r.update(func(st *store.Target) error {
-		orphans = orphans[:0]
-		st.CodatKeys = len(r.keys)
-		for _, k := range r.keys {
-			live[k.ID] = true
-			if rec := st.Key(k.ID); rec != nil {
-				if rec.State == store.KeyDeleted {
-					// Recorded as deleted, yet still there: delete again soon.
-					rec.State, rec.DeleteAfter, rec.Deleted = store.KeyRetiring, now, time.Time{}
-				}
-				if rec.Name == "" {
-					rec.Name = k.Name
-				}
-				continue
-			}
-			switch {
-			case k.ID == r.served.KeyID:
-				st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginAdopted, State: store.KeyActive,
-					Created: k.Created, Published: r.served.RotatedAt, RotationID: r.id})
-				log.Info("adopted the key vault serves", "key_id", k.ID)
-			case k.ID == r.served.PreviousKeyID && r.served.PreviousKeyID != "":
-				after := r.served.PreviousExpiresAt
-				if after.IsZero() {
-					after = now.Add(r.t.Grace)
-				}
-				st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginAdopted, State: store.KeyRetiring,
-					Created: k.Created, DeleteAfter: after, RotationID: r.id})
-				log.Info("adopted the previous key vault names", "key_id", k.ID, "delete_after", after)
-			case OwnName(r.t.Prefix, k.Name):
-				orphans = append(orphans, k)
-			default:
-				st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginForeign, State: store.KeyForeign, Created: k.Created})
-			}
-		}
-		for i := range st.Keys {
-			rec := &st.Keys[i]
-			switch {
-			case rec.State == store.KeyDeleted:
-			case !live[rec.ID]:
-				rec.State, rec.Deleted = store.KeyDeleted, now
-			case rec.ID == r.served.KeyID:
-				if rec.Origin == store.OriginForeign {
-					rec.Origin = store.OriginAdopted // someone published it: it is the daemon's now
-				}
-				rec.State, rec.DeleteAfter = store.KeyActive, time.Time{}
-			case rec.State == store.KeyActive:
-				// Vault serves another key: this one is superseded.
-				rec.State, rec.DeleteAfter = store.KeyRetiring, now.Add(r.t.Grace)
-			case rec.State == store.KeyPending:
-				// Created, never published, and no journal names it.
-				orphans = append(orphans, codat.Key{ID: rec.ID, Name: rec.Name})
-			}
-		}
+		orphans = Reconcile(st, Seen{Keys: r.keys, Secret: &r.secret, Version: r.version, Served: r.served}, r.t.Prefix, r.t.Grace, now, r.id)
 		return nil
 	})
 	if err != nil {
@@ -306,8 +233,8 @@ func (r *run) reconcile(ctx context.Context) error {
 // deleteKey deletes a key at Codat (a 404 counts as done) and marks it
 // deleted in the state. It refuses the served key and the last key.
 func (r *run) deleteKey(ctx context.Context, c Codat, id string) error {
-	if id == r.served.KeyID {
-		return fmt.Errorf("refusing to delete %s: it is the key vault serves", id)
+	if r.served.May(id) {
+		return fmt.Errorf("refusing to delete %s: it is, or may be, the key vault serves", id)
 	}
 	live := 0
 	for _, k := range r.keys {
@@ -331,7 +258,7 @@ func (r *run) deleteKey(ctx context.Context, c Codat, id string) error {
 	now := r.e.now()
 	return r.update(func(st *store.Target) error {
 		if rec := st.Key(id); rec != nil {
-			rec.State, rec.Deleted = store.KeyDeleted, now
+			markDeleted(rec, now)
 		}
 		st.CodatKeys = len(r.keys)
 		if st.Journal != nil && st.Journal.Step == store.StepMakeRoom {
@@ -342,52 +269,29 @@ func (r *run) deleteKey(ctx context.Context, c Codat, id string) error {
 }
 
 // checkRevoke refuses a --revoke that names no key at Codat, before
-// anything is created, unless the state shows the daemon deleted it: the
-// rerun of an emergency whose revoke already happened.
+// anything is created (see checkRevoke in plan.go).
 func (r *run) checkRevoke() error {
-	if r.opts.Revoke == "" {
-		return nil
-	}
-	for _, k := range r.keys {
-		if k.ID == r.opts.Revoke {
-			return nil
-		}
-	}
 	st, err := r.e.Store.Load(r.t.Name)
 	if err != nil {
 		return err
 	}
-	if rec := st.Key(r.opts.Revoke); rec != nil && rec.State == store.KeyDeleted {
-		return nil
-	}
-	return fmt.Errorf("%w %q: codat holds no key with that id", errRevoke, r.opts.Revoke)
+	return checkRevoke(st, r.keys, r.opts.Revoke)
 }
 
-// makeRoom deletes the oldest managed keys past their grace (any retiring
-// key in an emergency) until a create stays within the limit: max_keys
-// less reserve_slots, or max_keys in an emergency (I1).
+// makeRoom deletes the keys Room names, each journaled first, so that
+// a create stays within the limit (I1).
 func (r *run) makeRoom(ctx context.Context) error {
 	log := r.step(store.StepMakeRoom)
-	limit := r.t.MaxKeys - r.t.ReserveSlots
-	kind := "routine"
-	if r.opts.Emergency {
-		limit, kind = r.t.MaxKeys, "emergency"
-	}
-	need := len(r.keys) + 1 - limit
-	if need <= 0 {
-		return nil
-	}
 	st, err := r.e.Store.Load(r.t.Name)
 	if err != nil {
 		return err
 	}
 	now := r.e.now()
-	candidates, foreign := roomCandidates(st, r.keys, r.served.KeyID, r.opts.Emergency, now)
-	if len(candidates) < need {
-		return fmt.Errorf("%w: codat holds %d keys (%d foreign), a %s rotation may use %d of the %d slots, and only %d managed key(s) are past their grace",
-			ErrNoRoom, len(r.keys), foreign, kind, limit, r.t.MaxKeys, len(candidates))
+	del, _, err := Room(st, r.keys, r.served, r.t, r.opts.Emergency, now)
+	if err != nil {
+		return err
 	}
-	for _, k := range candidates[:need] {
+	for _, k := range del {
 		err := r.update(func(st *store.Target) error {
 			st.Journal = &store.Journal{RotationID: r.id, Step: store.StepMakeRoom, Started: now, Updated: now, RoomKeyID: k.ID}
 			return nil
@@ -404,31 +308,6 @@ func (r *run) makeRoom(ctx context.Context) error {
 	return nil
 }
 
-// roomCandidates returns the keys make-room may delete, oldest
-// delete-after first: managed, retiring, not served, at Codat, and past
-// their grace (any retiring key in an emergency). It also counts the
-// foreign keys at Codat.
-func roomCandidates(st store.Target, keys []codat.Key, servedID string, emergency bool, now time.Time) (candidates []store.Key, foreign int) {
-	live := map[string]bool{}
-	for _, k := range keys {
-		live[k.ID] = true
-	}
-	for _, k := range st.Keys {
-		if !live[k.ID] {
-			continue
-		}
-		if !k.Origin.Managed() {
-			foreign++
-			continue
-		}
-		if k.State == store.KeyRetiring && k.ID != servedID && (emergency || !k.DeleteAfter.After(now)) {
-			candidates = append(candidates, k)
-		}
-	}
-	sort.Slice(candidates, func(i, j int) bool { return candidates[i].DeleteAfter.Before(candidates[j].DeleteAfter) })
-	return candidates, foreign
-}
-
 // create journals the new key's name, then asks Codat for it. When the
 // answer is lost the key is looked up by name, never created again.
 func (r *run) create(ctx context.Context) (codat.Key, error) {
@@ -437,7 +316,7 @@ func (r *run) create(ctx context.Context) (codat.Key, error) {
 	name := NewKeyName(r.t.Prefix, now)
 	err := r.update(func(st *store.Target) error {
 		st.Journal = &store.Journal{RotationID: r.id, Step: store.StepCreate, Started: now, Updated: now,
-			Emergency: r.opts.Emergency, Revoke: r.opts.Revoke, Name: name, PrevKeyID: r.served.KeyID, VaultVersion: r.version}
+			Emergency: r.opts.Emergency, Revoke: r.opts.Revoke, Name: name, PrevKeyID: r.served.ID, VaultVersion: r.version}
 		return nil
 	})
 	if err != nil {
@@ -475,10 +354,6 @@ func (r *run) create(ctx context.Context) (codat.Key, error) {
 // recordNewKey records a new key as pending and names it in the journal.
 func (r *run) recordNewKey(k codat.Key) error {
 	now := r.e.now()
-	created := k.Created
-	if created.IsZero() {
-		created = now
-	}
 	return r.update(func(st *store.Target) error {
 		if st.Journal == nil {
 			return errors.New("the journal vanished during the rotation")
@@ -488,12 +363,7 @@ func (r *run) recordNewKey(k codat.Key) error {
 		if !slices.ContainsFunc(r.keys, func(c codat.Key) bool { return c.ID == k.ID }) {
 			st.CodatKeys++
 		}
-		if rec := st.Key(k.ID); rec != nil {
-			rec.Origin, rec.State = store.OriginCreated, store.KeyPending
-			return nil
-		}
-		st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginCreated, State: store.KeyPending,
-			Created: created, RotationID: r.id})
+		recordCreated(st, k, r.id, now)
 		return nil
 	})
 }
@@ -598,13 +468,6 @@ func (r *run) rollback(ctx context.Context, k codat.Key, cause error) error {
 	return fmt.Errorf("%w: %w", ErrRolledBack, cause)
 }
 
-func (r *run) grace() time.Duration {
-	if r.opts.Emergency {
-		return 0
-	}
-	return r.t.Grace
-}
-
 func (r *run) nextRotation(now time.Time) time.Time {
 	if r.t.NextRotation == nil {
 		return time.Time{}
@@ -629,7 +492,7 @@ func (r *run) publish(ctx context.Context, k codat.Key) error {
 	now := r.e.now()
 	s := vault.Secret{
 		APIKey: k.APIKey, KeyID: k.ID, KeyName: k.Name, CreatedAt: k.Created, RotatedAt: now,
-		PreviousKeyID: r.served.KeyID, PreviousExpiresAt: now.Add(r.grace()), NextRotationAt: r.nextRotation(now),
+		PreviousKeyID: r.served.ID, PreviousExpiresAt: now.Add(Grace(r.t, r.opts)), NextRotationAt: r.nextRotation(now),
 	}
 	attempts := orDefault(r.e.PublishAttempts, 3)
 	var last error
@@ -647,7 +510,7 @@ func (r *run) publish(ctx context.Context, k codat.Key) error {
 		if err == nil || errors.Is(err, vault.ErrCASConflict) {
 			// A conflict may be our own earlier write whose answer was
 			// lost: the read-back tells.
-			served, rerr := r.readBack(ctx)
+			served, rerr := r.readBack(ctx, k.ID)
 			if rerr == nil && served == k.ID {
 				log.Info("published and read back", "key_id", k.ID)
 				return nil
@@ -669,7 +532,7 @@ func (r *run) publish(ctx context.Context, k codat.Key) error {
 		}
 	}
 	// Roll back only when Vault is known not to serve the new key.
-	served, rerr := r.readBack(ctx)
+	served, rerr := r.readBack(ctx, k.ID)
 	if rerr != nil {
 		return fmt.Errorf("%w; vault cannot be read to decide, so the new key stays for recovery: %v", last, rerr)
 	}
@@ -679,8 +542,9 @@ func (r *run) publish(ctx context.Context, k codat.Key) error {
 	return r.rollback(ctx, k, last)
 }
 
-// readBack returns the id of the key Vault serves.
-func (r *run) readBack(ctx context.Context) (string, error) {
+// readBack returns the id of the key Vault serves; when it is the new
+// key, its version is the one the daemon has now seen.
+func (r *run) readBack(ctx context.Context, newID string) (string, error) {
 	cur, err := r.e.Vault.Read(ctx, r.t.Vault)
 	if err != nil {
 		return "", err
@@ -688,42 +552,27 @@ func (r *run) readBack(ctx context.Context) (string, error) {
 	if cur.Secret == nil {
 		return "", nil
 	}
+	if cur.Secret.KeyID == newID {
+		r.version = cur.Version
+	}
 	return cur.Secret.KeyID, nil
 }
 
-// activate makes the new key the daemon's own credential and sets every
-// other managed key retiring: after grace, or at once in an emergency.
+// activate makes the new key the daemon's own credential and
+// supersedes every other managed key: after grace, or at once in an
+// emergency.
 func (r *run) activate(k codat.Key) error {
 	now := r.e.now()
-	deleteAfter := now.Add(r.grace())
+	deleteAfter := now.Add(Grace(r.t, r.opts))
 	var retiring []store.Key
 	var active store.Key
 	err := r.update(func(st *store.Target) error {
-		retiring = retiring[:0]
-		rec := st.Key(k.ID)
-		if rec == nil {
-			st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginCreated, Created: k.Created, RotationID: r.id})
-			rec = &st.Keys[len(st.Keys)-1]
+		if st.Key(k.ID) == nil {
+			recordCreated(st, k, r.id, now)
 		}
-		rec.State, rec.Published, rec.DeleteAfter = store.KeyActive, now, time.Time{}
-		active = *rec
-		for i := range st.Keys {
-			o := &st.Keys[i]
-			if o.ID == k.ID || !o.Origin.Managed() {
-				continue
-			}
-			switch o.State {
-			case store.KeyActive, store.KeyPending:
-				o.State, o.DeleteAfter = store.KeyRetiring, deleteAfter
-			case store.KeyRetiring:
-				if deleteAfter.Before(o.DeleteAfter) {
-					o.DeleteAfter = deleteAfter
-				}
-			default:
-				continue
-			}
-			retiring = append(retiring, *o)
-		}
+		retiring = Activate(st, k.ID, now, deleteAfter)
+		active = *st.Key(k.ID)
+		st.VaultVersion = r.version
 		if r.opts.Revoke != "" && st.Journal != nil {
 			st.Journal.Step, st.Journal.NewKeyID, st.Journal.Updated = store.StepRetire, k.ID, now
 		} else {
@@ -736,7 +585,8 @@ func (r *run) activate(k codat.Key) error {
 	}
 	r.step(store.StepActivate).Info("new key active", "key_id", k.ID, "retiring", len(retiring), "delete_after", deleteAfter)
 	r.res.NewKey, r.res.Retiring = active, retiring
-	r.served = vault.Secret{APIKey: k.APIKey, KeyID: k.ID, KeyName: k.Name}
+	r.secret = vault.Secret{APIKey: k.APIKey, KeyID: k.ID, KeyName: k.Name}
+	r.served = FindServed(nil, &r.secret)
 	r.client = r.e.Codat(r.t.Name, k.APIKey)
 	return nil
 }
@@ -748,7 +598,7 @@ func (r *run) revoke(ctx context.Context) error {
 	if id == "" {
 		return nil
 	}
-	if id == r.served.KeyID {
+	if r.served.May(id) {
 		return fmt.Errorf("%w %s: it is the key just published", errRevoke, id)
 	}
 	if len(r.keys) < 2 {
@@ -763,10 +613,9 @@ func (r *run) revoke(ctx context.Context) error {
 		return err
 	}
 	r.res.Deleted = append(r.res.Deleted, id)
+	now := r.e.now()
 	return r.update(func(st *store.Target) error {
-		if rec := st.Key(id); rec == nil {
-			st.Keys = append(st.Keys, store.Key{ID: id, Origin: store.OriginForeign, State: store.KeyDeleted, Deleted: r.e.now()})
-		}
+		markDeletedID(st, id, now)
 		st.Journal = nil
 		return nil
 	})

@@ -105,6 +105,10 @@ type Target struct {
 	// CodatKeys is how many keys Codat held when last looked at (foreign
 	// ones included), for status and the free-slots metric.
 	CodatKeys int `json:"codat_keys,omitempty"`
+	// VaultVersion is the version of the secret the daemon last read or
+	// wrote. A newer one at the next look means someone else wrote to
+	// Vault in between and may have served any key meanwhile.
+	VaultVersion int `json:"vault_version,omitempty"`
 
 	LastAttempt         time.Time `json:"last_attempt,omitzero"`
 	LastSuccess         time.Time `json:"last_success,omitzero"`

@@ -1,0 +1,73 @@
+package rotation
+
+import (
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/store"
+)
+
+// The named changes of a key's record in the state. Every change of a
+// key's origin or state goes through one of these (docs/design.md, "Key
+// states").
+
+// adopt records a key the daemon did not make as its own: the bootstrap
+// key, the key Vault serves, or the previous key the secret names. A key
+// already recorded (a foreign one someone published) becomes adopted.
+func adopt(st *store.Target, k codat.Key, state store.KeyState, published, deleteAfter time.Time, rotationID string) *store.Key {
+	rec := st.Key(k.ID)
+	if rec == nil {
+		st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Created: k.Created, RotationID: rotationID})
+		rec = &st.Keys[len(st.Keys)-1]
+	}
+	rec.Origin, rec.State, rec.DeleteAfter, rec.Deleted = store.OriginAdopted, state, deleteAfter, time.Time{}
+	if !published.IsZero() {
+		rec.Published = published
+	}
+	return rec
+}
+
+// recordCreated records a key the daemon just made, not yet published.
+func recordCreated(st *store.Target, k codat.Key, rotationID string, now time.Time) *store.Key {
+	rec := st.Key(k.ID)
+	if rec == nil {
+		created := k.Created
+		if created.IsZero() {
+			created = now
+		}
+		st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Created: created, RotationID: rotationID})
+		rec = &st.Keys[len(st.Keys)-1]
+	}
+	rec.Origin, rec.State = store.OriginCreated, store.KeyPending
+	return rec
+}
+
+// activate marks the key Vault serves; published is when, or zero to
+// keep what is recorded.
+func activate(k *store.Key, published time.Time) {
+	k.State, k.DeleteAfter, k.Deleted = store.KeyActive, time.Time{}, time.Time{}
+	if !published.IsZero() {
+		k.Published = published
+	}
+}
+
+// supersede marks a key retiring: it is deleted once deleteAfter passes.
+func supersede(k *store.Key, deleteAfter time.Time) {
+	k.State, k.DeleteAfter, k.Deleted = store.KeyRetiring, deleteAfter, time.Time{}
+}
+
+// markDeleted records that a key is gone from Codat.
+func markDeleted(k *store.Key, now time.Time) {
+	k.State, k.Deleted = store.KeyDeleted, now
+}
+
+// markDeletedID records that the key with id is gone; an unknown id (a
+// revoked key the daemon never saw) is recorded as a deleted foreign key.
+func markDeletedID(st *store.Target, id string, now time.Time) {
+	rec := st.Key(id)
+	if rec == nil {
+		st.Keys = append(st.Keys, store.Key{ID: id, Origin: store.OriginForeign})
+		rec = &st.Keys[len(st.Keys)-1]
+	}
+	markDeleted(rec, now)
+}

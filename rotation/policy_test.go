@@ -1,0 +1,250 @@
+package rotation_test
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/store"
+	"github.com/codat-rotator/codat-rotator/vault"
+)
+
+// The policy's decisions are plain functions: these tables need no
+// Vault and no Codat.
+
+var t0 = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+
+func listing(raw bool, ids ...string) []codat.Key {
+	var out []codat.Key
+	for _, id := range ids {
+		k := codat.Key{ID: id, Name: "k-" + id}
+		if raw {
+			k.APIKey = codat.Secret("raw-" + id)
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+func TestFindServed(t *testing.T) {
+	tests := []struct {
+		name      string
+		keys      []codat.Key
+		secret    *vault.Secret
+		wantID    string
+		wantKnown bool
+		may, not  []string
+	}{
+		{"no secret", listing(true, "a"), nil, "", true, nil, []string{"a"}},
+		{"by key_id", listing(true, "a", "b"), &vault.Secret{KeyID: "b", APIKey: "raw-b"}, "b", true, []string{"b"}, []string{"a"}},
+		{"by raw value: a secret written by hand", listing(true, "a", "b"), &vault.Secret{APIKey: "raw-a"}, "a", true, []string{"a"}, []string{"b"}},
+		{"key_id and raw value disagree: both protected", listing(true, "a", "b"), &vault.Secret{KeyID: "b", APIKey: "raw-a"}, "b", true, []string{"a", "b"}, nil},
+		{"no key_id, listing without raw keys, one key", listing(false, "a"), &vault.Secret{APIKey: "raw-a"}, "a", true, []string{"a"}, nil},
+		{"no key_id, listing without raw keys: unknown, every key may be it", listing(false, "a", "b"), &vault.Secret{APIKey: "raw-a"}, "", false, []string{"a", "b"}, nil},
+		{"key_id, listing without raw keys", listing(false, "a", "b"), &vault.Secret{KeyID: "a", APIKey: "raw-a"}, "a", true, []string{"a"}, []string{"b"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := rotation.FindServed(tt.keys, tt.secret)
+			if got.ID != tt.wantID || got.Known != tt.wantKnown {
+				t.Errorf("FindServed = {ID:%q Known:%v}, want {ID:%q Known:%v}", got.ID, got.Known, tt.wantID, tt.wantKnown)
+			}
+			for _, id := range tt.may {
+				if !got.May(id) {
+					t.Errorf("May(%s) = false, want true", id)
+				}
+			}
+			for _, id := range tt.not {
+				if got.May(id) {
+					t.Errorf("May(%s) = true, want false", id)
+				}
+			}
+		})
+	}
+}
+
+func TestClassify(t *testing.T) {
+	st := store.Target{Keys: []store.Key{
+		{ID: "made", Origin: store.OriginCreated, State: store.KeyRetiring},
+		{ID: "boot", Origin: store.OriginAdopted, State: store.KeyActive},
+		{ID: "portal", Origin: store.OriginForeign, State: store.KeyForeign},
+	}}
+	keys := []codat.Key{
+		{ID: "made"}, {ID: "boot"}, {ID: "portal"}, {ID: "served"}, {ID: "prev"},
+		{ID: "crash", Name: "rot-20261130T120000Z-abc123"}, {ID: "person", Name: "rot-manual"},
+	}
+	secret := &vault.Secret{KeyID: "served", PreviousKeyID: "prev"}
+	got := rotation.Classify(st, keys, rotation.FindServed(keys, secret), secret, "rot-")
+	want := map[string]rotation.Class{
+		"made": rotation.ClassManaged, "boot": rotation.ClassAdopted, "portal": rotation.ClassForeign,
+		"served": rotation.ClassAdopted, "prev": rotation.ClassAdopted, "crash": rotation.ClassOrphan, "person": rotation.ClassForeign,
+	}
+	for id, w := range want {
+		if got[id] != w {
+			t.Errorf("Classify[%s] = %q, want %q", id, got[id], w)
+		}
+	}
+}
+
+func TestReconcile(t *testing.T) {
+	st := store.Target{Keys: []store.Key{
+		{ID: "old", Origin: store.OriginCreated, State: store.KeyActive},
+		{ID: "gone", Origin: store.OriginCreated, State: store.KeyRetiring, DeleteAfter: t0},
+		{ID: "pend", Name: "rot-20261130T110000Z-aaaaaa", Origin: store.OriginCreated, State: store.KeyPending},
+		{ID: "back", Origin: store.OriginCreated, State: store.KeyDeleted, Deleted: t0.Add(-time.Hour)},
+	}}
+	keys := []codat.Key{
+		{ID: "old"}, {ID: "pend"}, {ID: "back"}, {ID: "new", Name: "x"},
+		{ID: "orphan", Name: "rot-20261130T100000Z-bbbbbb"}, {ID: "portal", Name: "rot-mine"},
+	}
+	secret := &vault.Secret{KeyID: "new", RotatedAt: t0.Add(-time.Minute)}
+	orphans := rotation.Reconcile(&st, rotation.See(keys, secret, 1), "rot-", time.Hour, t0, "r-1")
+	var ids []string
+	for _, k := range orphans {
+		ids = append(ids, k.ID)
+	}
+	slices.Sort(ids)
+	if want := []string{"orphan", "pend"}; !slices.Equal(ids, want) {
+		t.Errorf("orphans = %v, want %v", ids, want)
+	}
+	check := func(id string, origin store.Origin, state store.KeyState, after time.Time) {
+		t.Helper()
+		k := st.Key(id)
+		if k == nil {
+			t.Fatalf("no record of %s", id)
+		}
+		if k.Origin != origin || k.State != state || !k.DeleteAfter.Equal(after) {
+			t.Errorf("%s = %s/%s delete_after %v, want %s/%s %v", id, k.Origin, k.State, k.DeleteAfter, origin, state, after)
+		}
+	}
+	check("new", store.OriginAdopted, store.KeyActive, time.Time{})
+	check("old", store.OriginCreated, store.KeyRetiring, t0.Add(time.Hour))
+	check("gone", store.OriginCreated, store.KeyDeleted, t0)
+	check("back", store.OriginCreated, store.KeyRetiring, t0)
+	check("portal", store.OriginForeign, store.KeyForeign, time.Time{})
+	if st.Key("orphan") != nil {
+		t.Errorf("the orphan was recorded; it is deleted instead")
+	}
+	if st.CodatKeys != len(keys) {
+		t.Errorf("CodatKeys = %d, want %d", st.CodatKeys, len(keys))
+	}
+}
+
+func TestRoom(t *testing.T) {
+	tg := rotation.Target{MaxKeys: 4, ReserveSlots: 1}
+	st := store.Target{Keys: []store.Key{
+		{ID: "served", Origin: store.OriginCreated, State: store.KeyActive},
+		{ID: "late", Origin: store.OriginCreated, State: store.KeyRetiring, DeleteAfter: t0.Add(-time.Minute)},
+		{ID: "early", Origin: store.OriginCreated, State: store.KeyRetiring, DeleteAfter: t0.Add(-time.Hour)},
+		{ID: "grace", Origin: store.OriginCreated, State: store.KeyRetiring, DeleteAfter: t0.Add(time.Hour)},
+		{ID: "portal", Origin: store.OriginForeign, State: store.KeyForeign},
+	}}
+	served := rotation.FindServed(nil, &vault.Secret{KeyID: "served"})
+	tests := []struct {
+		name      string
+		ids       []string
+		emergency bool
+		want      []string
+		foreign   int
+		err       bool
+	}{
+		{"room to spare", []string{"served", "late"}, false, nil, 0, false},
+		{"the oldest past grace goes first", []string{"served", "late", "early", "grace"}, false, []string{"early", "late"}, 0, false},
+		{"keys in grace are not candidates", []string{"served", "grace", "portal", "late"}, false, nil, 1, true},
+		{"an emergency may take keys in grace and the reserve", []string{"served", "grace", "portal", "late"}, true, []string{"late"}, 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			del, foreign, err := rotation.Room(st, listing(true, tt.ids...), served, tg, tt.emergency, t0)
+			var got []string
+			for _, k := range del {
+				got = append(got, k.ID)
+			}
+			if !slices.Equal(got, tt.want) || foreign != tt.foreign || (err != nil) != tt.err {
+				t.Errorf("Room = %v, %d foreign, err %v; want %v, %d, err %v", got, foreign, err, tt.want, tt.foreign, tt.err)
+			}
+			if err != nil && !errors.Is(err, rotation.ErrNoRoom) {
+				t.Errorf("err = %v, want ErrNoRoom", err)
+			}
+		})
+	}
+}
+
+func TestActivate(t *testing.T) {
+	st := store.Target{Keys: []store.Key{
+		{ID: "new", Origin: store.OriginCreated, State: store.KeyPending},
+		{ID: "cur", Origin: store.OriginAdopted, State: store.KeyActive},
+		{ID: "soon", Origin: store.OriginCreated, State: store.KeyRetiring, DeleteAfter: t0.Add(time.Minute)},
+		{ID: "later", Origin: store.OriginCreated, State: store.KeyRetiring, DeleteAfter: t0.Add(48 * time.Hour)},
+		{ID: "portal", Origin: store.OriginForeign, State: store.KeyForeign},
+	}}
+	after := t0.Add(24 * time.Hour)
+	retiring := rotation.Activate(&st, "new", t0, after)
+	got := map[string]time.Time{}
+	for _, k := range retiring {
+		got[k.ID] = k.DeleteAfter
+	}
+	want := map[string]time.Time{"cur": after, "soon": t0.Add(time.Minute), "later": after}
+	if len(got) != len(want) {
+		t.Errorf("retiring = %v, want %v", got, want)
+	}
+	for id, w := range want {
+		if !got[id].Equal(w) {
+			t.Errorf("%s delete_after = %v, want %v", id, got[id], w)
+		}
+	}
+	if k := st.Key("new"); k.State != store.KeyActive || !k.Published.Equal(t0) {
+		t.Errorf("new = %+v, want active, published now", *k)
+	}
+	if k := st.Key("portal"); k.State != store.KeyForeign {
+		t.Errorf("a foreign key was superseded: %+v", *k)
+	}
+}
+
+func TestRetirement(t *testing.T) {
+	due := []store.Key{{ID: "a"}, {ID: "b"}, {ID: "gone"}}
+	tests := []struct {
+		name            string
+		keys            []codat.Key
+		secret          *vault.Secret
+		del, gone, held []string
+	}{
+		{"served by key_id", listing(true, "a", "b", "c"), &vault.Secret{KeyID: "a", APIKey: "raw-a"}, []string{"b"}, []string{"gone"}, []string{"a"}},
+		// A secret written by hand without key_id (I3): the raw value names the served key.
+		{"served by raw value", listing(true, "a", "b", "c"), &vault.Secret{APIKey: "raw-a"}, []string{"b"}, []string{"gone"}, []string{"a"}},
+		{"unknown: nothing that may be it", listing(false, "a", "b", "c"), &vault.Secret{APIKey: "raw-c"}, nil, []string{"gone"}, []string{"a", "b"}},
+		{"never the last key", listing(true, "a", "b"), &vault.Secret{KeyID: "x"}, []string{"a"}, []string{"gone"}, []string{"b"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			del, gone, held := rotation.Retirement(due, tt.keys, rotation.FindServed(tt.keys, tt.secret))
+			ids := func(ks []store.Key) []string {
+				var out []string
+				for _, k := range ks {
+					out = append(out, k.ID)
+				}
+				return out
+			}
+			var h []string
+			for _, x := range held {
+				h = append(h, x.Key.ID)
+			}
+			if !slices.Equal(ids(del), tt.del) || !slices.Equal(ids(gone), tt.gone) || !slices.Equal(h, tt.held) {
+				t.Errorf("Retirement = del %v gone %v held %v; want %v %v %v", ids(del), ids(gone), h, tt.del, tt.gone, tt.held)
+			}
+		})
+	}
+}
+
+func TestMaySupersede(t *testing.T) {
+	for step, want := range map[store.Step]bool{
+		store.StepCreate: false, store.StepVerify: false, store.StepPublish: true, store.StepRetire: true,
+	} {
+		if got := rotation.MaySupersede(store.Journal{Step: step, NewKeyID: "k"}); got != want {
+			t.Errorf("MaySupersede(%s) = %v, want %v", step, got, want)
+		}
+	}
+}
