@@ -323,13 +323,15 @@ type envConfig struct {
 	emuMaxKeys int
 	// codatAttempts is the codat client's MaxAttempts (default 3).
 	codatAttempts int
+	// listOmitsRawKeys: Codat's listing leaves apiKey out.
+	listOmitsRawKeys bool
 }
 
 func newEnv(tb testing.TB, cfg envConfig) *env {
 	tb.Helper()
 	e := &env{t: tb, clock: &fakeClock{t: epoch}, codatSleeps: &sleepRecorder{}, sleeps: &sleepRecorder{}, logs: &syncBuffer{}, raw: &rawKeys{}}
 
-	emu, err := emulator.New(emulator.Options{Now: e.clock.Now, MaxKeys: cfg.emuMaxKeys})
+	emu, err := emulator.New(emulator.Options{Now: e.clock.Now, MaxKeys: cfg.emuMaxKeys, ListOmitsRawKeys: cfg.listOmitsRawKeys})
 	if err != nil {
 		tb.Fatalf("emulator.New: %v", err)
 	}

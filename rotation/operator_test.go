@@ -1,0 +1,106 @@
+package rotation_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/store"
+	"github.com/codat-rotator/codat-rotator/vault"
+)
+
+// Operators change Vault behind the daemon's back. These scenarios are
+// the ones the chaos model generates at random (chaos_test.go, the
+// operator steps); here each is spelled out once.
+
+// An operator rolls Vault back by hand to an older key, without key_id.
+// The retire pass must recognise the served key by its raw value and
+// keep it (I3), as the rotation's plan does.
+func TestHandWrittenSecretKeepsItsKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	e.mustRotate(rotation.Options{}) // bootstrap, then a new key; the initial key retires
+	initial := e.initialID()
+	if k := e.stateKey(initial); k == nil || k.State != store.KeyRetiring {
+		t.Fatalf("the initial key is %+v, want retiring", k)
+	}
+	_, err := e.root.KVv2(e.mount).Put(context.Background(), secretPath, map[string]any{vault.FieldAPIKey: e.emu.InitialKey()})
+	if err != nil {
+		t.Fatalf("operator's vault kv put: %v", err)
+	}
+	e.clock.Advance(grace + time.Minute)
+	deleted, err := e.retireDue()
+	if err != nil {
+		t.Fatalf("retire: %v", err)
+	}
+	for _, id := range deleted {
+		if id == initial {
+			t.Fatalf("I3: the retire pass deleted %s, the key vault serves (a secret without key_id)", initial)
+		}
+	}
+	if err := e.authenticates(e.emu.InitialKey()); err != nil {
+		t.Fatalf("I3: the served key no longer authenticates: %v", err)
+	}
+	// The next rotation adopts the served key again and retires it with
+	// grace like any other.
+	res := e.mustRotate(rotation.Options{})
+	found := false
+	for _, k := range res.Retiring {
+		found = found || k.ID == initial
+	}
+	if !found {
+		t.Errorf("the rotation after the rollback does not retire %s: %+v", initial, res.Retiring)
+	}
+	e.checkInvariants()
+}
+
+// The publish lands, the process dies before the read-back, an operator
+// publishes another key, and the daemon restarts against a Codat whose
+// listing omits raw keys. The journaled key was served until the
+// operator's write: it gets its full grace (I4), raw value or not.
+func TestServedKeyKeepsGraceAfterCrashWithoutRawKeys(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{listOmitsRawKeys: true})
+	e.mustRotate(rotation.Options{})
+	served := e.mustServe()
+	first, firstRaw := served.Data[vault.FieldKeyID], served.Data[vault.FieldAPIKey]
+	c := &crasher{at: func(c call, _ *crasher) bool { return c.svc == "vault" && c.op == "write" && c.after }}
+	if _, crashed := e.rotateUntilCrash(c, rotation.Options{}); !crashed {
+		t.Fatal("the rotation did not crash after the publish")
+	}
+	j := e.state().Journal
+	if j == nil || j.Step != store.StepPublish || j.NewKeyID == "" {
+		t.Fatalf("journal = %+v, want step publish with the new key", j)
+	}
+	journaled := j.NewKeyID
+	if got := e.mustServe().Data[vault.FieldKeyID]; got != journaled {
+		t.Fatalf("vault serves %s, want the journaled key %s (the write landed)", got, journaled)
+	}
+	// The operator publishes the previous key again, with its key_id.
+	_, err := e.root.KVv2(e.mount).Put(context.Background(), secretPath, map[string]any{
+		vault.FieldAPIKey: firstRaw, vault.FieldKeyID: first,
+	})
+	if err != nil {
+		t.Fatalf("operator's vault kv put: %v", err)
+	}
+	seq := e.lastSeq()
+	e.mustRotate(rotation.Options{})
+	for _, ev := range e.eventsSince(seq) {
+		if ev.Op == "delete" && ev.KeyID == journaled {
+			t.Fatalf("I4: recovery deleted %s at once; vault served it until the operator's write", journaled)
+		}
+	}
+	k := e.stateKey(journaled)
+	if k == nil || k.State != store.KeyRetiring || k.DeleteAfter.Before(e.clock.Now().Add(grace)) {
+		t.Fatalf("the journaled key is %+v, want retiring with a full grace (%s)", k, grace)
+	}
+	e.clock.Advance(grace + time.Minute)
+	if _, err := e.retireDue(); err != nil {
+		t.Fatalf("retire after grace: %v", err)
+	}
+	if _, ok := e.activeKeys()[journaled]; ok {
+		t.Errorf("the journaled key %s outlived its grace", journaled)
+	}
+	e.checkInvariants()
+}
