@@ -156,6 +156,8 @@ const (
 	stepPortalDel = "portal-delete"
 	stepResume    = "resume"
 	stepOperator  = "operator-publish"
+	stepRollback  = "operator-rollback"
+	stepReload    = "reload"
 )
 
 // chaosRun is one schedule.
@@ -192,7 +194,6 @@ type chaosRun struct {
 	portal        map[string]bool // ids of keys made in the Portal
 	portalRaw     map[string]string
 	adopted       map[string]bool // portal keys an operator published to Vault
-	opVault       *vault.Client   // the operator's, straight to Vault
 	portalDeleted map[string]bool // deleted by the harness, as a person
 	revoked       map[string]bool // named by an emergency --revoke
 	exempt        map[string]bool // keys alive when an emergency was asked
@@ -200,6 +201,8 @@ type chaosRun struct {
 	nviolations   int             // emulator violations already reported
 	ncreates      int             // creates already checked
 	versions      []chaosVersion  // Vault's versions of the secret, read so far
+	opWrites      map[int]chaosVersion // versions an operator wrote by hand
+	graces        []chaosGrace         // the target's grace over time (reloads)
 	step          int
 	stepDesc      string
 }
@@ -207,6 +210,34 @@ type chaosRun struct {
 type chaosVersion struct {
 	keyID, apiKey string
 	rotatedAt     time.Time
+}
+
+// chaosGrace is a grace in force from a time on (a reload changes it).
+type chaosGrace struct {
+	from  time.Time
+	grace time.Duration
+}
+
+// graceBetween is the shortest grace in force between two times: a key
+// superseded at from and deleted at to must have lived at least that.
+func (s *chaosRun) graceBetween(from, to time.Time) time.Duration {
+	g := time.Duration(-1)
+	for i, c := range s.graces {
+		end := to
+		if i+1 < len(s.graces) {
+			end = s.graces[i+1].from
+		}
+		if end.Before(from) || c.from.After(to) {
+			continue
+		}
+		if g < 0 || c.grace < g {
+			g = c.grace
+		}
+	}
+	if g < 0 {
+		return grace
+	}
+	return g
 }
 
 func newChaosRun(sh *chaosShared, seed uint64) *chaosRun {
@@ -219,6 +250,7 @@ func newChaosRun(sh *chaosShared, seed uint64) *chaosRun {
 		raw:   &rawKeys{},
 		stats: map[string]int{}, reported: map[string]bool{},
 		portal: map[string]bool{}, portalRaw: map[string]string{}, adopted: map[string]bool{}, portalDeleted: map[string]bool{}, revoked: map[string]bool{}, exempt: map[string]bool{},
+		opWrites: map[int]chaosVersion{}, graces: []chaosGrace{{from: epoch, grace: grace}},
 	}
 }
 
@@ -274,10 +306,6 @@ func (s *chaosRun) setup() error {
 		rng: rand.New(rand.NewPCG(s.rng.Uint64(), 0x7661756c74))}
 	s.proxySrv = httptest.NewServer(s.proxy)
 	s.vault, err = vault.New(vault.Config{Address: s.proxySrv.URL, Token: codat.Secret(s.sh.vsrv.RootToken), Timeout: chaosVaultTimeout})
-	if err != nil {
-		return err
-	}
-	s.opVault, err = vault.New(vault.Config{Address: s.sh.vsrv.Addr, Token: codat.Secret(s.sh.vsrv.RootToken), Timeout: chaosVaultTimeout})
 	if err != nil {
 		return err
 	}
@@ -405,6 +433,19 @@ func (s *chaosRun) run() {
 	res, err := s.newEngine(nil).Rotate(context.Background(), s.target, rotation.Options{Manual: true})
 	s.record(res, err)
 	s.note("step %d: %s: err=%v", s.step, s.stepDesc, err)
+	if errors.Is(err, rotation.ErrServedUnknown) && len(s.versions) > 0 {
+		// A secret written by hand without key_id, and a listing without
+		// raw keys: the error tells the operator to add the key_id.
+		cur := s.versions[len(s.versions)-1]
+		if werr := s.operatorWrite(cur.apiKey, cur.keyID, true); werr != nil {
+			s.violations = append(s.violations, "harness: operator adds key_id: "+werr.Error())
+			return
+		}
+		s.stats["served-unknown-fixed"]++
+		res, err = s.newEngine(nil).Rotate(context.Background(), s.target, rotation.Options{Manual: true})
+		s.record(res, err)
+		s.note("  after adding key_id: err=%v", err)
+	}
 	switch {
 	case err == nil, errors.Is(err, rotation.ErrNoRoom):
 	case len(s.versions) == 0 && s.omitRaw:
@@ -423,8 +464,8 @@ func (s *chaosRun) run() {
 func (s *chaosRun) runStep() bool {
 	ctx := context.Background()
 	r := s.rng
-	kind := chaosPick(r, []string{stepRotate, stepEmergency, stepRetire, stepJump, stepPortalAdd, stepPortalDel, stepResume, stepOperator},
-		[]int{30, 9, 14, 20, 10, 7, 4, 4})
+	kind := chaosPick(r, []string{stepRotate, stepEmergency, stepRetire, stepJump, stepPortalAdd, stepPortalDel, stepResume, stepOperator, stepRollback, stepReload},
+		[]int{30, 9, 14, 20, 10, 7, 4, 5, 4, 4})
 	s.stepDesc = kind
 	s.stats["step:"+kind]++
 	switch kind {
@@ -494,18 +535,58 @@ func (s *chaosRun) runStep() bool {
 			return true
 		}
 		id := live[r.IntN(len(live))]
-		cur, err := s.opVault.Read(context.Background(), s.target.Vault)
-		if err == nil {
-			now := s.clock.Now()
-			_, err = s.opVault.Write(context.Background(), s.target.Vault,
-				vault.Secret{APIKey: codat.Secret(s.portalRaw[id]), KeyID: id, CreatedAt: now, RotatedAt: now}, cur.Version, nil)
-		}
-		if err != nil {
+		withID := r.IntN(2) == 0
+		if err := s.operatorWrite(s.portalRaw[id], id, withID); err != nil {
 			s.violations = append(s.violations, "harness: operator publish: "+err.Error())
 			return false
 		}
 		s.adopted[id] = true
-		s.stepDesc = fmt.Sprintf("%s %s", kind, id)
+		s.stepDesc = fmt.Sprintf("%s %s key_id=%v", kind, id, withID)
+		s.note("step %d: %s", s.step, s.stepDesc)
+		s.check(false, true)
+		return true
+	case stepRollback:
+		// An operator rolls Vault back by hand to an earlier key that is
+		// still at Codat (one in its grace), with or without key_id: the
+		// daemon must keep serving it (I3) and grant grace when it is
+		// superseded again (I4).
+		var cands []chaosVersion
+		if n := len(s.versions); n > 0 {
+			live := map[string]bool{}
+			for _, k := range s.emu.Keys() {
+				if k.Deleted == nil {
+					live[k.ID] = true
+				}
+			}
+			for _, v := range s.versions[:n-1] {
+				if live[v.keyID] && v.keyID != s.versions[n-1].keyID && !slices.ContainsFunc(cands, func(c chaosVersion) bool { return c.keyID == v.keyID }) {
+					cands = append(cands, v)
+				}
+			}
+		}
+		if len(cands) == 0 {
+			s.note("step %d: %s skipped", s.step, kind)
+			return true
+		}
+		v := cands[r.IntN(len(cands))]
+		withID := r.IntN(2) == 0
+		if err := s.operatorWrite(v.apiKey, v.keyID, withID); err != nil {
+			s.violations = append(s.violations, "harness: operator rollback: "+err.Error())
+			return false
+		}
+		s.stepDesc = fmt.Sprintf("%s %s key_id=%v", kind, v.keyID, withID)
+		s.note("step %d: %s", s.step, s.stepDesc)
+		s.check(false, true)
+		return true
+	case stepReload:
+		// A SIGHUP with a changed target: the rotation in flight finished
+		// with the old definition (the scheduler waits for it), the next
+		// ones use the new grace and reserve.
+		g := []time.Duration{grace, grace / 2, grace * 3 / 2}[r.IntN(3)]
+		s.target.Grace = g
+		s.target.ReserveSlots = 1 + r.IntN(2)
+		s.graces = append(s.graces, chaosGrace{from: s.clock.Now(), grace: g})
+		s.stepDesc = fmt.Sprintf("%s grace=%s reserve=%d", kind, g, s.target.ReserveSlots)
 		s.note("step %d: %s", s.step, s.stepDesc)
 		s.check(false, true)
 		return true
@@ -527,7 +608,7 @@ func (s *chaosRun) runStep() bool {
 	faults, fdesc := chaosCodatFaults(r, kind)
 	vrate, vkinds := 0.0, []string(nil)
 	if r.IntN(3) == 0 {
-		all := []string{"503", "500", "sealed", "slow", "drop", "drop-after"}
+		all := []string{"503", "500", "sealed", "slow", "drop", "drop-after", "denied"}
 		for _, k := range all {
 			if r.IntN(2) == 0 {
 				vkinds = append(vkinds, k)
@@ -784,8 +865,8 @@ func (s *chaosRun) check(clean, passive bool) {
 		}
 		if c.before >= chaosMaxKeys {
 			s.violate("I1: a key was created while codat held %d keys", c.before)
-		} else if c.routine && c.before >= chaosMaxKeys-chaosReserve {
-			s.violate("I1: a routine rotation created a key while codat held %d keys (max %d, reserve %d)", c.before, chaosMaxKeys, chaosReserve)
+		} else if c.routine && c.before >= chaosMaxKeys-s.target.ReserveSlots {
+			s.violate("I1: a routine rotation created a key while codat held %d keys (max %d, reserve %d)", c.before, chaosMaxKeys, s.target.ReserveSlots)
 		}
 	}
 
@@ -817,19 +898,26 @@ func (s *chaosRun) check(clean, passive bool) {
 		if k.Deleted == nil || s.exempt[k.ID] {
 			continue
 		}
-		first := slices.IndexFunc(s.versions, func(v chaosVersion) bool { return v.keyID == k.ID })
-		if first < 0 {
+		// The last time Vault served it (an operator may have rolled
+		// back to it), and the version that superseded it then.
+		last := -1
+		for i, v := range s.versions {
+			if v.keyID == k.ID {
+				last = i
+			}
+		}
+		if last < 0 {
 			continue // never published
 		}
-		succ := slices.IndexFunc(s.versions[first:], func(v chaosVersion) bool { return v.keyID != k.ID })
-		if succ < 0 {
+		if last == len(s.versions)-1 {
 			s.violate("I3: key %s was deleted at %s while vault still served it", k.ID, rfc3339(*k.Deleted))
 			continue
 		}
-		published := s.versions[first+succ].rotatedAt
-		if k.Deleted.Before(published.Add(grace)) {
+		succ := s.versions[last+1]
+		g := s.graceBetween(succ.rotatedAt, *k.Deleted)
+		if k.Deleted.Before(succ.rotatedAt.Add(g)) {
 			s.violate("I4: key %s deleted at %s, its successor %s was published at %s (grace %s)",
-				k.ID, rfc3339(*k.Deleted), s.versions[first+succ].keyID, rfc3339(published), grace)
+				k.ID, rfc3339(*k.Deleted), succ.keyID, rfc3339(succ.rotatedAt), g)
 		}
 	}
 
@@ -896,10 +984,26 @@ func (s *chaosRun) readVersions(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("version %d: %w", v, err)
 		}
+		if cv, ok := s.opWrites[v]; ok {
+			// Written by hand: perhaps without key_id or rotated_at; the
+			// harness knows what it wrote and when.
+			s.versions = append(s.versions, cv)
+			continue
+		}
 		cv := chaosVersion{}
 		cv.keyID, _ = sec.Data[vault.FieldKeyID].(string)
 		cv.apiKey, _ = sec.Data[vault.FieldAPIKey].(string)
 		ra, _ := sec.Data[vault.FieldRotatedAt].(string)
+		if ra == "" && len(s.versions) > 0 {
+			// The daemon always writes rotated_at: this is the harness's
+			// CAS bump, a copy of a version written by hand.
+			prev := s.versions[len(s.versions)-1]
+			if cv.apiKey != prev.apiKey {
+				return fmt.Errorf("version %d: no rotated_at, and not a copy of version %d", v, v-1)
+			}
+			s.versions = append(s.versions, prev)
+			continue
+		}
 		if cv.rotatedAt, err = time.Parse(time.RFC3339, ra); err != nil {
 			return fmt.Errorf("version %d: rotated_at %q: %w", v, ra, err)
 		}
@@ -1052,6 +1156,10 @@ func (p *chaosVault) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusInternalServerError, "injected: internal error")
 	case "sealed":
 		fail(http.StatusServiceUnavailable, "Vault is sealed")
+	case "denied":
+		// A token whose lookup and renewal fail for a while: Vault
+		// refuses every call until it is renewed or replaced.
+		fail(http.StatusForbidden, "permission denied")
 	case "drop":
 		panic(http.ErrAbortHandler)
 	case "drop-after":
@@ -1161,4 +1269,26 @@ func TestPublishedKeyOutlivesOperatorPublish(t *testing.T) {
 	if v := e.emu.Violations(); len(v) != 0 {
 		t.Errorf("emulator violations: %+v", v)
 	}
+}
+
+// operatorWrite publishes a key by hand, as `vault kv put` would: the
+// raw key alone, or with its key_id (the header half the time), and no
+// rotated_at. The harness remembers what it wrote and when.
+func (s *chaosRun) operatorWrite(raw, id string, withID bool) error {
+	data := map[string]any{vault.FieldAPIKey: raw}
+	if withID {
+		data[vault.FieldKeyID] = id
+	}
+	if s.rng.IntN(2) == 0 {
+		data[vault.FieldHeader] = codat.AuthorizationHeader(codat.Secret(raw)).Reveal()
+	}
+	sec, err := s.sh.root.KVv2(s.sh.mount).Put(context.Background(), s.path, data)
+	if err != nil {
+		return err
+	}
+	if sec.VersionMetadata == nil {
+		return fmt.Errorf("vault kv put %s: no version in the answer", s.path)
+	}
+	s.opWrites[sec.VersionMetadata.Version] = chaosVersion{keyID: id, apiKey: raw, rotatedAt: s.clock.Now()}
+	return s.readVersions(context.Background())
 }
