@@ -162,7 +162,7 @@ func printPlan(w io.Writer, vaultPath string, p rotation.Plan) {
 	}
 	fmt.Fprintf(w, "  codat holds %d keys (%d foreign); this rotation may hold %d\n", p.CodatKeys, p.Foreign, p.Limit)
 	for _, id := range p.Orphans {
-		fmt.Fprintf(w, "  would delete orphan key %s (the daemon's p.Target, unknown to its state)\n", id)
+		fmt.Fprintf(w, "  would delete orphan key %s (it has this target's name shape and its state does not know it)\n", id)
 	}
 	for _, k := range p.MakeRoom {
 		fmt.Fprintf(w, "  would delete key %s to make room\n", k.ID)
@@ -173,6 +173,9 @@ func printPlan(w io.Writer, vaultPath string, p rotation.Plan) {
 	}
 	if p.Revoke != "" {
 		fmt.Fprintf(w, "  would revoke key %s\n", p.Revoke)
+	}
+	for _, id := range p.RetireNow {
+		fmt.Fprintf(w, "  would then delete key %s: its grace is over\n", id)
 	}
 	if p.Blocked != "" {
 		fmt.Fprintf(w, "  blocked: %s\n", p.Blocked)
