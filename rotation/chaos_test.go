@@ -193,14 +193,14 @@ type chaosRun struct {
 	// What the harness knows from outside.
 	portal        map[string]bool // ids of keys made in the Portal
 	portalRaw     map[string]string
-	adopted       map[string]bool // portal keys an operator published to Vault
-	portalDeleted map[string]bool // deleted by the harness, as a person
-	revoked       map[string]bool // named by an emergency --revoke
-	exempt        map[string]bool // keys alive when an emergency was asked
-	emergencyOpen bool            // an emergency may still be unfinished
-	nviolations   int             // emulator violations already reported
-	ncreates      int             // creates already checked
-	versions      []chaosVersion  // Vault's versions of the secret, read so far
+	adopted       map[string]bool      // portal keys an operator published to Vault
+	portalDeleted map[string]bool      // deleted by the harness, as a person
+	revoked       map[string]bool      // named by an emergency --revoke
+	exempt        map[string]bool      // keys alive when an emergency was asked
+	emergencyOpen bool                 // an emergency may still be unfinished
+	nviolations   int                  // emulator violations already reported
+	ncreates      int                  // creates already checked
+	versions      []chaosVersion       // Vault's versions of the secret, read so far
 	opWrites      map[int]chaosVersion // versions an operator wrote by hand
 	graces        []chaosGrace         // the target's grace over time (reloads)
 	step          int
