@@ -16,6 +16,8 @@ import (
 	"net/url"
 	"sync/atomic"
 	"time"
+
+	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // DefaultBaseURL is Codat's one server. Paths carry no version prefix.
@@ -286,7 +288,7 @@ func (c *Client) attempt(ctx context.Context, op, method, path string, payload [
 	if err != nil {
 		return nil, nil, false, err
 	}
-	req.Header.Set("Authorization", AuthorizationHeader(c.key).Reveal())
+	req.Header.Set("Authorization", secret.AuthorizationHeader(c.key).Reveal())
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.opts.UserAgent)
 	if payload != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
+	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // env is an emulator over real HTTP and a client holding its first key.
@@ -560,11 +561,7 @@ func TestCreateBadResponse(t *testing.T) {
 
 func TestAuthorizationHeader(t *testing.T) {
 	// The example of codat-api.md.
-	got := codat.AuthorizationHeader("ztHQGvnC4XN2CgUhaDWEG4ySLUJqWjp7zkbZkGHd").Reveal()
-	want := "Basic enRIUUd2bkM0WE4yQ2dVaGFEV0VHNHlTTFVKcVdqcDd6a2Jaa0dIZA=="
-	if got != want {
-		t.Fatalf("got %q, want %q", got, want)
-	}
+	const want = "Basic enRIUUd2bkM0WE4yQ2dVaGFEV0VHNHlTTFVKcVdqcDd6a2Jaa0dIZA=="
 	var seen atomic.Value
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen.Store(r.Header.Get("Authorization"))
@@ -598,41 +595,33 @@ func TestBaseURL(t *testing.T) {
 	}
 }
 
-// TestSecretRedaction: a raw key formatted any way, logged, marshalled or
-// wrapped in an error never shows its value.
-func TestSecretRedaction(t *testing.T) {
+// TestKeyRedaction: a Key formatted any way, logged or marshalled never
+// shows its raw key (the secret package tests the value on its own).
+func TestKeyRedaction(t *testing.T) {
 	const raw = "ztHQGvnC4XN2CgUhaDWEG4ySLUJqWjp7zkbZkGHd"
-	s := codat.Secret(raw)
-	h := codat.AuthorizationHeader(s)
-	k := codat.Key{ID: "id", APIKey: s}
+	k := codat.Key{ID: "id", APIKey: codat.Secret(raw)}
 	var out bytes.Buffer
-	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%10s", "%T"} {
-		fmt.Fprintf(&out, verb+"|", s)
-		fmt.Fprintf(&out, verb+"|", h)
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%10s"} {
 		fmt.Fprintf(&out, verb+"|", k)
 		fmt.Fprintf(&out, verb+"|", &k)
 	}
-	fmt.Fprint(&out, s, h, k, []codat.Secret{s}, map[string]codat.Secret{"k": s})
-	fmt.Fprint(&out, fmt.Errorf("wrapped: %v", s))
+	fmt.Fprint(&out, k, []codat.Key{k}, fmt.Errorf("wrapped: %v", k))
 	for _, hnd := range []slog.Handler{slog.NewJSONHandler(&out, nil), slog.NewTextHandler(&out, nil)} {
-		l := slog.New(hnd)
-		l.Info("key", "key", s, "header", h, "details", k, "any", slog.AnyValue(s))
+		slog.New(hnd).Info("key", "details", k, "ptr", &k)
 	}
-	if b, err := json.Marshal(k); err != nil {
+	b, err := json.Marshal(k)
+	if err != nil {
 		t.Fatal(err)
-	} else {
-		out.Write(b)
 	}
+	out.Write(b)
 	got := out.String()
-	for _, secret := range []string{raw, h.Reveal(), "enRIUUd2bkM0WE4y"} {
-		if strings.Contains(got, secret) {
-			t.Fatalf("secret %q leaked in:\n%s", secret, got)
-		}
+	if strings.Contains(got, raw) {
+		t.Fatalf("raw key leaked in:\n%s", got)
 	}
-	if !strings.Contains(got, codat.Redacted) {
-		t.Fatalf("want %q in the output, got:\n%s", codat.Redacted, got)
+	if !strings.Contains(got, secret.Redacted) {
+		t.Fatalf("want %q in the output, got:\n%s", secret.Redacted, got)
 	}
-	if s.Reveal() != raw {
+	if k.APIKey.Reveal() != raw {
 		t.Fatal("Reveal lost the value")
 	}
 }
