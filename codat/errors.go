@@ -1,52 +1,68 @@
 package codat
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
 )
 
 // Sentinel errors for the cases the rotator must tell apart. An *APIError
-// matches the sentinel of its status with errors.Is.
+// matches the sentinel of its status with errors.Is. Each says with its
+// Retryable method whether a later attempt may succeed: permanent ones
+// need a person (a new key, a bigger plan, a fixed request).
 var (
 	// ErrUnauthorized means the key no longer works: Codat answered 401
 	// (incorrect or deleted key) or 403 (outdated key, or not associated
 	// with the resource). Codat does not document which of the two a
 	// deleted key gets, so both mean the same here.
-	ErrUnauthorized = errors.New("codat key not accepted")
+	ErrUnauthorized = permanent("codat key not accepted")
 
 	// ErrBadRequest is a 400: Codat refused the request as malformed,
 	// for instance a key name over 50 characters.
-	ErrBadRequest = errors.New("codat rejected the request")
+	ErrBadRequest = permanent("codat rejected the request")
 
 	// ErrPlanLimit is a 402: the account's plan limit is exceeded.
-	ErrPlanLimit = errors.New("codat account limit exceeded")
+	ErrPlanLimit = permanent("codat account limit exceeded")
 
 	// ErrNotFound is a 404: the key (or resource) does not exist.
-	ErrNotFound = errors.New("codat key not found")
+	ErrNotFound = retryable("codat key not found")
 
 	// ErrCapReached is a 409 on create: the client already holds the
 	// maximum number of keys (10).
-	ErrCapReached = errors.New("codat key cap reached")
+	ErrCapReached = retryable("codat key cap reached")
 
 	// ErrRateLimited is a 429 that the client did not, or could no longer,
 	// wait out.
-	ErrRateLimited = errors.New("codat rate limit")
+	ErrRateLimited = retryable("codat rate limit")
 
 	// ErrServer is a 5xx (or 408): a problem on Codat's side that may pass.
-	ErrServer = errors.New("codat server error")
+	ErrServer = retryable("codat server error")
 
 	// ErrBadResponse means Codat answered with a success status but a body
 	// that cannot be used (not JSON, too large, or missing id or apiKey).
-	ErrBadResponse = errors.New("unusable codat response")
+	ErrBadResponse = retryable("unusable codat response")
 
 	// ErrOutcomeUnknown means a create may or may not have made a key:
 	// the request may have reached Codat but no answer came back (5xx,
 	// timeout, connection dropped). The caller must look the key up by
 	// its name rather than send the create again.
-	ErrOutcomeUnknown = errors.New("outcome unknown")
+	ErrOutcomeUnknown = retryable("outcome unknown")
 )
+
+// sentinel is the type of the errors above.
+type sentinel struct {
+	msg       string
+	retryable bool
+}
+
+func retryable(msg string) error { return &sentinel{msg, true} }
+func permanent(msg string) error { return &sentinel{msg, false} }
+
+func (e *sentinel) Error() string { return e.msg }
+
+// Retryable reports whether a later attempt, from a fresh look at Codat,
+// may succeed.
+func (e *sentinel) Retryable() bool { return e.retryable }
 
 // APIError is an error status from Codat. It carries what Codat support
 // asks for: the HTTP status and the correlation id.
@@ -80,25 +96,36 @@ func (e *APIError) Error() string {
 	return msg
 }
 
-// Is maps the status to the sentinel errors above.
-func (e *APIError) Is(target error) bool {
-	switch target {
-	case ErrUnauthorized:
-		return e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden
-	case ErrBadRequest:
-		return e.StatusCode == http.StatusBadRequest
-	case ErrPlanLimit:
-		return e.StatusCode == http.StatusPaymentRequired
-	case ErrNotFound:
-		return e.StatusCode == http.StatusNotFound
-	case ErrCapReached:
-		return e.StatusCode == http.StatusConflict
-	case ErrRateLimited:
-		return e.StatusCode == http.StatusTooManyRequests
-	case ErrServer:
-		return retryableStatus(e.StatusCode) && e.StatusCode != http.StatusTooManyRequests
+// kind is the sentinel of the status, nil for a status the rotator need
+// not tell apart.
+func (e *APIError) kind() error {
+	switch code := e.StatusCode; {
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		return ErrUnauthorized
+	case code == http.StatusBadRequest:
+		return ErrBadRequest
+	case code == http.StatusPaymentRequired:
+		return ErrPlanLimit
+	case code == http.StatusNotFound:
+		return ErrNotFound
+	case code == http.StatusConflict:
+		return ErrCapReached
+	case code == http.StatusTooManyRequests:
+		return ErrRateLimited
+	case retryableStatus(code):
+		return ErrServer
 	}
-	return false
+	return nil
+}
+
+// Is maps the status to the sentinel errors above.
+func (e *APIError) Is(target error) bool { return target != nil && target == e.kind() }
+
+// Retryable reports whether a later attempt may succeed: it is the answer
+// of the status's sentinel, and yes for a status without one.
+func (e *APIError) Retryable() bool {
+	k, ok := e.kind().(*sentinel)
+	return !ok || k.retryable
 }
 
 // OutcomeUnknownError is returned by Create when the request may have

@@ -12,34 +12,51 @@ import (
 )
 
 // Errors that name what is wrong with Vault; match them with errors.Is.
+// Each says with its Retryable method whether a later attempt may
+// succeed: permanent ones need a person (a mount, a policy, a role, a
+// secret fixed by hand).
 var (
 	// ErrMountMissing: no secrets engine is mounted at the mount path.
-	ErrMountMissing = errors.New("vault mount missing")
+	ErrMountMissing = permanent("vault mount missing")
 	// ErrNotKVv2: the mount is not a KV version 2 engine (KV v1 has no
 	// check-and-set and no versions, so publishing there is refused).
-	ErrNotKVv2 = errors.New("vault mount is not kv version 2")
+	ErrNotKVv2 = permanent("vault mount is not kv version 2")
 	// ErrPermissionDenied: the token's policies lack a capability.
-	ErrPermissionDenied = errors.New("vault permission denied")
+	ErrPermissionDenied = permanent("vault permission denied")
 	// ErrTokenInvalid: the token is expired, revoked or unknown; a new
 	// login may help.
-	ErrTokenInvalid = errors.New("vault token invalid")
+	ErrTokenInvalid = retryable("vault token invalid")
 	// ErrSealed: Vault is sealed.
-	ErrSealed = errors.New("vault is sealed")
+	ErrSealed = retryable("vault is sealed")
 	// ErrUnreachable: no answer from Vault (connection refused, DNS,
 	// TLS, timeout).
-	ErrUnreachable = errors.New("vault unreachable")
+	ErrUnreachable = retryable("vault unreachable")
 	// ErrCASConflict: the secret changed since it was read.
-	ErrCASConflict = errors.New("vault check-and-set conflict")
+	ErrCASConflict = retryable("vault check-and-set conflict")
 	// ErrMalformed: the secret exists but is not a codat-rotator secret
 	// (a field is missing or unreadable).
-	ErrMalformed = errors.New("vault secret malformed")
+	ErrMalformed = permanent("vault secret malformed")
 	// ErrLoginRefused: Vault refused an AppRole or Kubernetes login (bad
 	// secret id, unbound service account, no such role): its reason is in
 	// the error; retrying will not change it.
-	ErrLoginRefused = errors.New("vault login refused")
+	ErrLoginRefused = permanent("vault login refused")
 	// ErrServer: any other error status from Vault.
-	ErrServer = errors.New("vault error")
+	ErrServer = retryable("vault error")
 )
+
+// sentinel is the type of the errors above.
+type sentinel struct {
+	msg       string
+	retryable bool
+}
+
+func retryable(msg string) error { return &sentinel{msg, true} }
+func permanent(msg string) error { return &sentinel{msg, false} }
+
+func (e *sentinel) Error() string { return e.msg }
+
+// Retryable reports whether a later attempt may succeed.
+func (e *sentinel) Retryable() bool { return e.retryable }
 
 // Error is a failed Vault call with what it was for.
 type Error struct {
@@ -86,6 +103,12 @@ func (e *Error) Error() string {
 // Is matches the sentinel of the error's kind.
 func (e *Error) Is(target error) bool { return target == e.Kind }
 
+// Retryable is the answer of the error's kind.
+func (e *Error) Retryable() bool {
+	k, ok := e.Kind.(*sentinel)
+	return !ok || k.retryable
+}
+
 // CASConflictError says that someone else wrote the secret.
 type CASConflictError struct {
 	Path string
@@ -104,6 +127,9 @@ func (e *CASConflictError) Error() string {
 
 // Is matches ErrCASConflict.
 func (e *CASConflictError) Is(target error) bool { return target == ErrCASConflict }
+
+// Retryable is true: a new attempt reads the secret again.
+func (e *CASConflictError) Retryable() bool { return true }
 
 // classify turns an error of the Vault API client into an *Error.
 func classify(op, path, capability string, err error) error {
