@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/codat-rotator/codat-rotator/internal/clock"
 	"github.com/codat-rotator/codat-rotator/secret"
 )
 
@@ -117,7 +118,7 @@ func New(key Secret, opts Options) (*Client, error) {
 		opts.Now = time.Now
 	}
 	if opts.Sleep == nil {
-		opts.Sleep = sleep
+		opts.Sleep = clock.Sleep
 	}
 	return &Client{opts: opts, base: base, key: key}, nil
 }
@@ -339,15 +340,4 @@ func (c *Client) backoff(retry int) time.Duration {
 	}
 	// Jitter in [d/2, d) so that a fleet does not retry in step.
 	return time.Duration(d/2 + rand.Float64()*d/2)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

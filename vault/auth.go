@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/vault/api/auth/approle"
 	"github.com/hashicorp/vault/api/auth/kubernetes"
 
+	"github.com/codat-rotator/codat-rotator/internal/clock"
 	"github.com/codat-rotator/codat-rotator/secret"
 )
 
@@ -296,13 +297,5 @@ func (c *Client) renewable(ctx context.Context) (*api.Secret, error) {
 	return &api.Secret{Auth: &api.SecretAuth{ClientToken: token, Renewable: renewable, LeaseDuration: int(ttl / time.Second)}}, nil
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
+// sleepCtx reports whether the whole wait passed (false: ctx ended).
+func sleepCtx(ctx context.Context, d time.Duration) bool { return clock.Sleep(ctx, d) == nil }
