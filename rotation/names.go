@@ -10,9 +10,13 @@ import (
 // MaxNameLen is Codat's limit on a key name.
 const MaxNameLen = 50
 
+// NameTimeLayout is the UTC timestamp in the names of keys and rotation
+// ids: compact, sortable, and free of characters Codat might refuse.
+const NameTimeLayout = "20060102T150405Z"
+
 // NameSuffixLen is what the daemon appends to the prefix: a UTC
 // timestamp (20261126T070000Z), a dash and six random characters.
-const NameSuffixLen = len("20060102T150405Z") + 1 + 6
+const NameSuffixLen = len(NameTimeLayout) + 1 + 6
 
 // MaxPrefixLen is the longest prefix that leaves room for the suffix.
 const MaxPrefixLen = MaxNameLen - NameSuffixLen
@@ -27,7 +31,7 @@ func NewKeyName(prefix string, now time.Time) string {
 	for i := range b {
 		b[i] = nameAlphabet[int(b[i])%len(nameAlphabet)]
 	}
-	return prefix + now.UTC().Format("20060102T150405Z") + "-" + string(b[:])
+	return prefix + now.UTC().Format(NameTimeLayout) + "-" + string(b[:])
 }
 
 var suffixPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$`)
