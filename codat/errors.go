@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/codat-rotator/codat-rotator/internal/sentinel"
 )
 
 // Sentinel errors for the cases the rotator must tell apart. An *APIError
@@ -15,54 +17,39 @@ var (
 	// (incorrect or deleted key) or 403 (outdated key, or not associated
 	// with the resource). Codat does not document which of the two a
 	// deleted key gets, so both mean the same here.
-	ErrUnauthorized = permanent("codat key not accepted")
+	ErrUnauthorized = sentinel.Permanent("codat key not accepted")
 
 	// ErrBadRequest is a 400: Codat refused the request as malformed,
 	// for instance a key name over 50 characters.
-	ErrBadRequest = permanent("codat rejected the request")
+	ErrBadRequest = sentinel.Permanent("codat rejected the request")
 
 	// ErrPlanLimit is a 402: the account's plan limit is exceeded.
-	ErrPlanLimit = permanent("codat account limit exceeded")
+	ErrPlanLimit = sentinel.Permanent("codat account limit exceeded")
 
 	// ErrNotFound is a 404: the key (or resource) does not exist.
-	ErrNotFound = retryable("codat key not found")
+	ErrNotFound = sentinel.Retryable("codat key not found")
 
 	// ErrCapReached is a 409 on create: the client already holds the
 	// maximum number of keys (10).
-	ErrCapReached = retryable("codat key cap reached")
+	ErrCapReached = sentinel.Retryable("codat key cap reached")
 
 	// ErrRateLimited is a 429 that the client did not, or could no longer,
 	// wait out.
-	ErrRateLimited = retryable("codat rate limit")
+	ErrRateLimited = sentinel.Retryable("codat rate limit")
 
 	// ErrServer is a 5xx (or 408): a problem on Codat's side that may pass.
-	ErrServer = retryable("codat server error")
+	ErrServer = sentinel.Retryable("codat server error")
 
 	// ErrBadResponse means Codat answered with a success status but a body
 	// that cannot be used (not JSON, too large, or missing id or apiKey).
-	ErrBadResponse = retryable("unusable codat response")
+	ErrBadResponse = sentinel.Retryable("unusable codat response")
 
 	// ErrOutcomeUnknown means a create may or may not have made a key:
 	// the request may have reached Codat but no answer came back (5xx,
 	// timeout, connection dropped). The caller must look the key up by
 	// its name rather than send the create again.
-	ErrOutcomeUnknown = retryable("outcome unknown")
+	ErrOutcomeUnknown = sentinel.Retryable("outcome unknown")
 )
-
-// sentinel is the type of the errors above.
-type sentinel struct {
-	msg       string
-	retryable bool
-}
-
-func retryable(msg string) error { return &sentinel{msg, true} }
-func permanent(msg string) error { return &sentinel{msg, false} }
-
-func (e *sentinel) Error() string { return e.msg }
-
-// Retryable reports whether a later attempt, from a fresh look at Codat,
-// may succeed.
-func (e *sentinel) Retryable() bool { return e.retryable }
 
 // APIError is an error status from Codat. It carries what Codat support
 // asks for: the HTTP status and the correlation id.
@@ -124,8 +111,7 @@ func (e *APIError) Is(target error) bool { return target != nil && target == e.k
 // Retryable reports whether a later attempt may succeed: it is the answer
 // of the status's sentinel, and yes for a status without one.
 func (e *APIError) Retryable() bool {
-	k, ok := e.kind().(*sentinel)
-	return !ok || k.retryable
+	return sentinel.IsRetryable(e.kind())
 }
 
 // OutcomeUnknownError is returned by Create when the request may have

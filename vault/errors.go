@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/codat-rotator/codat-rotator/internal/sentinel"
 )
 
 // Errors that name what is wrong with Vault; match them with errors.Is.
@@ -17,46 +19,32 @@ import (
 // secret fixed by hand).
 var (
 	// ErrMountMissing: no secrets engine is mounted at the mount path.
-	ErrMountMissing = permanent("vault mount missing")
+	ErrMountMissing = sentinel.Permanent("vault mount missing")
 	// ErrNotKVv2: the mount is not a KV version 2 engine (KV v1 has no
 	// check-and-set and no versions, so publishing there is refused).
-	ErrNotKVv2 = permanent("vault mount is not kv version 2")
+	ErrNotKVv2 = sentinel.Permanent("vault mount is not kv version 2")
 	// ErrPermissionDenied: the token's policies lack a capability.
-	ErrPermissionDenied = permanent("vault permission denied")
+	ErrPermissionDenied = sentinel.Permanent("vault permission denied")
 	// ErrTokenInvalid: the token is expired, revoked or unknown; a new
 	// login may help.
-	ErrTokenInvalid = retryable("vault token invalid")
+	ErrTokenInvalid = sentinel.Retryable("vault token invalid")
 	// ErrSealed: Vault is sealed.
-	ErrSealed = retryable("vault is sealed")
+	ErrSealed = sentinel.Retryable("vault is sealed")
 	// ErrUnreachable: no answer from Vault (connection refused, DNS,
 	// TLS, timeout).
-	ErrUnreachable = retryable("vault unreachable")
+	ErrUnreachable = sentinel.Retryable("vault unreachable")
 	// ErrCASConflict: the secret changed since it was read.
-	ErrCASConflict = retryable("vault check-and-set conflict")
+	ErrCASConflict = sentinel.Retryable("vault check-and-set conflict")
 	// ErrMalformed: the secret exists but is not a codat-rotator secret
 	// (a field is missing or unreadable).
-	ErrMalformed = permanent("vault secret malformed")
+	ErrMalformed = sentinel.Permanent("vault secret malformed")
 	// ErrLoginRefused: Vault refused an AppRole or Kubernetes login (bad
 	// secret id, unbound service account, no such role): its reason is in
 	// the error; retrying will not change it.
-	ErrLoginRefused = permanent("vault login refused")
+	ErrLoginRefused = sentinel.Permanent("vault login refused")
 	// ErrServer: any other error status from Vault.
-	ErrServer = retryable("vault error")
+	ErrServer = sentinel.Retryable("vault error")
 )
-
-// sentinel is the type of the errors above.
-type sentinel struct {
-	msg       string
-	retryable bool
-}
-
-func retryable(msg string) error { return &sentinel{msg, true} }
-func permanent(msg string) error { return &sentinel{msg, false} }
-
-func (e *sentinel) Error() string { return e.msg }
-
-// Retryable reports whether a later attempt may succeed.
-func (e *sentinel) Retryable() bool { return e.retryable }
 
 // Error is a failed Vault call with what it was for.
 type Error struct {
@@ -105,8 +93,7 @@ func (e *Error) Is(target error) bool { return target == e.Kind }
 
 // Retryable is the answer of the error's kind.
 func (e *Error) Retryable() bool {
-	k, ok := e.Kind.(*sentinel)
-	return !ok || k.retryable
+	return sentinel.IsRetryable(e.Kind)
 }
 
 // CASConflictError says that someone else wrote the secret.
