@@ -13,7 +13,7 @@ STATICCHECK := $(BIN)/staticcheck
 FUZZTIME ?= 30s
 # package:target pairs
 FUZZ_TARGETS := codat:FuzzDecodeKey codat:FuzzDecodeKeyList codat:FuzzDecodeError codat:FuzzParseRetryAfter \
-	codat:FuzzParseTime store:FuzzDecodeTarget cmd/codat-rotator:FuzzParseConfig
+	internal/isotime:FuzzParse store:FuzzDecodeTarget cmd/codat-rotator:FuzzParseConfig
 
 # Tests need a real `vault server -dev`: the one on PATH, or bin/vault built
 # from the pinned module in tools/vault (its own module, so Vault's

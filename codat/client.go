@@ -16,6 +16,9 @@ import (
 	"net/url"
 	"sync/atomic"
 	"time"
+
+	"github.com/codat-rotator/codat-rotator/internal/clock"
+	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // DefaultBaseURL is Codat's one server. Paths carry no version prefix.
@@ -115,7 +118,7 @@ func New(key Secret, opts Options) (*Client, error) {
 		opts.Now = time.Now
 	}
 	if opts.Sleep == nil {
-		opts.Sleep = sleep
+		opts.Sleep = clock.Sleep
 	}
 	return &Client{opts: opts, base: base, key: key}, nil
 }
@@ -286,7 +289,7 @@ func (c *Client) attempt(ctx context.Context, op, method, path string, payload [
 	if err != nil {
 		return nil, nil, false, err
 	}
-	req.Header.Set("Authorization", AuthorizationHeader(c.key).Reveal())
+	req.Header.Set("Authorization", secret.AuthorizationHeader(c.key).Reveal())
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.opts.UserAgent)
 	if payload != nil {
@@ -337,15 +340,4 @@ func (c *Client) backoff(retry int) time.Duration {
 	}
 	// Jitter in [d/2, d) so that a fleet does not retry in step.
 	return time.Duration(d/2 + rand.Float64()*d/2)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -11,13 +11,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
+	"github.com/codat-rotator/codat-rotator/internal/clock/clocktest"
+	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // env is an emulator over real HTTP and a client holding its first key.
@@ -25,27 +26,7 @@ type env struct {
 	emu    *emulator.Server
 	srv    *httptest.Server
 	client *codat.Client
-	sleeps *sleepLog
-}
-
-// sleepLog records the client's waits instead of sleeping, so retry tests
-// run at once and can assert the waits.
-type sleepLog struct {
-	mu sync.Mutex
-	d  []time.Duration
-}
-
-func (s *sleepLog) sleep(ctx context.Context, d time.Duration) error {
-	s.mu.Lock()
-	s.d = append(s.d, d)
-	s.mu.Unlock()
-	return ctx.Err()
-}
-
-func (s *sleepLog) waits() []time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]time.Duration(nil), s.d...)
+	sleeps *clocktest.Sleeper
 }
 
 func newEnv(tb testing.TB, eopts emulator.Options, copts codat.Options) *env {
@@ -59,10 +40,10 @@ func newEnv(tb testing.TB, eopts emulator.Options, copts codat.Options) *env {
 		emu.Close()
 		srv.Close()
 	})
-	sl := &sleepLog{}
+	sl := &clocktest.Sleeper{}
 	copts.BaseURL = srv.URL
 	if copts.Sleep == nil {
-		copts.Sleep = sl.sleep
+		copts.Sleep = sl.Sleep
 	}
 	c, err := codat.New(codat.Secret(emu.InitialKey()), copts)
 	if err != nil {
@@ -252,7 +233,7 @@ func TestRetryAfter(t *testing.T) {
 			if k.Name != "after-429" {
 				t.Errorf("name: got %q", k.Name)
 			}
-			if got, want := e.sleeps.waits(), []time.Duration{7 * time.Second, 7 * time.Second}; fmt.Sprint(got) != fmt.Sprint(want) {
+			if got, want := e.sleeps.Durations(), []time.Duration{7 * time.Second, 7 * time.Second}; fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("waits: got %v, want %v", got, want)
 			}
 			// A 429 made nothing: three POSTs, one key.
@@ -278,7 +259,7 @@ func TestRetryAfterTooLong(t *testing.T) {
 	if !errors.Is(err, codat.ErrRateLimited) || !strings.Contains(err.Error(), "1h0m0s") {
 		t.Fatalf("got %v, want ErrRateLimited naming the hour", err)
 	}
-	if got := len(e.sleeps.waits()); got != 0 {
+	if got := len(e.sleeps.Durations()); got != 0 {
 		t.Errorf("waited %d times, want none", got)
 	}
 }
@@ -296,7 +277,7 @@ func TestRetriesThenSucceeds(t *testing.T) {
 	if err != nil || len(keys) != 1 {
 		t.Fatalf("list after two 503s: %v, %d keys", err, len(keys))
 	}
-	waits := e.sleeps.waits()
+	waits := e.sleeps.Durations()
 	if len(waits) != 2 {
 		t.Fatalf("waits: got %v, want 2 backoffs", waits)
 	}
@@ -458,9 +439,9 @@ func TestCreateBeforeSendRetried(t *testing.T) {
 		}
 		return dial(ctx, network, addr)
 	}
-	sl := &sleepLog{}
+	sl := &clocktest.Sleeper{}
 	c, err := codat.New(codat.Secret(emu.InitialKey()), codat.Options{
-		BaseURL: srv.URL, HTTPClient: &http.Client{Transport: transport}, Sleep: sl.sleep,
+		BaseURL: srv.URL, HTTPClient: &http.Client{Transport: transport}, Sleep: sl.Sleep,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -468,7 +449,7 @@ func TestCreateBeforeSendRetried(t *testing.T) {
 	if _, err := c.Create(context.Background(), "after-refused"); err != nil {
 		t.Fatalf("create after two refused dials: %v", err)
 	}
-	if got := len(sl.waits()); got != 2 {
+	if got := len(sl.Durations()); got != 2 {
 		t.Errorf("backoffs: got %d, want 2", got)
 	}
 	if got := emu.ActiveKeys(); got != 2 {
@@ -486,7 +467,7 @@ func TestNonJSONErrorBody(t *testing.T) {
 		fmt.Fprint(w, page)
 	}))
 	t.Cleanup(srv.Close)
-	c, err := codat.New("k", codat.Options{BaseURL: srv.URL, MaxAttempts: 2, Sleep: (&sleepLog{}).sleep})
+	c, err := codat.New("k", codat.Options{BaseURL: srv.URL, MaxAttempts: 2, Sleep: (&clocktest.Sleeper{}).Sleep})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -514,7 +495,7 @@ func TestBodyCap(t *testing.T) {
 		fmt.Fprint(w, `{"id":"z","apiKey":"y"}]}`)
 	}))
 	t.Cleanup(srv.Close)
-	c, err := codat.New("k", codat.Options{BaseURL: srv.URL, Sleep: (&sleepLog{}).sleep})
+	c, err := codat.New("k", codat.Options{BaseURL: srv.URL, Sleep: (&clocktest.Sleeper{}).Sleep})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,7 +521,7 @@ func TestCreateBadResponse(t *testing.T) {
 				fmt.Fprint(w, body)
 			}))
 			t.Cleanup(srv.Close)
-			c, err := codat.New("k", codat.Options{BaseURL: srv.URL, Sleep: (&sleepLog{}).sleep})
+			c, err := codat.New("k", codat.Options{BaseURL: srv.URL, Sleep: (&clocktest.Sleeper{}).Sleep})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -560,11 +541,7 @@ func TestCreateBadResponse(t *testing.T) {
 
 func TestAuthorizationHeader(t *testing.T) {
 	// The example of codat-api.md.
-	got := codat.AuthorizationHeader("ztHQGvnC4XN2CgUhaDWEG4ySLUJqWjp7zkbZkGHd").Reveal()
-	want := "Basic enRIUUd2bkM0WE4yQ2dVaGFEV0VHNHlTTFVKcVdqcDd6a2Jaa0dIZA=="
-	if got != want {
-		t.Fatalf("got %q, want %q", got, want)
-	}
+	const want = "Basic enRIUUd2bkM0WE4yQ2dVaGFEV0VHNHlTTFVKcVdqcDd6a2Jaa0dIZA=="
 	var seen atomic.Value
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen.Store(r.Header.Get("Authorization"))
@@ -598,41 +575,33 @@ func TestBaseURL(t *testing.T) {
 	}
 }
 
-// TestSecretRedaction: a raw key formatted any way, logged, marshalled or
-// wrapped in an error never shows its value.
-func TestSecretRedaction(t *testing.T) {
+// TestKeyRedaction: a Key formatted any way, logged or marshalled never
+// shows its raw key (the secret package tests the value on its own).
+func TestKeyRedaction(t *testing.T) {
 	const raw = "ztHQGvnC4XN2CgUhaDWEG4ySLUJqWjp7zkbZkGHd"
-	s := codat.Secret(raw)
-	h := codat.AuthorizationHeader(s)
-	k := codat.Key{ID: "id", APIKey: s}
+	k := codat.Key{ID: "id", APIKey: codat.Secret(raw)}
 	var out bytes.Buffer
-	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%10s", "%T"} {
-		fmt.Fprintf(&out, verb+"|", s)
-		fmt.Fprintf(&out, verb+"|", h)
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%10s"} {
 		fmt.Fprintf(&out, verb+"|", k)
 		fmt.Fprintf(&out, verb+"|", &k)
 	}
-	fmt.Fprint(&out, s, h, k, []codat.Secret{s}, map[string]codat.Secret{"k": s})
-	fmt.Fprint(&out, fmt.Errorf("wrapped: %v", s))
+	fmt.Fprint(&out, k, []codat.Key{k}, fmt.Errorf("wrapped: %v", k))
 	for _, hnd := range []slog.Handler{slog.NewJSONHandler(&out, nil), slog.NewTextHandler(&out, nil)} {
-		l := slog.New(hnd)
-		l.Info("key", "key", s, "header", h, "details", k, "any", slog.AnyValue(s))
+		slog.New(hnd).Info("key", "details", k, "ptr", &k)
 	}
-	if b, err := json.Marshal(k); err != nil {
+	b, err := json.Marshal(k)
+	if err != nil {
 		t.Fatal(err)
-	} else {
-		out.Write(b)
 	}
+	out.Write(b)
 	got := out.String()
-	for _, secret := range []string{raw, h.Reveal(), "enRIUUd2bkM0WE4y"} {
-		if strings.Contains(got, secret) {
-			t.Fatalf("secret %q leaked in:\n%s", secret, got)
-		}
+	if strings.Contains(got, raw) {
+		t.Fatalf("raw key leaked in:\n%s", got)
 	}
-	if !strings.Contains(got, codat.Redacted) {
-		t.Fatalf("want %q in the output, got:\n%s", codat.Redacted, got)
+	if !strings.Contains(got, secret.Redacted) {
+		t.Fatalf("want %q in the output, got:\n%s", secret.Redacted, got)
 	}
-	if s.Reveal() != raw {
+	if k.APIKey.Reveal() != raw {
 		t.Fatal("Reveal lost the value")
 	}
 }

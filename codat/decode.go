@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/codat-rotator/codat-rotator/internal/isotime"
 )
 
 // Key is one Codat API key, as Codat describes it (ApiKeyDetails).
@@ -99,42 +101,9 @@ func decodeKey(body []byte) (Key, error) {
 	k.APIKey = Secret(raw)
 	if c, ok := d.str("createdDate"); ok {
 		k.CreatedRaw = c
-		k.Created, _ = ParseTime(c)
+		k.Created, _ = isotime.Parse(c)
 	}
 	return k, nil
-}
-
-// timeLayouts are the forms createdDate has been seen in: with Z, with an
-// offset (with or without a colon), or with no zone at all, which is
-// taken as UTC.
-var timeLayouts = []struct {
-	layout string
-	zoned  bool
-}{
-	{time.RFC3339Nano, true},
-	{"2006-01-02T15:04:05.999999999Z0700", true},
-	{"2006-01-02T15:04:05.999999999", false},
-	{"2006-01-02 15:04:05.999999999Z07:00", true},
-	{"2006-01-02 15:04:05.999999999", false},
-}
-
-// ParseTime parses an ISO 8601 date-time leniently: a Z, an offset or no
-// zone (taken as UTC). The result is in UTC.
-func ParseTime(s string) (time.Time, error) {
-	s = strings.TrimSpace(s)
-	for _, l := range timeLayouts {
-		var t time.Time
-		var err error
-		if l.zoned {
-			t, err = time.Parse(l.layout, s)
-		} else {
-			t, err = time.ParseInLocation(l.layout, s, time.UTC)
-		}
-		if err == nil {
-			return t.UTC(), nil
-		}
-	}
-	return time.Time{}, fmt.Errorf("parse time %q: not an ISO 8601 date-time", s)
 }
 
 // DecodeError builds the APIError for an error response. It never fails:

@@ -1,51 +1,54 @@
 package codat
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/codat-rotator/codat-rotator/internal/sentinel"
 )
 
 // Sentinel errors for the cases the rotator must tell apart. An *APIError
-// matches the sentinel of its status with errors.Is.
+// matches the sentinel of its status with errors.Is. Each says with its
+// Retryable method whether a later attempt may succeed: permanent ones
+// need a person (a new key, a bigger plan, a fixed request).
 var (
 	// ErrUnauthorized means the key no longer works: Codat answered 401
 	// (incorrect or deleted key) or 403 (outdated key, or not associated
 	// with the resource). Codat does not document which of the two a
 	// deleted key gets, so both mean the same here.
-	ErrUnauthorized = errors.New("codat key not accepted")
+	ErrUnauthorized = sentinel.Permanent("codat key not accepted")
 
 	// ErrBadRequest is a 400: Codat refused the request as malformed,
 	// for instance a key name over 50 characters.
-	ErrBadRequest = errors.New("codat rejected the request")
+	ErrBadRequest = sentinel.Permanent("codat rejected the request")
 
 	// ErrPlanLimit is a 402: the account's plan limit is exceeded.
-	ErrPlanLimit = errors.New("codat account limit exceeded")
+	ErrPlanLimit = sentinel.Permanent("codat account limit exceeded")
 
 	// ErrNotFound is a 404: the key (or resource) does not exist.
-	ErrNotFound = errors.New("codat key not found")
+	ErrNotFound = sentinel.Retryable("codat key not found")
 
 	// ErrCapReached is a 409 on create: the client already holds the
 	// maximum number of keys (10).
-	ErrCapReached = errors.New("codat key cap reached")
+	ErrCapReached = sentinel.Retryable("codat key cap reached")
 
 	// ErrRateLimited is a 429 that the client did not, or could no longer,
 	// wait out.
-	ErrRateLimited = errors.New("codat rate limit")
+	ErrRateLimited = sentinel.Retryable("codat rate limit")
 
 	// ErrServer is a 5xx (or 408): a problem on Codat's side that may pass.
-	ErrServer = errors.New("codat server error")
+	ErrServer = sentinel.Retryable("codat server error")
 
 	// ErrBadResponse means Codat answered with a success status but a body
 	// that cannot be used (not JSON, too large, or missing id or apiKey).
-	ErrBadResponse = errors.New("unusable codat response")
+	ErrBadResponse = sentinel.Retryable("unusable codat response")
 
 	// ErrOutcomeUnknown means a create may or may not have made a key:
 	// the request may have reached Codat but no answer came back (5xx,
 	// timeout, connection dropped). The caller must look the key up by
 	// its name rather than send the create again.
-	ErrOutcomeUnknown = errors.New("outcome unknown")
+	ErrOutcomeUnknown = sentinel.Retryable("outcome unknown")
 )
 
 // APIError is an error status from Codat. It carries what Codat support
@@ -80,25 +83,35 @@ func (e *APIError) Error() string {
 	return msg
 }
 
-// Is maps the status to the sentinel errors above.
-func (e *APIError) Is(target error) bool {
-	switch target {
-	case ErrUnauthorized:
-		return e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden
-	case ErrBadRequest:
-		return e.StatusCode == http.StatusBadRequest
-	case ErrPlanLimit:
-		return e.StatusCode == http.StatusPaymentRequired
-	case ErrNotFound:
-		return e.StatusCode == http.StatusNotFound
-	case ErrCapReached:
-		return e.StatusCode == http.StatusConflict
-	case ErrRateLimited:
-		return e.StatusCode == http.StatusTooManyRequests
-	case ErrServer:
-		return retryableStatus(e.StatusCode) && e.StatusCode != http.StatusTooManyRequests
+// kind is the sentinel of the status, nil for a status the rotator need
+// not tell apart.
+func (e *APIError) kind() error {
+	switch code := e.StatusCode; {
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		return ErrUnauthorized
+	case code == http.StatusBadRequest:
+		return ErrBadRequest
+	case code == http.StatusPaymentRequired:
+		return ErrPlanLimit
+	case code == http.StatusNotFound:
+		return ErrNotFound
+	case code == http.StatusConflict:
+		return ErrCapReached
+	case code == http.StatusTooManyRequests:
+		return ErrRateLimited
+	case retryableStatus(code):
+		return ErrServer
 	}
-	return false
+	return nil
+}
+
+// Is maps the status to the sentinel errors above.
+func (e *APIError) Is(target error) bool { return target != nil && target == e.kind() }
+
+// Retryable reports whether a later attempt may succeed: it is the answer
+// of the status's sentinel, and yes for a status without one.
+func (e *APIError) Retryable() bool {
+	return sentinel.IsRetryable(e.kind())
 }
 
 // OutcomeUnknownError is returned by Create when the request may have

@@ -27,6 +27,7 @@ import (
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/secret"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
 	"github.com/codat-rotator/codat-rotator/vault/vaulttest"
@@ -1280,7 +1281,7 @@ func (s *chaosRun) operatorWrite(raw, id string, withID bool) error {
 		data[vault.FieldKeyID] = id
 	}
 	if s.rng.IntN(2) == 0 {
-		data[vault.FieldHeader] = codat.AuthorizationHeader(codat.Secret(raw)).Reveal()
+		data[vault.FieldHeader] = secret.AuthorizationHeader(secret.Value(raw)).Reveal()
 	}
 	sec, err := s.sh.root.KVv2(s.sh.mount).Put(context.Background(), s.path, data)
 	if err != nil {

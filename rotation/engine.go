@@ -13,10 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/internal/clock"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
 )
@@ -186,14 +188,7 @@ func (e *Engine) sleep(ctx context.Context, d time.Duration) error {
 	if e.Sleep != nil {
 		return e.Sleep(ctx, d)
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return clock.Sleep(ctx, d)
 }
 
 func (e *Engine) log() *slog.Logger {
@@ -361,19 +356,32 @@ func (e *Engine) recordFailure(t Target, id string, started time.Time, opts Opti
 
 // Retryable reports whether another attempt, from fresh state, may
 // succeed: outages, rate limits, conflicts. Configuration and permission
-// problems, and a rejected served key, are not.
+// problems, and a rejected served key, are not. The adapters' errors
+// answer for themselves with a Retryable method; when err wraps several
+// (a failure and the failed clean-up after it), one that refuses is
+// enough. An error that says nothing is worth a retry.
 func Retryable(err error) bool {
 	switch {
 	case err == nil:
 		return false
 	case errors.Is(err, context.Canceled), errors.Is(err, ErrNoRoom), errors.Is(err, ErrServedKeyRejected),
-		errors.Is(err, ErrNoBootstrap), errors.Is(err, ErrHalted), errors.Is(err, ErrServedUnknown), errors.Is(err, ErrBusy),
-		errors.Is(err, codat.ErrBadRequest), errors.Is(err, codat.ErrPlanLimit), errors.Is(err, codat.ErrUnauthorized),
-		errors.Is(err, vault.ErrPermissionDenied), errors.Is(err, vault.ErrMountMissing), errors.Is(err, vault.ErrNotKVv2),
-		errors.Is(err, vault.ErrMalformed), errors.Is(err, vault.ErrLoginRefused), errors.Is(err, errRevoke):
+		errors.Is(err, ErrNoBootstrap), errors.Is(err, ErrHalted), errors.Is(err, ErrServedUnknown), errors.Is(err, ErrBusy), errors.Is(err, errRevoke):
 		return false
 	}
-	return true
+	var refuses func(error) bool
+	refuses = func(err error) bool {
+		if r, ok := err.(interface{ Retryable() bool }); ok && !r.Retryable() {
+			return true
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			return u.Unwrap() != nil && refuses(u.Unwrap())
+		case interface{ Unwrap() []error }:
+			return slices.ContainsFunc(u.Unwrap(), refuses)
+		}
+		return false
+	}
+	return !refuses(err)
 }
 
 func newRotationID(now time.Time) string {

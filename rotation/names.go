@@ -10,7 +10,8 @@ import (
 // MaxNameLen is Codat's limit on a key name.
 const MaxNameLen = 50
 
-// NameTimeLayout is the UTC timestamp in key names and rotation ids.
+// NameTimeLayout is the UTC timestamp in the names of keys and rotation
+// ids: compact, sortable, and free of characters Codat might refuse.
 const NameTimeLayout = "20060102T150405Z"
 
 // NameSuffixLen is what the daemon appends to the prefix: a UTC

@@ -23,6 +23,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/store/storetest"
 )
@@ -982,7 +983,7 @@ func rotate(st *store.Target, n int, now time.Time) {
 	}
 	st.Keys = append(st.Keys, store.Key{
 		ID:         fmt.Sprintf("%08x-7d2e-4b8a-9c1f-2e6d5b4a3c21", n),
-		Name:       "codat-rotator-" + now.Format("20060102T150405Z") + "-4d5e6f",
+		Name:       "codat-rotator-" + now.Format(rotation.NameTimeLayout) + "-4d5e6f",
 		Origin:     store.OriginCreated,
 		State:      store.KeyActive,
 		Created:    now,

@@ -14,13 +14,14 @@ import (
 	"github.com/hashicorp/vault/api/auth/approle"
 	"github.com/hashicorp/vault/api/auth/kubernetes"
 
-	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/internal/clock"
+	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // Auth is how the client gets a Vault token.
 type Auth interface {
 	// login returns a fresh token; for a login method, with its lease.
-	login(ctx context.Context, c *api.Client) (token codat.Secret, lease *api.Secret, err error)
+	login(ctx context.Context, c *api.Client) (token secret.Value, lease *api.Secret, err error)
 	// name is the method's name, for errors and logs.
 	name() string
 }
@@ -29,19 +30,19 @@ type Auth interface {
 // Vault Agent sink, say), which is read again when Vault says the token
 // is no longer valid.
 type TokenAuth struct {
-	Token codat.Secret
+	Token secret.Value
 	File  string
 }
 
 func (a TokenAuth) name() string { return "token" }
 
-func (a TokenAuth) login(context.Context, *api.Client) (codat.Secret, *api.Secret, error) {
+func (a TokenAuth) login(context.Context, *api.Client) (secret.Value, *api.Secret, error) {
 	if a.File != "" {
 		b, err := os.ReadFile(a.File)
 		if err != nil {
 			return "", nil, fmt.Errorf("vault token file: %w", err)
 		}
-		a.Token = codat.Secret(strings.TrimSpace(string(b)))
+		a.Token = secret.Value(strings.TrimSpace(string(b)))
 		if a.Token.Empty() {
 			return "", nil, fmt.Errorf("vault token file %s: empty", a.File)
 		}
@@ -62,7 +63,7 @@ type AppRoleAuth struct {
 
 func (a AppRoleAuth) name() string { return "approle" }
 
-func (a AppRoleAuth) login(ctx context.Context, c *api.Client) (codat.Secret, *api.Secret, error) {
+func (a AppRoleAuth) login(ctx context.Context, c *api.Client) (secret.Value, *api.Secret, error) {
 	roleID, err := os.ReadFile(a.RoleIDFile)
 	if err != nil {
 		return "", nil, fmt.Errorf("approle role_id_file: %w", err)
@@ -85,7 +86,7 @@ type KubernetesAuth struct {
 
 func (a KubernetesAuth) name() string { return "kubernetes" }
 
-func (a KubernetesAuth) login(ctx context.Context, c *api.Client) (codat.Secret, *api.Secret, error) {
+func (a KubernetesAuth) login(ctx context.Context, c *api.Client) (secret.Value, *api.Secret, error) {
 	if a.Role == "" {
 		return "", nil, errors.New("kubernetes auth: vault.auth.kubernetes.role is not set")
 	}
@@ -98,7 +99,7 @@ func (a KubernetesAuth) login(ctx context.Context, c *api.Client) (codat.Secret,
 	return loginWith(ctx, c, m, "auth/"+orDefault(a.Mount, "kubernetes")+"/login")
 }
 
-func loginWith(ctx context.Context, c *api.Client, m api.AuthMethod, path string) (codat.Secret, *api.Secret, error) {
+func loginWith(ctx context.Context, c *api.Client, m api.AuthMethod, path string) (secret.Value, *api.Secret, error) {
 	// Log in on a copy: the shared client must not send a stale token,
 	// and Login would set the new one on it behind our lock.
 	lc, err := c.CloneWithHeaders() // the namespace header too
@@ -127,7 +128,7 @@ func loginWith(ctx context.Context, c *api.Client, m api.AuthMethod, path string
 	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" {
 		return "", nil, fmt.Errorf("vault login %s: no token in the answer", path)
 	}
-	return codat.Secret(sec.Auth.ClientToken), sec, nil
+	return secret.Value(sec.Auth.ClientToken), sec, nil
 }
 
 func orDefault(v, def string) string {
@@ -296,13 +297,5 @@ func (c *Client) renewable(ctx context.Context) (*api.Secret, error) {
 	return &api.Secret{Auth: &api.SecretAuth{ClientToken: token, Renewable: renewable, LeaseDuration: int(ttl / time.Second)}}, nil
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
+// sleepCtx reports whether the whole wait passed (false: ctx ended).
+func sleepCtx(ctx context.Context, d time.Duration) bool { return clock.Sleep(ctx, d) == nil }

@@ -27,7 +27,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
-	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/secret"
 	"github.com/codat-rotator/codat-rotator/vault"
 	"github.com/codat-rotator/codat-rotator/vault/vaulttest"
 )
@@ -900,7 +900,7 @@ func TestKeepAlive(t *testing.T) {
 path "auth/token/renew-self" { capabilities = ["update"] }`
 		token := srv.Token(t, hcl)
 		var seen logins
-		c, err := vault.New(vault.Config{Address: srv.Addr, Token: codat.Secret(token), OnLogin: seen.record})
+		c, err := vault.New(vault.Config{Address: srv.Addr, Token: secret.Value(token), OnLogin: seen.record})
 		if err != nil {
 			t.Fatal(err)
 		}

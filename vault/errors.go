@@ -9,36 +9,41 @@ import (
 	"strings"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/codat-rotator/codat-rotator/internal/sentinel"
 )
 
 // Errors that name what is wrong with Vault; match them with errors.Is.
+// Each says with its Retryable method whether a later attempt may
+// succeed: permanent ones need a person (a mount, a policy, a role, a
+// secret fixed by hand).
 var (
 	// ErrMountMissing: no secrets engine is mounted at the mount path.
-	ErrMountMissing = errors.New("vault mount missing")
+	ErrMountMissing = sentinel.Permanent("vault mount missing")
 	// ErrNotKVv2: the mount is not a KV version 2 engine (KV v1 has no
 	// check-and-set and no versions, so publishing there is refused).
-	ErrNotKVv2 = errors.New("vault mount is not kv version 2")
+	ErrNotKVv2 = sentinel.Permanent("vault mount is not kv version 2")
 	// ErrPermissionDenied: the token's policies lack a capability.
-	ErrPermissionDenied = errors.New("vault permission denied")
+	ErrPermissionDenied = sentinel.Permanent("vault permission denied")
 	// ErrTokenInvalid: the token is expired, revoked or unknown; a new
 	// login may help.
-	ErrTokenInvalid = errors.New("vault token invalid")
+	ErrTokenInvalid = sentinel.Retryable("vault token invalid")
 	// ErrSealed: Vault is sealed.
-	ErrSealed = errors.New("vault is sealed")
+	ErrSealed = sentinel.Retryable("vault is sealed")
 	// ErrUnreachable: no answer from Vault (connection refused, DNS,
 	// TLS, timeout).
-	ErrUnreachable = errors.New("vault unreachable")
+	ErrUnreachable = sentinel.Retryable("vault unreachable")
 	// ErrCASConflict: the secret changed since it was read.
-	ErrCASConflict = errors.New("vault check-and-set conflict")
+	ErrCASConflict = sentinel.Retryable("vault check-and-set conflict")
 	// ErrMalformed: the secret exists but is not a codat-rotator secret
 	// (a field is missing or unreadable).
-	ErrMalformed = errors.New("vault secret malformed")
+	ErrMalformed = sentinel.Permanent("vault secret malformed")
 	// ErrLoginRefused: Vault refused an AppRole or Kubernetes login (bad
 	// secret id, unbound service account, no such role): its reason is in
 	// the error; retrying will not change it.
-	ErrLoginRefused = errors.New("vault login refused")
+	ErrLoginRefused = sentinel.Permanent("vault login refused")
 	// ErrServer: any other error status from Vault.
-	ErrServer = errors.New("vault error")
+	ErrServer = sentinel.Retryable("vault error")
 )
 
 // Error is a failed Vault call with what it was for.
@@ -86,6 +91,11 @@ func (e *Error) Error() string {
 // Is matches the sentinel of the error's kind.
 func (e *Error) Is(target error) bool { return target == e.Kind }
 
+// Retryable is the answer of the error's kind.
+func (e *Error) Retryable() bool {
+	return sentinel.IsRetryable(e.Kind)
+}
+
 // CASConflictError says that someone else wrote the secret.
 type CASConflictError struct {
 	Path string
@@ -104,6 +114,9 @@ func (e *CASConflictError) Error() string {
 
 // Is matches ErrCASConflict.
 func (e *CASConflictError) Is(target error) bool { return target == ErrCASConflict }
+
+// Retryable is true: a new attempt reads the secret again.
+func (e *CASConflictError) Retryable() bool { return true }
 
 // classify turns an error of the Vault API client into an *Error.
 func classify(op, path, capability string, err error) error {

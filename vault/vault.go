@@ -17,7 +17,8 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
-	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/internal/isotime"
+	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // Config says how to reach and authenticate to Vault. The command fills
@@ -33,7 +34,7 @@ type Config struct {
 	// Auth is how to get a token; nil means TokenAuth{Token, TokenFile}.
 	Auth Auth
 	// Token authenticates when TokenFile is empty (shorthand for TokenAuth).
-	Token codat.Secret
+	Token secret.Value
 	// TokenFile is read for the token (a Vault Agent sink, say).
 	TokenFile string
 	// OnLogin, when set, is called after every successful login.
@@ -123,7 +124,7 @@ func (l Location) metadataPath() string { return l.Mount + "/metadata/" + l.Path
 
 // Secret is the document published for a target (design §5).
 type Secret struct {
-	APIKey            codat.Secret
+	APIKey            secret.Value
 	KeyID             string
 	KeyName           string
 	CreatedAt         time.Time
@@ -134,7 +135,7 @@ type Secret struct {
 }
 
 // Header returns the ready-made Authorization header of the key.
-func (s Secret) Header() codat.Secret { return codat.AuthorizationHeader(s.APIKey) }
+func (s Secret) Header() secret.Value { return secret.AuthorizationHeader(s.APIKey) }
 
 // Current is what Vault holds for a target.
 type Current struct {
@@ -391,7 +392,7 @@ func encodeSecret(s Secret) map[string]any {
 func decodeSecret(data map[string]any) (Secret, error) {
 	str := func(k string) string { v, _ := data[k].(string); return v }
 	var s Secret
-	s.APIKey = codat.Secret(str(FieldAPIKey))
+	s.APIKey = secret.Value(str(FieldAPIKey))
 	s.KeyID = str(FieldKeyID)
 	if s.APIKey.Empty() {
 		return Secret{}, fmt.Errorf("%w: no %s field", ErrMalformed, FieldAPIKey)
@@ -411,7 +412,7 @@ func decodeSecret(data map[string]any) (Secret, error) {
 		{FieldPreviousExpiresAt, &s.PreviousExpiresAt}, {FieldNextRotationAt, &s.NextRotationAt},
 	} {
 		if v := str(f.name); v != "" {
-			t, err := codat.ParseTime(v)
+			t, err := isotime.Parse(v)
 			if err != nil {
 				return Secret{}, fmt.Errorf("%w: %s: %v", ErrMalformed, f.name, err)
 			}

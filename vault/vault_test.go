@@ -16,7 +16,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
-	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/secret"
 	"github.com/codat-rotator/codat-rotator/vault"
 	"github.com/codat-rotator/codat-rotator/vault/vaulttest"
 )
@@ -39,7 +39,7 @@ func header(key string) string {
 func fullSecret() vault.Secret {
 	cet := time.FixedZone("CET", 3600)
 	return vault.Secret{
-		APIKey:            codat.Secret(testKey),
+		APIKey:            secret.Value(testKey),
 		KeyID:             "key-2",
 		KeyName:           "codat-rotator 2025-03-01",
 		CreatedAt:         time.Date(2025, 3, 1, 12, 0, 0, 0, cet),
@@ -54,7 +54,7 @@ var testMetadata = map[string]string{"managed-by": "codat-rotator", "target": "p
 
 func newClient(tb testing.TB, addr, token string) *vault.Client {
 	tb.Helper()
-	c, err := vault.New(vault.Config{Address: addr, Token: codat.Secret(token), Timeout: 10 * time.Second})
+	c, err := vault.New(vault.Config{Address: addr, Token: secret.Value(token), Timeout: 10 * time.Second})
 	if err != nil {
 		tb.Fatalf("vault.New: %v", err)
 	}
@@ -776,7 +776,7 @@ func TestObserve(t *testing.T) {
 	var ops []string
 	c, err := vault.New(vault.Config{
 		Address: srv.Addr,
-		Token:   codat.Secret(srv.RootToken),
+		Token:   secret.Value(srv.RootToken),
 		Observe: func(op string, err error, d time.Duration) {
 			ops = append(ops, fmt.Sprintf("%s:%v", op, err == nil))
 		},
@@ -796,9 +796,9 @@ func TestObserve(t *testing.T) {
 func TestRedaction(t *testing.T) {
 	const token = "hvs.super-secret-token"
 	cfg := vault.Config{Address: "http://127.0.0.1:8200", Token: token}
-	secret := fullSecret()
-	cur := vault.Current{Secret: &secret, Version: 3}
-	got := fmt.Sprintf("%v %+v %#v %v %+v %s", cfg, secret, secret, &cfg, cur, secret.Header())
+	s := fullSecret()
+	cur := vault.Current{Secret: &s, Version: 3}
+	got := fmt.Sprintf("%v %+v %#v %v %+v %s", cfg, s, s, &cfg, cur, s.Header())
 	assertNoSecrets(t, got, token, testKey, header(testKey), base64.StdEncoding.EncodeToString([]byte(testKey)))
-	assertContains(t, got, codat.Redacted, "key-2")
+	assertContains(t, got, secret.Redacted, "key-2")
 }

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -514,7 +515,7 @@ func TestDaemonRotatesOnSchedule(t *testing.T) {
 	// Three keys made by rotations (after the bootstrap key).
 	d.until(t, 15*time.Second, "3 rotated keys in vault", func() bool {
 		poll()
-		return len(served) >= 3 && !slicesContain(served[len(served)-3:], initial)
+		return len(served) >= 3 && !slices.Contains(served[len(served)-3:], initial)
 	})
 	// The bootstrap key was published first (too briefly to be polled).
 	if v1, err := e.api.KVv2(e.mount).GetVersion(context.Background(), "codat/crash", 1); err != nil || v1.Data["key_id"] != initial {
@@ -968,7 +969,7 @@ func TestSdNotify(t *testing.T) {
 	}
 	index := func(state string, from int) int {
 		for i, g := range datagrams() {
-			if i >= from && slicesContain(strings.Split(g, "\n"), state) {
+			if i >= from && slices.Contains(strings.Split(g, "\n"), state) {
 				return i
 			}
 		}
@@ -1011,15 +1012,6 @@ func TestSdNotify(t *testing.T) {
 	if n := d.count(msgIs("sd_notify failed")); n != 0 {
 		t.Errorf("sd_notify failed %d times", n)
 	}
-}
-
-func slicesContain(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // TestDaemonSecondSignalExitsAtOnce: a second SIGTERM during a long

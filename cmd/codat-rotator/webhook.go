@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/codat-rotator/codat-rotator/internal/clock"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 )
@@ -38,7 +39,7 @@ type webhookEvent struct {
 type webhooks struct {
 	log   *slog.Logger
 	http  *http.Client
-	sleep func(ctx context.Context, d time.Duration) bool
+	sleep func(ctx context.Context, d time.Duration) error
 	// Attempts per event and webhook (default 4: 0s, 1s, 2s, 4s).
 	attempts int
 
@@ -51,7 +52,7 @@ type webhooks struct {
 
 func newWebhooks(log *slog.Logger, targets []TargetConfig) *webhooks {
 	ctx, stop := context.WithCancel(context.Background())
-	w := &webhooks{log: log, http: &http.Client{}, sleep: sleepCtx, attempts: 4, ctx: ctx, stop: stop}
+	w := &webhooks{log: log, http: &http.Client{}, sleep: clock.Sleep, attempts: 4, ctx: ctx, stop: stop}
 	w.set(targets)
 	return w
 }
@@ -139,7 +140,7 @@ func (w *webhooks) post(h WebhookConfig, e webhookEvent) {
 			return
 		}
 		log.Warn("webhook failed; retrying", "attempt", i, "in", backoff, "error", err)
-		if !w.sleep(w.ctx, backoff) {
+		if w.sleep(w.ctx, backoff) != nil {
 			return
 		}
 		backoff *= 2
@@ -191,15 +192,4 @@ func redactURL(raw string) string {
 		return "(webhook)"
 	}
 	return u.Scheme + "://" + u.Host + "/…"
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

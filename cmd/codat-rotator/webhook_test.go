@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/codat-rotator/codat-rotator/internal/clock/clocktest"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 )
@@ -61,14 +62,8 @@ func TestWebhookEvents(t *testing.T) {
 		{URL: slackHook.srv.URL + "/services/T000/B000/XXXX", Format: "slack", Events: []string{EventHalt}, Timeout: Duration(time.Second)},
 	}}}}
 	w := newWebhooks(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), tc)
-	var waits []time.Duration
-	var mu sync.Mutex
-	w.sleep = func(ctx context.Context, d time.Duration) bool {
-		mu.Lock()
-		waits = append(waits, d)
-		mu.Unlock()
-		return true
-	}
+	var sleeps clocktest.Sleeper
+	w.sleep = sleeps.Sleep
 	target := rotation.Target{Name: "prod", MaxKeys: 10, ReserveSlots: 1}
 
 	// A failure that halted the target, with the cap nearly full.
@@ -112,11 +107,9 @@ func TestWebhookEvents(t *testing.T) {
 	if err := json.Unmarshal(slack[0], &text); err != nil || !strings.Contains(text.Text, "prod is HALTED") {
 		t.Errorf("slack body %s: want a text naming the halt", slack[0])
 	}
-	mu.Lock()
-	if len(waits) != 0 {
+	if waits := sleeps.Durations(); len(waits) != 0 {
 		t.Errorf("waited %v with every delivery accepted", waits)
 	}
-	mu.Unlock()
 	// The webhook URLs' paths (secrets, for Slack) never reach the log.
 	for _, secret := range []string{"SECRET-PATH", "XXXX"} {
 		if strings.Contains(logs.String(), secret) {
@@ -136,14 +129,14 @@ func TestWebhookRetries(t *testing.T) {
 		hook := newReceiver(t, tt.failures)
 		w := newWebhooks(slog.New(slog.DiscardHandler), []TargetConfig{{Name: "a", Notify: NotifyConfig{Webhooks: []WebhookConfig{
 			{URL: hook.srv.URL, Format: "json", Events: []string{EventFailure}, Timeout: Duration(time.Second)}}}}})
-		var waits []time.Duration
-		w.sleep = func(ctx context.Context, d time.Duration) bool { waits = append(waits, d); return true }
+		var sleeps clocktest.Sleeper
+		w.sleep = sleeps.Sleep
 		w.rotated(rotation.Target{Name: "a", MaxKeys: 10, ReserveSlots: 1}, store.Target{}, rotation.Result{}, errorString("boom"))
 		w.Wait(5 * time.Second)
 		if got := len(hook.got()); got != tt.delivered {
 			t.Errorf("failures %d: delivered %d, want %d", tt.failures, got, tt.delivered)
 		}
-		if got := fmt.Sprint(waits); got != tt.waits {
+		if got := fmt.Sprint(sleeps.Durations()); got != tt.waits {
 			t.Errorf("failures %d: waits %s, want %s", tt.failures, got, tt.waits)
 		}
 	}
