@@ -21,14 +21,11 @@ import (
 	"github.com/codat-rotator/codat-rotator/store"
 )
 
-// reloadSignals delivers SIGHUP to the running daemon; main sets it.
-var reloadSignals <-chan os.Signal
-
 // runCommand is `codat-rotator run`: the daemon.
 type runCommand struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
-	reload         <-chan os.Signal
+	reload         <-chan os.Signal // SIGHUP, from main; nil: no reloads
 
 	configPath      string
 	logLevel        string
@@ -47,7 +44,7 @@ type runCommand struct {
 }
 
 func newRunCommand(stdout, stderr io.Writer) *runCommand {
-	return &runCommand{stdout: stdout, stderr: stderr, getenv: os.Getenv, reload: reloadSignals}
+	return &runCommand{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 }
 
 func (c *runCommand) ParseFlags(args []string) error {
