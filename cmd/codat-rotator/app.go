@@ -145,24 +145,6 @@ func (a *app) Close() error {
 	return a.db.Close()
 }
 
-// target returns the named target, or every target when name is empty.
-func (a *app) selectTargets(name string) ([]rotation.Target, error) {
-	targets := a.allTargets()
-	if name == "" {
-		return targets, nil
-	}
-	for _, t := range targets {
-		if t.Name == name {
-			return []rotation.Target{t}, nil
-		}
-	}
-	var names []string
-	for _, t := range targets {
-		names = append(names, t.Name)
-	}
-	return nil, fmt.Errorf("--target %q: no such target (configured: %s)", name, strings.Join(names, ", "))
-}
-
 // rotationTarget turns a target's config into the engine's Target.
 func rotationTarget(tc TargetConfig, getenv func(string) string) rotation.Target {
 	t := rotation.Target{

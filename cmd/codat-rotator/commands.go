@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
+	"net/http"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/codat-rotator/codat-rotator/admin"
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
@@ -19,15 +21,23 @@ import (
 )
 
 // The operator commands that work through a running daemon's admin
-// socket, or in-process when no daemon runs: status, keys, resume. And
-// check, which never needs the daemon.
+// socket, or in-process when no daemon runs: rotate, status, keys,
+// resume. And check, which never needs the daemon.
 
-// opsCommand holds what status, keys, resume and check share.
+// opsCommand holds what rotate, status, keys, resume and check share.
 type opsCommand struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 	configPath     string
-	app            *app
+
+	// newLogger builds the in-process log (nil: discard).
+	newLogger func(Config) (*slog.Logger, error)
+	// notify: rotations in-process send the targets' webhooks.
+	notify bool
+
+	app    *app          // in-process
+	hooks  *webhooks     // in-process, with notify
+	daemon *admin.Client // through the daemon
 }
 
 func (c *opsCommand) flags(name, synopsis string) *flag.FlagSet {
@@ -36,22 +46,107 @@ func (c *opsCommand) flags(name, synopsis string) *flag.FlagSet {
 	return fs
 }
 
-// open loads the config and opens the app in-process (read-only unless
-// write is set), explaining a lock held by a daemon that did not answer.
-func (c *opsCommand) open(write bool) (Config, error) {
-	cfg, err := LoadConfig(c.configPath, c.getenv)
-	if err != nil {
-		return cfg, &usageError{err}
+// service chooses, once, where the command's work happens: the daemon
+// that answers on the admin socket, else this process over the state
+// file (read-only unless write), explaining a lock held by a daemon that
+// did not answer.
+func (c *opsCommand) service(ctx context.Context, cfg Config, write bool) (admin.Service, error) {
+	if cl, err := admin.Dial(ctx, cfg.Listen.AdminSocket); err == nil {
+		c.daemon = cl
+		return cl, nil
 	}
 	log := slog.New(slog.DiscardHandler)
+	if c.newLogger != nil {
+		var err error
+		if log, err = c.newLogger(cfg); err != nil {
+			return nil, &usageError{err}
+		}
+	}
+	var err error
 	c.app, err = openApp(cfg, log, c.getenv, !write, nil)
 	if err != nil {
-		return cfg, explainLocked(err, cfg.Listen.AdminSocket)
+		return nil, explainLocked(err, cfg.Listen.AdminSocket)
 	}
-	return cfg, nil
+	l := &admin.Local{Engine: c.app.engine, Targets: c.app.allTargets, Next: scheduledNext(cfg), Logger: log}
+	if c.notify {
+		c.hooks = newWebhooks(log, cfg.Targets)
+		l.RotateTarget = c.rotateAndNotify
+	}
+	return l, nil
 }
 
-func (c *opsCommand) Close() error { return c.app.Close() }
+// rotateAndNotify rotates in-process and sends the webhooks.
+func (c *opsCommand) rotateAndNotify(ctx context.Context, t rotation.Target, opts rotation.Options) (rotation.Result, error) {
+	res, err := c.app.engine.Rotate(ctx, t, opts)
+	if st, lerr := c.app.engine.Store.Load(t.Name); lerr == nil {
+		c.hooks.rotated(t, st, res, err)
+	}
+	return res, err
+}
+
+// adminHandler serves the admin socket of the running daemon, whose
+// rotations go through its scheduler.
+func adminHandler(a *app, sched *rotation.Scheduler) http.Handler {
+	return admin.NewHandler(&admin.Local{
+		Engine: a.engine, Targets: a.allTargets, Next: sched.Next, Logger: a.log,
+		RotateTarget: func(_ context.Context, t rotation.Target, opts rotation.Options) (rotation.Result, error) {
+			return sched.RotateNow(t.Name, opts)
+		},
+	}, version)
+}
+
+// scheduledNext gives a target's next rotation from the config, for a
+// status read without the daemon.
+func scheduledNext(cfg Config) func(string) time.Time {
+	return func(name string) time.Time {
+		for _, tc := range cfg.Targets {
+			if tc.Name == name {
+				if s, err := rotation.ParseSchedule(tc.Schedule); err == nil {
+					return s.Next(time.Now())
+				}
+			}
+		}
+		return time.Time{}
+	}
+}
+
+// explainLocked turns "state file locked" into what the operator needs:
+// a daemon holds it, and its admin socket did not answer.
+func explainLocked(err error, socket string) error {
+	if !errors.Is(err, store.ErrLocked) {
+		return err
+	}
+	if socket == "" {
+		return fmt.Errorf("%w; the admin socket is disabled (listen.admin_socket), so this command cannot reach the daemon", err)
+	}
+	return fmt.Errorf("%w; its admin socket %s does not answer (is listen.admin_socket the same for both?)", err, socket)
+}
+
+// targetErr makes an unknown target asked of this process a usage
+// error; the daemon's answer is its own.
+func targetErr(err error) error {
+	if errors.Is(err, admin.ErrNoSuchTarget) {
+		return &usageError{err}
+	}
+	return err
+}
+
+func (c *opsCommand) Close() error {
+	if c.hooks != nil {
+		c.hooks.Wait(15 * time.Second)
+	}
+	if c.daemon != nil {
+		c.daemon.Close()
+	}
+	return c.app.Close()
+}
+
+// printJSON prints v indented, as --json does.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
 
 // statusCommand is `codat-rotator status [--json]`.
 type statusCommand struct {
@@ -73,39 +168,20 @@ func (c *statusCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return &usageError{err}
 	}
-	var doc statusDoc
-	if admin, ok := dialDaemon(ctx, cfg.Listen.AdminSocket); ok {
-		if err := admin.call(ctx, "GET", "/v1/status", nil, &doc); err != nil {
-			return err
-		}
-	} else {
-		if _, err := c.open(false); err != nil {
-			if !errors.Is(err, os.ErrNotExist) {
-				return err
-			}
-			return fmt.Errorf("no state file at %s yet: nothing has been rotated", cfg.StatePath)
-		}
-		next := func(name string) time.Time {
-			for _, tc := range cfg.Targets {
-				if tc.Name == name {
-					if s, err := rotation.ParseSchedule(tc.Schedule); err == nil {
-						return s.Next(time.Now())
-					}
-				}
-			}
-			return time.Time{}
-		}
-		doc, err = buildStatus(c.app.engine.Store.Load, c.app.allTargets(), next, time.Now().UTC())
-		if err != nil {
-			return err
-		}
+	svc, err := c.service(ctx, cfg, false)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no state file at %s yet: nothing has been rotated", cfg.StatePath)
+	} else if err != nil {
+		return err
+	}
+	rep, err := svc.Status(ctx)
+	if err != nil {
+		return err
 	}
 	if c.json {
-		enc := json.NewEncoder(c.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(doc)
+		return printJSON(c.stdout, rep)
 	}
-	printStatus(c.stdout, doc)
+	rep.WriteText(c.stdout)
 	return nil
 }
 
@@ -131,27 +207,22 @@ func (c *keysCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return &usageError{err}
 	}
-	var doc keysDoc
-	if admin, ok := dialDaemon(ctx, cfg.Listen.AdminSocket); ok {
-		if err := admin.call(ctx, "GET", "/v1/keys?target="+url.QueryEscape(c.target), nil, &doc); err != nil {
-			return err
-		}
-	} else {
-		if _, err := c.open(false); err != nil {
-			return err
-		}
-		targets, err := c.app.selectTargets(c.target)
-		if err != nil {
-			return &usageError{err}
-		}
-		doc = buildKeys(ctx, c.app, targets)
+	svc, err := c.service(ctx, cfg, false)
+	if err != nil {
+		return err
+	}
+	rep, err := svc.Keys(ctx, c.target)
+	if err != nil {
+		return targetErr(err)
 	}
 	if c.json {
-		enc := json.NewEncoder(c.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(doc)
+		return printJSON(c.stdout, rep)
 	}
-	return printKeys(c.stdout, doc)
+	rep.WriteText(c.stdout)
+	if failed := rep.Failed(); len(failed) > 0 {
+		return fmt.Errorf("could not list keys of: %s", strings.Join(failed, ", "))
+	}
+	return nil
 }
 
 // resumeCommand is `codat-rotator resume --target T`.
@@ -178,21 +249,12 @@ func (c *resumeCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return &usageError{err}
 	}
-	if admin, ok := dialDaemon(ctx, cfg.Listen.AdminSocket); ok {
-		if err := admin.call(ctx, "POST", "/v1/resume", map[string]string{"target": c.target}, nil); err != nil {
-			return err
-		}
-	} else {
-		if _, err := c.open(true); err != nil {
-			return err
-		}
-		targets, err := c.app.selectTargets(c.target)
-		if err != nil {
-			return &usageError{err}
-		}
-		if err := c.app.engine.Resume(targets[0]); err != nil {
-			return err
-		}
+	svc, err := c.service(ctx, cfg, true)
+	if err != nil {
+		return err
+	}
+	if err := svc.Resume(ctx, c.target); err != nil {
+		return targetErr(err)
 	}
 	fmt.Fprintf(c.stdout, "%s: resumed; scheduled rotations run again\n", c.target)
 	return nil

@@ -24,6 +24,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/codat-rotator/codat-rotator/admin"
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
 	"github.com/codat-rotator/codat-rotator/store"
@@ -790,7 +791,7 @@ func TestStatusThroughDaemonAndInProcess(t *testing.T) {
 		if err := json.Unmarshal([]byte(stdout), &raw); err != nil {
 			t.Fatalf("status --json is not JSON: %v\n%s", err, stdout)
 		}
-		var doc statusDoc
+		var doc admin.StatusReport
 		if err := json.Unmarshal([]byte(stdout), &doc); err != nil {
 			t.Fatal(err)
 		}

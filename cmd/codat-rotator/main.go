@@ -28,7 +28,6 @@ func main() {
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	reloadSignals = hup
 	go func() {
 		<-signals
 		cancel() // first signal: the graceful path
@@ -36,7 +35,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "codat-rotator: second signal, exiting now")
 		os.Exit(exitError)
 	}()
-	os.Exit(Main(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(Main(ctx, os.Args[1:], os.Stdout, os.Stderr, hup))
 }
 
 // command is one subcommand.
@@ -66,8 +65,9 @@ var commands = []struct {
 }
 
 // Main runs the program with args (without the program name) and returns
-// the exit code. Tests call it as users call the binary.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// the exit code. Tests call it as users call the binary. reload delivers
+// the signals that make the daemon reload its config.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-chan os.Signal) int {
 	if len(args) == 0 {
 		printUsage(stderr)
 		return exitUsage
@@ -83,6 +83,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			continue
 		}
 		cmd := c.make(stdout, stderr)
+		if run, ok := cmd.(*runCommand); ok {
+			run.reload = reload
+		}
 		if err := cmd.ParseFlags(args[1:]); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				return exitOK

@@ -16,18 +16,16 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/codat-rotator/codat-rotator/admin"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 )
-
-// reloadSignals delivers SIGHUP to the running daemon; main sets it.
-var reloadSignals <-chan os.Signal
 
 // runCommand is `codat-rotator run`: the daemon.
 type runCommand struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
-	reload         <-chan os.Signal
+	reload         <-chan os.Signal // SIGHUP, from main; nil: no reloads
 
 	configPath      string
 	logLevel        string
@@ -46,7 +44,7 @@ type runCommand struct {
 }
 
 func newRunCommand(stdout, stderr io.Writer) *runCommand {
-	return &runCommand{stdout: stdout, stderr: stderr, getenv: os.Getenv, reload: reloadSignals}
+	return &runCommand{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 }
 
 func (c *runCommand) ParseFlags(args []string) error {
@@ -82,7 +80,8 @@ func (c *runCommand) Run(ctx context.Context) error {
 	c.app, err = openApp(cfg, log, c.getenv, false, c.m)
 	if err != nil {
 		if errors.Is(err, store.ErrLocked) {
-			if _, ok := dialDaemon(ctx, cfg.Listen.AdminSocket); ok {
+			if other, derr := admin.Dial(ctx, cfg.Listen.AdminSocket); derr == nil {
+				other.Close()
 				return fmt.Errorf("another codat-rotator daemon runs with this state file and answers on %s: %w", cfg.Listen.AdminSocket, err)
 			}
 		}
@@ -106,17 +105,17 @@ func (c *runCommand) Run(ctx context.Context) error {
 	}
 	c.m.reg.MustRegister(newStateCollector(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next))
 
-	var admin net.Listener
+	var adminL net.Listener
 	if cfg.Listen.AdminSocket != "" {
-		if admin, err = listenAdmin(cfg.Listen.AdminSocket); err != nil {
+		if adminL, err = admin.Listen(cfg.Listen.AdminSocket); err != nil {
 			return err
 		}
 	}
 	var metricsL net.Listener
 	if cfg.Listen.Metrics != "" {
 		if metricsL, err = net.Listen("tcp", cfg.Listen.Metrics); err != nil {
-			if admin != nil {
-				admin.Close()
+			if adminL != nil {
+				adminL.Close()
 			}
 			return fmt.Errorf("listen.metrics: %w", err)
 		}
@@ -125,8 +124,8 @@ func (c *runCommand) Run(ctx context.Context) error {
 		return err
 	}
 	serveErr := make(chan error, 2)
-	if admin != nil {
-		c.serve(admin, adminHandler(c.app, c.sched), serveErr)
+	if adminL != nil {
+		c.serve(adminL, adminHandler(c.app, c.sched), serveErr)
 		log.Info("admin socket listening", "path", cfg.Listen.AdminSocket)
 	}
 	if metricsL != nil {

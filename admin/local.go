@@ -1,0 +1,168 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/rotation"
+)
+
+// Local is the Service in this process, over the engine and the state
+// file it holds: what the daemon serves on its socket, and what a
+// command does when no daemon answers.
+type Local struct {
+	Engine *rotation.Engine
+	// Targets returns the configured targets.
+	Targets func() []rotation.Target
+	// Next returns a target's next scheduled rotation, zero when unknown;
+	// nil means always unknown.
+	Next func(target string) time.Time
+	// RotateTarget runs one rotation; nil means Engine.Rotate. The
+	// daemon runs it through its scheduler.
+	RotateTarget func(ctx context.Context, t rotation.Target, opts rotation.Options) (rotation.Result, error)
+	// Logger records what an operator changed; nil discards.
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+var _ Service = (*Local)(nil)
+
+// Rotate rotates or plans each requested target in turn.
+func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, error) {
+	targets, err := l.selectTargets(req.Target)
+	if err != nil {
+		return RotateReport{}, err
+	}
+	opts := rotation.Options{Emergency: req.Emergency, Revoke: req.Revoke, Manual: true}
+	rotate := l.RotateTarget
+	if rotate == nil {
+		rotate = l.Engine.Rotate
+	}
+	rep := RotateReport{Results: []RotateEntry{}}
+	for _, t := range targets {
+		e := RotateEntry{Target: t.Name, Vault: t.Vault.String()}
+		if req.DryRun {
+			p, err := l.Engine.Plan(ctx, t, opts)
+			if err != nil {
+				e.Error = "cannot plan: " + err.Error()
+			} else {
+				e.Plan, e.Succeeded = planOf(p), true
+			}
+		} else {
+			res, err := rotate(ctx, t, opts)
+			e.Result = resultOf(res)
+			if err != nil {
+				e.Error = err.Error()
+			} else {
+				e.Succeeded = true
+			}
+		}
+		rep.Results = append(rep.Results, e)
+	}
+	return rep, nil
+}
+
+// Status reads every target's state.
+func (l *Local) Status(ctx context.Context) (StatusReport, error) {
+	now := l.now()
+	rep := StatusReport{Targets: []TargetStatus{}}
+	for _, t := range l.Targets() {
+		st, err := l.Engine.Store.Load(t.Name)
+		if err != nil {
+			return rep, err
+		}
+		var next time.Time
+		if l.Next != nil {
+			next = l.Next(t.Name)
+		}
+		rep.Targets = append(rep.Targets, targetStatusOf(t, st, next, now))
+	}
+	return rep, nil
+}
+
+// Keys lists each target's keys at Codat, marked against the state and
+// the key Vault serves. A target whose keys cannot be listed has its
+// error in its entry.
+func (l *Local) Keys(ctx context.Context, target string) (KeysReport, error) {
+	targets, err := l.selectTargets(target)
+	if err != nil {
+		return KeysReport{}, err
+	}
+	rep := KeysReport{Targets: []TargetKeys{}}
+	for _, t := range targets {
+		tk := TargetKeys{Name: t.Name, Keys: []KeyEntry{}}
+		if keys, err := l.keys(ctx, t); err != nil {
+			tk.Error = err.Error()
+		} else {
+			tk.Keys = keys
+		}
+		rep.Targets = append(rep.Targets, tk)
+	}
+	return rep, nil
+}
+
+func (l *Local) keys(ctx context.Context, t rotation.Target) ([]KeyEntry, error) {
+	cur, err := l.Engine.Vault.Read(ctx, t.Vault)
+	if err != nil {
+		return nil, err
+	}
+	if cur.Secret == nil {
+		return nil, fmt.Errorf("%s holds no secret yet: nothing to list the keys with", t.Vault)
+	}
+	listing, err := l.Engine.Codat(t.Name, cur.Secret.APIKey).List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := l.Engine.Store.Load(t.Name)
+	if err != nil {
+		return nil, err
+	}
+	return keyEntriesOf(rotation.ClassifyKeys(t, st, listing, cur.Secret)), nil
+}
+
+// Resume clears the halt of the named target.
+func (l *Local) Resume(ctx context.Context, target string) error {
+	if target == "" {
+		return errors.New("resume: name one target")
+	}
+	targets, err := l.selectTargets(target)
+	if err != nil {
+		return err
+	}
+	if err := l.Engine.Resume(targets[0]); err != nil {
+		return err
+	}
+	if l.Logger != nil {
+		l.Logger.Info("target resumed by an operator", "target", target)
+	}
+	return nil
+}
+
+// selectTargets returns the named target, or every target when name is
+// empty.
+func (l *Local) selectTargets(name string) ([]rotation.Target, error) {
+	targets := l.Targets()
+	if name == "" {
+		return targets, nil
+	}
+	names := make([]string, 0, len(targets))
+	for _, t := range targets {
+		if t.Name == name {
+			return []rotation.Target{t}, nil
+		}
+		names = append(names, t.Name)
+	}
+	return nil, fmt.Errorf("--target %q: %w (configured: %s)", name, ErrNoSuchTarget, strings.Join(names, ", "))
+}
+
+func (l *Local) now() time.Time {
+	if l.Now != nil {
+		return l.Now().UTC()
+	}
+	return time.Now().UTC()
+}

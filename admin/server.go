@@ -1,0 +1,132 @@
+package admin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// The admin socket: HTTP over a unix socket (mode 0600), never TCP.
+
+// NewHandler serves svc as the admin API of a running daemon of the
+// given version.
+func NewHandler(svc Service, version string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
+		write(w, http.StatusOK, Ping{PID: os.Getpid(), Version: version})
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		rep, err := svc.Status(r.Context())
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		rep.Daemon = true
+		write(w, http.StatusOK, rep)
+	})
+	mux.HandleFunc("GET /v1/keys", func(w http.ResponseWriter, r *http.Request) {
+		rep, err := svc.Keys(r.Context(), r.URL.Query().Get("target"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		write(w, http.StatusOK, rep)
+	})
+	mux.HandleFunc("POST /v1/rotate", func(w http.ResponseWriter, r *http.Request) {
+		var req RotateRequest
+		if err := decode(r, &req); err != nil {
+			write(w, http.StatusBadRequest, errorReport{err.Error()})
+			return
+		}
+		rep, err := svc.Rotate(r.Context(), req)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		write(w, http.StatusOK, rep)
+	})
+	mux.HandleFunc("POST /v1/resume", func(w http.ResponseWriter, r *http.Request) {
+		var req ResumeRequest
+		if err := decode(r, &req); err != nil {
+			write(w, http.StatusBadRequest, errorReport{err.Error()})
+			return
+		}
+		if req.Target == "" {
+			write(w, http.StatusBadRequest, errorReport{"resume: name one target"})
+			return
+		}
+		if err := svc.Resume(r.Context(), req.Target); err != nil {
+			if errors.Is(err, ErrNoSuchTarget) {
+				err = fmt.Errorf("resume: name one target: %w", err)
+			}
+			writeError(w, err)
+			return
+		}
+		write(w, http.StatusOK, ResumeReport{Resumed: req.Target})
+	})
+	return mux
+}
+
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("request body: %w", err)
+	}
+	return nil
+}
+
+func write(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers 400 for a request naming no configured target, 500
+// for anything else.
+func writeError(w http.ResponseWriter, err error) {
+	status := http.StatusInternalServerError
+	if errors.Is(err, ErrNoSuchTarget) {
+		status = http.StatusBadRequest
+	}
+	write(w, status, errorReport{err.Error()})
+}
+
+// Listen listens on the unix socket at path with mode 0600. A stale
+// socket file left by a crash is replaced; a live one means another
+// daemon runs.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("admin socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("admin socket %s: exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("admin socket %s: another daemon answers on it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("admin socket %s: remove stale socket: %w", path, err)
+		}
+	}
+	old := syscall.Umask(0o177) // the socket is born 0600, with no window
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	return l, nil
+}

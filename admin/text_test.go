@@ -1,0 +1,37 @@
+package admin_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/admin"
+)
+
+// The dry run's lines are written for an operator: every placeholder is
+// filled in (an orphan's line once printed "the daemon's p.Target").
+func TestDryRunTextSaysWhatItMeans(t *testing.T) {
+	after := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	var b strings.Builder
+	admin.RotateReport{Results: []admin.RotateEntry{{
+		Target: "t", Vault: "secret/codat/t", Succeeded: true,
+		Plan: &admin.RotationPlan{
+			ServedKeyID: "k1", CodatKeys: 3, Limit: 9, NewKeyName: "codat-rotator-20261130T000000Z-xxxxxx",
+			Orphans: []string{"k2"}, Retire: []admin.Key{{ID: "k1", DeleteAfter: &after}}, RetireNow: []string{"k3"},
+		},
+	}}}.WriteText(&b)
+	out := b.String()
+	for _, want := range []string{
+		"t: dry run, nothing changed",
+		"would delete orphan key k2 (it has this target's name shape and its state does not know it)",
+		"would retire key k1, deleted after 2026-12-01T00:00:00Z",
+		"would then delete key k3: its grace is over",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dry run output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "p.Target") || strings.Contains(out, "%!") {
+		t.Errorf("dry run output has an unfilled placeholder:\n%s", out)
+	}
+}

@@ -1,0 +1,258 @@
+package admin
+
+import (
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/store"
+)
+
+// The documents of the admin API, as the socket carries them and
+// `--json` prints them. Each converts from the engine's and the state
+// file's types, so that a field renamed there cannot change the wire.
+
+// RotateRequest is POST /v1/rotate: rotate one target, or every target
+// when Target is empty.
+type RotateRequest struct {
+	Target    string `json:"target,omitempty"`
+	Emergency bool   `json:"emergency,omitempty"`
+	Revoke    string `json:"revoke,omitempty"`
+	// DryRun plans and changes nothing.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// RotateReport is the answer to a rotate: one entry per target.
+type RotateReport struct {
+	Results []RotateEntry `json:"results"`
+}
+
+// RotateEntry is one target's rotation, or its plan in a dry run.
+type RotateEntry struct {
+	Target    string          `json:"target"`
+	Vault     string          `json:"vault"`
+	Succeeded bool            `json:"succeeded"`
+	Error     string          `json:"error,omitempty"`
+	Result    *RotationResult `json:"result,omitempty"`
+	Plan      *RotationPlan   `json:"plan,omitempty"`
+}
+
+// RotationResult is what a rotation did.
+type RotationResult struct {
+	RotationID string `json:"rotation_id,omitempty"`
+	// NewKey is the key now published, nil when none was.
+	NewKey *Key `json:"new_key,omitempty"`
+	// Retiring are the keys superseded, with when each goes.
+	Retiring []Key `json:"retiring"`
+	// Deleted are the ids of the keys deleted.
+	Deleted []string `json:"deleted"`
+	// Recovered: the rotation finished one a crash left behind.
+	Recovered bool `json:"recovered,omitempty"`
+	// Bootstrapped: the bootstrap key was published first.
+	Bootstrapped bool `json:"bootstrapped,omitempty"`
+}
+
+// RotationPlan is what a rotation would do (a dry run).
+type RotationPlan struct {
+	// Journal is a crash's unfinished rotation, resumed or rolled back
+	// first.
+	Journal *Journal `json:"rotation_in_flight,omitempty"`
+	// Bootstrap: Vault holds no secret; the bootstrap key would be
+	// published and adopted first.
+	Bootstrap   bool   `json:"bootstrap,omitempty"`
+	ServedKeyID string `json:"served_key_id"`
+	CodatKeys   int    `json:"codat_keys"`
+	Foreign     int    `json:"foreign_keys"`
+	// Limit is how many keys this rotation may hold.
+	Limit      int      `json:"limit"`
+	NewKeyName string   `json:"new_key_name"`
+	Orphans    []string `json:"orphans"`
+	MakeRoom   []Key    `json:"make_room"`
+	Retire     []Key    `json:"retire"`
+	Revoke     string   `json:"revoke,omitempty"`
+	// RetireNow are the keys the retire pass after the rotation would
+	// delete at once.
+	RetireNow []string `json:"retire_now,omitempty"`
+	// Blocked says why the rotation could not proceed.
+	Blocked string `json:"blocked,omitempty"`
+}
+
+// Key is a key the state file knows, never its raw value.
+type Key struct {
+	ID          string     `json:"id"`
+	Name        string     `json:"name,omitempty"`
+	Origin      string     `json:"origin,omitempty"`
+	State       string     `json:"state,omitempty"`
+	Created     *time.Time `json:"created,omitempty"`
+	Published   *time.Time `json:"published,omitempty"`
+	DeleteAfter *time.Time `json:"delete_after,omitempty"`
+}
+
+// Journal is a rotation in flight.
+type Journal struct {
+	RotationID string    `json:"rotation_id"`
+	Step       string    `json:"step"`
+	Started    time.Time `json:"started"`
+}
+
+// StatusReport is GET /v1/status and `status --json`.
+type StatusReport struct {
+	// Daemon: answered by a running daemon, not read from the file.
+	Daemon  bool           `json:"daemon"`
+	Targets []TargetStatus `json:"targets"`
+}
+
+// TargetStatus is one target in a StatusReport.
+type TargetStatus struct {
+	Name         string      `json:"name"`
+	Vault        string      `json:"vault"`
+	CurrentKey   *KeyStatus  `json:"current_key"`
+	Retiring     []KeyStatus `json:"retiring"`
+	NextRotation *time.Time  `json:"next_rotation,omitempty"`
+	LastResult   string      `json:"last_result,omitempty"`
+	LastError    string      `json:"last_error,omitempty"`
+	LastSuccess  *time.Time  `json:"last_success,omitempty"`
+	LastAttempt  *time.Time  `json:"last_attempt,omitempty"`
+	KeysUsed     int         `json:"keys_used"`
+	MaxKeys      int         `json:"max_keys"`
+	ReserveSlots int         `json:"reserve_slots"`
+	Halted       bool        `json:"halted"`
+	HaltReason   string      `json:"halt_reason,omitempty"`
+	Journal      *Journal    `json:"rotation_in_flight,omitempty"`
+}
+
+// KeyStatus is the current or a retiring key in a TargetStatus.
+type KeyStatus struct {
+	ID          string     `json:"id"`
+	Name        string     `json:"name,omitempty"`
+	Origin      string     `json:"origin"`
+	Created     *time.Time `json:"created,omitempty"`
+	Published   *time.Time `json:"published,omitempty"`
+	AgeSeconds  int64      `json:"age_seconds,omitempty"`
+	DeleteAfter *time.Time `json:"delete_after,omitempty"`
+}
+
+// KeysReport is GET /v1/keys and `keys --json`: what Codat holds,
+// marked, never raw values.
+type KeysReport struct {
+	Targets []TargetKeys `json:"targets"`
+}
+
+// TargetKeys is one target's keys at Codat.
+type TargetKeys struct {
+	Name  string     `json:"name"`
+	Keys  []KeyEntry `json:"keys"`
+	Error string     `json:"error,omitempty"`
+}
+
+// KeyEntry is one key at Codat.
+type KeyEntry struct {
+	ID      string     `json:"id"`
+	Name    string     `json:"name,omitempty"`
+	Created *time.Time `json:"created,omitempty"`
+	// Marking is managed, adopted, foreign or unknown (named as the
+	// daemon names keys, but not in its state).
+	Marking string `json:"marking"`
+	State   string `json:"state,omitempty"`
+	Served  bool   `json:"served"`
+}
+
+// ResumeRequest is POST /v1/resume.
+type ResumeRequest struct {
+	Target string `json:"target"`
+}
+
+// ResumeReport is its answer.
+type ResumeReport struct {
+	Resumed string `json:"resumed"`
+}
+
+// Ping is GET /v1/ping: a daemon answers.
+type Ping struct {
+	PID     int    `json:"pid"`
+	Version string `json:"version"`
+}
+
+// errorReport is the body of every answer that is not 200.
+type errorReport struct {
+	Error string `json:"error"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func keyOf(k store.Key) Key {
+	return Key{ID: k.ID, Name: k.Name, Origin: string(k.Origin), State: string(k.State),
+		Created: timePtr(k.Created), Published: timePtr(k.Published), DeleteAfter: timePtr(k.DeleteAfter)}
+}
+
+func keysOf(ks []store.Key) []Key {
+	out := make([]Key, 0, len(ks))
+	for _, k := range ks {
+		out = append(out, keyOf(k))
+	}
+	return out
+}
+
+func journalOf(j *store.Journal) *Journal {
+	if j == nil {
+		return nil
+	}
+	return &Journal{RotationID: j.RotationID, Step: string(j.Step), Started: j.Started}
+}
+
+func resultOf(r rotation.Result) *RotationResult {
+	out := &RotationResult{RotationID: r.RotationID, Retiring: keysOf(r.Retiring),
+		Deleted: append([]string{}, r.Deleted...), Recovered: r.Recovered, Bootstrapped: r.Bootstrapped}
+	if r.NewKey.ID != "" {
+		k := keyOf(r.NewKey)
+		out.NewKey = &k
+	}
+	return out
+}
+
+func planOf(p rotation.Plan) *RotationPlan {
+	return &RotationPlan{Journal: journalOf(p.Journal), Bootstrap: p.Bootstrap, ServedKeyID: p.ServedKeyID,
+		CodatKeys: p.CodatKeys, Foreign: p.Foreign, Limit: p.Limit, NewKeyName: p.NewKeyName,
+		Orphans: append([]string{}, p.Orphans...), MakeRoom: keysOf(p.MakeRoom), Retire: keysOf(p.Retire),
+		Revoke: p.Revoke, RetireNow: p.RetireNow, Blocked: p.Blocked}
+}
+
+func keyStatusOf(k store.Key) KeyStatus {
+	return KeyStatus{ID: k.ID, Name: k.Name, Origin: string(k.Origin), Created: timePtr(k.Created),
+		Published: timePtr(k.Published), DeleteAfter: timePtr(k.DeleteAfter)}
+}
+
+// targetStatusOf is a target's status at now; next is its next
+// scheduled rotation (zero when unknown).
+func targetStatusOf(t rotation.Target, st store.Target, next, now time.Time) TargetStatus {
+	s := rotation.TargetStatus(st, now)
+	ts := TargetStatus{
+		Name: t.Name, Vault: t.Vault.String(), Retiring: make([]KeyStatus, 0, len(s.Retiring)),
+		NextRotation: timePtr(next), LastResult: st.LastResult, LastError: st.LastError,
+		LastSuccess: timePtr(st.LastSuccess), LastAttempt: timePtr(st.LastAttempt),
+		KeysUsed: st.CodatKeys, MaxKeys: t.MaxKeys, ReserveSlots: t.ReserveSlots,
+		Halted: st.Halted, HaltReason: st.HaltReason, Journal: journalOf(st.Journal),
+	}
+	if s.Current != nil {
+		k := keyStatusOf(*s.Current)
+		k.AgeSeconds = int64(s.Age / time.Second)
+		ts.CurrentKey = &k
+	}
+	for _, k := range s.Retiring {
+		ts.Retiring = append(ts.Retiring, keyStatusOf(k))
+	}
+	return ts
+}
+
+func keyEntriesOf(cs []rotation.ClassifiedKey) []KeyEntry {
+	out := make([]KeyEntry, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, KeyEntry{ID: c.Key.ID, Name: c.Key.Name, Created: timePtr(c.Key.Created),
+			Marking: string(c.Marking), State: string(c.State), Served: c.Served})
+	}
+	return out
+}
