@@ -68,7 +68,7 @@ func newLocal(tb testing.TB) (*admin.Local, *store.DB, *bytes.Buffer) {
 		tb.Fatal(err)
 	}
 	listing := []codat.Key{
-		{ID: "k1", Name: "bootstrap", APIKey: rawKey},
+		{ID: "k1", Name: "bootstrap", APIKey: codat.Secret("k1-raw-value-not-the-served-one")},
 		{ID: "k2", Name: "cr-20260302T030000Z-abc123", Created: t0},
 		{ID: "p1", Name: "made-by-a-person"},
 	}

@@ -149,8 +149,9 @@ type KeyEntry struct {
 	ID      string     `json:"id"`
 	Name    string     `json:"name,omitempty"`
 	Created *time.Time `json:"created,omitempty"`
-	// Marking is managed, adopted, foreign or unknown (named as the
-	// daemon names keys, but not in its state).
+	// Marking is managed, adopted, foreign or orphan (named as the
+	// target names keys, but not in its state: the next rotation
+	// deletes it).
 	Marking string `json:"marking"`
 	State   string `json:"state,omitempty"`
 	Served  bool   `json:"served"`
@@ -252,7 +253,7 @@ func keyEntriesOf(cs []rotation.ClassifiedKey) []KeyEntry {
 	out := make([]KeyEntry, 0, len(cs))
 	for _, c := range cs {
 		out = append(out, KeyEntry{ID: c.Key.ID, Name: c.Key.Name, Created: timePtr(c.Key.Created),
-			Marking: string(c.Marking), State: string(c.State), Served: c.Served})
+			Marking: string(c.Class), State: string(c.State), Served: c.Served})
 	}
 	return out
 }

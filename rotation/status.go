@@ -38,48 +38,28 @@ func TargetStatus(st store.Target, now time.Time) Status {
 	return s
 }
 
-// Marking says whose a key at Codat is.
-type Marking string
-
-const (
-	// MarkManaged: the daemon created the key.
-	MarkManaged Marking = "managed"
-	// MarkAdopted: the daemon adopted the key (the bootstrap key, or the
-	// key Vault served when it found it) and manages it.
-	MarkAdopted Marking = "adopted"
-	// MarkForeign: someone else's key; never touched without a revoke.
-	MarkForeign Marking = "foreign"
-	// MarkUnknown: not in the state, yet named as the daemon names keys.
-	MarkUnknown Marking = "unknown"
-)
-
-// ClassifiedKey is one key of a Codat listing with its marking.
+// ClassifiedKey is one key of a Codat listing as the policy classes it.
 type ClassifiedKey struct {
-	Key     codat.Key
-	Marking Marking
+	Key   codat.Key
+	Class Class
 	// State is the key's state in the state file, empty when unknown.
 	State store.KeyState
-	// Served: Vault serves this key.
+	// Served: Vault serves this key (or may: see Served.May).
 	Served bool
 }
 
-// ClassifyKeys marks each key of a Codat listing against the target's
-// state and the secret Vault serves (nil when none): managed, adopted,
-// foreign or unknown, in the listing's order.
-func ClassifyKeys(t Target, st store.Target, listing []codat.Key, served *vault.Secret) []ClassifiedKey {
+// ClassifyKeys classes each key of a Codat listing against the target's
+// state and the secret Vault serves (nil when none), in the listing's
+// order: the same Classify a rotation acts on, so `keys` shows what the
+// next rotation would do with each.
+func ClassifyKeys(t Target, st store.Target, listing []codat.Key, secret *vault.Secret) []ClassifiedKey {
+	served := FindServed(listing, secret)
+	classes := Classify(st, listing, served, secret, t.Prefix)
 	out := make([]ClassifiedKey, 0, len(listing))
 	for _, k := range listing {
-		c := ClassifiedKey{Key: k, Marking: MarkUnknown, Served: served != nil && k.ID == served.KeyID}
+		c := ClassifiedKey{Key: k, Class: classes[k.ID], Served: served.May(k.ID)}
 		if rec := st.Key(k.ID); rec != nil {
 			c.State = rec.State
-			switch rec.Origin {
-			case store.OriginCreated:
-				c.Marking = MarkManaged
-			default:
-				c.Marking = Marking(rec.Origin)
-			}
-		} else if !OwnName(t.Prefix, k.Name) {
-			c.Marking = MarkForeign
 		}
 		out = append(out, c)
 	}

@@ -60,16 +60,16 @@ func TestClassifyKeys(t *testing.T) {
 		{ID: "orphan", Name: prefix + "20260302T040000Z-zz9zz9"},
 	}
 	tests := []struct {
-		id      string
-		marking rotation.Marking
-		state   store.KeyState
+		id    string
+		class rotation.Class
+		state store.KeyState
 	}{
-		{"made", rotation.MarkManaged, store.KeyActive},
-		{"boot", rotation.MarkAdopted, store.KeyRetiring},
-		{"seen", rotation.MarkForeign, store.KeyForeign},
-		{"portal", rotation.MarkForeign, ""},
-		{"lookalike", rotation.MarkForeign, ""},
-		{"orphan", rotation.MarkUnknown, ""},
+		{"made", rotation.ClassManaged, store.KeyActive},
+		{"boot", rotation.ClassAdopted, store.KeyRetiring},
+		{"seen", rotation.ClassForeign, store.KeyForeign},
+		{"portal", rotation.ClassForeign, ""},
+		{"lookalike", rotation.ClassForeign, ""},
+		{"orphan", rotation.ClassOrphan, ""},
 	}
 	got := rotation.ClassifyKeys(target, st, listing, &vault.Secret{KeyID: "made"})
 	if len(got) != len(tests) {
@@ -81,8 +81,8 @@ func TestClassifyKeys(t *testing.T) {
 			if c.Key.ID != tt.id {
 				t.Fatalf("key %d: got %s, want %s (the listing's order)", i, c.Key.ID, tt.id)
 			}
-			if c.Marking != tt.marking || c.State != tt.state {
-				t.Errorf("got %s/%q, want %s/%q", c.Marking, c.State, tt.marking, tt.state)
+			if c.Class != tt.class || c.State != tt.state {
+				t.Errorf("got %s/%q, want %s/%q", c.Class, c.State, tt.class, tt.state)
 			}
 			if want := tt.id == "made"; c.Served != want {
 				t.Errorf("served: got %v, want %v", c.Served, want)

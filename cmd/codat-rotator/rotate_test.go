@@ -187,4 +187,3 @@ func TestRotateDryRunBeforeFirstRun(t *testing.T) {
 		t.Errorf("keys at codat: got %d, want the 1 it started with", got)
 	}
 }
-
