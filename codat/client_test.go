@@ -141,9 +141,9 @@ func TestCreateWithoutName(t *testing.T) {
 	}
 }
 
-// TestStatuses checks that every status of codat-api.md comes back as the
-// right error, with Codat's message and correlation id, and that a status
-// that must not be retried is sent exactly once.
+// TestStatuses checks that every status of docs/design.md#codat-api comes
+// back as the right error, with Codat's message and correlation id, and
+// that a status that must not be retried is sent exactly once.
 func TestStatuses(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -559,7 +559,7 @@ func TestCreateBadResponse(t *testing.T) {
 }
 
 func TestAuthorizationHeader(t *testing.T) {
-	// The example of codat-api.md.
+	// Codat's example (docs/design.md#codat-api).
 	got := codat.AuthorizationHeader("ztHQGvnC4XN2CgUhaDWEG4ySLUJqWjp7zkbZkGHd").Reveal()
 	want := "Basic enRIUUd2bkM0WE4yQ2dVaGFEV0VHNHlTTFVKcVdqcDd6a2Jaa0dIZA=="
 	if got != want {

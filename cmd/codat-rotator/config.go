@@ -22,8 +22,8 @@ import (
 // DefaultConfigPath is where the daemon looks without --config.
 const DefaultConfigPath = "/etc/codat-rotator/config.yaml"
 
-// Config is the YAML file of design §7. Its field names are an operator
-// contract: add fields freely, rename none.
+// Config is the YAML file (docs/design.md#interfaces). Its field names
+// are an operator contract: add fields freely, rename none.
 type Config struct {
 	StatePath string         `yaml:"state_path"`
 	Log       LogConfig      `yaml:"log"`
@@ -440,7 +440,7 @@ func (c Config) Validate() error {
 }
 
 // keysInGrace is how many superseded keys can still be in their grace
-// when a scheduled run starts (docs/design.md, Scheduling): a key
+// when a scheduled run starts (docs/design.md#slot-rule): a key
 // superseded at a run lives until grace after that run, which jitter
 // may have delayed up to jitter past its tick, so it is still there at
 // every later tick within grace + jitter. A delete_after equal to the
