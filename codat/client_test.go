@@ -122,9 +122,9 @@ func TestCreateWithoutName(t *testing.T) {
 	}
 }
 
-// TestStatuses checks that every status of codat-api.md comes back as the
-// right error, with Codat's message and correlation id, and that a status
-// that must not be retried is sent exactly once.
+// TestStatuses checks that every status of docs/design.md#codat-api comes
+// back as the right error, with Codat's message and correlation id, and
+// that a status that must not be retried is sent exactly once.
 func TestStatuses(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -540,7 +540,7 @@ func TestCreateBadResponse(t *testing.T) {
 }
 
 func TestAuthorizationHeader(t *testing.T) {
-	// The example of codat-api.md.
+	// Codat's example (docs/design.md#codat-api).
 	const want = "Basic enRIUUd2bkM0WE4yQ2dVaGFEV0VHNHlTTFVKcVdqcDd6a2Jaa0dIZA=="
 	var seen atomic.Value
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

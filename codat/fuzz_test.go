@@ -13,8 +13,8 @@ import (
 	"github.com/codat-rotator/codat-rotator/internal/isotime"
 )
 
-// keySeeds are ApiKeyDetails bodies as codat-api.md describes them, and
-// the ways they go wrong.
+// keySeeds are ApiKeyDetails bodies as docs/design.md#codat-api
+// describes them, and the ways they go wrong.
 var keySeeds = []string{
 	`{"id":"3f1c9a56-7d2e-4b8a-9c1f-2e6d5b4a3c21","name":"codat-rotator-1","apiKey":"ztHQGvnC4XN2CgUhaDWEG4ySLUJqWjp7zkbZkGHd","createdDate":"2022-04-11T13:49:37Z"}`,
 	`{"id":"3f1c9a56-7d2e-4b8a-9c1f-2e6d5b4a3c21","apiKey":"ztHQGvnC4XN2CgUhaDWEG4ySLUJqWjp7zkbZkGHd","createdDate":"2022-04-11T13:49:37Z"}`,

@@ -39,7 +39,7 @@ import (
 // publishing a Portal key by hand) and, per step, the faults Codat and
 // Vault show and whether (and where) the process crashes, and whether
 // the operator reruns the command that died. After every step the
-// invariants of design §2 are checked from the outside: the emulator's
+// invariants of docs/design.md#invariants are checked from the outside: the emulator's
 // records, Vault's versions and the state file. All randomness comes
 // from the seed; the clocks are fake; only a hung Codat request costs
 // real time (chaosCodatTimeout).

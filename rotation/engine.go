@@ -1,5 +1,5 @@
-// Package rotation owns the state machine of one key rotation (design
-// §3): plan, make room, create, verify, publish, activate and retire,
+// Package rotation owns the state machine of one key rotation
+// (docs/design.md#step-table): plan, make room, create, verify, publish, activate and retire,
 // each journaled in the state file before and after its side effect so
 // that a crash at any point resumes or rolls back from the exact step.
 // It depends only on the small interfaces below; adapters live in

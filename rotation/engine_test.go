@@ -37,7 +37,7 @@ func sorted(ids []string) []string {
 
 // TestFirstRunBootstraps: Vault is empty and the bootstrap key is the
 // emulator's initial key. One rotation publishes the bootstrap key, then
-// a new key with every field of design §5.
+// a new key with every field of docs/design.md#vault-layout.
 func TestFirstRunBootstraps(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envConfig{})

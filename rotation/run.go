@@ -154,7 +154,7 @@ func (r *run) plan(ctx context.Context) error {
 }
 
 // bootstrap publishes the configured first key to Vault as-is and adopts
-// it (design §4). A crash after the write is harmless: the next plan
+// it (docs/design.md#bootstrap). A crash after the write is harmless: the next plan
 // finds the key in Vault and adopts it then.
 func (r *run) bootstrap(ctx context.Context, cur vault.Current) (vault.Current, error) {
 	log := r.step(store.StepPlan)

@@ -307,7 +307,7 @@ func (f *fleet) rotate(tb testing.TB, name string) rotation.Result {
 // TestSchedulerCatchUp: at start, a target that never rotated, or whose
 // last success is older than its most recent scheduled time, rotates
 // soon; a target that rotated after its most recent scheduled time does
-// not (design §6).
+// not (docs/design.md#scheduling).
 func TestSchedulerCatchUp(t *testing.T) {
 	t.Parallel()
 

@@ -12,7 +12,7 @@ import (
 )
 
 func TestAuthorizationHeader(t *testing.T) {
-	// The example of codat-api.md.
+	// Codat's example (docs/design.md#codat-api).
 	got := secret.AuthorizationHeader("ztHQGvnC4XN2CgUhaDWEG4ySLUJqWjp7zkbZkGHd").Reveal()
 	want := "Basic enRIUUd2bkM0WE4yQ2dVaGFEV0VHNHlTTFVKcVdqcDd6a2Jaa0dIZA=="
 	if got != want {

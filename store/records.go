@@ -56,7 +56,7 @@ type Key struct {
 	RotationID string `json:"rotation_id,omitempty"`
 }
 
-// Step is a step of the rotation table in design §3.
+// Step is a step of the rotation (docs/design.md#step-table).
 type Step string
 
 const (

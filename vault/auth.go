@@ -196,10 +196,23 @@ func (c *Client) call(ctx context.Context, op func() error) error {
 	return op()
 }
 
+// Waits between tries of a token lookup that fails (Vault still
+// starting, a network blip): the first, doubling up to the last.
+const (
+	lookupRetryFirst = time.Second
+	lookupRetryMax   = 30 * time.Second
+)
+
 // KeepAlive renews the token while it can and logs in again when it
 // cannot (renewal refused, maximum TTL reached), until ctx ends. It
-// returns at once for a token that does not expire.
+// returns at once for a token that does not expire. A token it cannot
+// look up (Vault unreachable, say) is looked up again with backoff until
+// it can be, so a renewable token is not left to expire.
 func (c *Client) KeepAlive(ctx context.Context, log *slog.Logger) {
+	lookups := backoff{first: lookupRetryFirst, max: lookupRetryMax}
+	// A watch that ends without renewing anything (a token already within
+	// its last stretch) must not be restarted at once, again and again.
+	watches := backoff{first: lookupRetryFirst, max: lookupRetryMax}
 	for ctx.Err() == nil {
 		if _, err := c.ensureToken(ctx); err != nil {
 			log.Error("vault login failed; retrying in 30s", "method", c.auth.name(), "error", err)
@@ -210,8 +223,21 @@ func (c *Client) KeepAlive(ctx context.Context, log *slog.Logger) {
 		}
 		sec, err := c.renewable(ctx)
 		if err != nil {
-			log.Warn("cannot look up the vault token; not renewing it", "error", err)
-			return
+			if ctx.Err() != nil {
+				return
+			}
+			wait := lookups.failed()
+			if lookups.fails == 1 {
+				// Once per failure streak; its end is logged below.
+				log.Warn("cannot look up the vault token; trying again until it can be renewed", "error", err, "retry_in", wait)
+			}
+			if !sleepCtx(ctx, wait) {
+				return
+			}
+			continue
+		}
+		if n := lookups.reset(); n > 0 {
+			log.Info("vault token looked up again; renewing it", "failed_lookups", n)
 		}
 		if sec == nil {
 			return // a token that never expires: nothing to do
@@ -246,6 +272,7 @@ func (c *Client) KeepAlive(ctx context.Context, log *slog.Logger) {
 			return
 		}
 		go w.Start()
+		renewed := false
 	watch:
 		for {
 			select {
@@ -253,6 +280,7 @@ func (c *Client) KeepAlive(ctx context.Context, log *slog.Logger) {
 				w.Stop()
 				return
 			case <-w.RenewCh():
+				renewed = true
 				log.Debug("vault token renewed")
 			case err := <-w.DoneCh():
 				w.Stop()
@@ -269,7 +297,34 @@ func (c *Client) KeepAlive(ctx context.Context, log *slog.Logger) {
 				break watch
 			}
 		}
+		if renewed {
+			watches.reset()
+		} else if !sleepCtx(ctx, watches.failed()) {
+			return
+		}
 	}
+}
+
+// backoff is the wait before the next try of something that keeps
+// failing: first, then twice the last, up to max.
+type backoff struct {
+	first, max time.Duration
+	fails      int // in the current streak
+	wait       time.Duration
+}
+
+// failed counts a failure and returns the wait before the next try.
+func (b *backoff) failed() time.Duration {
+	b.fails++
+	b.wait = min(max(2*b.wait, b.first), b.max)
+	return b.wait
+}
+
+// reset ends a streak and returns how many failures it had.
+func (b *backoff) reset() int {
+	n := b.fails
+	b.fails, b.wait = 0, 0
+	return n
 }
 
 // renewable returns the token's lease for the lifetime watcher, or nil

@@ -122,7 +122,8 @@ func (l Location) String() string { return l.Mount + "/" + l.Path }
 func (l Location) dataPath() string     { return l.Mount + "/data/" + l.Path }
 func (l Location) metadataPath() string { return l.Mount + "/metadata/" + l.Path }
 
-// Secret is the document published for a target (design §5).
+// Secret is the document published for a target
+// (docs/design.md#vault-layout).
 type Secret struct {
 	APIKey            secret.Value
 	KeyID             string

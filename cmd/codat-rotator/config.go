@@ -22,8 +22,8 @@ import (
 // DefaultConfigPath is where the daemon looks without --config.
 const DefaultConfigPath = "/etc/codat-rotator/config.yaml"
 
-// Config is the YAML file of design §7. Its field names are an operator
-// contract: add fields freely, rename none.
+// Config is the YAML file (docs/design.md#interfaces). Its field names
+// are an operator contract: add fields freely, rename none.
 type Config struct {
 	StatePath string         `yaml:"state_path"`
 	Log       LogConfig      `yaml:"log"`
@@ -384,6 +384,7 @@ func (c Config) Validate() error {
 			bad(f("max_keys"), "%d: Codat allows 10 keys per client, and a rotation needs at least 2", t.MaxKeys)
 		}
 		reserve := *t.ReserveSlots
+		slotsOK := t.MaxKeys >= 2 && t.MaxKeys <= 10 && reserve >= 0 && t.MaxKeys-reserve >= 2
 		switch {
 		case reserve < 0:
 			bad(f("reserve_slots"), "%d: must not be negative", reserve)
@@ -426,8 +427,41 @@ func (c Config) Validate() error {
 		if t.Jitter.D() >= gap {
 			bad(f("jitter"), "%s is not shorter than the %s between runs of %q", t.Jitter, gap, t.Schedule)
 		}
+		if n := keysInGrace(t.Grace.D(), t.Jitter.D(), gap); slotsOK && t.Grace >= 0 && t.Jitter >= 0 && 2+n > t.MaxKeys-reserve {
+			kept := "1 superseded key in its grace"
+			if n != 1 {
+				kept = fmt.Sprintf("%d superseded keys in their grace", n)
+			}
+			bad(fmt.Sprintf("targets[%d]", i), "schedule %q with grace %s and jitter %s keeps %s at each run, so a rotation needs %d key slots (the served key, %d in grace, the new one); max_keys %d − reserve_slots %d leaves %d",
+				t.Schedule, shortDuration(t.Grace.D()), shortDuration(t.Jitter.D()), kept, 2+n, n, t.MaxKeys, reserve, t.MaxKeys-reserve)
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// keysInGrace is how many superseded keys can still be in their grace
+// when a scheduled run starts (docs/design.md#slot-rule): a key
+// superseded at a run lives until grace after that run, which jitter
+// may have delayed up to jitter past its tick, so it is still there at
+// every later tick within grace + jitter. A delete_after equal to the
+// next tick counts: that tick's rotation publishes after the tick.
+func keysInGrace(grace, jitter, gap time.Duration) int {
+	if gap <= 0 {
+		return 0
+	}
+	return int((grace + jitter) / gap)
+}
+
+// shortDuration prints 24h rather than 24h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // shortestGap is the shortest interval between two runs of a schedule

@@ -90,6 +90,12 @@ func TestBadConfigs(t *testing.T) {
 			`targets[0].key_name_prefix: "this-prefix-is-far-too-long-" is 28 characters; Codat names hold 50 and the daemon appends 23, so at most 27`},
 		{"reserve equals max", target + "    max_keys: 5\n    reserve_slots: 5\n", "targets[0].reserve_slots: 5 leaves no slot of max_keys 5 for rotations"},
 		{"reserve leaves one slot", target + "    max_keys: 5\n    reserve_slots: 4\n", "targets[0].reserve_slots: 4 leaves 1 slot of max_keys 5; a rotation needs 2 (the served key and its successor)"},
+		{"superseded key in grace fills the slots", target + "    schedule: \"@every 24h\"\n    grace: 24h\n    max_keys: 2\n    reserve_slots: 0\n",
+			`targets[0]: schedule "@every 24h" with grace 24h and jitter 0s keeps 1 superseded key in its grace at each run, so a rotation needs 3 key slots (the served key, 1 in grace, the new one); max_keys 2 − reserve_slots 0 leaves 2`},
+		{"jitter carries the grace to the next run", target + "    schedule: \"@every 24h\"\n    grace: 20h\n    jitter: 4h\n    max_keys: 2\n    reserve_slots: 0\n",
+			`targets[0]: schedule "@every 24h" with grace 20h and jitter 4h keeps 1 superseded key in its grace at each run, so a rotation needs 3 key slots (the served key, 1 in grace, the new one); max_keys 2 − reserve_slots 0 leaves 2`},
+		{"reserve leaves too few for a cron schedule", target + "    schedule: \"30 3 * * *\"\n    grace: 23h30m\n    jitter: 45m\n    max_keys: 3\n    reserve_slots: 1\n",
+			`targets[0]: schedule "30 3 * * *" with grace 23h30m and jitter 45m keeps 1 superseded key in its grace at each run, so a rotation needs 3 key slots (the served key, 1 in grace, the new one); max_keys 3 − reserve_slots 1 leaves 2`},
 		{"max keys over the cap", target + "    max_keys: 11\n", "targets[0].max_keys: 11: Codat allows 10 keys per client, and a rotation needs at least 2"},
 		{"both bootstrap sources", "targets:\n  - name: a\n    vault: {path: codat/a}\n    codat: {bootstrap_key_file: /k, bootstrap_key_env: K}\n", "targets[0].codat: set bootstrap_key_file or bootstrap_key_env, not both"},
 		{"bad base url", "targets:\n  - name: a\n    vault: {path: codat/a}\n    codat: {base_url: api.codat.io}\n", `targets[0].codat.base_url: "api.codat.io" is not an http(s) URL`},
@@ -107,6 +113,46 @@ func TestBadConfigs(t *testing.T) {
 				t.Errorf("got  %q\nwant %q", err.Error(), tt.want)
 			}
 		})
+	}
+}
+
+// TestSlotRuleAccepts: schedules whose superseded keys are gone by the
+// next run, or that leave room for them, pass.
+func TestSlotRuleAccepts(t *testing.T) {
+	const target = "targets:\n  - name: a\n    vault: {path: codat/a}\n"
+	for name, extra := range map[string]string{
+		"grace ends before the next tick":   "    schedule: \"@every 24h\"\n    grace: 23h\n    jitter: 59m\n    max_keys: 2\n    reserve_slots: 0\n",
+		"a third slot for the key in grace": "    schedule: \"@every 24h\"\n    grace: 24h\n    max_keys: 3\n    reserve_slots: 0\n",
+		"the defaults with a daily grace":   "    schedule: \"@daily\"\n    grace: 24h\n",
+		"weekly, two slots, a day of grace": "    max_keys: 2\n    reserve_slots: 0\n",
+		"cron schedule, reserve and jitter": "    schedule: \"30 3 * * *\"\n    grace: 23h30m\n    jitter: 45m\n    max_keys: 4\n    reserve_slots: 1\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := ParseConfig(strings.NewReader(target+extra), noEnv); err != nil {
+				t.Errorf("rejected: %v", err)
+			}
+		})
+	}
+}
+
+func TestKeysInGrace(t *testing.T) {
+	const h = time.Hour
+	tests := []struct {
+		grace, jitter, gap time.Duration
+		want               int
+	}{
+		{23 * h, 0, 24 * h, 0},
+		{23 * h, 59 * time.Minute, 24 * h, 0},
+		{24 * h, 0, 24 * h, 1}, // delete_after at the next tick: still alive when it publishes
+		{20 * h, 4 * h, 24 * h, 1},
+		{24 * h, 23 * h, 24 * h, 1},
+		{48 * h, 0, 24 * h, 2},
+		{time.Second, 0, 0, 0},
+	}
+	for _, tt := range tests {
+		if got := keysInGrace(tt.grace, tt.jitter, tt.gap); got != tt.want {
+			t.Errorf("keysInGrace(%v, %v, %v) = %d, want %d", tt.grace, tt.jitter, tt.gap, got, tt.want)
+		}
 	}
 }
 

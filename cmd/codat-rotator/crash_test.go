@@ -289,7 +289,8 @@ func (e *crashEnv) checkInvariants(t *testing.T) {
 }
 
 // TestCrashAtEveryStep kills the real binary with SIGKILL at each step
-// boundary of design §3, restarts it, and checks the invariants.
+// boundary of the step table (docs/design.md#step-table), restarts it,
+// and checks the invariants.
 func TestCrashAtEveryStep(t *testing.T) {
 	vaultData := func(e *crashEnv) string { return "/v1/" + e.mount + "/data/codat/crash" }
 	tests := []struct {

@@ -425,8 +425,9 @@ var rotatedKey = regexp.MustCompile(`(?m)^crash: rotated: key (\S+) \(`)
 // targetAttrs are the attributes that make a log line a target's line.
 var targetAttrs = []string{"rotation", "step", "key_id", "new_key_id", "journal_rotation", "last_success"}
 
-// checkTargetLogs checks design §7's "one target attribute on every line
-// of a target" and that rotation lines carry the rotation and its step.
+// checkTargetLogs checks "a target attribute on every line about a
+// target" (docs/design.md#interfaces) and that rotation lines carry the
+// rotation and its step.
 func checkTargetLogs(t *testing.T, recs []logRecord) {
 	t.Helper()
 	for _, r := range recs {
@@ -444,7 +445,8 @@ func checkTargetLogs(t *testing.T, recs []logRecord) {
 			t.Errorf("a rotation step's log line without the rotation id: %s", line)
 		}
 	}
-	// The steps of design §3 appear with the rotation id and step name.
+	// The steps of docs/design.md#step-table appear with the rotation id
+	// and step name.
 	for _, want := range []struct{ msg, step string }{
 		{"key created", "create"},
 		{"new key authenticates", "verify"},

@@ -1,5 +1,5 @@
 // Package emulator is a local stand-in for Codat's API-key endpoints,
-// faithful to the facts in codat-api.md: GET/POST /apiKeys and
+// faithful to the facts in docs/design.md#codat-api: GET/POST /apiKeys and
 // DELETE /apiKeys/{id} with Codat's statuses, bodies, 10-key cap, Basic
 // authentication and rate-limit headers. It injects faults on demand and
 // records what it saw, under /_emulator/, so that tests can check a

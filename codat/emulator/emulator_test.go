@@ -24,14 +24,14 @@ import (
 // the tests see the emulator report UTC.
 var epoch = time.Date(2024, time.March, 5, 14, 30, 0, 0, time.FixedZone("CET", 3600))
 
-// docKey and docHeader are the example of codat-api.md: the key alone,
-// standard base64 with padding.
+// docKey and docHeader are Codat's example (docs/design.md#codat-api):
+// the key alone, standard base64 with padding.
 const (
 	docKey    = "ztHQGvnC4XN2CgUhaDWEG4ySLUJqWjp7zkbZkGHd"
 	docHeader = "Basic enRIUUd2bkM0WE4yQ2dVaGFEV0VHNHlTTFVKcVdqcDd6a2Jaa0dIZA=="
 )
 
-// Codat's messages, as codat-api.md words them.
+// Codat's messages, as docs/design.md#codat-api quotes them.
 const (
 	msgNameTooLong = "Max string length (50) for `name` reached."
 	msgCapReached  = "Maximum number of API keys reached. To create a new API key, delete an unused key and try again."
@@ -411,9 +411,10 @@ func listResults(tb testing.TB, body []byte) []json.RawMessage {
 	return results
 }
 
-// TestCodatFacts checks each fact of codat-api.md on the wire. Every row
-// runs on a fresh emulator; every reply must carry the rate-limit headers,
-// every error reply Codat's error body, every 204 no body.
+// TestCodatFacts checks each fact of docs/design.md#codat-api on the
+// wire. Every row runs on a fresh emulator; every reply must carry the
+// rate-limit headers, every error reply Codat's error body, every 204 no
+// body.
 func TestCodatFacts(t *testing.T) {
 	name50 := strings.Repeat("n", 50)
 	tests := []struct {
