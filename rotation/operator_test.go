@@ -2,9 +2,11 @@ package rotation_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/codat-rotator/codat-rotator/codat/emulator"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
@@ -87,7 +89,7 @@ func TestServedKeyKeepsGraceAfterCrashWithoutRawKeys(t *testing.T) {
 	seq := e.lastSeq()
 	e.mustRotate(rotation.Options{})
 	for _, ev := range e.eventsSince(seq) {
-		if ev.Op == "delete" && ev.KeyID == journaled {
+		if ev.Op == emulator.OpDelete && strings.HasSuffix(ev.Path, "/"+journaled) {
 			t.Fatalf("I4: recovery deleted %s at once; vault served it until the operator's write", journaled)
 		}
 	}
@@ -101,6 +103,43 @@ func TestServedKeyKeepsGraceAfterCrashWithoutRawKeys(t *testing.T) {
 	}
 	if _, ok := e.activeKeys()[journaled]; ok {
 		t.Errorf("the journaled key %s outlived its grace", journaled)
+	}
+	e.checkInvariants()
+}
+
+// Two hand writes the daemon never sees in between: a rollback to a
+// retiring key long past its delete_after, then another key. Vault
+// served the rolled-back key until the second write, so it must live a
+// full grace from when the daemon notices (I4), found by the secret's
+// version having moved past the one the daemon last saw.
+func TestUnseenVaultWritesRegraceRetiringKeys(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	e.mustRotate(rotation.Options{})
+	initial := e.initialID()
+	e.clock.Advance(3 * grace) // the initial key is long past its delete_after
+	kv := e.root.KVv2(e.mount)
+	if _, err := kv.Put(context.Background(), secretPath, map[string]any{vault.FieldAPIKey: e.emu.InitialKey()}); err != nil {
+		t.Fatalf("operator's rollback: %v", err)
+	}
+	portal, raw, err := e.emu.AddPortalKey("a person's key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.raw.add(raw)
+	if _, err := kv.Put(context.Background(), secretPath, map[string]any{vault.FieldAPIKey: raw, vault.FieldKeyID: portal}); err != nil {
+		t.Fatalf("operator's second write: %v", err)
+	}
+	noticed := e.clock.Now()
+	seq := e.lastSeq()
+	e.mustRotate(rotation.Options{})
+	for _, ev := range e.eventsSince(seq) {
+		if ev.Op == emulator.OpDelete && strings.HasSuffix(ev.Path, "/"+initial) {
+			t.Fatalf("I4: %s was deleted at once; vault served it until the operator's second write", initial)
+		}
+	}
+	if k := e.stateKey(initial); k == nil || k.State != store.KeyRetiring || k.DeleteAfter.Before(noticed.Add(grace)) {
+		t.Fatalf("the rolled-back key is %+v, want retiring until at least %s", k, noticed.Add(grace))
 	}
 	e.checkInvariants()
 }
