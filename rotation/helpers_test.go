@@ -23,6 +23,7 @@ import (
 
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
+	"github.com/codat-rotator/codat-rotator/internal/clock/clocktest"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/store/storetest"
@@ -71,23 +72,7 @@ func (c *fakeClock) Set(t time.Time) {
 }
 
 // sleepRecorder is a Sleep that records and returns at once.
-type sleepRecorder struct {
-	mu sync.Mutex
-	ds []time.Duration
-}
-
-func (s *sleepRecorder) Sleep(ctx context.Context, d time.Duration) error {
-	s.mu.Lock()
-	s.ds = append(s.ds, d)
-	s.mu.Unlock()
-	return ctx.Err()
-}
-
-func (s *sleepRecorder) Durations() []time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]time.Duration(nil), s.ds...)
-}
+type sleepRecorder = clocktest.Sleeper
 
 // syncBuffer is a bytes.Buffer safe for a slog handler and a reader.
 type syncBuffer struct {
