@@ -33,6 +33,20 @@ type Served struct {
 // never deleted (I3).
 func (s Served) May(id string) bool { return id != "" && s.maybe[id] }
 
+// NeverPublished returns s knowing that id, a key the daemon made and
+// never published, is not the served key.
+func (s Served) NeverPublished(id string) Served {
+	if !s.maybe[id] || s.ID == id {
+		return s
+	}
+	maybe := make(map[string]bool, len(s.maybe))
+	for k := range s.maybe {
+		maybe[k] = k != id
+	}
+	s.maybe = maybe
+	return s
+}
+
 // FindServed identifies the key the secret serves among Codat's keys:
 // by key_id, else by raw value, else, when the listing was made with the
 // served key and shows one key without a raw value, that key. Otherwise

@@ -248,3 +248,19 @@ func TestMaySupersede(t *testing.T) {
 		}
 	}
 }
+
+func TestNeverPublished(t *testing.T) {
+	keys := listing(false, "a", "b", "new")
+	s := rotation.FindServed(keys, &vault.Secret{APIKey: "raw-a"})
+	if s.Known || !s.May("new") {
+		t.Fatalf("a blind listing without key_id: want unknown, every key possibly served")
+	}
+	s = s.NeverPublished("new")
+	if s.May("new") || !s.May("a") || !s.May("b") {
+		t.Errorf("NeverPublished(new): May(new)=%v May(a)=%v May(b)=%v, want false true true", s.May("new"), s.May("a"), s.May("b"))
+	}
+	known := rotation.FindServed(keys, &vault.Secret{KeyID: "a"}).NeverPublished("a")
+	if !known.May("a") {
+		t.Errorf("the identified served key must stay protected")
+	}
+}

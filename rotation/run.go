@@ -369,7 +369,8 @@ func (r *run) recordNewKey(k codat.Key) error {
 }
 
 // findJournaled lists Codat's keys and finds the rotation's new key, by
-// id when known, else by its journaled name. A key found without its raw
+// id when known, else by its journaled name. It is called only while
+// that key cannot have been published. A key found without its raw
 // value cannot be published: it is deleted and reported as not found.
 func (r *run) findJournaled(ctx context.Context, name, id string) (codat.Key, bool, error) {
 	keys, err := r.client.List(ctx)
@@ -386,6 +387,10 @@ func (r *run) findJournaled(ctx context.Context, name, id string) (codat.Key, bo
 	var found codat.Key
 	ok := false
 	for _, k := range matches {
+		// Made by this rotation and never published (its publish, if it
+		// began, did not land: Vault's version is the one journaled), so
+		// Vault cannot serve it, whatever a blind listing leaves open.
+		r.served = r.served.NeverPublished(k.ID)
 		if !ok && !k.APIKey.Empty() {
 			found, ok = k, true
 			continue
