@@ -362,7 +362,7 @@ func (s *Scheduler) nextRetire(name string, now time.Time, rs *retireState, log 
 // tick runs the scheduled rotation and plans the next one.
 func (s *Scheduler) tick(l *loop, log *slog.Logger, rs *retireState) {
 	s.mu.Lock()
-	tick, gen := l.tick, l.gen
+	tick, runAt, gen := l.tick, l.runAt, l.gen
 	s.mu.Unlock()
 	started := s.now()
 	s.rotate(l, log, Options{}, rs)
@@ -372,9 +372,15 @@ func (s *Scheduler) tick(l *loop, log *slog.Logger, rs *retireState) {
 	if l.gen != gen && !l.tick.Equal(tick) {
 		return // Apply replanned while it ran
 	}
-	base := tick
-	if base.IsZero() {
-		base = started // a catch-up: the schedule goes on from it
+	// This run covers every tick due when it started, less its jitter:
+	// one run for ticks missed while the target was busy. A catch-up goes
+	// on from when it ran.
+	base := started
+	if !tick.IsZero() {
+		base = started.Add(-runAt.Sub(tick))
+		if base.Before(tick) {
+			base = tick
+		}
 	}
 	l.tick = l.sched.Next(base)
 	if !l.tick.After(now) {
