@@ -97,7 +97,13 @@ func (c *runCommand) Run(ctx context.Context) error {
 	cancelLogin()
 	c.hooks = newWebhooks(log, cfg.Targets)
 	c.sched = &rotation.Scheduler{
-		Engine: c.app.engine, Logger: log, OnRetire: c.m.onRetire,
+		Engine: c.app.engine, Logger: log,
+		OnRetire: func(name string, deleted []string, err error) {
+			c.m.onRetire(name, deleted, err)
+			if t, ok := c.sched.Target(name); ok && errors.Is(err, rotation.ErrRetireExhausted) {
+				c.hooks.retireGaveUp(t, err)
+			}
+		},
 		Heartbeat: heartbeatFor(watchdogInterval()),
 		OnRotation: func(name string, opts rotation.Options, res rotation.Result, err error, took time.Duration) {
 			c.m.onRotation(name, opts, res, err, took)
