@@ -83,9 +83,9 @@ type Scheduler struct {
 	OnRetire func(target string, deleted []string, err error)
 	// Jitter returns a random delay in [0, max); tests replace it.
 	Jitter func(max time.Duration) time.Duration
-	// Heartbeat is how often an idle loop wakes to prove it is alive,
-	// for the systemd watchdog and /healthz, and to notice a resumed
-	// target (default 10s; at least 1s).
+	// Heartbeat is how often the watchdog asks Alive (default 10s).
+	// Idle loops do not wake for it: a loop waiting for its next event
+	// is alive by construction.
 	Heartbeat time.Duration
 	// CatchUpDelay is the wait before a catch-up rotation at start, so a
 	// fleet restarting at once does not rotate at once (default: the
@@ -127,8 +127,10 @@ type loop struct {
 	runAt    time.Time // when the next rotation starts, jitter included
 	retireAt time.Time // when the next retirement pass runs; zero if none
 
-	busy bool      // running a rotation or a retirement
-	beat time.Time // the last time the loop woke
+	// inLoop is when the loop last left its wait or the engine's work
+	// to run its own code (plans, hooks, Activate), zero while it waits
+	// or the engine works: a loop that stays there is wedged.
+	inLoop time.Time
 }
 
 type request struct {
@@ -185,7 +187,7 @@ func (s *Scheduler) Apply(schedules []Schedule) error {
 		if !seen[name] && !l.removed {
 			l.removed = true
 			nudge(l.wake)
-			s.log().Info("target removed", "target", name, "busy", l.busy)
+			s.log().Info("target removed", "target", name)
 		}
 	}
 	now := s.now()
@@ -286,7 +288,7 @@ func (s *Scheduler) run(l *loop) {
 			return
 		}
 		def, gen := l.def, l.gen
-		l.beat = now
+		l.inLoop = now
 		s.mu.Unlock()
 		if gen != activated {
 			activated = gen
@@ -297,7 +299,7 @@ func (s *Scheduler) run(l *loop) {
 			})
 			rs = retireState{} // a new definition may have fixed what failed
 		}
-		retireAt := s.nextRetire(l.name, now, &rs, log)
+		retireAt, recheck := s.nextRetire(l.name, now, &rs, log)
 		s.mu.Lock()
 		l.retireAt = retireAt
 		runAt := l.runAt
@@ -312,14 +314,18 @@ func (s *Scheduler) run(l *loop) {
 			s.retire(l, log, &rs)
 			continue
 		}
-		wakeAt := now.Add(max(s.HeartbeatInterval(), time.Second))
-		if runAt.Before(wakeAt) {
-			wakeAt = runAt
-		}
+		wakeAt := runAt
 		if !retireAt.IsZero() && retireAt.Before(wakeAt) {
 			wakeAt = retireAt
 		}
+		if recheck && now.Add(recheckEvery).Before(wakeAt) {
+			// A halted or journaled target: notice a resume.
+			wakeAt = now.Add(recheckEvery)
+		}
 		timer, stop := s.clock().NewTimer(wakeAt.Sub(s.now()))
+		s.mu.Lock()
+		l.inLoop = time.Time{}
+		s.mu.Unlock()
 		select {
 		case <-s.stopping:
 		case <-l.wake:
@@ -332,31 +338,40 @@ func (s *Scheduler) run(l *loop) {
 	}
 }
 
+// recheckEvery is how often a loop that retires nothing on a timer
+// (a halted target, an unfinished journal, an unreadable state) reads
+// its state again, to notice a resume.
+const recheckEvery = time.Minute
+
 // nextRetire is when the loop next retires keys: the earliest persisted
 // delete_after, later after failures; never for a halted target or one
 // with an unfinished journal (its next rotation or resume retires), nor
-// once the retry budget is spent.
-func (s *Scheduler) nextRetire(name string, now time.Time, rs *retireState, log *slog.Logger) time.Time {
+// once the retry budget is spent. recheck asks for a look at the state
+// file within recheckEvery.
+func (s *Scheduler) nextRetire(name string, now time.Time, rs *retireState, log *slog.Logger) (at time.Time, recheck bool) {
 	st, err := s.Engine.Store.Load(name)
 	if err != nil {
 		log.Error("load state", "error", err)
-		return time.Time{}
+		return time.Time{}, true
 	}
-	if st.Halted || st.Journal != nil || rs.exhausted {
-		return time.Time{}
+	if st.Halted || st.Journal != nil {
+		return time.Time{}, true
+	}
+	if rs.exhausted {
+		return time.Time{}, false
 	}
 	due, next := Due(st, now)
 	if len(due) == 0 {
-		return next
+		return next, false
 	}
 	rs.due = due[len(due)-1].DeleteAfter
 	if rs.due.After(rs.tried) {
-		return now // a key fell due since the last pass
+		return now, false // a key fell due since the last pass
 	}
 	if rs.retryAt.After(now) {
-		return rs.retryAt
+		return rs.retryAt, false
 	}
-	return now
+	return now, false
 }
 
 // tick runs the scheduled rotation and plans the next one.
@@ -490,16 +505,16 @@ func (s *Scheduler) retireAttempts() int {
 }
 
 // busy runs the engine's work fn, during which the loop counts as
-// alive without waking: the engine's calls have their own timeouts.
-// Hooks run outside it, so a wedged hook shows in Alive.
+// alive: the engine's calls have their own timeouts. Hooks run outside
+// it, so a wedged hook shows in Alive.
 func (s *Scheduler) busy(l *loop, log *slog.Logger, what string, fn func()) {
 	s.mu.Lock()
-	l.busy = true
+	l.inLoop = time.Time{}
 	s.mu.Unlock()
 	defer func() {
 		now := s.now()
 		s.mu.Lock()
-		l.busy, l.beat = false, now
+		l.inLoop = now
 		s.mu.Unlock()
 	}()
 	s.guard(log, what, fn)
@@ -590,7 +605,7 @@ func (s *Scheduler) NextRetire(name string) time.Time {
 	return time.Time{}
 }
 
-// HeartbeatInterval is how often an idle loop wakes.
+// HeartbeatInterval is how often the watchdog should ask Alive.
 func (s *Scheduler) HeartbeatInterval() time.Duration {
 	if s.Heartbeat > 0 {
 		return s.Heartbeat
@@ -598,9 +613,10 @@ func (s *Scheduler) HeartbeatInterval() time.Duration {
 	return 10 * time.Second
 }
 
-// Alive reports whether every loop woke within max or is running a
-// rotation or retirement: the watchdog feeds systemd only while this
-// holds. False before Start and after Stop.
+// Alive reports that no loop is wedged: each waits for its next event,
+// runs the engine's work, or has been in its own code for at most max.
+// The watchdog feeds systemd only while this holds. False before Start
+// and after Stop.
 func (s *Scheduler) Alive(max time.Duration) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -609,7 +625,7 @@ func (s *Scheduler) Alive(max time.Duration) bool {
 	}
 	now := s.now()
 	for _, l := range s.loops {
-		if !l.busy && now.Sub(l.beat) > max {
+		if !l.inLoop.IsZero() && now.Sub(l.inLoop) > max {
 			return false
 		}
 	}
