@@ -49,9 +49,11 @@ func ParseSchedule(spec string) (sched cron.Schedule, err error) {
 // pass a fake whose timers fire when the test moves it.
 type Clock interface {
 	Now() time.Time
-	// NewTimer returns a channel that receives once d has passed (at
-	// once when d <= 0) and a function that stops the timer.
-	NewTimer(d time.Duration) (<-chan time.Time, func() bool)
+	// Timer returns a channel that receives once the clock reaches at
+	// (at once if it has) and a function that stops the timer. An
+	// instant, not a duration: a fake clock moved between reading the
+	// time and arming the timer must not push the deadline back.
+	Timer(at time.Time) (<-chan time.Time, func() bool)
 }
 
 // ErrRetireExhausted is reported to OnRetire when retiring a target's
@@ -130,7 +132,8 @@ type loop struct {
 	// inLoop is when the loop last left its wait or the engine's work
 	// to run its own code (plans, hooks, Activate), zero while it waits
 	// or the engine works: a loop that stays there is wedged.
-	inLoop time.Time
+	inLoop  time.Time
+	waiting bool // in its wait for the next event
 }
 
 type request struct {
@@ -249,6 +252,14 @@ func (s *Scheduler) plan(l *loop, now time.Time) {
 		l.tick = l.sched.Next(now)
 		l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
 	}
+	if err == nil && !st.Halted && st.Journal == nil {
+		// What NextRetire reports until the loop looks itself.
+		due, next := Due(st, now)
+		if len(due) > 0 {
+			next = now
+		}
+		l.retireAt = next
+	}
 }
 
 // retireState is a loop's retry of failed retirements.
@@ -322,9 +333,9 @@ func (s *Scheduler) run(l *loop) {
 			// A halted or journaled target: notice a resume.
 			wakeAt = now.Add(recheckEvery)
 		}
-		timer, stop := s.clock().NewTimer(wakeAt.Sub(s.now()))
+		timer, stop := s.clock().Timer(wakeAt)
 		s.mu.Lock()
-		l.inLoop = time.Time{}
+		l.inLoop, l.waiting = time.Time{}, true
 		s.mu.Unlock()
 		select {
 		case <-s.stopping:
@@ -335,6 +346,9 @@ func (s *Scheduler) run(l *loop) {
 		case <-timer:
 		}
 		stop()
+		s.mu.Lock()
+		l.waiting = false
+		s.mu.Unlock()
 	}
 }
 
@@ -539,11 +553,12 @@ func (s *Scheduler) RotateNow(name string, opts Options) (Result, error) {
 	s.mu.Lock()
 	l, ok := s.loops[name]
 	closing := s.closing || !s.started
+	ok = ok && !l.removed
 	s.mu.Unlock()
 	switch {
 	case closing:
 		return Result{}, errors.New("the daemon is shutting down")
-	case !ok || l.removed:
+	case !ok:
 		return Result{}, fmt.Errorf("no target %q", name)
 	}
 	req := request{opts: opts, reply: make(chan reply, 1)}
@@ -603,6 +618,20 @@ func (s *Scheduler) NextRetire(name string) time.Time {
 		return l.retireAt
 	}
 	return time.Time{}
+}
+
+// Idle reports whether every loop waits for its next event: no
+// rotation or retirement runs, and the loop of every removed target has
+// ended.
+func (s *Scheduler) Idle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.loops {
+		if !l.waiting {
+			return false
+		}
+	}
+	return true
 }
 
 // HeartbeatInterval is how often the watchdog should ask Alive.
@@ -679,8 +708,8 @@ type realClock struct{ now func() time.Time }
 
 func (c realClock) Now() time.Time { return c.now() }
 
-func (realClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
-	t := time.NewTimer(d)
+func (c realClock) Timer(at time.Time) (<-chan time.Time, func() bool) {
+	t := time.NewTimer(at.Sub(c.now()))
 	return t.C, t.Stop
 }
 

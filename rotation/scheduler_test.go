@@ -63,11 +63,11 @@ func (c *schedClock) Now() time.Time {
 	return c.now
 }
 
-func (c *schedClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
+func (c *schedClock) Timer(at time.Time) (<-chan time.Time, func() bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &schedTimer{at: c.now.Add(d), c: make(chan time.Time, 1)}
-	if d <= 0 {
+	t := &schedTimer{at: at, c: make(chan time.Time, 1)}
+	if !at.After(c.now) {
 		t.c <- c.now
 		return t.c, func() bool { return false }
 	}
@@ -195,7 +195,7 @@ func (v *memVault) Write(_ context.Context, loc vault.Location, s vault.Secret, 
 // counts the target's calls in flight to catch overlapping runs.
 type gate struct {
 	mu       sync.Mutex
-	held     map[string]chan struct{} // op -> closed on release
+	held     map[string]chan struct{} // target/op (or */op) -> closed on release
 	entered  chan string              // receives op when a held call arrives
 	inFlight map[string]int
 	peak     map[string]int
@@ -205,16 +205,21 @@ func newGate() *gate {
 	return &gate{held: map[string]chan struct{}{}, entered: make(chan string, 64), inFlight: map[string]int{}, peak: map[string]int{}}
 }
 
-// hold makes the next calls of op (create, list, delete) wait for release.
-func (g *gate) hold(op string) (release func()) {
+// hold makes the calls of op (create, list, delete) of every target
+// wait for release.
+func (g *gate) hold(op string) (release func()) { return g.holdFor("*", op) }
+
+// holdFor makes target's calls of op wait for release.
+func (g *gate) holdFor(target, op string) (release func()) {
 	c := make(chan struct{})
+	key := target + "/" + op
 	g.mu.Lock()
-	g.held[op] = c
+	g.held[key] = c
 	g.mu.Unlock()
 	return func() {
 		g.mu.Lock()
-		if g.held[op] == c {
-			delete(g.held, op)
+		if g.held[key] == c {
+			delete(g.held, key)
 		}
 		g.mu.Unlock()
 		close(c)
@@ -225,7 +230,10 @@ func (g *gate) call(ctx context.Context, target, op string) (done func(), err er
 	g.mu.Lock()
 	g.inFlight[target]++
 	g.peak[target] = max(g.peak[target], g.inFlight[target])
-	c := g.held[op]
+	c := g.held["*/"+op]
+	if c == nil {
+		c = g.held[target+"/"+op]
+	}
 	g.mu.Unlock()
 	done = func() {
 		g.mu.Lock()
@@ -317,8 +325,9 @@ type schedEnv struct {
 func newSchedEnv(tb testing.TB, names ...string) *schedEnv {
 	tb.Helper()
 	e := &schedEnv{t: tb, clock: newSchedClock(epoch), db: storetest.MustOpen(tb), vault: &memVault{}, gate: newGate(),
-		logs: &syncBuffer{}, rec: &schedRecorder{}, emus: map[string]*emulator.Server{}, clients: map[string]*codat.Client{},
+		logs: &syncBuffer{}, emus: map[string]*emulator.Server{}, clients: map[string]*codat.Client{},
 		targets: map[string]rotation.Target{}}
+	e.rec = &schedRecorder{now: e.clock.Now}
 	for _, name := range names {
 		e.addTarget(name)
 	}
@@ -455,6 +464,8 @@ type rotationCall struct {
 	opts   rotation.Options
 	res    rotation.Result
 	err    error
+	// started is when the rotation began on the scheduler's clock.
+	started time.Time
 }
 
 // retireCall is one OnRetire call.
@@ -466,6 +477,7 @@ type retireCall struct {
 
 // schedRecorder records what a scheduler reports through its hooks.
 type schedRecorder struct {
+	now       func() time.Time
 	mu        sync.Mutex
 	rotations []rotationCall
 	retires   []retireCall
@@ -485,9 +497,10 @@ func (r *schedRecorder) signal() {
 	}
 }
 
-func (r *schedRecorder) onRotation(target string, opts rotation.Options, res rotation.Result, err error, _ time.Duration) {
+func (r *schedRecorder) onRotation(target string, opts rotation.Options, res rotation.Result, err error, took time.Duration) {
+	started := r.now().Add(-took)
 	r.mu.Lock()
-	r.rotations = append(r.rotations, rotationCall{target: target, opts: opts, res: res, err: err})
+	r.rotations = append(r.rotations, rotationCall{target: target, opts: opts, res: res, err: err, started: started})
 	r.mu.Unlock()
 	r.signal()
 }
