@@ -337,18 +337,21 @@ func (s *Scheduler) run(l *loop) {
 		s.mu.Lock()
 		l.inLoop, l.waiting = time.Time{}, true
 		s.mu.Unlock()
+		var req *request
 		select {
 		case <-s.stopping:
 		case <-l.wake:
-		case req := <-l.requests:
-			stop()
-			s.serve(l, log, req, &rs)
+		case r := <-l.requests:
+			req = &r
 		case <-timer:
 		}
 		stop()
 		s.mu.Lock()
 		l.waiting = false
 		s.mu.Unlock()
+		if req != nil {
+			s.serve(l, log, *req, &rs)
+		}
 	}
 }
 

@@ -605,15 +605,6 @@ func (e *schedEnv) noErrBusy() {
 	}
 }
 
-func mustParse(tb testing.TB, spec string) interface{ Next(time.Time) time.Time } {
-	tb.Helper()
-	s, err := rotation.ParseSchedule(spec)
-	if err != nil {
-		tb.Fatalf("ParseSchedule(%q): %v", spec, err)
-	}
-	return s
-}
-
 // TestSchedulerNextIsThePlannedRun: Next is when the loop will really
 // start the rotation, jitter included, and the rotation starts then, not
 // earlier.
@@ -829,8 +820,8 @@ func TestSchedulerCatchUpDuringRetirement(t *testing.T) {
 }
 
 // TestSchedulerQueuesManualAndTicks: a manual rotation asked while a
-// scheduled one runs waits for it and then runs; a tick that comes due
-// during a manual rotation runs after it, once.
+// scheduled one runs waits for it and then runs; ticks that come due
+// during a manual or a scheduled rotation run after it, once.
 func TestSchedulerQueuesManualAndTicks(t *testing.T) {
 	t.Parallel()
 	e := newSchedEnv(t, "prod")
@@ -875,7 +866,7 @@ func TestSchedulerQueuesManualAndTicks(t *testing.T) {
 	if err := <-manual; err != nil {
 		t.Fatalf("second manual rotation: %v", err)
 	}
-	calls = e.rec.waitRotations(t, "prod", 4)
+	e.rec.waitRotations(t, "prod", 4)
 	e.clock.waitParked(t, 1)
 	calls = e.rec.rotationsOf("prod")
 	if len(calls) != 4 || calls[3].opts.Manual {
@@ -889,8 +880,19 @@ func TestSchedulerQueuesManualAndTicks(t *testing.T) {
 	if got := s.Next("prod"); !got.After(e.clock.Now()) {
 		t.Errorf("Next = %s, not after now %s: a run is still owed", got, e.clock.Now())
 	}
-	if got, want := len(e.emu("prod").Keys()), 6; got != want {
-		t.Errorf("codat holds %d keys ever made, want %d (the initial, the first rotation's and 4 more)", got, want)
+	// A tick that comes due while a scheduled rotation runs: one more run.
+	release = e.gate.hold("create")
+	e.clock.Advance(s.Next("prod").Sub(e.clock.Now()))
+	e.gate.waitEntered(t, "create")
+	e.clock.Advance(2 * time.Hour) // two more ticks pass
+	release()
+	e.rec.waitRotations(t, "prod", 6)
+	e.clock.waitParked(t, 1)
+	if got := len(e.rec.rotationsOf("prod")); got != 6 {
+		t.Errorf("%d rotations, want 6: the held tick and one for the ticks that passed during it", got)
+	}
+	if got, want := len(e.emu("prod").Keys()), 8; got != want {
+		t.Errorf("codat holds %d keys ever made, want %d (the initial, the first rotation's and 6 more)", got, want)
 	}
 	if p := e.gate.peakOf("prod"); p > 1 {
 		t.Errorf("%d codat calls in flight at once: runs overlapped", p)
