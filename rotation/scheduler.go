@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/robfig/cron/v3"
@@ -21,6 +21,12 @@ type Schedule struct {
 	Spec string
 	// Jitter delays each scheduled run by a random duration up to it.
 	Jitter time.Duration
+	// Activate, when set, is called by the target's loop when it takes
+	// this definition, before its first run with it. A run in flight
+	// keeps what the previous definition set up: cmd installs the
+	// target's Codat client here, so a reload never swaps the client
+	// under a rotation.
+	Activate func()
 }
 
 // cronParser reads the schedules the daemon accepts.
@@ -39,93 +45,129 @@ func ParseSchedule(spec string) (sched cron.Schedule, err error) {
 	return cronParser.Parse(spec)
 }
 
-// Scheduler runs the rotations of several targets on their schedules, a
-// persisted retire timer per target, catch-up after downtime, and manual
-// rotations. One target's failure or halt never stops the others.
+// Clock is the scheduler's time: what time it is, and a timer. Tests
+// pass a fake whose timers fire when the test moves it.
+type Clock interface {
+	Now() time.Time
+	// Timer returns a channel that receives once the clock reaches at
+	// (at once if it has) and a function that stops the timer. An
+	// instant, not a duration: a fake clock moved between reading the
+	// time and arming the timer must not push the deadline back.
+	Timer(at time.Time) (<-chan time.Time, func() bool)
+}
+
+// ErrRetireExhausted is reported to OnRetire when retiring a target's
+// keys failed RetireAttempts times in a row: the scheduler stops retrying
+// on a timer; the target's next rotation retires what is due.
+var ErrRetireExhausted = errors.New("retiring keys: retry budget exhausted")
+
+// Scheduler runs the rotations of several targets on their schedules,
+// their retirements when the persisted delete_after passes, catch-up
+// after downtime, and manual rotations.
+//
+// Each target has one loop: it waits for the earliest of its next
+// scheduled run (jitter included), its next retirement and a manual
+// request, then runs that work inline. Runs of a target never overlap,
+// and nothing is dropped for being busy: a run that comes due while
+// another runs starts when it ends. One target's failure or halt never
+// stops the others.
 type Scheduler struct {
 	Engine *Engine
 	Logger *slog.Logger
-	// OnRotation, when set, is called after every rotation attempt that
-	// ran (not for skipped ticks or halted targets).
+	// Clock is the scheduler's time (default: the engine's Now and real
+	// timers).
+	Clock Clock
+	// OnRotation, when set, is called after every rotation that ran (not
+	// for a halted target's skipped ticks).
 	OnRotation func(target string, opts Options, res Result, err error, took time.Duration)
-	// OnRetire, when set, is called after every retirement pass.
+	// OnRetire, when set, is called after every retirement pass. Its
+	// error wraps ErrRetireExhausted when the pass used up the budget.
 	OnRetire func(target string, deleted []string, err error)
 	// Jitter returns a random delay in [0, max); tests replace it.
 	Jitter func(max time.Duration) time.Duration
-	// Heartbeat is how often the scheduler loop proves it is alive, for
-	// the systemd watchdog and /healthz (default 10s; at least 1s).
+	// Heartbeat is how often the watchdog asks Alive (default 10s).
+	// Idle loops do not wake for it: a loop waiting for its next event
+	// is alive by construction.
 	Heartbeat time.Duration
 	// CatchUpDelay is the wait before a catch-up rotation at start, so a
 	// fleet restarting at once does not rotate at once (default: the
 	// target's jitter).
 	CatchUpDelay func(max time.Duration) time.Duration
+	// RetireBackoff is the wait before retrying a failed retirement
+	// (default 1m); it doubles up to RetireBackoffMax (default 1h).
+	RetireBackoff, RetireBackoffMax time.Duration
+	// RetireAttempts is how many retirement passes in a row may fail
+	// before the scheduler gives up until the next rotation (default 10).
+	RetireAttempts int
 
 	ctx      context.Context
 	cancel   context.CancelFunc
 	stopping chan struct{} // closed when Stop begins: no new work starts
 	wg       sync.WaitGroup
-	cron     *cron.Cron
-	beat     atomic.Int64 // unix nanos of the scheduler loop's last heartbeat
 
 	mu      sync.Mutex
+	started bool
 	closing bool
-	targets map[string]*scheduled
+	loops   map[string]*loop
 }
 
-// enter counts a piece of work Stop must wait for; false once stopping.
-func (s *Scheduler) enter() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.enterLocked()
-}
+// loop is one target's loop. Its fields are guarded by the scheduler's
+// mu; the goroutine reads them at the top of every turn.
+type loop struct {
+	name     string
+	wake     chan struct{} // a new definition, a removal
+	requests chan request  // manual rotations, served in order
+	done     chan struct{} // closed when the goroutine ends
 
-func (s *Scheduler) enterLocked() bool {
-	if s.closing {
-		return false
-	}
-	s.wg.Add(1)
-	return true
-}
-
-type scheduled struct {
-	Schedule
+	def     Schedule
 	sched   cron.Schedule
-	entry   cron.EntryID
-	retire  *time.Timer
-	retireT time.Time
+	gen     int  // bumped by every Apply that changes def
+	removed bool // leave after the run in flight
+
+	// The plan, as Next and NextRetire report it.
+	tick     time.Time // the scheduled time runAt serves; zero for a catch-up
+	runAt    time.Time // when the next rotation starts, jitter included
+	retireAt time.Time // when the next retirement pass runs; zero if none
+
+	// inLoop is when the loop last left its wait or the engine's work
+	// to run its own code (plans, hooks, Activate), zero while it waits
+	// or the engine works: a loop that stays there is wedged.
+	inLoop  time.Time
+	waiting bool // in its wait for the next event
 }
 
-// Start begins scheduling. It arms each target's retire timer from the
-// state file, finishes a crash's journal, and catches up on rotations
-// missed while the daemon was down.
+type request struct {
+	opts  Options
+	reply chan reply // buffered: the loop never blocks on it
+}
+
+type reply struct {
+	res Result
+	err error
+}
+
+// Start begins scheduling: one loop per target. A target with an
+// unfinished journal finishes it at once; one whose last success is
+// older than its most recent scheduled time catches up soon.
 func (s *Scheduler) Start(schedules []Schedule) error {
 	s.mu.Lock()
-	stopped := s.closing
-	s.mu.Unlock()
-	if stopped {
-		return errors.New("scheduler: cannot start again after Stop; make a new one")
+	if s.started {
+		s.mu.Unlock()
+		return errors.New("scheduler: already started; a stopped scheduler cannot start again")
 	}
+	s.started = true
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.stopping = make(chan struct{})
-	s.targets = map[string]*scheduled{}
-	s.cron = cron.New(cron.WithParser(cronParser), cron.WithLocation(time.UTC), cron.WithLogger(cronLogger{s.log()}))
-	// The heartbeat proves the cron loop runs: the systemd watchdog is fed
-	// from it.
-	s.beat.Store(time.Now().UnixNano())
-	beat := max(s.HeartbeatInterval(), time.Second)
-	s.cron.Schedule(cron.Every(beat), cron.FuncJob(func() { s.beat.Store(time.Now().UnixNano()) }))
-	if err := s.apply(schedules, true); err != nil {
-		return err
-	}
-	s.cron.Start()
-	return nil
+	s.loops = map[string]*loop{}
+	s.mu.Unlock()
+	return s.Apply(schedules)
 }
 
-// Apply replaces the schedules (a SIGHUP reload). Targets that keep their
-// name keep their running rotation and retire timer.
-func (s *Scheduler) Apply(schedules []Schedule) error { return s.apply(schedules, false) }
-
-func (s *Scheduler) apply(schedules []Schedule, starting bool) error {
+// Apply replaces the schedules (a SIGHUP reload), all or nothing. A new
+// target starts its loop; a changed target's loop takes the new
+// definition for its next run; a removed target's loop ends after the
+// run in flight, which finishes with the definition it started with.
+func (s *Scheduler) Apply(schedules []Schedule) error {
 	parsed := make([]cron.Schedule, len(schedules))
 	seen := map[string]bool{}
 	for i, sc := range schedules {
@@ -141,300 +183,461 @@ func (s *Scheduler) apply(schedules []Schedule, starting bool) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for name, t := range s.targets {
-		if !seen[name] {
-			s.cron.Remove(t.entry)
-			if t.retire != nil {
-				t.retire.Stop()
-			}
-			delete(s.targets, name)
+	if !s.started || s.closing {
+		return errors.New("scheduler: not running")
+	}
+	for name, l := range s.loops {
+		if !seen[name] && !l.removed {
+			l.removed = true
+			nudge(l.wake)
 			s.log().Info("target removed", "target", name)
 		}
 	}
+	now := s.now()
 	for i, sc := range schedules {
 		name := sc.Target.Name
-		old := s.targets[name]
-		t := &scheduled{Schedule: sc, sched: parsed[i]}
-		if old != nil {
-			s.cron.Remove(old.entry)
-			t.retire, t.retireT = old.retire, old.retireT
+		l := s.loops[name]
+		if l == nil {
+			l = &loop{name: name, wake: make(chan struct{}, 1), requests: make(chan request), done: make(chan struct{}),
+				def: sc, sched: parsed[i]}
+			s.plan(l, now)
+			s.loops[name] = l
+			s.wg.Add(1)
+			go s.run(l)
+		} else {
+			old := l.def
+			l.def, l.sched, l.removed = sc, parsed[i], false
+			l.gen++
+			if (sc.Spec != old.Spec || sc.Jitter != old.Jitter) && !l.tick.IsZero() {
+				// A changed schedule replans the next tick; a catch-up or
+				// an unfinished journal stays due.
+				l.tick = l.sched.Next(now)
+				l.runAt = l.tick.Add(s.jitter(sc.Jitter))
+			}
+			nudge(l.wake)
 		}
-		job := cron.NewChain(cron.SkipIfStillRunning(cronLogger{s.log().With("target", name)}), cron.Recover(cronLogger{s.log().With("target", name)})).
-			Then(cron.FuncJob(func() { s.tick(name) }))
-		t.entry = s.cron.Schedule(parsed[i], job)
-		s.targets[name] = t
-		if old == nil || starting {
-			s.startTarget(t)
-		}
-		s.log().Info("target scheduled", "target", name, "schedule", sc.Spec, "jitter", sc.Jitter, "next", parsed[i].Next(s.Engine.now()))
+		s.log().Info("target scheduled", "target", name, "schedule", sc.Spec, "jitter", sc.Jitter, "next", l.runAt)
 	}
 	return nil
 }
 
-// startTarget arms the retire timer and decides on a catch-up or a
-// recovery at start; the caller holds mu.
-func (s *Scheduler) startTarget(t *scheduled) {
-	name := t.Target.Name
-	st, err := s.Engine.Store.Load(name)
+// plan decides a new loop's first run from the state file: finish a
+// journal now, catch up soon, or wait for the next tick. The caller
+// holds mu.
+func (s *Scheduler) plan(l *loop, now time.Time) {
+	log := s.log().With("target", l.name)
+	st, err := s.Engine.Store.Load(l.name)
 	if err != nil {
-		s.log().Error("load state", "target", name, "error", err)
-		return
+		// The loop retries on every turn; plan as if nothing were owed.
+		log.Error("load state", "error", err)
 	}
-	now := s.Engine.now()
 	switch {
+	case err != nil:
+		l.tick = l.sched.Next(now)
+		l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
 	case st.Journal != nil && !st.Halted:
-		s.log().Warn("an interrupted rotation is in the journal; finishing it now", "target", name, "step", string(st.Journal.Step))
-		s.laterLocked(0, func() { s.rotate(name, Options{}) })
-		// The rotation retires what is due and re-arms the timer when it
-		// ends; a timer armed now would race it for the target.
-		return
+		log.Warn("an interrupted rotation is in the journal; finishing it now", "step", string(st.Journal.Step))
+		l.tick, l.runAt = time.Time{}, now
 	case st.Halted:
-		s.log().Warn("target is halted; no scheduled rotation until `codat-rotator resume`", "target", name, "reason", st.HaltReason)
-	case !t.sched.Next(st.LastSuccess).After(now):
-		// A scheduled run was missed while the daemon was down (or it never
-		// rotated): catch up soon.
-		delay := s.catchUpDelay(t.Jitter)
-		s.log().Info("a scheduled rotation was missed; catching up", "target", name, "last_success", st.LastSuccess, "in", delay)
-		s.laterLocked(delay, func() { s.rotate(name, Options{}) })
-		if delay == 0 {
-			return // as above: the rotation arms the timer
+		log.Warn("target is halted; no scheduled rotation until `codat-rotator resume`", "reason", st.HaltReason)
+		l.tick = l.sched.Next(now)
+		l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
+	case !l.sched.Next(st.LastSuccess).After(now):
+		// A scheduled run was missed while the daemon was down (or it
+		// never rotated): catch up soon.
+		delay := s.catchUpDelay(l.def.Jitter)
+		log.Info("a scheduled rotation was missed; catching up", "last_success", st.LastSuccess, "in", delay)
+		l.tick, l.runAt = time.Time{}, now.Add(delay)
+	default:
+		l.tick = l.sched.Next(now)
+		l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
+	}
+	if err == nil && !st.Halted && st.Journal == nil {
+		// What NextRetire reports until the loop looks itself.
+		due, next := Due(st, now)
+		if len(due) > 0 {
+			next = now
 		}
-	}
-	s.armRetireLocked(t)
-}
-
-// guard logs a panic in background work instead of crashing the daemon,
-// as cron's Recover does for ticks.
-func (s *Scheduler) guard(what, target string) {
-	if r := recover(); r != nil {
-		s.log().Error("panic in "+what, "target", target, "panic", fmt.Sprint(r))
+		l.retireAt = next
 	}
 }
 
-// laterLocked runs fn after d unless the scheduler stops first; the
-// caller holds mu.
-func (s *Scheduler) laterLocked(d time.Duration, fn func()) {
-	if !s.enterLocked() {
-		return
-	}
-	go func() {
-		defer s.wg.Done()
-		defer s.guard("a start-up rotation", "")
-		if !s.wait(d) {
+// retireState is a loop's retry of failed retirements.
+type retireState struct {
+	failures  int
+	exhausted bool
+	// retryAt holds back another pass over the keys due up to tried (the
+	// newest delete_after a pass saw): a key that falls due later is
+	// retired when it falls due.
+	retryAt time.Time
+	tried   time.Time
+	// due is the newest delete_after due when the loop last looked.
+	due time.Time
+}
+
+// wait holds back a retry of what is due now until d from now.
+func (rs *retireState) wait(now time.Time, d time.Duration) {
+	rs.retryAt, rs.tried = now.Add(d), rs.due
+}
+
+// run is a target's loop: wait for the earliest piece of work, run it,
+// repeat, until the target is removed or the scheduler stops.
+func (s *Scheduler) run(l *loop) {
+	defer s.wg.Done()
+	defer close(l.done)
+	log := s.log().With("target", l.name)
+	activated := -1
+	var rs retireState
+	for {
+		now := s.now()
+		s.mu.Lock()
+		if s.closing || l.removed {
+			if l.removed && s.loops[l.name] == l {
+				delete(s.loops, l.name)
+			}
+			s.mu.Unlock()
 			return
 		}
-		fn()
-	}()
-}
+		def, gen := l.def, l.gen
+		l.inLoop = now
+		s.mu.Unlock()
+		if gen != activated {
+			activated = gen
+			s.guard(log, "activating a target definition", func() {
+				if def.Activate != nil {
+					def.Activate()
+				}
+			})
+			rs = retireState{} // a new definition may have fixed what failed
+		}
+		retireAt, recheck := s.nextRetire(l.name, now, &rs, log)
+		s.mu.Lock()
+		l.retireAt = retireAt
+		runAt := l.runAt
+		s.mu.Unlock()
 
-// wait sleeps d, or returns false as soon as the scheduler stops.
-func (s *Scheduler) wait(d time.Duration) bool {
-	if d <= 0 {
+		// The work due now, a rotation first: it retires what is due too.
+		switch {
+		case !now.Before(runAt):
+			s.tick(l, log, &rs)
+			continue
+		case !retireAt.IsZero() && !now.Before(retireAt):
+			s.retire(l, log, &rs)
+			continue
+		}
+		wakeAt := runAt
+		if !retireAt.IsZero() && retireAt.Before(wakeAt) {
+			wakeAt = retireAt
+		}
+		if recheck && now.Add(recheckEvery).Before(wakeAt) {
+			// A halted or journaled target: notice a resume.
+			wakeAt = now.Add(recheckEvery)
+		}
+		timer, stop := s.clock().Timer(wakeAt)
+		s.mu.Lock()
+		l.inLoop, l.waiting = time.Time{}, true
+		s.mu.Unlock()
+		var req *request
 		select {
 		case <-s.stopping:
-			return false
-		default:
-			return true
+		case <-l.wake:
+		case r := <-l.requests:
+			req = &r
+		case <-timer:
+		}
+		stop()
+		s.mu.Lock()
+		l.waiting = false
+		s.mu.Unlock()
+		if req != nil {
+			s.serve(l, log, *req, &rs)
 		}
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
+}
+
+// recheckEvery is how often a loop that retires nothing on a timer
+// (a halted target, an unfinished journal, an unreadable state) reads
+// its state again, to notice a resume.
+const recheckEvery = time.Minute
+
+// nextRetire is when the loop next retires keys: the earliest persisted
+// delete_after, later after failures; never for a halted target or one
+// with an unfinished journal (its next rotation or resume retires), nor
+// once the retry budget is spent. recheck asks for a look at the state
+// file within recheckEvery.
+func (s *Scheduler) nextRetire(name string, now time.Time, rs *retireState, log *slog.Logger) (at time.Time, recheck bool) {
+	st, err := s.Engine.Store.Load(name)
+	if err != nil {
+		log.Error("load state", "error", err)
+		return time.Time{}, true
+	}
+	if st.Halted || st.Journal != nil {
+		return time.Time{}, true
+	}
+	if rs.exhausted {
+		return time.Time{}, false
+	}
+	due, next := Due(st, now)
+	if len(due) == 0 {
+		return next, false
+	}
+	rs.due = due[len(due)-1].DeleteAfter
+	if rs.due.After(rs.tried) {
+		return now, false // a key fell due since the last pass
+	}
+	if rs.retryAt.After(now) {
+		return rs.retryAt, false
+	}
+	return now, false
+}
+
+// tick runs the scheduled rotation and plans the next one.
+func (s *Scheduler) tick(l *loop, log *slog.Logger, rs *retireState) {
+	s.mu.Lock()
+	tick, runAt, gen := l.tick, l.runAt, l.gen
+	s.mu.Unlock()
+	started := s.now()
+	s.rotate(l, log, Options{}, rs)
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l.gen != gen && !l.tick.Equal(tick) {
+		return // Apply replanned while it ran
+	}
+	// This run covers every tick due when it started, less its jitter:
+	// one run for ticks missed while the target was busy. A catch-up goes
+	// on from when it ran.
+	base := started
+	if !tick.IsZero() {
+		base = started.Add(-runAt.Sub(tick))
+		if base.Before(tick) {
+			base = tick
+		}
+	}
+	l.tick = l.sched.Next(base)
+	if !l.tick.After(now) {
+		// Ticks came due while the rotation ran: one more run, now, for
+		// all of them, never a silent drop.
+		log.Info("a scheduled rotation came due while the target was busy; running it now", "due", l.tick)
+		l.tick, l.runAt = now, now
+		return
+	}
+	l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
+}
+
+// serve runs a manual rotation for RotateNow.
+func (s *Scheduler) serve(l *loop, log *slog.Logger, req request, rs *retireState) {
+	var r reply
+	defer func() { req.reply <- r }()
 	select {
 	case <-s.stopping:
-		return false
-	case <-t.C:
-		return true
+		r.err = errors.New("the daemon is shutting down")
+		return
+	default:
 	}
+	r.res, r.err = s.rotate(l, log, req.opts, rs)
 }
 
-// tick is a scheduled run: jitter, then a rotation.
-func (s *Scheduler) tick(name string) {
+// rotate runs one rotation inline; the caller is the target's loop.
+func (s *Scheduler) rotate(l *loop, log *slog.Logger, opts Options, rs *retireState) (res Result, err error) {
 	s.mu.Lock()
-	t, ok := s.targets[name]
+	t := l.def.Target
 	s.mu.Unlock()
-	if !ok || !s.enter() {
-		return
+	start := s.now()
+	err = errors.New("rotation panicked")
+	s.busy(l, log, "a rotation", func() { res, err = s.Engine.Rotate(s.ctx, t, opts) })
+	// A rotation retires what is due at its end: a fresh budget, and no
+	// second attempt at once when its retirement failed.
+	*rs = retireState{due: rs.due}
+	if err != nil {
+		rs.failures = 1
+		rs.wait(s.now(), s.retireBackoff(1))
 	}
-	defer s.wg.Done()
-	if !s.wait(s.jitter(t.Jitter)) {
-		return
-	}
-	if _, err := s.rotate(name, Options{}); errors.Is(err, ErrBusy) {
-		s.log().Info("rotation skipped: one is already running", "target", name)
-	}
-}
-
-// rotate runs one rotation of the named target and re-arms its retire
-// timer.
-func (s *Scheduler) rotate(name string, opts Options) (Result, error) {
-	s.mu.Lock()
-	t, ok := s.targets[name]
-	s.mu.Unlock()
-	if !ok {
-		return Result{}, fmt.Errorf("no target %q", name)
-	}
-	log := s.log().With("target", name)
-	start := time.Now()
-	res, err := s.Engine.Rotate(s.ctx, t.Target, opts)
-	switch {
-	case errors.Is(err, ErrBusy):
-		return res, err // the caller decides whether that is worth a line
-	case errors.Is(err, ErrHalted):
+	if errors.Is(err, ErrHalted) {
 		log.Warn("rotation skipped: target halted", "error", err)
 		return res, err
 	}
 	if s.OnRotation != nil {
-		s.OnRotation(name, opts, res, err, time.Since(start))
+		took := s.now().Sub(start)
+		s.guard(log, "the rotation hook", func() { s.OnRotation(l.name, opts, res, err, took) })
 	}
-	s.ArmRetire(name)
 	return res, err
 }
 
-// RotateNow runs a rotation at once (the admin socket's rotate). It runs
-// in the scheduler's lifetime, not the caller's: a client that hangs up
-// does not cut a rotation short.
-func (s *Scheduler) RotateNow(name string, opts Options) (Result, error) {
-	if !s.enter() {
-		return Result{}, errors.New("the daemon is shutting down")
-	}
-	defer s.wg.Done()
-	// A retirement pass holds the target for a moment: wait it out rather
-	// than refuse an operator's rotation. A rotation that is really
-	// running still refuses after the wait.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		res, err := s.rotate(name, opts)
-		if !errors.Is(err, ErrBusy) || time.Now().After(deadline) || !s.wait(200*time.Millisecond) {
-			return res, err
+// retire runs a retirement pass inline, with backoff and a budget.
+func (s *Scheduler) retire(l *loop, log *slog.Logger, rs *retireState) {
+	s.mu.Lock()
+	t := l.def.Target
+	s.mu.Unlock()
+	var deleted []string
+	err := errors.New("retirement panicked")
+	s.busy(l, log, "a retirement", func() { deleted, err = s.Engine.RetireDue(s.ctx, t) })
+	switch {
+	case err == nil:
+		// A clean pass may leave keys due that the invariants kept (the
+		// served key, the last key): look again later, not at once.
+		*rs = retireState{due: rs.due}
+		rs.wait(s.now(), s.retireBackoff(s.retireAttempts()))
+	case s.ctx.Err() != nil:
+		return // shutting down: the next start retires what is due
+	default:
+		rs.failures++
+		budget := s.retireAttempts()
+		if rs.failures >= budget {
+			rs.exhausted = true
+			log.Error("retiring keys failed; giving up until the next rotation", "attempts", rs.failures, "error", err)
+			err = fmt.Errorf("%w after %d attempts: %w", ErrRetireExhausted, rs.failures, err)
+			break
 		}
+		wait := s.retireBackoff(rs.failures)
+		rs.wait(s.now(), wait)
+		log.Warn("retiring keys failed; will retry", "attempt", rs.failures, "of", budget, "in", wait, "error", err)
 	}
+	if s.OnRetire != nil {
+		s.guard(log, "the retirement hook", func() { s.OnRetire(l.name, deleted, err) })
+	}
+}
+
+func (s *Scheduler) retireBackoff(failures int) time.Duration {
+	base := s.RetireBackoff
+	if base <= 0 {
+		base = time.Minute
+	}
+	limit := s.RetireBackoffMax
+	if limit <= 0 {
+		limit = time.Hour
+	}
+	d := base
+	for i := 1; i < failures && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+func (s *Scheduler) retireAttempts() int {
+	if s.RetireAttempts > 0 {
+		return s.RetireAttempts
+	}
+	return 10
+}
+
+// busy runs the engine's work fn, during which the loop counts as
+// alive: the engine's calls have their own timeouts. Hooks run outside
+// it, so a wedged hook shows in Alive.
+func (s *Scheduler) busy(l *loop, log *slog.Logger, what string, fn func()) {
+	s.mu.Lock()
+	l.inLoop = time.Time{}
+	s.mu.Unlock()
+	defer func() {
+		now := s.now()
+		s.mu.Lock()
+		l.inLoop = now
+		s.mu.Unlock()
+	}()
+	s.guard(log, what, fn)
+}
+
+// guard runs fn and logs a panic instead of crashing the daemon or
+// ending the loop.
+func (s *Scheduler) guard(log *slog.Logger, what string, fn func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("panic in "+what, "error", fmt.Sprint(r))
+		}
+	}()
+	fn()
+}
+
+// RotateNow queues a manual rotation to the target's loop and waits for
+// its result: after the run in flight, if any. It runs in the
+// scheduler's lifetime, not the caller's: a client that hangs up does
+// not cut a rotation short.
+func (s *Scheduler) RotateNow(name string, opts Options) (Result, error) {
+	s.mu.Lock()
+	l, ok := s.loops[name]
+	closing := s.closing || !s.started
+	ok = ok && !l.removed
+	s.mu.Unlock()
+	switch {
+	case closing:
+		return Result{}, errors.New("the daemon is shutting down")
+	case !ok:
+		return Result{}, fmt.Errorf("no target %q", name)
+	}
+	req := request{opts: opts, reply: make(chan reply, 1)}
+	select {
+	case l.requests <- req:
+	case <-s.stopping:
+		return Result{}, errors.New("the daemon is shutting down")
+	case <-l.done:
+		return Result{}, fmt.Errorf("no target %q: removed", name)
+	}
+	r := <-req.reply
+	return r.res, r.err
 }
 
 // Target returns the named target's current definition.
 func (s *Scheduler) Target(name string) (Target, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t, ok := s.targets[name]
-	if !ok {
+	l, ok := s.loops[name]
+	if !ok || l.removed {
 		return Target{}, false
 	}
-	return t.Target, true
+	return l.def.Target, true
 }
 
-// Names returns the scheduled targets' names.
+// Names returns the scheduled targets' names, sorted.
 func (s *Scheduler) Names() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []string
-	for name := range s.targets {
-		out = append(out, name)
+	for name, l := range s.loops {
+		if !l.removed {
+			out = append(out, name)
+		}
 	}
+	sort.Strings(out)
 	return out
 }
 
-// Next returns when the target next rotates on schedule (jitter aside).
+// Next returns when the target's loop will start its next scheduled
+// rotation, jitter included; zero for an unknown target.
 func (s *Scheduler) Next(name string) time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t, ok := s.targets[name]
-	if !ok {
-		return time.Time{}
-	}
-	return t.sched.Next(s.Engine.now())
-}
-
-// NextRetire returns when the target's retire timer fires, zero if unarmed.
-func (s *Scheduler) NextRetire(name string) time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if t, ok := s.targets[name]; ok {
-		return t.retireT
+	if l, ok := s.loops[name]; ok && !l.removed {
+		return l.runAt
 	}
 	return time.Time{}
 }
 
-// ArmRetire (re)arms the target's retire timer from the state file: the
-// timer is the persisted delete_after of its keys, never a sleeping
-// goroutine a restart would forget. Keys already due are retired now.
-func (s *Scheduler) ArmRetire(name string) {
+// NextRetire returns when the target's loop next retires keys, zero if
+// it has none to retire on a timer.
+func (s *Scheduler) NextRetire(name string) time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if t, ok := s.targets[name]; ok {
-		s.armRetireLocked(t)
+	if l, ok := s.loops[name]; ok && !l.removed {
+		return l.retireAt
 	}
+	return time.Time{}
 }
 
-func (s *Scheduler) armRetireLocked(t *scheduled) {
-	name := t.Target.Name
-	if t.retire != nil {
-		t.retire.Stop()
-		t.retire, t.retireT = nil, time.Time{}
-	}
-	st, err := s.Engine.Store.Load(name)
-	if err != nil {
-		s.log().Error("load state", "target", name, "error", err)
-		return
-	}
-	now := s.Engine.now()
-	due, next := Due(st, now)
-	if len(due) > 0 {
-		next = now
-	}
-	if next.IsZero() || s.ctx.Err() != nil || s.closing {
-		return
-	}
-	t.retireT = next
-	t.retire = time.AfterFunc(next.Sub(now), func() {
-		if !s.enter() {
-			return
+// Idle reports whether every loop waits for its next event: no
+// rotation or retirement runs, and the loop of every removed target has
+// ended.
+func (s *Scheduler) Idle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.loops {
+		if !l.waiting {
+			return false
 		}
-		defer s.wg.Done()
-		defer s.guard("retirement", name)
-		s.retireNow(name)
-	})
+	}
+	return true
 }
 
-func (s *Scheduler) retireNow(name string) {
-	t, ok := s.Target(name)
-	if !ok {
-		return
-	}
-	deleted, err := s.Engine.RetireDue(s.ctx, t)
-	log := s.log().With("target", name)
-	switch {
-	case errors.Is(err, ErrBusy):
-		// A rotation runs; it retires what is due when it ends.
-		return
-	case err != nil:
-		log.Error("retiring keys failed; will retry", "error", err)
-	}
-	if s.OnRetire != nil {
-		s.OnRetire(name, deleted, err)
-	}
-	if err != nil {
-		// Retry later rather than spin: a minute, or the next rearm.
-		s.mu.Lock()
-		if st, ok := s.targets[name]; ok && s.ctx.Err() == nil && !s.closing {
-			if st.retire != nil {
-				st.retire.Stop()
-			}
-			st.retireT = s.Engine.now().Add(time.Minute)
-			st.retire = time.AfterFunc(time.Minute, func() {
-				if !s.enter() {
-					return
-				}
-				defer s.wg.Done()
-				defer s.guard("retirement", name)
-				s.retireNow(name)
-			})
-		}
-		s.mu.Unlock()
-		return
-	}
-	s.ArmRetire(name)
-}
-
-// HeartbeatInterval is the heartbeat's period.
+// HeartbeatInterval is how often the watchdog should ask Alive.
 func (s *Scheduler) HeartbeatInterval() time.Duration {
 	if s.Heartbeat > 0 {
 		return s.Heartbeat
@@ -442,35 +645,38 @@ func (s *Scheduler) HeartbeatInterval() time.Duration {
 	return 10 * time.Second
 }
 
-// Alive reports whether the scheduler's loop ticked within max: the
-// watchdog feeds systemd only while this holds.
+// Alive reports that no loop is wedged: each waits for its next event,
+// runs the engine's work, or has been in its own code for at most max.
+// The watchdog feeds systemd only while this holds. False before Start
+// and after Stop.
 func (s *Scheduler) Alive(max time.Duration) bool {
-	return time.Since(time.Unix(0, s.beat.Load())) <= max
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started || s.closing {
+		return false
+	}
+	now := s.now()
+	for _, l := range s.loops {
+		if !l.inLoop.IsZero() && now.Sub(l.inLoop) > max {
+			return false
+		}
+	}
+	return true
 }
 
 // Stop stops scheduling, lets running rotations finish until ctx is
 // done, then cancels them (they leave their journal) and waits.
 func (s *Scheduler) Stop(ctx context.Context) {
-	if s.cron == nil {
-		return
-	}
-	cronDone := s.cron.Stop()
 	s.mu.Lock()
-	if s.closing {
+	if !s.started || s.closing {
 		s.mu.Unlock()
 		return
 	}
 	s.closing = true
 	close(s.stopping)
-	for _, t := range s.targets {
-		if t.retire != nil {
-			t.retire.Stop()
-		}
-	}
 	s.mu.Unlock()
 	waited := make(chan struct{})
 	go func() {
-		<-cronDone.Done()
 		s.wg.Wait()
 		close(waited)
 	}()
@@ -481,6 +687,33 @@ func (s *Scheduler) Stop(ctx context.Context) {
 	}
 	s.cancel()
 	<-waited
+}
+
+// nudge wakes a loop without blocking; one pending wake is enough.
+func nudge(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Scheduler) now() time.Time { return s.clock().Now().UTC() }
+
+func (s *Scheduler) clock() Clock {
+	if s.Clock != nil {
+		return s.Clock
+	}
+	return realClock{now: s.Engine.clock()}
+}
+
+// realClock is the engine's Now with the runtime's timers.
+type realClock struct{ now func() time.Time }
+
+func (c realClock) Now() time.Time { return c.now() }
+
+func (c realClock) Timer(at time.Time) (<-chan time.Time, func() bool) {
+	t := time.NewTimer(at.Sub(c.now()))
+	return t.C, t.Stop
 }
 
 func (s *Scheduler) jitter(max time.Duration) time.Duration {
@@ -505,22 +738,4 @@ func (s *Scheduler) log() *slog.Logger {
 		return s.Logger
 	}
 	return slog.New(slog.DiscardHandler)
-}
-
-// cronLogger adapts slog to robfig/cron's logr-shaped Logger.
-type cronLogger struct{ l *slog.Logger }
-
-func (c cronLogger) Info(msg string, kv ...any) {
-	switch msg {
-	case "skip":
-		c.l.Info("scheduled tick skipped: the previous rotation is still running")
-	case "wake", "run", "added", "schedule", "start", "stop", "removed":
-		c.l.Debug("cron "+msg, kv...)
-	default:
-		c.l.Info("cron "+msg, kv...)
-	}
-}
-
-func (c cronLogger) Error(err error, msg string, kv ...any) {
-	c.l.Error("cron "+msg, append(kv, "error", err)...)
 }

@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,20 +17,17 @@ import (
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
+	"github.com/codat-rotator/codat-rotator/store/storetest"
 	"github.com/codat-rotator/codat-rotator/vault"
 )
 
-// The scheduler runs on real timers (robfig/cron and time.AfterFunc), so
-// these tests put the engine on the wall clock: the scheduler compares
-// the engine's clock with the schedules and arms its timers from it.
+// The scheduler runs on a fake clock: its timers fire when a test moves
+// the clock, so no scheduler test sleeps. Rotations are the real engine
+// on the real state file against the Codat emulator; Vault is an
+// in-memory KV v2, since the scheduler's behaviour does not depend on it.
 
-const (
-	// waitLong bounds every wait for something that must happen.
-	waitLong = 10 * time.Second
-	// noCatchUp is a catch-up delay that keeps a catch-up from running
-	// while a test lasts (Stop cancels the wait).
-	noCatchUp = time.Hour
-)
+// waitLong bounds every wait for something a goroutine must do.
+const waitLong = 10 * time.Second
 
 // What the scheduler logs, as operators read it.
 const (
@@ -38,10 +35,428 @@ const (
 	msgJournal       = "an interrupted rotation is in the journal; finishing it now"
 	msgHaltedAtStart = "target is halted; no scheduled rotation until `codat-rotator resume`"
 	msgSkipHalted    = "rotation skipped: target halted"
-	msgSkipBusy      = "rotation skipped: one is already running"
-	msgTickSkipped   = "scheduled tick skipped: the previous rotation is still running"
 	msgShutdown      = "shutdown: cancelling the running rotation; its journal is kept for the next start"
+	msgRetireRetry   = "retiring keys failed; will retry"
+	msgRetireGaveUp  = "retiring keys failed; giving up until the next rotation"
 )
+
+// schedClock is a fake Clock: Advance moves it and fires the timers due.
+type schedClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	timers  map[*schedTimer]bool
+	changed chan struct{} // signalled when the set of timers changes
+}
+
+type schedTimer struct {
+	at time.Time
+	c  chan time.Time
+}
+
+func newSchedClock(start time.Time) *schedClock {
+	return &schedClock{now: start, timers: map[*schedTimer]bool{}, changed: make(chan struct{}, 1)}
+}
+
+func (c *schedClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *schedClock) Timer(at time.Time) (<-chan time.Time, func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &schedTimer{at: at, c: make(chan time.Time, 1)}
+	if !at.After(c.now) {
+		t.c <- c.now
+		return t.c, func() bool { return false }
+	}
+	c.timers[t] = true
+	c.signal()
+	return t.c, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		pending := c.timers[t]
+		delete(c.timers, t)
+		c.signal()
+		return pending
+	}
+}
+
+func (c *schedClock) signal() {
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Advance moves the clock by d and fires every timer that falls due.
+func (c *schedClock) Advance(d time.Duration) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	for t := range c.timers {
+		if !t.at.After(c.now) {
+			t.c <- c.now
+			delete(c.timers, t)
+		}
+	}
+	c.signal()
+	return c.now
+}
+
+// waitParked waits until n loops wait on a timer: everything the last
+// move of the clock set off has run.
+func (c *schedClock) waitParked(tb testing.TB, n int) {
+	tb.Helper()
+	deadline := time.After(waitLong)
+	for {
+		c.mu.Lock()
+		got := len(c.timers)
+		c.mu.Unlock()
+		if got == n {
+			return
+		}
+		select {
+		case <-c.changed:
+		case <-deadline:
+			tb.Fatalf("gave up waiting for %d loops to wait on the clock; %d do", n, got)
+		}
+	}
+}
+
+// memVault is an in-memory KV v2 with check-and-set.
+type memVault struct {
+	mu   sync.Mutex
+	docs map[vault.Location]*memDoc
+	fail error // when set, every call fails with it
+}
+
+type memDoc struct {
+	versions []vault.Secret
+	md       map[string]string
+}
+
+func (v *memVault) setFail(err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.fail = err
+}
+
+func (v *memVault) CheckMount(context.Context, vault.Location) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.fail
+}
+
+func (v *memVault) Read(_ context.Context, loc vault.Location) (vault.Current, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.fail != nil {
+		return vault.Current{}, v.fail
+	}
+	d := v.docs[loc]
+	if d == nil {
+		return vault.Current{}, nil
+	}
+	s := d.versions[len(d.versions)-1]
+	md := map[string]string{}
+	for k, val := range d.md {
+		md[k] = val
+	}
+	return vault.Current{Secret: &s, Version: len(d.versions), CustomMetadata: md}, nil
+}
+
+func (v *memVault) Write(_ context.Context, loc vault.Location, s vault.Secret, cas int, md map[string]string) (int, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.fail != nil {
+		return 0, v.fail
+	}
+	if v.docs == nil {
+		v.docs = map[vault.Location]*memDoc{}
+	}
+	d := v.docs[loc]
+	if d == nil {
+		d = &memDoc{md: map[string]string{}}
+		v.docs[loc] = d
+	}
+	if cas != len(d.versions) {
+		return 0, &vault.CASConflictError{Path: loc.String(), Expected: cas, Current: len(d.versions)}
+	}
+	d.versions = append(d.versions, s)
+	for k, val := range md {
+		d.md[k] = val
+	}
+	return len(d.versions), nil
+}
+
+// gate holds a target's Codat calls of one operation until released, and
+// counts the target's calls in flight to catch overlapping runs.
+type gate struct {
+	mu       sync.Mutex
+	held     map[string]chan struct{} // target/op (or */op) -> closed on release
+	entered  chan string              // receives op when a held call arrives
+	inFlight map[string]int
+	peak     map[string]int
+}
+
+func newGate() *gate {
+	return &gate{held: map[string]chan struct{}{}, entered: make(chan string, 64), inFlight: map[string]int{}, peak: map[string]int{}}
+}
+
+// hold makes the calls of op (create, list, delete) of every target
+// wait for release.
+func (g *gate) hold(op string) (release func()) { return g.holdFor("*", op) }
+
+// holdFor makes target's calls of op wait for release.
+func (g *gate) holdFor(target, op string) (release func()) {
+	c := make(chan struct{})
+	key := target + "/" + op
+	g.mu.Lock()
+	g.held[key] = c
+	g.mu.Unlock()
+	return func() {
+		g.mu.Lock()
+		if g.held[key] == c {
+			delete(g.held, key)
+		}
+		g.mu.Unlock()
+		close(c)
+	}
+}
+
+func (g *gate) call(ctx context.Context, target, op string) (done func(), err error) {
+	g.mu.Lock()
+	g.inFlight[target]++
+	g.peak[target] = max(g.peak[target], g.inFlight[target])
+	c := g.held["*/"+op]
+	if c == nil {
+		c = g.held[target+"/"+op]
+	}
+	g.mu.Unlock()
+	done = func() {
+		g.mu.Lock()
+		g.inFlight[target]--
+		g.mu.Unlock()
+	}
+	if c != nil {
+		g.entered <- op
+		select {
+		case <-c:
+		case <-ctx.Done():
+			done()
+			return func() {}, ctx.Err()
+		}
+	}
+	return done, nil
+}
+
+func (g *gate) peakOf(target string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.peak[target]
+}
+
+// waitEntered waits for a held call of op to arrive.
+func (g *gate) waitEntered(tb testing.TB, op string) {
+	tb.Helper()
+	select {
+	case got := <-g.entered:
+		if got != op {
+			tb.Fatalf("held call %s arrived, want %s", got, op)
+		}
+	case <-time.After(waitLong):
+		tb.Fatalf("gave up waiting for a %s call", op)
+	}
+}
+
+type gatedCodat struct {
+	inner  rotation.Codat
+	g      *gate
+	target string
+}
+
+func (c gatedCodat) List(ctx context.Context) ([]codat.Key, error) {
+	done, err := c.g.call(ctx, c.target, "list")
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	return c.inner.List(ctx)
+}
+
+func (c gatedCodat) Create(ctx context.Context, name string) (codat.Key, error) {
+	done, err := c.g.call(ctx, c.target, "create")
+	if err != nil {
+		return codat.Key{}, err
+	}
+	defer done()
+	return c.inner.Create(ctx, name)
+}
+
+func (c gatedCodat) Delete(ctx context.Context, id string) error {
+	done, err := c.g.call(ctx, c.target, "delete")
+	if err != nil {
+		return err
+	}
+	defer done()
+	return c.inner.Delete(ctx, id)
+}
+
+// schedEnv is targets, each with its own emulator, sharing one state
+// file, one engine and one fake clock, as a daemon runs them.
+type schedEnv struct {
+	t      testing.TB
+	clock  *schedClock
+	db     *store.DB
+	vault  *memVault
+	gate   *gate
+	engine *rotation.Engine
+	logs   *syncBuffer
+	rec    *schedRecorder
+
+	mu      sync.Mutex
+	emus    map[string]*emulator.Server
+	clients map[string]*codat.Client
+	targets map[string]rotation.Target
+}
+
+func newSchedEnv(tb testing.TB, names ...string) *schedEnv {
+	tb.Helper()
+	e := &schedEnv{t: tb, clock: newSchedClock(epoch), db: storetest.MustOpen(tb), vault: &memVault{}, gate: newGate(),
+		logs: &syncBuffer{}, emus: map[string]*emulator.Server{}, clients: map[string]*codat.Client{},
+		targets: map[string]rotation.Target{}}
+	e.rec = &schedRecorder{now: e.clock.Now}
+	for _, name := range names {
+		e.addTarget(name)
+	}
+	e.engine = &rotation.Engine{
+		Store: e.db, Vault: e.vault,
+		Codat: func(target string, key codat.Secret) rotation.Codat {
+			e.mu.Lock()
+			c := e.clients[target]
+			e.mu.Unlock()
+			return gatedCodat{inner: c.WithKey(key), g: e.gate, target: target}
+		},
+		Logger:   slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Now:      e.clock.Now,
+		Sleep:    func(ctx context.Context, _ time.Duration) error { return ctx.Err() },
+		Attempts: 2, RetryBackoff: time.Minute, VerifyAttempts: 2, VerifyInterval: time.Second, PublishAttempts: 2,
+	}
+	return e
+}
+
+// addTarget makes a target with its own emulator (grace 30m).
+func (e *schedEnv) addTarget(name string) rotation.Target {
+	e.t.Helper()
+	emu, err := emulator.New(emulator.Options{Now: e.clock.Now})
+	if err != nil {
+		e.t.Fatalf("emulator.New: %v", err)
+	}
+	hs := httptest.NewServer(emu)
+	e.t.Cleanup(func() { emu.Close(); hs.Close() })
+	c, err := codat.New(codat.Secret(emu.InitialKey()), codat.Options{BaseURL: hs.URL, MaxAttempts: 1, RequestTimeout: waitLong,
+		Now: e.clock.Now, Sleep: func(ctx context.Context, _ time.Duration) error { return ctx.Err() }})
+	if err != nil {
+		e.t.Fatalf("codat.New: %v", err)
+	}
+	t := rotation.Target{
+		Name: name, Vault: vault.Location{Mount: "secret", Path: "codat/" + name}, Prefix: prefix,
+		MaxKeys: 10, ReserveSlots: 1, Grace: 30 * time.Minute,
+		Bootstrap: func() (codat.Secret, error) { return codat.Secret(emu.InitialKey()), nil },
+	}
+	e.mu.Lock()
+	e.emus[name], e.clients[name], e.targets[name] = emu, c, t
+	e.mu.Unlock()
+	return t
+}
+
+func (e *schedEnv) target(name string) rotation.Target {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.targets[name]
+}
+
+func (e *schedEnv) emu(name string) *emulator.Server {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.emus[name]
+}
+
+func (e *schedEnv) schedule(name, spec string) rotation.Schedule {
+	return rotation.Schedule{Target: e.target(name), Spec: spec}
+}
+
+// newScheduler returns a scheduler on the env's engine and clock, with
+// no jitter and no catch-up delay unless the test sets them.
+func (e *schedEnv) newScheduler() *rotation.Scheduler {
+	return &rotation.Scheduler{
+		Engine:       e.engine,
+		Clock:        e.clock,
+		Logger:       e.engine.Logger,
+		OnRotation:   e.rec.onRotation,
+		OnRetire:     e.rec.onRetire,
+		Jitter:       func(time.Duration) time.Duration { return 0 },
+		CatchUpDelay: func(time.Duration) time.Duration { return 0 },
+	}
+}
+
+// start starts s and stops it when the test ends.
+func (e *schedEnv) start(s *rotation.Scheduler, schedules ...rotation.Schedule) {
+	e.t.Helper()
+	if err := s.Start(schedules); err != nil {
+		e.t.Fatalf("Start: %v", err)
+	}
+	e.t.Cleanup(func() { stopWithin(s, waitLong) })
+}
+
+// rotate runs one rotation of name with the engine, outside a scheduler.
+func (e *schedEnv) rotate(name string) rotation.Result {
+	e.t.Helper()
+	res, err := e.engine.Rotate(context.Background(), e.target(name), rotation.Options{})
+	if err != nil {
+		e.t.Fatalf("rotate %s: %v", name, err)
+	}
+	return res
+}
+
+func (e *schedEnv) state(name string) store.Target {
+	e.t.Helper()
+	st, err := e.db.Load(name)
+	if err != nil {
+		e.t.Fatalf("load state of %s: %v", name, err)
+	}
+	return st
+}
+
+func (e *schedEnv) update(name string, fn func(*store.Target)) {
+	e.t.Helper()
+	if err := e.db.Update(name, func(st *store.Target) error { fn(st); return nil }); err != nil {
+		e.t.Fatalf("update state of %s: %v", name, err)
+	}
+}
+
+// served is the key id Vault serves for name.
+func (e *schedEnv) served(name string) string {
+	e.t.Helper()
+	cur, err := e.vault.Read(context.Background(), e.target(name).Vault)
+	if err != nil || cur.Secret == nil {
+		return ""
+	}
+	return cur.Secret.KeyID
+}
+
+// liveKeys are the ids of name's keys at Codat.
+func (e *schedEnv) liveKeys(name string) []string {
+	var out []string
+	for _, k := range e.emu(name).Keys() {
+		if k.Deleted == nil {
+			out = append(out, k.ID)
+		}
+	}
+	return out
+}
 
 // rotationCall is one OnRotation call.
 type rotationCall struct {
@@ -49,10 +464,8 @@ type rotationCall struct {
 	opts   rotation.Options
 	res    rotation.Result
 	err    error
-	// started is when the rotation began: the call's time less its
-	// duration.
+	// started is when the rotation began on the scheduler's clock.
 	started time.Time
-	at      time.Time
 }
 
 // retireCall is one OnRetire call.
@@ -60,31 +473,45 @@ type retireCall struct {
 	target  string
 	deleted []string
 	err     error
-	at      time.Time
 }
 
 // schedRecorder records what a scheduler reports through its hooks.
 type schedRecorder struct {
+	now       func() time.Time
 	mu        sync.Mutex
 	rotations []rotationCall
 	retires   []retireCall
+	changed   chan struct{}
+}
+
+func (r *schedRecorder) signal() {
+	r.mu.Lock()
+	if r.changed == nil {
+		r.changed = make(chan struct{}, 1)
+	}
+	c := r.changed
+	r.mu.Unlock()
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 func (r *schedRecorder) onRotation(target string, opts rotation.Options, res rotation.Result, err error, took time.Duration) {
-	now := time.Now()
+	started := r.now().Add(-took)
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.rotations = append(r.rotations, rotationCall{target: target, opts: opts, res: res, err: err, started: now.Add(-took), at: now})
+	r.rotations = append(r.rotations, rotationCall{target: target, opts: opts, res: res, err: err, started: started})
+	r.mu.Unlock()
+	r.signal()
 }
 
 func (r *schedRecorder) onRetire(target string, deleted []string, err error) {
-	now := time.Now()
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.retires = append(r.retires, retireCall{target: target, deleted: slices.Clone(deleted), err: err, at: now})
+	r.retires = append(r.retires, retireCall{target: target, deleted: slices.Clone(deleted), err: err})
+	r.mu.Unlock()
+	r.signal()
 }
 
-// rotationsOf returns the target's rotations, in the order reported.
 func (r *schedRecorder) rotationsOf(target string) []rotationCall {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -97,18 +524,6 @@ func (r *schedRecorder) rotationsOf(target string) []rotationCall {
 	return out
 }
 
-// succeeded counts the target's successful rotations.
-func (r *schedRecorder) succeeded(target string) int {
-	n := 0
-	for _, c := range r.rotationsOf(target) {
-		if c.err == nil {
-			n++
-		}
-	}
-	return n
-}
-
-// retiresOf returns the target's retirement passes.
 func (r *schedRecorder) retiresOf(target string) []retireCall {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -121,76 +536,31 @@ func (r *schedRecorder) retiresOf(target string) []retireCall {
 	return out
 }
 
-// retiredAt returns when a retirement pass of target deleted id.
-func (r *schedRecorder) retiredAt(target, id string) (time.Time, bool) {
-	for _, c := range r.retiresOf(target) {
-		if slices.Contains(c.deleted, id) {
-			return c.at, true
+// waitRotations waits until target has n rotations reported.
+func (r *schedRecorder) waitRotations(tb testing.TB, target string, n int) []rotationCall {
+	tb.Helper()
+	r.signal() // make sure the channel exists
+	deadline := time.After(waitLong)
+	for {
+		if got := r.rotationsOf(target); len(got) >= n {
+			return got
+		}
+		r.mu.Lock()
+		c := r.changed
+		r.mu.Unlock()
+		select {
+		case <-c:
+		case <-deadline:
+			tb.Fatalf("gave up waiting for %d rotations of %s; %d reported", n, target, len(r.rotationsOf(target)))
 		}
 	}
-	return time.Time{}, false
 }
 
-// firstErr is the error of the first call, nil when none.
-func firstErr(calls []rotationCall) error {
-	if len(calls) == 0 {
-		return nil
-	}
-	return calls[0].err
-}
-
-// onWallClock puts the env's engine on the wall clock.
-func (e *env) onWallClock() *rotation.Engine {
-	e.engine.Now = time.Now
-	return e.engine
-}
-
-// newTestScheduler returns a scheduler on eng that logs into e's logs
-// (which the secrets scan reads), reports into rec and never catches up
-// unless the test says so.
-func newTestScheduler(e *env, eng *rotation.Engine, rec *schedRecorder) *rotation.Scheduler {
-	return &rotation.Scheduler{
-		Engine:       eng,
-		Logger:       slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		OnRotation:   rec.onRotation,
-		OnRetire:     rec.onRetire,
-		CatchUpDelay: func(time.Duration) time.Duration { return noCatchUp },
-	}
-}
-
-// catchUpAtOnce makes a scheduler catch up without delay.
-func catchUpAtOnce(time.Duration) time.Duration { return 0 }
-
-// startScheduler starts s and stops it when the test ends, before the
-// env's state file and servers go away.
-func startScheduler(tb testing.TB, s *rotation.Scheduler, schedules ...rotation.Schedule) {
-	tb.Helper()
-	if err := s.Start(schedules); err != nil {
-		tb.Fatalf("Start: %v", err)
-	}
-	tb.Cleanup(func() { stopWithin(s, waitLong) })
-}
-
-// stopWithin stops s, giving running rotations d to finish, and returns
-// how long Stop took.
-func stopWithin(s *rotation.Scheduler, d time.Duration) time.Duration {
+// stopWithin stops s, giving running rotations d to finish.
+func stopWithin(s *rotation.Scheduler, d time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	start := time.Now()
 	s.Stop(ctx)
-	return time.Since(start)
-}
-
-// waitFor polls cond until it holds, failing the test after waitLong.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(waitLong)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("gave up after %s waiting for %s", waitLong, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // logRecords returns the JSON log records with message msg about target
@@ -213,901 +583,826 @@ func logRecords(tb testing.TB, logs *syncBuffer, msg, target string) []map[strin
 	return out
 }
 
-// logged counts the records with message msg about target.
 func logged(tb testing.TB, logs *syncBuffer, msg, target string) int {
 	tb.Helper()
 	return len(logRecords(tb, logs, msg, target))
 }
 
-// servedKeyID is the key id the env's mount serves, "" when none.
-func (e *env) servedKeyID() string {
+// noErrBusy fails the test if any run reported ErrBusy: runs overlapped.
+func (e *schedEnv) noErrBusy() {
 	e.t.Helper()
-	p := e.served()
-	if p == nil {
-		return ""
-	}
-	return p.Data[vault.FieldKeyID]
-}
-
-// fleet is several targets, each with its own emulator and KV mount,
-// sharing one state file and one engine on the wall clock, as a daemon
-// with several targets runs them. The first env owns the state file and
-// the logs.
-type fleet struct {
-	first  *env
-	envs   map[string]*env
-	engine *rotation.Engine
-}
-
-func newFleet(tb testing.TB, names ...string) *fleet {
-	tb.Helper()
-	f := &fleet{envs: map[string]*env{}}
-	for i, name := range names {
-		e := newEnv(tb, envConfig{})
-		e.target.Name = name
-		f.envs[name] = e
-		if i == 0 {
-			f.first = e
-			continue
+	e.rec.mu.Lock()
+	defer e.rec.mu.Unlock()
+	for _, c := range e.rec.rotations {
+		if errors.Is(c.err, rotation.ErrBusy) {
+			e.t.Errorf("%s: a rotation was refused as busy: %v", c.target, c.err)
 		}
-		// The engine logs into the first env's logs: its secrets scan
-		// must know every target's keys. Registered after the first
-		// env's scan, so it runs before it.
-		tb.Cleanup(func() {
-			for _, raw := range e.raw.list() {
-				f.first.raw.add(raw)
-			}
-		})
 	}
-	f.engine = f.first.newEngine(nil)
-	f.engine.Now = time.Now
-	f.engine.Codat = func(target string, key codat.Secret) rotation.Codat {
-		return f.envs[target].client.WithKey(key)
-	}
-	return f
-}
-
-// schedule is the named target on spec.
-func (f *fleet) schedule(name, spec string) rotation.Schedule {
-	return rotation.Schedule{Target: f.envs[name].target, Spec: spec}
-}
-
-// state loads the named target's state from the shared file.
-func (f *fleet) state(tb testing.TB, name string) store.Target {
-	tb.Helper()
-	st, err := f.first.db.Load(name)
-	if err != nil {
-		tb.Fatalf("load state of %s: %v", name, err)
-	}
-	return st
-}
-
-// update changes the named target's state in the shared file.
-func (f *fleet) update(tb testing.TB, name string, fn func(*store.Target)) {
-	tb.Helper()
-	err := f.first.db.Update(name, func(st *store.Target) error {
-		fn(st)
-		return nil
-	})
-	if err != nil {
-		tb.Fatalf("update state of %s: %v", name, err)
+	for _, c := range e.rec.retires {
+		if errors.Is(c.err, rotation.ErrBusy) {
+			e.t.Errorf("%s: a retirement was refused as busy: %v", c.target, c.err)
+		}
 	}
 }
 
-// rotate runs one rotation of the named target with the fleet's engine.
-func (f *fleet) rotate(tb testing.TB, name string) rotation.Result {
-	tb.Helper()
-	res, err := f.engine.Rotate(context.Background(), f.envs[name].target, rotation.Options{})
-	if err != nil {
-		tb.Fatalf("rotate %s: %v", name, err)
+// TestSchedulerNextIsThePlannedRun: Next is when the loop will really
+// start the rotation, jitter included, and the rotation starts then, not
+// earlier.
+func TestSchedulerNextIsThePlannedRun(t *testing.T) {
+	t.Parallel()
+	e := newSchedEnv(t, "prod")
+	e.rotate("prod") // rotated just now: no catch-up
+	s := e.newScheduler()
+	const jitter = 7 * time.Minute
+	var asked []time.Duration
+	var mu sync.Mutex
+	s.Jitter = func(max time.Duration) time.Duration {
+		mu.Lock()
+		asked = append(asked, max)
+		mu.Unlock()
+		return jitter
 	}
-	return res
+	e.start(s, rotation.Schedule{Target: e.target("prod"), Spec: "@every 1h", Jitter: 10 * time.Minute})
+	e.clock.waitParked(t, 1)
+	now := e.clock.Now()
+	want := now.Add(time.Hour + jitter)
+	if got := s.Next("prod"); !got.Equal(want) {
+		t.Fatalf("Next = %s, want the tick plus its jitter %s", got, want)
+	}
+	if got := s.Next("prod"); !got.Equal(want) {
+		t.Errorf("Next asked again = %s, want the same planned run %s", got, want)
+	}
+	e.clock.Advance(time.Hour + jitter - time.Second)
+	e.clock.waitParked(t, 1)
+	if got := len(e.rec.rotationsOf("prod")); got != 0 {
+		t.Fatalf("%d rotations a second before the planned run, want 0", got)
+	}
+	e.clock.Advance(time.Second)
+	calls := e.rec.waitRotations(t, "prod", 1)
+	if calls[0].err != nil {
+		t.Fatalf("scheduled rotation: %v", calls[0].err)
+	}
+	e.clock.waitParked(t, 1)
+	if got, want := s.Next("prod"), now.Add(2*time.Hour+jitter); !got.Equal(want) {
+		t.Errorf("Next after the run = %s, want the following tick plus jitter %s", got, want)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(asked) < 2 || asked[0] != 10*time.Minute {
+		t.Errorf("jitter drawn with %v, want the schedule's 10m once per tick", asked)
+	}
 }
 
 // TestSchedulerCatchUp: at start, a target that never rotated, or whose
 // last success is older than its most recent scheduled time, rotates
-// soon; a target that rotated after its most recent scheduled time does
-// not (docs/design.md#scheduling).
+// after the catch-up delay; one that rotated since does not
+// (docs/design.md#scheduling).
 func TestSchedulerCatchUp(t *testing.T) {
 	t.Parallel()
-
-	t.Run("never rotated", func(t *testing.T) {
-		t.Parallel()
-		e := newEnv(t, envConfig{})
-		rec := &schedRecorder{}
-		s := newTestScheduler(e, e.onWallClock(), rec)
-		var asked atomic.Int64
-		s.CatchUpDelay = func(max time.Duration) time.Duration {
-			asked.Store(int64(max))
-			return 0
+	const never, stale, fresh, staleCron = "never", "stale", "fresh", "stale-cron"
+	e := newSchedEnv(t, never, stale, fresh, staleCron)
+	for _, name := range []string{stale, fresh, staleCron} {
+		e.rotate(name)
+	}
+	now := e.clock.Now()
+	e.update(stale, func(st *store.Target) { st.LastSuccess = now.Add(-61 * time.Minute) })
+	e.update(staleCron, func(st *store.Target) { st.LastSuccess = now.Truncate(time.Hour).Add(-time.Minute) })
+	s := e.newScheduler()
+	var mu sync.Mutex
+	asked := map[time.Duration]int{}
+	s.CatchUpDelay = func(max time.Duration) time.Duration {
+		mu.Lock()
+		asked[max]++
+		mu.Unlock()
+		return 3 * time.Minute
+	}
+	sc := func(name, spec string) rotation.Schedule {
+		return rotation.Schedule{Target: e.target(name), Spec: spec, Jitter: 5 * time.Minute}
+	}
+	e.start(s, sc(never, "@every 1h"), sc(stale, "@every 1h"), sc(fresh, "@every 1h"), sc(staleCron, "0 * * * *"))
+	// The decision is made and logged by Start itself.
+	for name, want := range map[string]int{never: 1, stale: 1, fresh: 0, staleCron: 1} {
+		if got := logged(t, e.logs, msgCatchUp, name); got != want {
+			t.Errorf("%s: catch-up logged %d times, want %d", name, got, want)
 		}
-		startScheduler(t, s, rotation.Schedule{Target: e.target, Spec: "@every 1h", Jitter: 5 * time.Minute})
-		if got := logged(t, e.logs, msgCatchUp, targetName); got != 1 {
-			t.Errorf("catch-up logged %d times at start, want 1", got)
-		}
-		if got, want := time.Duration(asked.Load()), 5*time.Minute; got != want {
-			t.Errorf("CatchUpDelay asked with max %s, want the target's jitter %s", got, want)
-		}
-
-		waitFor(t, "the catch-up rotation", func() bool { return len(rec.rotationsOf(targetName)) > 0 })
-		c := rec.rotationsOf(targetName)[0]
+	}
+	mu.Lock()
+	if asked[5*time.Minute] != 3 {
+		t.Errorf("CatchUpDelay asked %v, want 3 times with the targets' jitter 5m", asked)
+	}
+	mu.Unlock()
+	e.clock.waitParked(t, 4)
+	e.clock.Advance(3*time.Minute - time.Second)
+	e.clock.waitParked(t, 4)
+	if n := len(e.rec.rotations); n != 0 {
+		t.Fatalf("%d rotations before the catch-up delay, want 0", n)
+	}
+	e.clock.Advance(time.Second)
+	for _, name := range []string{never, stale, staleCron} {
+		c := e.rec.waitRotations(t, name, 1)[0]
 		if c.err != nil {
-			t.Fatalf("catch-up rotation: %v", c.err)
+			t.Errorf("%s: catch-up rotation: %v", name, c.err)
+			continue
 		}
-		if !c.res.Bootstrapped {
-			t.Error("the first rotation did not publish the bootstrap key first")
+		if got := e.served(name); got != c.res.NewKey.ID {
+			t.Errorf("%s: vault serves %s, want the catch-up's key %s", name, got, c.res.NewKey.ID)
 		}
-		if got, want := e.servedKeyID(), c.res.NewKey.ID; got != want {
-			t.Errorf("vault serves %s after the catch-up, want its new key %s", got, want)
-		}
-		if st := e.state(); time.Since(st.LastSuccess) > waitLong {
-			t.Errorf("last success = %s, want just now", st.LastSuccess)
-		}
-		stopWithin(s, waitLong)
-		e.checkInvariants()
-	})
-
-	t.Run("recent and stale", func(t *testing.T) {
-		t.Parallel()
-		const (
-			staleEvery, freshEvery = "stale-every", "fresh-every"
-			staleCron, freshCron   = "stale-cron", "fresh-cron"
-			hourly                 = "0 * * * *"
-		)
-		f := newFleet(t, staleEvery, freshEvery, staleCron, freshCron)
-		for name := range f.envs {
-			f.rotate(t, name)
-		}
-		now := time.Now().UTC()
-		mostRecentRun := now.Truncate(time.Hour) // of "0 * * * *"
-		lastSuccess := map[string]time.Time{
-			staleEvery: now.Add(-61 * time.Minute),
-			freshEvery: now,
-			staleCron:  mostRecentRun.Add(-time.Minute),
-			freshCron:  now,
-		}
-		for name, at := range lastSuccess {
-			f.update(t, name, func(st *store.Target) { st.LastSuccess = at })
-		}
-
-		rec := &schedRecorder{}
-		s := newTestScheduler(f.first, f.engine, rec)
-		s.CatchUpDelay = catchUpAtOnce
-		startScheduler(t, s,
-			f.schedule(staleEvery, "@every 1h"), f.schedule(freshEvery, "@every 1h"),
-			f.schedule(staleCron, hourly), f.schedule(freshCron, hourly))
-
-		// The decision is made and logged by Start itself.
-		for name, want := range map[string]int{staleEvery: 1, freshEvery: 0, staleCron: 1, freshCron: 0} {
-			if got := logged(t, f.first.logs, msgCatchUp, name); got != want {
-				t.Errorf("%s (last success %s): catch-up logged %d times, want %d", name, lastSuccess[name].Format(time.RFC3339), got, want)
-			}
-		}
-		for _, name := range []string{staleEvery, staleCron} {
-			waitFor(t, name+"'s catch-up rotation", func() bool { return len(rec.rotationsOf(name)) > 0 })
-			c := rec.rotationsOf(name)[0]
-			if c.err != nil {
-				t.Errorf("%s: catch-up rotation: %v", name, c.err)
-				continue
-			}
-			e := f.envs[name]
-			if got := len(e.apiKeys()); got != 2 {
-				t.Errorf("%s: %d keys made, want 2 (the first rotation and the catch-up)", name, got)
-			}
-			if got, want := e.servedKeyID(), c.res.NewKey.ID; got != want {
-				t.Errorf("%s: vault serves %s, want the catch-up's key %s", name, got, want)
-			}
-		}
-		// Both catch-ups began at once and have ended: a catch-up of a
-		// fresh target would have run beside them.
-		for _, name := range []string{freshEvery, freshCron} {
-			if got := rec.rotationsOf(name); len(got) != 0 {
-				t.Errorf("%s rotated at start (%d times) though it rotated after its most recent scheduled time", name, len(got))
-			}
-			if got := len(f.envs[name].apiKeys()); got != 1 {
-				t.Errorf("%s: %d keys made, want only the one of its first rotation", name, got)
-			}
-		}
-	})
+	}
+	e.clock.waitParked(t, 4)
+	if got := e.rec.rotationsOf(fresh); len(got) != 0 {
+		t.Errorf("%s rotated %d times at start though it rotated after its most recent scheduled time", fresh, len(got))
+	}
+	if !e.rec.rotationsOf(never)[0].res.Bootstrapped {
+		t.Errorf("%s: the first rotation did not publish the bootstrap key first", never)
+	}
 }
 
-// TestSchedulerFinishesJournalAtStart: a crash left a rotation in the
-// journal (the new key made, not yet published); Start finishes that
-// rotation at once, without making another key.
+// TestSchedulerFinishesJournalAtStart: a journal a crash left is finished
+// at once at start, before any tick, without a second rotation.
 func TestSchedulerFinishesJournalAtStart(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envConfig{})
-	eng := e.onWallClock()
-	c := &crasher{at: func(cl call, c *crasher) bool {
-		return c.created && cl.svc == "vault" && cl.op == "write" && !cl.after // the publish, not the bootstrap
-	}}
-	if at, crashed := e.rotateUntilCrash(c, rotation.Options{}); !crashed {
-		t.Fatal("the rotation did not crash before its publish")
-	} else {
-		t.Logf("crashed at %s", at)
+	e := newSchedEnv(t, "prod")
+	e.rotate("prod")
+	now := e.clock.Now()
+	// A crash right after the create step was journaled, before Codat saw
+	// the create.
+	e.update("prod", func(st *store.Target) {
+		st.Journal = &store.Journal{RotationID: "r-crashed", Step: store.StepCreate, Started: now, Updated: now,
+			Name: prefix + "20260302T030000Z-abcd", PrevKeyID: e.served("prod")}
+	})
+	s := e.newScheduler()
+	e.start(s, e.schedule("prod", "@every 1h"))
+	recs := logRecords(t, e.logs, msgJournal, "prod")
+	if len(recs) != 1 || recs[0]["step"] != string(store.StepCreate) {
+		t.Errorf("journal at start logged as %v, want one record with step create", recs)
 	}
-	j := e.state().Journal
-	if j == nil || j.Step != store.StepPublish || j.NewKeyID == "" {
-		t.Fatalf("journal after the crash = %+v, want step publish with the new key", j)
+	c := e.rec.waitRotations(t, "prod", 1)[0]
+	if c.err != nil {
+		t.Fatalf("finishing the journal: %v", c.err)
 	}
-
-	rec := &schedRecorder{}
-	s := newTestScheduler(e, eng, rec)
-	startScheduler(t, s, rotation.Schedule{Target: e.target, Spec: "@every 1h"})
-	recs := logRecords(t, e.logs, msgJournal, targetName)
-	if len(recs) != 1 || recs[0]["step"] != string(store.StepPublish) {
-		t.Errorf("journal at start logged as %v, want one record with step publish", recs)
+	if st := e.state("prod"); st.Journal != nil {
+		t.Errorf("journal after the run = %+v, want none", st.Journal)
 	}
-
-	waitFor(t, "the journal's rotation to finish", func() bool { return len(rec.rotationsOf(targetName)) > 0 })
-	got := rec.rotationsOf(targetName)[0]
-	if got.err != nil {
-		t.Fatalf("finishing the journal: %v", got.err)
+	if got := e.clock.Now(); !got.Equal(now) {
+		t.Errorf("the journal was finished at %s, want at once (%s)", got, now)
 	}
-	if !got.res.Recovered || got.res.NewKey.ID != j.NewKeyID {
-		t.Errorf("result = recovered %v, new key %s; want the journal's key %s, recovered", got.res.Recovered, got.res.NewKey.ID, j.NewKeyID)
+	e.clock.waitParked(t, 1)
+	if got := len(e.rec.rotationsOf("prod")); got != 1 {
+		t.Errorf("%d rotations at start, want the journal's only", got)
 	}
-	if got := e.servedKeyID(); got != j.NewKeyID {
-		t.Errorf("vault serves %s, want the journal's key %s", got, j.NewKeyID)
-	}
-	if got := len(e.apiKeys()); got != 1 {
-		t.Errorf("%d keys made, want 1: finishing a journal never makes another key", got)
-	}
-	stopWithin(s, waitLong)
-	e.checkInvariants()
 }
 
-// TestSchedulerHaltedAndFailingTargets: a halted target is logged at
-// start and never rotates; a target whose Codat fails halts itself; the
-// healthy target keeps rotating on schedule through both.
+// holdRetirement leaves name with a retiring key already past due, its
+// last success older than its schedule, and Codat's deletes held.
+func holdRetirement(e *schedEnv, name string) (retiring string, release func()) {
+	e.t.Helper()
+	res := e.rotate(name)
+	if len(res.Retiring) != 1 {
+		e.t.Fatalf("after the first rotation: retiring %+v, want the bootstrap key", res.Retiring)
+	}
+	e.clock.Advance(2 * time.Hour) // past the grace and the next tick
+	return res.Retiring[0].ID, e.gate.hold("delete")
+}
+
+// TestSchedulerCatchUpDuringRetirement (issue 9, defect 3): at start the
+// retirement of a key already past due holds the target when the
+// catch-up comes due; the catch-up runs when the retirement ends, and a
+// scheduled tick that comes due during a retirement does too. Neither is
+// dropped as busy.
+func TestSchedulerCatchUpDuringRetirement(t *testing.T) {
+	t.Parallel()
+	e := newSchedEnv(t, "prod")
+	old, release := holdRetirement(e, "prod")
+	s := e.newScheduler()
+	s.CatchUpDelay = func(time.Duration) time.Duration { return time.Minute }
+	e.start(s, e.schedule("prod", "@every 1h"))
+	if got := logged(t, e.logs, msgCatchUp, "prod"); got != 1 {
+		t.Fatalf("catch-up logged %d times, want 1", got)
+	}
+	e.gate.waitEntered(t, "delete") // the retirement holds the target
+	e.clock.Advance(time.Minute)    // the catch-up comes due
+	release()
+	c := e.rec.waitRotations(t, "prod", 1)[0]
+	if c.err != nil {
+		t.Fatalf("catch-up rotation after the retirement: %v", c.err)
+	}
+	retires := e.rec.retiresOf("prod")
+	if len(retires) == 0 || !slices.Contains(retires[0].deleted, old) {
+		t.Errorf("retirements %+v, want the first to delete %s", retires, old)
+	}
+	e.clock.waitParked(t, 1)
+
+	// A tick that comes due while a retirement holds the target.
+	next := s.Next("prod")
+	retiring := c.res.Retiring[0]
+	release = e.gate.hold("delete")
+	e.clock.Advance(retiring.DeleteAfter.Sub(e.clock.Now()))
+	e.gate.waitEntered(t, "delete")
+	e.clock.Advance(next.Sub(e.clock.Now()))
+	release()
+	c2 := e.rec.waitRotations(t, "prod", 2)[1]
+	if c2.err != nil {
+		t.Fatalf("scheduled rotation after the retirement: %v", c2.err)
+	}
+	e.clock.waitParked(t, 1)
+	if got := len(e.rec.rotationsOf("prod")); got != 2 {
+		t.Errorf("%d rotations, want the catch-up and the tick", got)
+	}
+	if !slices.Contains(e.rec.retiresOf("prod")[1].deleted, retiring.ID) {
+		t.Errorf("the second retirement did not delete %s", retiring.ID)
+	}
+	if got := e.served("prod"); got != c2.res.NewKey.ID {
+		t.Errorf("vault serves %s, want the tick's key %s", got, c2.res.NewKey.ID)
+	}
+	if p := e.gate.peakOf("prod"); p > 1 {
+		t.Errorf("%d codat calls in flight at once: runs overlapped", p)
+	}
+	e.noErrBusy()
+}
+
+// TestSchedulerQueuesManualAndTicks: a manual rotation asked while a
+// scheduled one runs waits for it and then runs; ticks that come due
+// during a manual or a scheduled rotation run after it, once.
+func TestSchedulerQueuesManualAndTicks(t *testing.T) {
+	t.Parallel()
+	e := newSchedEnv(t, "prod")
+	e.rotate("prod")
+	s := e.newScheduler()
+	e.start(s, e.schedule("prod", "@every 1h"))
+	e.clock.waitParked(t, 1)
+
+	release := e.gate.hold("create")
+	e.clock.Advance(time.Hour) // the tick
+	e.gate.waitEntered(t, "create")
+	manual := make(chan error, 1)
+	go func() {
+		_, err := s.RotateNow("prod", rotation.Options{Manual: true})
+		manual <- err
+	}()
+	// The manual rotation waits behind the tick; the tick finishes.
+	release()
+	select {
+	case err := <-manual:
+		if err != nil {
+			t.Fatalf("manual rotation queued behind a tick: %v", err)
+		}
+	case <-time.After(waitLong):
+		t.Fatal("the manual rotation never ran")
+	}
+	calls := e.rec.waitRotations(t, "prod", 2)
+	if calls[0].opts.Manual || !calls[1].opts.Manual {
+		t.Errorf("rotations ran as %+v then %+v, want the tick then the manual one", calls[0].opts, calls[1].opts)
+	}
+
+	// A tick that comes due during a manual rotation.
+	e.clock.waitParked(t, 1)
+	release = e.gate.hold("create")
+	go func() {
+		_, err := s.RotateNow("prod", rotation.Options{Manual: true})
+		manual <- err
+	}()
+	e.gate.waitEntered(t, "create")
+	e.clock.Advance(3 * time.Hour) // three ticks pass: one run owed
+	release()
+	if err := <-manual; err != nil {
+		t.Fatalf("second manual rotation: %v", err)
+	}
+	e.rec.waitRotations(t, "prod", 4)
+	e.clock.waitParked(t, 1)
+	calls = e.rec.rotationsOf("prod")
+	if len(calls) != 4 || calls[3].opts.Manual {
+		t.Errorf("%d rotations, want 4 with the last the tick owed after the manual one", len(calls))
+	}
+	for i, c := range calls {
+		if c.err != nil {
+			t.Errorf("rotation %d: %v", i, c.err)
+		}
+	}
+	if got := s.Next("prod"); !got.After(e.clock.Now()) {
+		t.Errorf("Next = %s, not after now %s: a run is still owed", got, e.clock.Now())
+	}
+	// A tick that comes due while a scheduled rotation runs: one more run.
+	release = e.gate.hold("create")
+	e.clock.Advance(s.Next("prod").Sub(e.clock.Now()))
+	e.gate.waitEntered(t, "create")
+	e.clock.Advance(2 * time.Hour) // two more ticks pass
+	release()
+	e.rec.waitRotations(t, "prod", 6)
+	e.clock.waitParked(t, 1)
+	if got := len(e.rec.rotationsOf("prod")); got != 6 {
+		t.Errorf("%d rotations, want 6: the held tick and one for the ticks that passed during it", got)
+	}
+	if got, want := len(e.emu("prod").Keys()), 8; got != want {
+		t.Errorf("codat holds %d keys ever made, want %d (the initial, the first rotation's and 6 more)", got, want)
+	}
+	if p := e.gate.peakOf("prod"); p > 1 {
+		t.Errorf("%d codat calls in flight at once: runs overlapped", p)
+	}
+	e.noErrBusy()
+}
+
+// TestSchedulerApplyMidRotation (issue 9, defect 5): a reload that removes
+// a target while it rotates lets the rotation finish with the definition
+// and the Codat client it started with, then ends the target's loop; a
+// reload that changes a target mid-rotation takes effect from its next
+// run. Clients are installed as cmd installs them: by the definition's
+// Activate, which the target's loop calls between two runs.
+func TestSchedulerApplyMidRotation(t *testing.T) {
+	t.Parallel()
+	const gone, changed = "gone", "changed"
+	e := newSchedEnv(t, gone, changed)
+	e.rotate(gone)
+	e.rotate(changed)
+	type client struct {
+		c   *codat.Client
+		tag string
+	}
+	var mu sync.Mutex
+	var activations []string
+	clients := map[string]client{}
+	used := map[string][]string{} // target -> tags of the clients its calls used
+	e.engine.Codat = func(target string, key codat.Secret) rotation.Codat {
+		mu.Lock()
+		c := clients[target]
+		used[target] = append(used[target], c.tag)
+		mu.Unlock()
+		return gatedCodat{inner: c.c.WithKey(key), g: e.gate, target: target}
+	}
+	sched := func(name string, grace time.Duration, tag string) rotation.Schedule {
+		t := e.target(name)
+		t.Grace = grace
+		e.mu.Lock()
+		c := e.clients[name]
+		e.mu.Unlock()
+		return rotation.Schedule{Target: t, Spec: "@every 1h", Activate: func() {
+			mu.Lock()
+			defer mu.Unlock()
+			clients[name] = client{c, tag}
+			activations = append(activations, tag)
+		}}
+	}
+	usedTags := func(target string) []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Compact(slices.Clone(used[target]))
+	}
+	s := e.newScheduler()
+	e.start(s, sched(gone, 30*time.Minute, "gone-1"), sched(changed, 30*time.Minute, "changed-1"))
+	e.clock.waitParked(t, 2)
+
+	// Both rotate manually; both hold at the create.
+	release := e.gate.hold("create")
+	results := make(chan error, 2)
+	for _, name := range []string{gone, changed} {
+		go func() {
+			_, err := s.RotateNow(name, rotation.Options{Manual: true})
+			results <- err
+		}()
+		e.gate.waitEntered(t, "create")
+	}
+	if err := s.Apply([]rotation.Schedule{sched(changed, 10*time.Minute, "changed-2")}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if got := s.Names(); !slices.Equal(got, []string{changed}) {
+		t.Errorf("Names after the reload = %v, want [%s]", got, changed)
+	}
+	if _, err := s.RotateNow(gone, rotation.Options{}); err == nil {
+		t.Errorf("RotateNow(%s) after its removal succeeded, want an error", gone)
+	}
+	release()
+	for range 2 {
+		select {
+		case err := <-results:
+			if err != nil {
+				t.Errorf("a rotation in flight during the reload: %v", err)
+			}
+		case <-time.After(waitLong):
+			t.Fatal("a rotation in flight during the reload never finished")
+		}
+	}
+	e.clock.waitParked(t, 1) // the removed target's loop ended
+	if st := e.state(gone); st.Journal != nil {
+		t.Errorf("%s: journal after its last rotation = %+v, want none", gone, st.Journal)
+	}
+	if got, want := len(e.liveKeys(gone)), 3; got != want {
+		t.Errorf("%s: %d live keys at codat, want %d (the bootstrap key in its grace and two rotations')", gone, got, want)
+	}
+	st := e.state(gone)
+	for _, k := range e.liveKeys(gone) {
+		if st.Key(k) == nil {
+			t.Errorf("%s: key %s at codat is not in the state file", gone, k)
+		}
+	}
+	// The rotations in flight kept their clients and their old grace.
+	if got := usedTags(gone); !slices.Equal(got, []string{"gone-1"}) {
+		t.Errorf("%s: calls used clients %v, want only its first", gone, got)
+	}
+	if got := usedTags(changed); !slices.Equal(got, []string{"changed-1"}) {
+		t.Errorf("%s: the rotation in flight used clients %v, want only its first", changed, got)
+	}
+	first := e.rec.rotationsOf(changed)[0]
+	if g := first.res.Retiring[0].DeleteAfter.Sub(e.clock.Now()); g != 30*time.Minute {
+		t.Errorf("the rotation in flight retires with grace %s, want the old 30m", g)
+	}
+	// The next rotation of the changed target has its new definition.
+	res, err := s.RotateNow(changed, rotation.Options{Manual: true})
+	if err != nil {
+		t.Fatalf("rotation after the reload: %v", err)
+	}
+	if g := res.Retiring[0].DeleteAfter.Sub(e.clock.Now()); g != 10*time.Minute {
+		t.Errorf("the next rotation retires with grace %s, want the new 10m", g)
+	}
+	if got := usedTags(changed); !slices.Equal(got, []string{"changed-1", "changed-2"}) {
+		t.Errorf("%s: calls used clients %v, want the first, then the reload's", changed, got)
+	}
+	mu.Lock()
+	if n := len(activations); n != 3 || activations[2] != "changed-2" {
+		t.Errorf("activations %v, want each first definition, then changed-2 after the run", activations)
+	}
+	mu.Unlock()
+	// The removed target neither rotates nor retires any more.
+	e.clock.Advance(3 * time.Hour)
+	e.clock.waitParked(t, 1)
+	if got := len(e.rec.rotationsOf(gone)); got != 1 {
+		t.Errorf("%s rotated %d times, want only the one in flight at its removal", gone, got)
+	}
+	if got := e.rec.retiresOf(gone); len(got) != 0 {
+		t.Errorf("%s retired after its removal: %+v", gone, got)
+	}
+	e.noErrBusy()
+}
+
+// TestSchedulerApplyReplans: a reload with a rarer schedule replans the
+// next run from the new schedule; one that re-adds a target before its
+// loop ended keeps a single loop; a bad reload changes nothing.
+func TestSchedulerApplyReplans(t *testing.T) {
+	t.Parallel()
+	e := newSchedEnv(t, "prod")
+	e.rotate("prod")
+	s := e.newScheduler()
+	e.start(s, e.schedule("prod", "@every 1m"))
+	e.clock.waitParked(t, 1)
+	if err := s.Apply([]rotation.Schedule{e.schedule("prod", "@every 1h")}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if got, want := s.Next("prod"), e.clock.Now().Add(time.Hour); !got.Equal(want) {
+		t.Errorf("Next after the reload = %s, want %s", got, want)
+	}
+	e.clock.waitParked(t, 1)
+	e.clock.Advance(59 * time.Minute)
+	e.clock.waitParked(t, 1)
+	if got := len(e.rec.rotationsOf("prod")); got != 0 {
+		t.Errorf("%d rotations within the hour after the reload, want 0", got)
+	}
+
+	other := e.target("prod")
+	other.Name = "other"
+	for _, tc := range []struct {
+		name      string
+		schedules []rotation.Schedule
+		wantErr   string
+	}{
+		{"bad spec", []rotation.Schedule{e.schedule("prod", "every hour")}, `target prod: schedule "every hour"`},
+		{"bad spec of a new target", []rotation.Schedule{e.schedule("prod", "@every 1s"), {Target: other, Spec: "61 * * * *"}}, `target other: schedule "61 * * * *"`},
+		{"a target twice", []rotation.Schedule{e.schedule("prod", "@every 1s"), e.schedule("prod", "@every 2s")}, "target prod: scheduled twice"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := s.Next("prod")
+			err := s.Apply(tc.schedules)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("Apply = %v, want an error containing %q", err, tc.wantErr)
+			}
+			if got := s.Names(); !slices.Equal(got, []string{"prod"}) {
+				t.Errorf("Names = %v, want [prod]", got)
+			}
+			if got := s.Next("prod"); !got.Equal(before) {
+				t.Errorf("Next = %s, want the old plan %s", got, before)
+			}
+		})
+	}
+
+	// Removed and re-added while a rotation runs: one loop, no overlap.
+	release := e.gate.hold("create")
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.RotateNow("prod", rotation.Options{})
+		done <- err
+	}()
+	e.gate.waitEntered(t, "create")
+	if err := s.Apply(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply([]rotation.Schedule{e.schedule("prod", "@every 1h")}); err != nil {
+		t.Fatal(err)
+	}
+	queued := make(chan error, 1)
+	go func() {
+		_, err := s.RotateNow("prod", rotation.Options{})
+		queued <- err
+	}()
+	release()
+	for _, c := range []chan error{done, queued} {
+		select {
+		case err := <-c:
+			if err != nil {
+				t.Errorf("rotation around the remove and re-add: %v", err)
+			}
+		case <-time.After(waitLong):
+			t.Fatal("a rotation around the remove and re-add never finished")
+		}
+	}
+	e.clock.waitParked(t, 1)
+	if p := e.gate.peakOf("prod"); p > 1 {
+		t.Errorf("%d codat calls in flight at once: two loops ran the target", p)
+	}
+	e.noErrBusy()
+}
+
+// TestSchedulerRetireBackoff (issue 9, defect 8): failed retirements are
+// retried after 1m, 2m, 4m... capped, then given up after the budget,
+// reported once as ErrRetireExhausted and logged once; the next
+// rotation retires what is due.
+func TestSchedulerRetireBackoff(t *testing.T) {
+	t.Parallel()
+	e := newSchedEnv(t, "prod")
+	res := e.rotate("prod")
+	old := res.Retiring[0]
+	s := e.newScheduler()
+	s.RetireBackoff, s.RetireBackoffMax, s.RetireAttempts = time.Minute, 4*time.Minute, 5
+	e.start(s, e.schedule("prod", "@every 24h"))
+	e.clock.waitParked(t, 1)
+	if got := s.NextRetire("prod"); !got.Equal(old.DeleteAfter) {
+		t.Fatalf("NextRetire = %s, want the retiring key's delete_after %s", got, old.DeleteAfter)
+	}
+	e.vault.setFail(vault.ErrUnreachable)
+	e.clock.Advance(old.DeleteAfter.Sub(e.clock.Now()))
+	// Attempts at +0, +1m, +2m (wait 2m), +4m (wait 4m), +4m (capped).
+	var gaps []time.Duration
+	last := e.clock.Now()
+	for attempt := 1; attempt <= 5; attempt++ {
+		e.clock.waitParked(t, 1)
+		if got := len(e.rec.retiresOf("prod")); got != attempt {
+			t.Fatalf("after attempt %d: %d retirement passes reported", attempt, got)
+		}
+		next := s.NextRetire("prod")
+		if attempt == 5 {
+			if !next.IsZero() {
+				t.Errorf("NextRetire after the budget = %s, want none", next)
+			}
+			break
+		}
+		gaps = append(gaps, next.Sub(last))
+		e.clock.Advance(next.Sub(e.clock.Now()))
+		last = next
+	}
+	if want := []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 4 * time.Minute}; !slices.Equal(gaps, want) {
+		t.Errorf("waits between attempts %v, want %v", gaps, want)
+	}
+	retires := e.rec.retiresOf("prod")
+	for i, c := range retires {
+		exhausted := errors.Is(c.err, rotation.ErrRetireExhausted)
+		if c.err == nil || exhausted != (i == len(retires)-1) {
+			t.Errorf("retirement %d: error %v; want a failure, exhausted only on the last", i, c.err)
+		}
+	}
+	if got := logged(t, e.logs, msgRetireRetry, "prod"); got != 4 {
+		t.Errorf("retry logged %d times, want 4", got)
+	}
+	if got := logged(t, e.logs, msgRetireGaveUp, "prod"); got != 1 {
+		t.Errorf("giving up logged %d times, want once", got)
+	}
+	// Given up: hours pass without another attempt or line.
+	e.clock.Advance(6 * time.Hour)
+	e.clock.waitParked(t, 1)
+	if got := len(e.rec.retiresOf("prod")); got != 5 {
+		t.Errorf("%d retirement passes after giving up, want still 5", got)
+	}
+	if got := logged(t, e.logs, msgRetireGaveUp, "prod"); got != 1 {
+		t.Errorf("giving up logged %d times, want once", got)
+	}
+	// Vault is back; the next rotation retires the key.
+	e.vault.setFail(nil)
+	res2, err := s.RotateNow("prod", rotation.Options{})
+	if err != nil {
+		t.Fatalf("rotation after the outage: %v", err)
+	}
+	if !slices.Contains(res2.Deleted, old.ID) {
+		t.Errorf("the rotation deleted %v, want %s among them", res2.Deleted, old.ID)
+	}
+}
+
+// TestSchedulerNoRetireTimerWhenHaltedOrJournaled (issue 9, defect 8): a
+// halted target, or one whose journal is unfinished, retires nothing on
+// a timer and logs no retirement error, however long it waits.
+func TestSchedulerNoRetireTimerWhenHaltedOrJournaled(t *testing.T) {
+	t.Parallel()
+	const halted, journaled = "halted", "journaled"
+	e := newSchedEnv(t, halted, journaled)
+	for _, name := range []string{halted, journaled} {
+		e.rotate(name)
+	}
+	e.clock.Advance(time.Hour) // both retiring keys are past due
+	now := e.clock.Now()
+	e.update(halted, func(st *store.Target) { st.Halted, st.HaltReason, st.HaltedAt = true, "halted by the test", now })
+	e.update(journaled, func(st *store.Target) {
+		st.Halted, st.HaltReason, st.HaltedAt = true, "halted mid-rotation", now
+		st.Journal = &store.Journal{RotationID: "r-x", Step: store.StepCreate, Started: now, Updated: now, Name: prefix + "x"}
+	})
+	s := e.newScheduler()
+	e.start(s, e.schedule(halted, "@every 24h"), e.schedule(journaled, "@every 24h"))
+	if got := logged(t, e.logs, msgHaltedAtStart, halted); got != 1 {
+		t.Errorf("halted target logged %d times at start, want 1", got)
+	}
+	for range 120 {
+		e.clock.waitParked(t, 2)
+		e.clock.Advance(time.Minute)
+	}
+	e.clock.waitParked(t, 2)
+	for _, name := range []string{halted, journaled} {
+		if got := e.rec.retiresOf(name); len(got) != 0 {
+			t.Errorf("%s: %d retirement passes in two hours, want none", name, len(got))
+		}
+		if !s.NextRetire(name).IsZero() {
+			t.Errorf("%s: NextRetire = %s, want none", name, s.NextRetire(name))
+		}
+		if got := logged(t, e.logs, msgRetireRetry, name); got != 0 {
+			t.Errorf("%s: retirement retries logged %d times", name, got)
+		}
+	}
+	// Resumed, the halted target retires its due key within a minute.
+	if err := e.engine.Resume(e.target(halted)); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Minute)
+	e.clock.waitParked(t, 2)
+	if got := e.rec.retiresOf(halted); len(got) != 1 || got[0].err != nil || len(got[0].deleted) != 1 {
+		t.Errorf("after resume: retirements %+v, want one that deleted the due key", got)
+	}
+}
+
+// TestSchedulerHaltedAndFailingTargets: a halted target's ticks are
+// skipped and logged; a target whose Codat fails halts itself; a healthy
+// target keeps rotating on schedule through both.
 func TestSchedulerHaltedAndFailingTargets(t *testing.T) {
 	t.Parallel()
 	const healthy, halted, broken = "healthy", "halted", "broken"
-	f := newFleet(t, healthy, halted, broken)
-	haltedAt := time.Now().Add(-time.Hour).UTC()
-	f.update(t, halted, func(st *store.Target) {
-		st.Halted, st.HaltReason, st.HaltedAt = true, "halted by the test", haltedAt
-	})
-	if err := f.envs[broken].emu.SetFaults(emulator.Faults{List: emulator.OpFaults{Fail: 1 << 20, FailStatus: 503}}); err != nil {
+	e := newSchedEnv(t, healthy, halted, broken)
+	for _, name := range []string{healthy, halted, broken} {
+		e.rotate(name)
+	}
+	now := e.clock.Now()
+	e.update(halted, func(st *store.Target) { st.Halted, st.HaltReason, st.HaltedAt = true, "halted by the test", now })
+	if err := e.emu(broken).SetFaults(emulator.Faults{List: emulator.OpFaults{Fail: 1 << 20, FailStatus: 503}}); err != nil {
 		t.Fatal(err)
 	}
-
-	rec := &schedRecorder{}
-	s := newTestScheduler(f.first, f.engine, rec)
-	s.CatchUpDelay = catchUpAtOnce
-	startScheduler(t, s, f.schedule(healthy, "@every 1s"), f.schedule(halted, "@every 1s"), f.schedule(broken, "@every 1s"))
-	logs := f.first.logs
-	if got := logged(t, logs, msgHaltedAtStart, halted); got != 1 {
-		t.Errorf("halted target logged %d times at start, want 1", got)
+	s := e.newScheduler()
+	e.start(s, e.schedule(healthy, "@every 1h"), e.schedule(halted, "@every 1h"), e.schedule(broken, "@every 1h"))
+	for range 3 {
+		e.clock.waitParked(t, 3)
+		e.clock.Advance(time.Hour)
 	}
-	if got := logged(t, logs, msgCatchUp, halted); got != 0 {
-		t.Errorf("halted target: catch-up logged %d times, want 0", got)
+	e.clock.waitParked(t, 3)
+	if got := len(e.rec.rotationsOf(healthy)); got != 3 {
+		t.Errorf("healthy target rotated %d times in 3 hours, want 3", got)
 	}
-
-	waitFor(t, "the broken target to halt", func() bool { return f.state(t, broken).Halted })
-	brokenHalted := time.Now()
-	waitFor(t, "the healthy target to rotate after the broken one halted", func() bool {
-		for _, c := range rec.rotationsOf(healthy) {
-			if c.err == nil && c.started.After(brokenHalted) {
-				return true
-			}
+	for _, c := range e.rec.rotationsOf(healthy) {
+		if c.err != nil {
+			t.Errorf("healthy target: %v", c.err)
 		}
-		return false
-	})
-	waitFor(t, "a tick of the halted targets", func() bool {
-		return logged(t, logs, msgSkipHalted, halted) > 0 && logged(t, logs, msgSkipHalted, broken) > 0
-	})
-	stopWithin(s, waitLong)
-
-	if got := rec.succeeded(healthy); got < 2 {
-		t.Errorf("healthy target rotated %d times, want at least 2 (catch-up and ticks)", got)
 	}
-	if got := len(rec.rotationsOf(halted)); got != 0 {
+	if got := len(e.rec.rotationsOf(halted)); got != 0 {
 		t.Errorf("halted target: %d rotations reported, want 0", got)
 	}
-	if ev := f.envs[halted].emu.Events(0); len(ev) != 0 {
-		t.Errorf("halted target's codat saw %d requests, want none", len(ev))
+	if got := logged(t, e.logs, msgSkipHalted, halted); got != 3 {
+		t.Errorf("halted target: %d skipped ticks logged, want 3", got)
 	}
-	if st := f.state(t, halted); !st.Halted || !st.LastAttempt.IsZero() || !st.HaltedAt.Equal(haltedAt) {
-		t.Errorf("halted target's state = halted %v, last attempt %s, halted at %s; want untouched", st.Halted, st.LastAttempt, st.HaltedAt)
+	if !e.state(broken).Halted {
+		t.Error("the broken target did not halt")
 	}
-	if bc := rec.rotationsOf(broken); len(bc) == 0 || bc[0].err == nil {
-		t.Errorf("broken target: %d rotations reported, want a first one that failed", len(bc))
-	}
-	for _, c := range rec.rotationsOf(healthy) {
-		if c.err != nil {
-			t.Errorf("healthy target: rotation failed: %v", c.err)
-		}
-	}
-	if got, want := len(f.envs[healthy].apiKeys()), rec.succeeded(healthy); got != want {
-		t.Errorf("healthy target: codat made %d keys, %d rotations reported", got, want)
+	if bc := e.rec.rotationsOf(broken); len(bc) != 1 || bc[0].err == nil {
+		t.Errorf("broken target: %d rotations reported, want one failure, then halted", len(bc))
 	}
 }
 
-// TestSchedulerRetireTimer: the retire timer is the persisted
-// delete_after: it deletes the superseded key when its grace ends
-// without another rotation, and a restarted scheduler re-arms it from
-// the state file, deleting at once a key that fell due while it was
-// down.
-func TestSchedulerRetireTimer(t *testing.T) {
+// TestSchedulerPanicDoesNotStopTheLoop: a panicking hook is logged and
+// the target keeps its schedule.
+func TestSchedulerPanicDoesNotStopTheLoop(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envConfig{})
-	e.target.Grace = 500 * time.Millisecond
-	sched := rotation.Schedule{Target: e.target, Spec: "@every 1h"}
-
-	// A first scheduler: a manual rotation, then the timer.
-	rec1 := &schedRecorder{}
-	s1 := newTestScheduler(e, e.onWallClock(), rec1)
-	startScheduler(t, s1, sched)
-	initial := e.initialID()
-	res1, err := s1.RotateNow(targetName, rotation.Options{})
-	if err != nil {
-		t.Fatalf("RotateNow: %v", err)
+	e := newSchedEnv(t, "prod")
+	e.rotate("prod")
+	s := e.newScheduler()
+	var once sync.Once
+	s.OnRotation = func(target string, opts rotation.Options, res rotation.Result, err error, took time.Duration) {
+		e.rec.onRotation(target, opts, res, err, took)
+		once.Do(func() { panic("hook exploded") })
 	}
-	k := e.stateKey(initial)
-	if k == nil || k.State != store.KeyRetiring {
-		t.Fatalf("the bootstrap key after the rotation = %+v, want retiring", k)
+	e.start(s, e.schedule("prod", "@every 1h"))
+	for range 2 {
+		e.clock.waitParked(t, 1)
+		e.clock.Advance(time.Hour)
 	}
-	due1 := k.DeleteAfter
-	if got := s1.NextRetire(targetName); !got.Equal(due1) {
-		t.Errorf("NextRetire = %s, want the key's delete_after %s", got, due1)
+	e.rec.waitRotations(t, "prod", 2)
+	recs := logRecords(t, e.logs, "panic in the rotation hook", "prod")
+	if len(recs) != 1 || recs[0]["level"] != "ERROR" || !strings.Contains(fmt.Sprint(recs[0]["error"]), "hook exploded") {
+		t.Errorf("panic records %v, want one ERROR naming the panic", recs)
 	}
-	waitFor(t, "the timer to retire the bootstrap key", func() bool {
-		_, ok := rec1.retiredAt(targetName, initial)
-		return ok
-	})
-	if at, _ := rec1.retiredAt(targetName, initial); at.Before(due1) {
-		t.Errorf("retired at %s, before its delete_after %s (I4)", at.Format(time.RFC3339Nano), due1.Format(time.RFC3339Nano))
-	}
-	if _, live := e.activeKeys()[initial]; live {
-		t.Error("codat still holds the retired bootstrap key")
-	}
-	if got := len(e.apiKeys()); got != 1 {
-		t.Errorf("%d keys made, want 1: retiring needs no rotation", got)
-	}
-	waitFor(t, "the timer to disarm once nothing is left to retire", func() bool { return s1.NextRetire(targetName).IsZero() })
-
-	// A second rotation; the daemon restarts before its grace ends.
-	res2, err := s1.RotateNow(targetName, rotation.Options{})
-	if err != nil {
-		t.Fatalf("RotateNow: %v", err)
-	}
-	due2 := e.stateKey(res1.NewKey.ID).DeleteAfter
-	if d := stopWithin(s1, waitLong); d > time.Second {
-		t.Errorf("Stop with nothing running took %s", d)
-	}
-	if _, live := e.activeKeys()[res1.NewKey.ID]; !live {
-		t.Fatal("the superseded key is gone before the restart")
-	}
-	rec2 := &schedRecorder{}
-	s2 := newTestScheduler(e, e.newEngine(nil), rec2)
-	s2.Engine.Now = time.Now
-	startScheduler(t, s2, sched)
-	if got := s2.NextRetire(targetName); !got.Equal(due2) {
-		t.Errorf("after the restart, NextRetire = %s, want the persisted delete_after %s", got, due2)
-	}
-	waitFor(t, "the restarted scheduler to retire the superseded key", func() bool {
-		_, ok := rec2.retiredAt(targetName, res1.NewKey.ID)
-		return ok
-	})
-	if at, _ := rec2.retiredAt(targetName, res1.NewKey.ID); at.Before(due2) {
-		t.Errorf("retired at %s, before its delete_after %s (I4)", at.Format(time.RFC3339Nano), due2.Format(time.RFC3339Nano))
-	}
-
-	// A third rotation; the key falls due while the daemon is down.
-	if _, err := s2.RotateNow(targetName, rotation.Options{}); err != nil {
-		t.Fatalf("RotateNow: %v", err)
-	}
-	due3 := e.stateKey(res2.NewKey.ID).DeleteAfter
-	stopWithin(s2, waitLong)
-	time.Sleep(time.Until(due3) + 50*time.Millisecond)
-	if _, live := e.activeKeys()[res2.NewKey.ID]; !live {
-		t.Fatal("the superseded key is gone while no scheduler ran")
-	}
-	rec3 := &schedRecorder{}
-	s3 := newTestScheduler(e, e.newEngine(nil), rec3)
-	s3.Engine.Now = time.Now
-	started := time.Now()
-	startScheduler(t, s3, sched)
-	if got := s3.NextRetire(targetName); got.After(time.Now()) {
-		t.Errorf("with a key already due, NextRetire = %s, want now", got)
-	}
-	waitFor(t, "the due key to be retired at start", func() bool {
-		_, ok := rec3.retiredAt(targetName, res2.NewKey.ID)
-		return ok
-	})
-	if at, _ := rec3.retiredAt(targetName, res2.NewKey.ID); at.Sub(started) > 2*time.Second {
-		t.Errorf("a due key was retired %s after start, want at once", at.Sub(started))
-	}
-	if got := len(e.apiKeys()); got != 3 {
-		t.Errorf("%d keys made, want 3: restarts neither rotate nor catch up", got)
-	}
-	if got := len(rec2.rotationsOf(targetName)) + len(rec3.rotationsOf(targetName)); got != 1 {
-		t.Errorf("restarted schedulers reported %d rotations, want only the manual one", got)
-	}
-	stopWithin(s3, waitLong)
-	e.checkInvariants()
-}
-
-// TestSchedulerTicks: scheduled ticks rotate and report; a tick never
-// overlaps a running rotation of its target, whether the running one is
-// manual (the engine refuses) or an earlier tick (cron skips); a panic
-// in a tick is logged and later ticks still run.
-func TestSchedulerTicks(t *testing.T) {
-	t.Parallel()
-
-	t.Run("every second", func(t *testing.T) {
-		t.Parallel()
-		e := newEnv(t, envConfig{})
-		rec := &schedRecorder{}
-		s := newTestScheduler(e, e.onWallClock(), rec)
-		startScheduler(t, s, rotation.Schedule{Target: e.target, Spec: "@every 1s"})
-		if next := s.Next(targetName); next.Before(time.Now()) || time.Until(next) > time.Second {
-			t.Errorf("Next = %s, want within a second", next.Format(time.RFC3339Nano))
-		}
-		waitFor(t, "two scheduled rotations", func() bool { return len(rec.rotationsOf(targetName)) >= 2 })
-		stopWithin(s, waitLong)
-
-		calls := rec.rotationsOf(targetName)
-		ids := map[string]bool{}
-		for i, c := range calls {
-			if c.err != nil {
-				t.Errorf("rotation %d: %v", i, c.err)
-				continue
-			}
-			if c.opts != (rotation.Options{}) {
-				t.Errorf("rotation %d: options %+v, want a routine rotation", i, c.opts)
-			}
-			if c.res.RotationID == "" || c.res.NewKey.ID == "" || ids[c.res.NewKey.ID] {
-				t.Errorf("rotation %d: id %q, new key %q; want an id and a new key each time", i, c.res.RotationID, c.res.NewKey.ID)
-			}
-			ids[c.res.NewKey.ID] = true
-		}
-		if got, want := len(e.apiKeys()), len(calls); got != want {
-			t.Errorf("codat made %d keys, %d rotations reported", got, want)
-		}
-		if got, want := e.servedKeyID(), calls[len(calls)-1].res.NewKey.ID; got != want {
-			t.Errorf("vault serves %s, want the last rotation's key %s", got, want)
-		}
-		e.checkInvariants()
-	})
-
-	t.Run("never overlaps a running rotation", func(t *testing.T) {
-		t.Parallel()
-		e := newEnv(t, envConfig{})
-		const latency = 1500 * time.Millisecond
-		if err := e.emu.SetFaults(emulator.Faults{Create: emulator.OpFaults{Latency: emulator.Duration(latency)}}); err != nil {
-			t.Fatal(err)
-		}
-		rec := &schedRecorder{}
-		s := newTestScheduler(e, e.onWallClock(), rec)
-		startScheduler(t, s, rotation.Schedule{Target: e.target, Spec: "@every 1h"})
-
-		// Watch how many Codat requests are in flight at once.
-		var peak atomic.Int64
-		watch, watched := make(chan struct{}), make(chan struct{})
-		go func() {
-			defer close(watched)
-			for {
-				if n := int64(e.emu.InFlight()); n > peak.Load() {
-					peak.Store(n)
-				}
-				select {
-				case <-watch:
-					return
-				case <-time.After(time.Millisecond):
-				}
-			}
-		}()
-		defer func() { close(watch); <-watched }()
-
-		type outcome struct {
-			res rotation.Result
-			err error
-		}
-		manual := make(chan outcome, 1)
-		go func() {
-			res, err := s.RotateNow(targetName, rotation.Options{Manual: true})
-			manual <- outcome{res, err}
-		}()
-		waitFor(t, "the manual rotation's create to be in flight", func() bool {
-			j := e.state().Journal
-			return j != nil && j.Step == store.StepCreate && e.emu.InFlight() == 1
-		})
-		// Tick every second from now: at least one tick falls in the
-		// create's remaining latency.
-		if err := s.Apply([]rotation.Schedule{{Target: e.target, Spec: "@every 1s"}}); err != nil {
-			t.Fatalf("Apply: %v", err)
-		}
-		var m outcome
-		select {
-		case m = <-manual:
-		case <-time.After(waitLong):
-			t.Fatal("the manual rotation did not return")
-		}
-		if m.err != nil {
-			t.Fatalf("RotateNow: %v", m.err)
-		}
-		if got := logged(t, e.logs, msgSkipBusy, targetName); got == 0 {
-			t.Error("no tick was skipped while the manual rotation ran")
-		}
-		// The next tick rotates, slowly; the ticks during it are skipped
-		// by cron and logged readably.
-		waitFor(t, "a scheduled rotation after the manual one", func() bool { return len(rec.rotationsOf(targetName)) >= 2 })
-		waitFor(t, "cron to skip a tick", func() bool { return logged(t, e.logs, msgTickSkipped, targetName) > 0 })
-		stopWithin(s, waitLong)
-
-		if got := peak.Load(); got > 1 {
-			t.Errorf("codat saw %d requests in flight at once, want at most 1: rotations overlapped", got)
-		}
-		calls := rec.rotationsOf(targetName)
-		if calls[0].opts != (rotation.Options{Manual: true}) || calls[0].res.NewKey.ID != m.res.NewKey.ID {
-			t.Errorf("first reported rotation = %+v for key %s, want the manual one for %s", calls[0].opts, calls[0].res.NewKey.ID, m.res.NewKey.ID)
-		}
-		for i, c := range calls {
-			if c.err != nil {
-				t.Errorf("rotation %d: %v", i, c.err)
-			}
-			if i > 0 && c.started.Before(calls[i-1].at) {
-				t.Errorf("rotation %d began at %s, before rotation %d ended at %s", i, c.started.Format(time.RFC3339Nano), i-1, calls[i-1].at.Format(time.RFC3339Nano))
-			}
-		}
-		if got, want := len(e.apiKeys()), len(calls); got != want {
-			t.Errorf("codat made %d keys, %d rotations reported", got, want)
-		}
-		if got, want := countOps(e.emu.Events(0), emulator.OpCreate), len(calls); got != want {
-			t.Errorf("codat saw %d creates, %d rotations reported", got, want)
-		}
-		for _, r := range logRecords(t, e.logs, msgTickSkipped, targetName) {
-			if r["level"] != "INFO" {
-				t.Errorf("skipped tick logged at %v, want INFO", r["level"])
-			}
-		}
-		// robfig/cron's chatter stays at debug level.
-		for _, msg := range []string{"cron wake", "cron run", "cron start", "cron stop"} {
-			for _, r := range logRecords(t, e.logs, msg, "") {
-				if r["level"] != "DEBUG" {
-					t.Errorf("%q logged at %v, want DEBUG", msg, r["level"])
-				}
-			}
-		}
-		if logged(t, e.logs, "cron run", "") == 0 {
-			t.Error(`no "cron run" record: cron's logger is not wired to the scheduler's`)
-		}
-		e.checkInvariants()
-	})
-
-	t.Run("a panic in a tick does not stop the schedule", func(t *testing.T) {
-		t.Parallel()
-		e := newEnv(t, envConfig{})
-		rec := &schedRecorder{}
-		s := newTestScheduler(e, e.onWallClock(), rec)
-		var calls atomic.Int32
-		s.OnRotation = func(target string, opts rotation.Options, res rotation.Result, err error, took time.Duration) {
-			rec.onRotation(target, opts, res, err, took)
-			if calls.Add(1) == 1 {
-				panic("hook exploded")
-			}
-		}
-		startScheduler(t, s, rotation.Schedule{Target: e.target, Spec: "@every 1s"})
-		waitFor(t, "a rotation after the panic", func() bool { return calls.Load() >= 2 })
-		stopWithin(s, waitLong)
-		recs := logRecords(t, e.logs, "cron panic", targetName)
-		if len(recs) != 1 {
-			t.Fatalf("panic logged %d times, want once", len(recs))
-		}
-		if recs[0]["level"] != "ERROR" || !strings.Contains(fmt.Sprint(recs[0]["error"]), "hook exploded") {
-			t.Errorf("panic record = level %v, error %v; want ERROR naming the panic", recs[0]["level"], recs[0]["error"])
-		}
-		if got := rec.succeeded(targetName); got < 2 {
-			t.Errorf("%d successful rotations, want at least 2", got)
-		}
-	})
-}
-
-// TestSchedulerJitter: a scheduled rotation waits the jitter drawn for
-// its tick before it starts.
-func TestSchedulerJitter(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, envConfig{})
-	rec := &schedRecorder{}
-	s := newTestScheduler(e, e.onWallClock(), rec)
-	const delay, maxJitter = 600 * time.Millisecond, 30 * time.Second
-	type draw struct {
-		at  time.Time
-		max time.Duration
-	}
-	draws := make(chan draw, 16)
-	s.Jitter = func(max time.Duration) time.Duration {
-		draws <- draw{time.Now(), max}
-		return delay
-	}
-	startScheduler(t, s, rotation.Schedule{Target: e.target, Spec: "@every 1s", Jitter: maxJitter})
-	waitFor(t, "the first jittered rotation", func() bool { return len(rec.rotationsOf(targetName)) > 0 })
-	stopWithin(s, waitLong)
-
-	var first draw
-	select {
-	case first = <-draws:
-	default:
-		t.Fatal("a rotation ran without a jitter drawn")
-	}
-	if first.max != maxJitter {
-		t.Errorf("jitter drawn up to %s, want the schedule's %s", first.max, maxJitter)
-	}
-	c := rec.rotationsOf(targetName)[0]
-	if c.err != nil {
-		t.Fatalf("rotation: %v", c.err)
-	}
-	if waited := c.started.Sub(first.at); waited < delay {
-		t.Errorf("the rotation began %s after its tick, want no earlier than the jitter %s", waited, delay)
-	}
-}
-
-// TestSchedulerApply: a reload replaces schedules, removes targets with
-// their retire timers, and leaves everything as it was when a schedule
-// is bad.
-func TestSchedulerApply(t *testing.T) {
-	t.Parallel()
-
-	t.Run("a rarer schedule stops frequent rotations", func(t *testing.T) {
-		t.Parallel()
-		const busy, control = "busy", "control"
-		f := newFleet(t, busy, control)
-		rec := &schedRecorder{}
-		s := newTestScheduler(f.first, f.engine, rec)
-		startScheduler(t, s, f.schedule(busy, "@every 1s"), f.schedule(control, "@every 1s"))
-		waitFor(t, "a scheduled rotation of "+busy, func() bool { return rec.succeeded(busy) > 0 })
-
-		if err := s.Apply([]rotation.Schedule{f.schedule(busy, "@every 1h"), f.schedule(control, "@every 1s")}); err != nil {
-			t.Fatalf("Apply: %v", err)
-		}
-		applied := time.Now()
-		if next := s.Next(busy); next.Sub(applied) < 59*time.Minute {
-			t.Errorf("Next(%s) = %s after the reload, want in about an hour", busy, next.Format(time.RFC3339))
-		}
-		// Both targets ticked on the same whole seconds: once the control
-		// target rotated on a tick well after the reload, so would have
-		// the busy one. (A tick that fired just before the reload may
-		// still start a moment after it.)
-		settled := applied.Add(300 * time.Millisecond)
-		waitFor(t, "a rotation of the control target after the reload", func() bool {
-			for _, c := range rec.rotationsOf(control) {
-				if c.started.After(settled) {
-					return true
-				}
-			}
-			return false
-		})
-		for _, c := range rec.rotationsOf(busy) {
-			if c.started.After(settled) {
-				t.Errorf("%s rotated at %s, after its schedule became hourly at %s", busy, c.started.Format(time.RFC3339Nano), applied.Format(time.RFC3339Nano))
-			}
-		}
-		stopWithin(s, waitLong)
-		if got, want := len(f.envs[busy].apiKeys()), len(rec.rotationsOf(busy)); got != want {
-			t.Errorf("%s: codat made %d keys, %d rotations reported", busy, got, want)
-		}
-	})
-
-	t.Run("a removed target stops rotating and retiring", func(t *testing.T) {
-		t.Parallel()
-		const gone, control = "gone", "control"
-		f := newFleet(t, gone, control)
-		f.envs[gone].target.Grace = 500 * time.Millisecond
-		rec := &schedRecorder{}
-		s := newTestScheduler(f.first, f.engine, rec)
-		startScheduler(t, s, f.schedule(gone, "@every 1h"), f.schedule(control, "@every 1s"))
-		res, err := s.RotateNow(gone, rotation.Options{})
-		if err != nil {
-			t.Fatalf("RotateNow: %v", err)
-		}
-		if len(res.Retiring) != 1 {
-			t.Fatalf("retiring after the rotation: %+v, want the bootstrap key", res.Retiring)
-		}
-		old := res.Retiring[0]
-		if got := s.NextRetire(gone); !got.Equal(old.DeleteAfter) {
-			t.Fatalf("NextRetire = %s, want %s", got, old.DeleteAfter)
-		}
-
-		if err := s.Apply([]rotation.Schedule{f.schedule(control, "@every 1s")}); err != nil {
-			t.Fatalf("Apply: %v", err)
-		}
-		if got := s.Names(); !slices.Equal(got, []string{control}) {
-			t.Errorf("Names after the reload = %v, want [%s]", got, control)
-		}
-		if _, ok := s.Target(gone); ok {
-			t.Errorf("Target(%s) still found after the reload", gone)
-		}
-		if got := s.NextRetire(gone); !got.IsZero() {
-			t.Errorf("NextRetire(%s) = %s after removal, want zero", gone, got)
-		}
-		if _, err := s.RotateNow(gone, rotation.Options{}); err == nil {
-			t.Errorf("RotateNow(%s) after removal succeeded, want an error", gone)
-		}
-		// Well past the old key's delete_after, the control target has
-		// kept rotating: the removed one's timer would have fired.
-		waitFor(t, "a rotation of the control target after the old key's grace", func() bool {
-			for _, c := range rec.rotationsOf(control) {
-				if c.started.After(old.DeleteAfter.Add(500 * time.Millisecond)) {
-					return true
-				}
-			}
-			return false
-		})
-		stopWithin(s, waitLong)
-		if got := rec.retiresOf(gone); len(got) != 0 {
-			t.Errorf("the removed target was retired %d times: %+v", len(got), got)
-		}
-		if _, live := f.envs[gone].activeKeys()[old.ID]; !live {
-			t.Error("the removed target's retiring key was deleted")
-		}
-		if got := countOps(f.envs[gone].emu.Events(0), emulator.OpDelete); got != 0 {
-			t.Errorf("the removed target's codat saw %d deletes, want 0", got)
-		}
-		if got := len(rec.rotationsOf(gone)); got != 1 {
-			t.Errorf("the removed target rotated %d times, want only the manual rotation", got)
-		}
-	})
-
-	t.Run("a bad schedule changes nothing", func(t *testing.T) {
-		t.Parallel()
-		e := newEnv(t, envConfig{})
-		rec := &schedRecorder{}
-		s := newTestScheduler(e, e.onWallClock(), rec)
-		startScheduler(t, s, rotation.Schedule{Target: e.target, Spec: "@every 1h"})
-		other := e.target
-		other.Name = "other"
-		for _, tc := range []struct {
-			name      string
-			schedules []rotation.Schedule
-			wantErr   string
-		}{
-			{"bad spec", []rotation.Schedule{{Target: e.target, Spec: "every hour"}}, `target prod: schedule "every hour"`},
-			{"bad spec of a new target", []rotation.Schedule{{Target: e.target, Spec: "@every 1s"}, {Target: other, Spec: "61 * * * *"}}, `target other: schedule "61 * * * *"`},
-			{"a target twice", []rotation.Schedule{{Target: e.target, Spec: "@every 1s"}, {Target: e.target, Spec: "@every 2s"}}, "target prod: scheduled twice"},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				err := s.Apply(tc.schedules)
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("Apply = %v, want an error containing %q", err, tc.wantErr)
-				}
-				if got := s.Names(); !slices.Equal(got, []string{targetName}) {
-					t.Errorf("Names = %v, want [%s]", got, targetName)
-				}
-				if next := s.Next(targetName); time.Until(next) < 59*time.Minute {
-					t.Errorf("Next = %s, want the old hourly schedule", next.Format(time.RFC3339))
-				}
-			})
-		}
-		stopWithin(s, waitLong)
-		if got := len(rec.rotationsOf(targetName)); got != 0 {
-			t.Errorf("%d rotations after failed reloads, want 0", got)
-		}
-	})
 }
 
 // TestSchedulerStop: Stop lets a running rotation run until its context
 // ends, then cancels it, leaving the journal for the next start; idle, it
-// returns at once; a second Stop does nothing.
+// returns at once; after it, manual rotations are refused.
 func TestSchedulerStop(t *testing.T) {
 	t.Parallel()
-
-	t.Run("cancels a rotation in flight", func(t *testing.T) {
-		t.Parallel()
-		e := newEnv(t, envConfig{})
-		const latency, patience = 5 * time.Second, 300 * time.Millisecond
-		if err := e.emu.SetFaults(emulator.Faults{Create: emulator.OpFaults{Latency: emulator.Duration(latency)}}); err != nil {
-			t.Fatal(err)
+	e := newSchedEnv(t, "prod")
+	e.rotate("prod")
+	s := e.newScheduler()
+	e.start(s, e.schedule("prod", "@every 1h"))
+	e.clock.waitParked(t, 1)
+	release := e.gate.hold("create")
+	defer release()
+	manual := make(chan error, 1)
+	go func() {
+		_, err := s.RotateNow("prod", rotation.Options{})
+		manual <- err
+	}()
+	e.gate.waitEntered(t, "create")
+	stopWithin(s, 50*time.Millisecond) // the create never returns
+	// Stop waited for the rotation it cancelled.
+	calls := e.rec.rotationsOf("prod")
+	if len(calls) != 1 || !errors.Is(calls[0].err, context.Canceled) {
+		t.Errorf("rotations reported when Stop returned: %+v, want one cancelled", calls)
+	}
+	// Whatever the cancelled run left, no key is lost track of.
+	st := e.state("prod")
+	for _, id := range e.liveKeys("prod") {
+		if st.Key(id) == nil {
+			t.Errorf("key %s at codat is not in the state file after Stop", id)
 		}
-		rec := &schedRecorder{}
-		s := newTestScheduler(e, e.onWallClock(), rec)
-		startScheduler(t, s, rotation.Schedule{Target: e.target, Spec: "@every 1h"})
-		manual := make(chan error, 1)
-		go func() {
-			_, err := s.RotateNow(targetName, rotation.Options{})
-			manual <- err
-		}()
-		waitFor(t, "the create to be in flight", func() bool {
-			j := e.state().Journal
-			return j != nil && j.Step == store.StepCreate && e.emu.InFlight() == 1
-		})
-
-		took := stopWithin(s, patience)
-		if took < patience-50*time.Millisecond || took > latency-time.Second {
-			t.Errorf("Stop took %s, want about its context's %s, well under the create's %s", took, patience, latency)
-		}
-		// Stop waits for the rotation it cancels: its outcome is already
-		// reported and its journal written when Stop returns.
-		if calls := rec.rotationsOf(targetName); len(calls) != 1 || calls[0].err == nil {
-			t.Errorf("%d rotations reported when Stop returned (first error: %v), want one failure", len(calls), firstErr(calls))
-		}
-		j := e.state().Journal
-		if j == nil || j.Step != store.StepCreate || j.Name == "" {
-			t.Errorf("journal after Stop = %+v, want the create step with its key name", j)
-		}
-		select {
-		case err := <-manual:
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("the cancelled rotation returned %v, want context.Canceled", err)
-			}
-		case <-time.After(waitLong):
-			t.Error("RotateNow did not return after Stop")
-		}
-		if got := logged(t, e.logs, msgShutdown, ""); got != 1 {
-			t.Errorf("shutdown cancellation logged %d times, want 1", got)
-		}
-		if d := stopWithin(s, waitLong); d > 100*time.Millisecond {
-			t.Errorf("a second Stop took %s, want a no-op", d)
-		}
-		if _, err := s.RotateNow(targetName, rotation.Options{}); err == nil {
-			t.Error("RotateNow after Stop succeeded, want a refusal")
-		}
-
-		// The next start finishes the journal: the create never reached
-		// Codat, so the rotation starts afresh.
-		if err := e.emu.SetFaults(emulator.Faults{}); err != nil {
-			t.Fatal(err)
-		}
-		rec2 := &schedRecorder{}
-		s2 := newTestScheduler(e, e.newEngine(nil), rec2)
-		s2.Engine.Now = time.Now
-		startScheduler(t, s2, rotation.Schedule{Target: e.target, Spec: "@every 1h"})
-		if got := logged(t, e.logs, msgJournal, targetName); got != 1 {
-			t.Errorf("journal at start logged %d times, want 1", got)
-		}
-		waitFor(t, "the journal to be finished", func() bool { return len(rec2.rotationsOf(targetName)) > 0 })
-		if c := rec2.rotationsOf(targetName)[0]; c.err != nil {
-			t.Fatalf("finishing the journal: %v", c.err)
-		}
-		stopWithin(s2, waitLong)
-		if got := len(e.apiKeys()); got != 1 {
-			t.Errorf("%d keys made, want 1", got)
-		}
-		e.checkInvariants()
-	})
-
-	t.Run("idle", func(t *testing.T) {
-		t.Parallel()
-		var never rotation.Scheduler
-		never.Stop(context.Background()) // never started: nothing to do
-
-		e := newEnv(t, envConfig{})
-		rec := &schedRecorder{}
-		s := newTestScheduler(e, e.onWallClock(), rec)
-		startScheduler(t, s, rotation.Schedule{Target: e.target, Spec: "@every 1h"})
-		if d := stopWithin(s, waitLong); d > time.Second {
-			t.Errorf("Stop with nothing running took %s", d)
-		}
-		if d := stopWithin(s, waitLong); d > 100*time.Millisecond {
-			t.Errorf("a second Stop took %s, want a no-op", d)
-		}
-		if _, err := s.RotateNow(targetName, rotation.Options{}); err == nil {
-			t.Error("RotateNow after Stop succeeded, want a refusal")
-		}
-		if got := len(e.apiKeys()); got != 0 {
-			t.Errorf("%d keys made by a scheduler stopped at once, want 0", got)
-		}
-	})
+	}
+	if err := <-manual; !errors.Is(err, context.Canceled) {
+		t.Errorf("the cancelled rotation returned %v, want context.Canceled", err)
+	}
+	if got := logged(t, e.logs, msgShutdown, ""); got != 1 {
+		t.Errorf("shutdown cancellation logged %d times, want 1", got)
+	}
+	stopWithin(s, waitLong) // a second Stop does nothing
+	if _, err := s.RotateNow("prod", rotation.Options{}); err == nil {
+		t.Error("RotateNow after Stop succeeded, want a refusal")
+	}
+	if s.Alive(time.Hour) {
+		t.Error("Alive after Stop = true")
+	}
+	var never rotation.Scheduler
+	never.Stop(context.Background()) // never started: nothing to do
+	if never.Alive(time.Hour) {
+		t.Error("Alive before Start = true")
+	}
 }
 
-// TestSchedulerAlive: the heartbeat that feeds the watchdog beats while
-// the scheduler runs and stops with it.
+// TestSchedulerAlive: loops waiting for their next event are alive
+// however long they wait; a loop wedged outside the engine (here in a
+// hook) shows as not alive, and alive again once it moves.
 func TestSchedulerAlive(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envConfig{})
-	s := newTestScheduler(e, e.onWallClock(), &schedRecorder{})
-	started := time.Now()
-	startScheduler(t, s, rotation.Schedule{Target: e.target, Spec: "@every 1h"})
-	if !s.Alive(2 * time.Second) {
-		t.Error("Alive(2s) = false right after Start")
+	e := newSchedEnv(t, "prod", "wedged")
+	s := e.newScheduler()
+	unwedge := make(chan struct{})
+	wedged := make(chan struct{})
+	sc := e.schedule("wedged", "@every 1h")
+	var calls int
+	sc.Activate = func() {
+		calls++
+		if calls == 2 { // the definition a reload brings
+			close(wedged)
+			<-unwedge
+		}
 	}
-	// Start beat once; a beat fresher than Start itself comes from the
-	// cron loop.
-	waitFor(t, "a heartbeat from the cron loop", func() bool {
-		age := time.Since(started) - 100*time.Millisecond
-		return age > 0 && s.Alive(age)
-	})
-	stopWithin(s, waitLong)
-	waitFor(t, "the heartbeat to go stale after Stop", func() bool { return !s.Alive(300 * time.Millisecond) })
+	e.start(s, e.schedule("prod", "@every 1h"), sc)
+	e.clock.waitParked(t, 2)
+	if !s.Alive(30 * time.Second) {
+		t.Fatal("Alive = false right after Start")
+	}
+	for range 6 {
+		e.clock.Advance(10 * time.Second)
+		e.clock.waitParked(t, 2)
+	}
+	if !s.Alive(30 * time.Second) {
+		t.Error("Alive = false with both loops idle a minute")
+	}
+	if err := s.Apply([]rotation.Schedule{e.schedule("prod", "@every 1h"), sc}); err != nil {
+		t.Fatal(err)
+	}
+	<-wedged
+	for range 6 {
+		e.clock.waitParked(t, 1)
+		e.clock.Advance(10 * time.Second)
+	}
+	if s.Alive(30 * time.Second) {
+		t.Error("Alive = true with a loop wedged for a minute")
+	}
+	close(unwedge)
+	e.clock.waitParked(t, 2)
+	if !s.Alive(30 * time.Second) {
+		t.Error("Alive = false after the wedged loop moved again")
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -79,14 +80,30 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 			a.mu.Lock()
 			c := a.clients[target]
 			a.mu.Unlock()
+			if c == nil {
+				return noClient(target)
+			}
 			return c.WithKey(key)
 		},
 	}
 	return a, nil
 }
 
-// setTargets (re)builds the targets and their Codat clients.
+// setTargets (re)builds the targets and installs their Codat clients.
 func (a *app) setTargets(tcs []TargetConfig) error {
+	targets, clients, err := a.buildTargets(tcs)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.clients, a.targets = clients, targets
+	a.mu.Unlock()
+	return nil
+}
+
+// buildTargets builds the targets of tcs and a Codat client for each,
+// installing nothing.
+func (a *app) buildTargets(tcs []TargetConfig) ([]rotation.Target, map[string]*codat.Client, error) {
 	clients := map[string]*codat.Client{}
 	var targets []rotation.Target
 	for _, tc := range tcs {
@@ -96,28 +113,30 @@ func (a *app) setTargets(tcs []TargetConfig) error {
 		}
 		c, err := codat.New("", opts)
 		if err != nil {
-			return fmt.Errorf("target %s: %w", tc.Name, err)
+			return nil, nil, fmt.Errorf("target %s: %w", tc.Name, err)
 		}
 		clients[tc.Name] = c
 		targets = append(targets, rotationTarget(tc, a.getenv))
 	}
+	return targets, clients, nil
+}
+
+// setTargetList replaces the configured targets (status, readiness,
+// target selection), leaving the Codat clients as they are.
+func (a *app) setTargetList(targets []rotation.Target) {
 	a.mu.Lock()
-	a.clients, a.targets = clients, targets
+	a.targets = targets
 	a.mu.Unlock()
-	return nil
 }
 
-// snapshot and restore let a reload be undone.
-func (a *app) snapshot() ([]rotation.Target, map[string]*codat.Client) {
+// useClient installs the Codat client the named target's next runs use.
+// The scheduler calls it from the target's loop between two runs, so a
+// reload never swaps the client under a rotation, and a removed target
+// keeps its client until its last run ends.
+func (a *app) useClient(name string, c *codat.Client) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.targets, a.clients
-}
-
-func (a *app) restore(targets []rotation.Target, clients map[string]*codat.Client) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.targets, a.clients = targets, clients
+	a.clients[name] = c
+	a.mu.Unlock()
 }
 
 // allTargets returns the configured targets.
@@ -126,6 +145,17 @@ func (a *app) allTargets() []rotation.Target {
 	defer a.mu.Unlock()
 	return append([]rotation.Target(nil), a.targets...)
 }
+
+// noClient is the Codat of a target the app has no client for: every
+// call fails instead of panicking on a nil client.
+type noClient string
+
+func (n noClient) err() error {
+	return fmt.Errorf("target %s: no codat client: the target is not configured", string(n))
+}
+func (n noClient) List(context.Context) ([]codat.Key, error)         { return nil, n.err() }
+func (n noClient) Create(context.Context, string) (codat.Key, error) { return codat.Key{}, n.err() }
+func (n noClient) Delete(context.Context, string) error              { return n.err() }
 
 // noState stands for a state file that does not exist yet, read-only.
 type noState struct{}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -935,6 +936,67 @@ func TestDaemonSIGHUPAppliesSchedule(t *testing.T) {
 	if v := e.emu.Violations(); len(v) != 0 {
 		t.Errorf("emulator violations: %+v", v)
 	}
+}
+
+// TestDaemonSIGHUPRemovesTargetMidRotation (issue 9, defect 5): a reload
+// that removes a target while its create hangs at Codat lets that
+// rotation finish with the client it started with: no panic, no journal
+// left, no key at Codat the state file does not know. The remaining
+// target rotates on.
+func TestDaemonSIGHUPRemovesTargetMidRotation(t *testing.T) {
+	e := newDaemonEnv(t, "@every 1h", "1s")
+	if err := e.emu.SetFaults(emulator.Faults{Create: emulator.OpFaults{Latency: emulator.Duration(3 * time.Second)}}); err != nil {
+		t.Fatal(err)
+	}
+	other, err := emulator.New(emulator.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherSrv := httptest.NewServer(other)
+	t.Cleanup(func() { other.Close(); otherSrv.Close() })
+
+	d := e.start(t, []string{"OTHER_BOOTSTRAP_API_KEY=" + other.InitialKey()})
+	d.waitRunning(t)
+	d.waitCreateInFlight(t) // the catch-up of "crash": it never rotated
+
+	// The reload drops "crash" for another target.
+	cfg := fmt.Sprintf(`state_path: %s
+log: {level: debug, format: json}
+listen:
+  metrics: %s
+  admin_socket: %s
+vault:
+  address: %s
+targets:
+  - name: other
+    codat:
+      base_url: %s
+      bootstrap_key_env: OTHER_BOOTSTRAP_API_KEY
+    vault: {mount: %s, path: codat/other}
+    schedule: "@every 1h"
+    grace: 1s
+    key_name_prefix: other-
+`, e.statePath(), e.metrics, e.sock, e.vaultURL, otherSrv.URL, e.mount)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(t, syscall.SIGHUP)
+	d.waitLog(t, 5*time.Second, 1, `"config reloaded"`, msgIs("config reloaded"))
+	done := func(target string) func(logRecord) bool {
+		return func(r logRecord) bool { return r.str("msg") == "rotation done" && r.str("target") == target }
+	}
+	d.waitLog(t, 15*time.Second, 1, `"rotation done" of the removed target`, done("crash"))
+	d.waitLog(t, 15*time.Second, 1, `"rotation done" of the new target`, done("other"))
+	if n := d.count(func(r logRecord) bool { return strings.Contains(strings.ToLower(r.str("msg")), "panic") }); n != 0 {
+		t.Errorf("%d log lines about a panic", n)
+	}
+	if n := d.count(func(r logRecord) bool { return r.str("msg") == "rotation failed" }); n != 0 {
+		t.Errorf("%d rotations failed", n)
+	}
+	d.stop(t)
+	// checkInvariants reads the removed target's state: no journal, the
+	// served key live, every key of its name shape known.
+	e.checkInvariants(t)
 }
 
 // TestSdNotify: with NOTIFY_SOCKET and WATCHDOG_USEC set, the daemon

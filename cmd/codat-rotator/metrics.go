@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"strconv"
 	"time"
 
@@ -21,6 +22,7 @@ type metrics struct {
 	rotations     *prometheus.CounterVec
 	duration      *prometheus.HistogramVec
 	retirements   *prometheus.CounterVec
+	retireFailed  *prometheus.CounterVec
 	codatRequests *prometheus.CounterVec
 	codatLatency  *prometheus.HistogramVec
 	vaultRequests *prometheus.CounterVec
@@ -42,6 +44,9 @@ func newMetrics() *metrics {
 		retirements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "retired_keys_total", Help: "Keys deleted after their grace, by target.",
 		}, []string{"target"}),
+		retireFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "retire_failures_total", Help: "Failed retirement passes by target; gave_up=true when the retry budget ran out.",
+		}, []string{"target", "gave_up"}),
 		codatRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "codat_requests_total", Help: "Codat API requests by operation and HTTP status (error: no response).",
 		}, []string{"operation", "status"}),
@@ -57,7 +62,7 @@ func newMetrics() *metrics {
 			Buckets: prometheus.DefBuckets,
 		}, []string{"operation"}),
 	}
-	m.reg.MustRegister(m.rotations, m.duration, m.retirements, m.codatRequests, m.codatLatency, m.vaultRequests, m.vaultLatency,
+	m.reg.MustRegister(m.rotations, m.duration, m.retirements, m.retireFailed, m.codatRequests, m.codatLatency, m.vaultRequests, m.vaultLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -92,8 +97,11 @@ func (m *metrics) onRotation(target string, _ rotation.Options, res rotation.Res
 	m.duration.WithLabelValues(target).Observe(took.Seconds())
 }
 
-func (m *metrics) onRetire(target string, deleted []string, _ error) {
+func (m *metrics) onRetire(target string, deleted []string, err error) {
 	m.retirements.WithLabelValues(target).Add(float64(len(deleted)))
+	if err != nil {
+		m.retireFailed.WithLabelValues(target, strconv.FormatBool(errors.Is(err, rotation.ErrRetireExhausted))).Inc()
+	}
 }
 
 // stateCollector reads the per-target gauges from the state file.

@@ -96,7 +96,13 @@ func (c *runCommand) Run(ctx context.Context) error {
 	cancelLogin()
 	c.hooks = newWebhooks(log, cfg.Targets)
 	c.sched = &rotation.Scheduler{
-		Engine: c.app.engine, Logger: log, OnRetire: c.m.onRetire,
+		Engine: c.app.engine, Logger: log,
+		OnRetire: func(name string, deleted []string, err error) {
+			c.m.onRetire(name, deleted, err)
+			if t, ok := c.sched.Target(name); ok && errors.Is(err, rotation.ErrRetireExhausted) {
+				c.hooks.retireGaveUp(t, err)
+			}
+		},
 		Heartbeat: heartbeatFor(watchdogInterval()),
 		OnRotation: func(name string, opts rotation.Options, res rotation.Result, err error, took time.Duration) {
 			c.m.onRotation(name, opts, res, err, took)
@@ -279,16 +285,24 @@ func (c *runCommand) reloadConfig() {
 	if len(restart) > 0 {
 		c.log.Warn("config reload: these settings need a restart and keep their running values", "fields", strings.Join(restart, ","))
 	}
-	oldTargets, oldClients := c.app.snapshot()
-	if err := c.app.setTargets(cfg.Targets); err != nil {
+	targets, clients, err := c.app.buildTargets(cfg.Targets)
+	if err != nil {
 		c.log.Error("config reload failed; keeping the running config", "error", err)
 		return
 	}
-	if err := c.sched.Apply(schedules(cfg, c.app.allTargets())); err != nil {
-		c.app.restore(oldTargets, oldClients) // all or nothing
+	// Each target's loop installs its new Codat client between two runs:
+	// a rotation in flight, of a changed or removed target, finishes with
+	// the client it started with.
+	scheds := schedules(cfg, targets)
+	for i := range scheds {
+		name, client := scheds[i].Target.Name, clients[scheds[i].Target.Name]
+		scheds[i].Activate = func() { c.app.useClient(name, client) }
+	}
+	if err := c.sched.Apply(scheds); err != nil {
 		c.log.Error("config reload failed; keeping the running config", "error", err)
 		return
 	}
+	c.app.setTargetList(targets)
 	c.hooks.set(cfg.Targets)
 	c.cfg.Targets = cfg.Targets
 	outcome = "config reloaded"

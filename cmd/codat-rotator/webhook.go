@@ -103,6 +103,13 @@ func (w *webhooks) rotated(t rotation.Target, st store.Target, res rotation.Resu
 	}
 }
 
+// retireGaveUp sends a failure event when the scheduler gave up
+// retiring a target's old keys after its retry budget.
+func (w *webhooks) retireGaveUp(t rotation.Target, err error) {
+	w.send(webhookEvent{Event: EventFailure, Target: t.Name, Time: time.Now().UTC(), Error: err.Error(), MaxKeys: t.MaxKeys,
+		Message: fmt.Sprintf("codat-rotator: retiring old keys of %s keeps failing; no more retries until its next rotation: %v", t.Name, err)})
+}
+
 // send posts the event to every webhook of its target that wants it.
 func (w *webhooks) send(e webhookEvent) {
 	w.mu.Lock()
