@@ -134,6 +134,10 @@ type loop struct {
 	// or the engine works: a loop that stays there is wedged.
 	inLoop  time.Time
 	waiting bool // in its wait for the next event
+	// planned: plan read the state for the loop's first turn, which
+	// then reads nothing (an idle loop's stack stays small); recheck is
+	// what plan found for nextRetire's.
+	planned, recheck bool
 }
 
 type request struct {
@@ -252,8 +256,8 @@ func (s *Scheduler) plan(l *loop, now time.Time) {
 		l.tick = l.sched.Next(now)
 		l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
 	}
-	if err == nil && !st.Halted && st.Journal == nil {
-		// What NextRetire reports until the loop looks itself.
+	l.planned, l.recheck = true, err != nil || st.Halted || st.Journal != nil
+	if !l.recheck {
 		due, next := Due(st, now)
 		if len(due) > 0 {
 			next = now
@@ -299,7 +303,8 @@ func (s *Scheduler) run(l *loop) {
 			return
 		}
 		def, gen := l.def, l.gen
-		l.inLoop = now
+		planned, retireAt, recheck := l.planned, l.retireAt, l.recheck
+		l.planned, l.inLoop = false, now
 		s.mu.Unlock()
 		if gen != activated {
 			activated = gen
@@ -310,7 +315,9 @@ func (s *Scheduler) run(l *loop) {
 			})
 			rs = retireState{} // a new definition may have fixed what failed
 		}
-		retireAt, recheck := s.nextRetire(l.name, now, &rs, log)
+		if !planned {
+			retireAt, recheck = s.nextRetire(l.name, now, &rs, log)
+		}
 		s.mu.Lock()
 		l.retireAt = retireAt
 		runAt := l.runAt

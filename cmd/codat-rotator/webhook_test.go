@@ -217,3 +217,69 @@ func TestWebhookEndToEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestRetireGaveUpAlerts: when the scheduler gives up retiring a
+// target's old keys, its failure webhooks hear of it and the metric
+// counts it apart from the failures it still retries.
+func TestRetireGaveUpAlerts(t *testing.T) {
+	hook := newReceiver(t, 0)
+	tc := []TargetConfig{{Name: "prod", Notify: NotifyConfig{Webhooks: []WebhookConfig{
+		{URL: hook.srv.URL, Format: "json", Events: []string{EventFailure}, Timeout: Duration(time.Second)},
+	}}}}
+	w := newWebhooks(slog.New(slog.DiscardHandler), tc)
+	gaveUp := fmt.Errorf("%w after 10 attempts: %w", rotation.ErrRetireExhausted, errorString("retire: vault is sealed"))
+	w.retireGaveUp(rotation.Target{Name: "prod", MaxKeys: 10}, gaveUp)
+	w.Wait(5 * time.Second)
+	bodies := hook.got()
+	if len(bodies) != 1 {
+		t.Fatalf("%d webhook posts, want 1", len(bodies))
+	}
+	var e webhookEvent
+	if err := json.Unmarshal(bodies[0], &e); err != nil {
+		t.Fatal(err)
+	}
+	if e.Event != EventFailure || e.Target != "prod" || !strings.Contains(e.Message, "retiring old keys of prod") || !strings.Contains(e.Error, "vault is sealed") {
+		t.Errorf("event = %+v, want a failure about retiring prod's keys with the cause", e)
+	}
+
+	m := newMetrics()
+	m.onRetire("prod", nil, errorString("retire: vault is sealed"))
+	m.onRetire("prod", nil, gaveUp)
+	m.onRetire("prod", []string{"k1"}, nil)
+	for _, tc := range []struct {
+		gaveUp string
+		want   float64
+	}{{"false", 1}, {"true", 1}} {
+		if got := counterValue(t, m, ns+"_retire_failures_total", map[string]string{"target": "prod", "gave_up": tc.gaveUp}); got != tc.want {
+			t.Errorf("retire_failures_total{gave_up=%q} = %v, want %v", tc.gaveUp, got, tc.want)
+		}
+	}
+	if got := counterValue(t, m, ns+"_retired_keys_total", map[string]string{"target": "prod"}); got != 1 {
+		t.Errorf("retired_keys_total = %v, want 1", got)
+	}
+}
+
+// counterValue reads the counter name{labels} from m's registry, 0 when
+// it was never set.
+func counterValue(t *testing.T, m *metrics, name string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, mm := range f.GetMetric() {
+			for _, l := range mm.GetLabel() {
+				if labels[l.GetName()] != l.GetValue() {
+					continue metrics
+				}
+			}
+			return mm.GetCounter().GetValue()
+		}
+	}
+	return 0
+}
