@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
@@ -213,6 +214,17 @@ func rotationTarget(tc TargetConfig, getenv func(string) string) rotation.Target
 		}
 	}
 	return t
+}
+
+// webhooks gives each target's webhooks from the config, by target name.
+func webhooks(tcs []TargetConfig) map[string][]notify.Hook {
+	hooks := map[string][]notify.Hook{}
+	for _, tc := range tcs {
+		for _, w := range tc.Notify.Webhooks {
+			hooks[tc.Name] = append(hooks[tc.Name], notify.Hook{URL: w.URL, Format: w.Format, Events: w.Events, Timeout: w.Timeout.D()})
+		}
+	}
+	return hooks
 }
 
 // vaultConfig merges vault: with the VAULT_* environment, as the Vault

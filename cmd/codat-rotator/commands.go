@@ -15,6 +15,7 @@ import (
 
 	"github.com/codat-rotator/codat-rotator/admin"
 	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
@@ -35,9 +36,9 @@ type opsCommand struct {
 	// notify: rotations in-process send the targets' webhooks.
 	notify bool
 
-	app    *app          // in-process
-	hooks  *webhooks     // in-process, with notify
-	daemon *admin.Client // through the daemon
+	app    *app             // in-process
+	hooks  *notify.Webhooks // in-process, with notify
+	daemon *admin.Client    // through the daemon
 }
 
 func (c *opsCommand) flags(name, synopsis string) *flag.FlagSet {
@@ -69,7 +70,7 @@ func (c *opsCommand) service(ctx context.Context, cfg Config, write bool) (admin
 	}
 	l := &admin.Local{Engine: c.app.engine, Targets: c.app.allTargets, Next: scheduledNext(cfg), Logger: log}
 	if c.notify {
-		c.hooks = newWebhooks(log, cfg.Targets)
+		c.hooks = notify.New(log, "codat-rotator/"+version, webhooks(cfg.Targets))
 		l.RotateTarget = c.rotateAndNotify
 	}
 	return l, nil
@@ -79,7 +80,7 @@ func (c *opsCommand) service(ctx context.Context, cfg Config, write bool) (admin
 func (c *opsCommand) rotateAndNotify(ctx context.Context, t rotation.Target, opts rotation.Options) (rotation.Result, error) {
 	res, err := c.app.engine.Rotate(ctx, t, opts)
 	if st, lerr := c.app.engine.Store.Load(t.Name); lerr == nil {
-		c.hooks.rotated(t, st, res, err)
+		c.hooks.Rotated(t, st, res, err)
 	}
 	return res, err
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/robfig/cron/v3"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
 )
 
@@ -112,14 +113,6 @@ type WebhookConfig struct {
 	Events  []string `yaml:"events"`
 	Timeout Duration `yaml:"timeout"`
 }
-
-// Webhook events.
-const (
-	EventFailure  = "failure"
-	EventHalt     = "halt"
-	EventLowSlots = "low_slots"
-	EventSuccess  = "success"
-)
 
 // TargetCodatConfig is targets[].codat:.
 type TargetCodatConfig struct {
@@ -225,7 +218,7 @@ func applyTargetDefaults(t *TargetConfig) {
 			w.Format = "json"
 		}
 		if w.Events == nil {
-			w.Events = []string{EventFailure, EventHalt, EventLowSlots}
+			w.Events = []string{notify.EventFailure, notify.EventHalt, notify.EventLowSlots}
 		}
 		if w.Timeout == 0 {
 			w.Timeout = Duration(10 * time.Second)
@@ -409,7 +402,7 @@ func (c Config) Validate() error {
 			}
 			for _, e := range w.Events {
 				switch e {
-				case EventFailure, EventHalt, EventLowSlots, EventSuccess:
+				case notify.EventFailure, notify.EventHalt, notify.EventLowSlots, notify.EventSuccess:
 				default:
 					bad(wf("events"), "%q: want failure, halt, low_slots or success", e)
 				}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/codat-rotator/codat-rotator/admin"
+	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 )
@@ -38,8 +39,8 @@ type runCommand struct {
 	m       *metrics
 	sched   *rotation.Scheduler
 	servers []*http.Server
-	notify  notifier
-	hooks   *webhooks
+	notify  notify.Systemd
+	hooks   *notify.Webhooks
 	wg      sync.WaitGroup
 }
 
@@ -75,7 +76,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 	}
 	c.cfg, c.log = cfg, log
 	slog.SetDefault(log)
-	c.notify = notifier{log: log}
+	c.notify = notify.Systemd{Log: log}
 	c.m = newMetrics()
 	c.app, err = openApp(cfg, log, c.getenv, false, c.m)
 	if err != nil {
@@ -94,16 +95,16 @@ func (c *runCommand) Run(ctx context.Context) error {
 		log.Error("vault login failed; retrying on every call", "error", err)
 	}
 	cancelLogin()
-	c.hooks = newWebhooks(log, cfg.Targets)
+	c.hooks = notify.New(log, "codat-rotator/"+version, webhooks(cfg.Targets))
 	c.sched = &rotation.Scheduler{
 		Engine: c.app.engine, Logger: log,
 		OnRetire: func(name string, deleted []string, err error) {
 			c.m.onRetire(name, deleted, err)
 			if t, ok := c.sched.Target(name); ok && errors.Is(err, rotation.ErrRetireExhausted) {
-				c.hooks.retireGaveUp(t, err)
+				c.hooks.RetireGaveUp(t, err)
 			}
 		},
-		Heartbeat: heartbeatFor(watchdogInterval()),
+		Heartbeat: notify.HeartbeatFor(notify.WatchdogInterval()),
 		OnRotation: func(name string, opts rotation.Options, res rotation.Result, err error, took time.Duration) {
 			c.m.onRotation(name, opts, res, err, took)
 			c.notifyHooks(name, res, err)
@@ -172,7 +173,7 @@ func (c *runCommand) notifyHooks(name string, res rotation.Result, err error) {
 		c.log.Error("load state for webhooks", "target", name, "error", lerr)
 		return
 	}
-	c.hooks.rotated(t, st, res, err)
+	c.hooks.Rotated(t, st, res, err)
 }
 
 // serve runs an HTTP server on l until Close.
@@ -303,7 +304,7 @@ func (c *runCommand) reloadConfig() {
 		return
 	}
 	c.app.setTargetList(targets)
-	c.hooks.set(cfg.Targets)
+	c.hooks.Set(webhooks(cfg.Targets))
 	c.cfg.Targets = cfg.Targets
 	outcome = "config reloaded"
 	c.log.Info("config reloaded", "targets", len(cfg.Targets))
