@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/metrics"
 	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
@@ -28,7 +29,7 @@ type app struct {
 	vault  *vault.Client
 	engine *rotation.Engine
 	getenv func(string) string
-	m      *metrics // nil outside the daemon
+	m      *metrics.Metrics // nil outside the daemon
 
 	mu      sync.Mutex
 	targets []rotation.Target
@@ -38,13 +39,13 @@ type app struct {
 // openApp opens the state file and builds the clients. getenv supplies
 // VAULT_* and bootstrap variables; nothing below cmd reads the
 // environment.
-func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly bool, m *metrics) (*app, error) {
+func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly bool, m *metrics.Metrics) (*app, error) {
 	vc, err := vaultConfig(cfg.Vault, getenv)
 	if err != nil {
 		return nil, err
 	}
 	if m != nil {
-		vc.Observe = m.observeVault
+		vc.Observe = m.ObserveVault
 	}
 	if vc.Auth != nil {
 		vc.OnLogin = func(method string) { log.Info("logged in to vault", "method", method) }
@@ -110,7 +111,7 @@ func (a *app) buildTargets(tcs []TargetConfig) ([]rotation.Target, map[string]*c
 	for _, tc := range tcs {
 		opts := codat.Options{BaseURL: tc.Codat.BaseURL, RequestTimeout: tc.Codat.Timeout.D(), UserAgent: "codat-rotator/" + version}
 		if a.m != nil {
-			opts.Observe = a.m.observeCodat
+			opts.Observe = a.m.ObserveCodat
 		}
 		c, err := codat.New("", opts)
 		if err != nil {

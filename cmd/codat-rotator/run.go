@@ -14,9 +14,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/codat-rotator/codat-rotator/admin"
+	"github.com/codat-rotator/codat-rotator/metrics"
 	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
@@ -36,7 +35,7 @@ type runCommand struct {
 	cfg     Config
 	log     *slog.Logger
 	app     *app
-	m       *metrics
+	m       *metrics.Metrics
 	sched   *rotation.Scheduler
 	servers []*http.Server
 	notify  notify.Systemd
@@ -77,7 +76,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 	c.cfg, c.log = cfg, log
 	slog.SetDefault(log)
 	c.notify = notify.Systemd{Log: log}
-	c.m = newMetrics()
+	c.m = metrics.New()
 	c.app, err = openApp(cfg, log, c.getenv, false, c.m)
 	if err != nil {
 		if errors.Is(err, store.ErrLocked) {
@@ -99,18 +98,18 @@ func (c *runCommand) Run(ctx context.Context) error {
 	c.sched = &rotation.Scheduler{
 		Engine: c.app.engine, Logger: log,
 		OnRetire: func(name string, deleted []string, err error) {
-			c.m.onRetire(name, deleted, err)
+			c.m.ObserveRetire(name, deleted, err)
 			if t, ok := c.sched.Target(name); ok && errors.Is(err, rotation.ErrRetireExhausted) {
 				c.hooks.RetireGaveUp(t, err)
 			}
 		},
 		Heartbeat: notify.HeartbeatFor(notify.WatchdogInterval()),
-		OnRotation: func(name string, opts rotation.Options, res rotation.Result, err error, took time.Duration) {
-			c.m.onRotation(name, opts, res, err, took)
+		OnRotation: func(name string, _ rotation.Options, res rotation.Result, err error, took time.Duration) {
+			c.m.ObserveRotation(name, res, err, took)
 			c.notifyHooks(name, res, err)
 		},
 	}
-	c.m.reg.MustRegister(newStateCollector(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next))
+	c.m.WatchState(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next)
 
 	var adminL net.Listener
 	if cfg.Listen.AdminSocket != "" {
@@ -193,7 +192,7 @@ func (c *runCommand) serve(l net.Listener, h http.Handler, errc chan<- error) {
 // observability serves /metrics, /healthz and /readyz.
 func (c *runCommand) observability() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(c.m.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", c.m.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !c.sched.Alive(3 * c.sched.HeartbeatInterval()) {
 			http.Error(w, "scheduler stalled\n", http.StatusServiceUnavailable)

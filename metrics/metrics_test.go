@@ -1,4 +1,4 @@
-package main
+package metrics
 
 import (
 	"errors"
@@ -12,10 +12,10 @@ import (
 // scheduler gave up on apart from the failures it still retries.
 func TestRetireFailuresCounted(t *testing.T) {
 	gaveUp := fmt.Errorf("%w after 10 attempts: %w", rotation.ErrRetireExhausted, errors.New("retire: vault is sealed"))
-	m := newMetrics()
-	m.onRetire("prod", nil, errors.New("retire: vault is sealed"))
-	m.onRetire("prod", nil, gaveUp)
-	m.onRetire("prod", []string{"k1"}, nil)
+	m := New()
+	m.ObserveRetire("prod", nil, errors.New("retire: vault is sealed"))
+	m.ObserveRetire("prod", nil, gaveUp)
+	m.ObserveRetire("prod", []string{"k1"}, nil)
 	for _, tc := range []struct {
 		gaveUp string
 		want   float64
@@ -31,7 +31,7 @@ func TestRetireFailuresCounted(t *testing.T) {
 
 // counterValue reads the counter name{labels} from m's registry, 0 when
 // it was never set.
-func counterValue(t *testing.T, m *metrics, name string, labels map[string]string) float64 {
+func counterValue(t *testing.T, m *Metrics, name string, labels map[string]string) float64 {
 	t.Helper()
 	families, err := m.reg.Gather()
 	if err != nil {
