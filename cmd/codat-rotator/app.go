@@ -78,17 +78,20 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 		Store:  states,
 		Vault:  vcl,
 		Logger: log,
-		Codat: func(target string, key codat.Secret) rotation.Codat {
-			a.mu.Lock()
-			c := a.clients[target]
-			a.mu.Unlock()
-			if c == nil {
-				return noClient(target)
-			}
-			return c.WithKey(key)
-		},
+		Codat:  a.codat,
 	}
 	return a, nil
+}
+
+// codat is the engine's CodatFactory: the target's client with key.
+func (a *app) codat(target string, key codat.Secret) rotation.Codat {
+	a.mu.Lock()
+	c := a.clients[target]
+	a.mu.Unlock()
+	if c == nil {
+		return noClient(target)
+	}
+	return c.WithKey(key)
 }
 
 // setTargets (re)builds the targets and installs their Codat clients.
