@@ -38,7 +38,7 @@ type runCommand struct {
 	m       *metrics.Metrics
 	sched   *rotation.Scheduler
 	servers []*http.Server
-	notify  notify.Systemd
+	systemd notify.Systemd
 	hooks   *notify.Webhooks
 	wg      sync.WaitGroup
 }
@@ -75,7 +75,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 	}
 	c.cfg, c.log = cfg, log
 	slog.SetDefault(log)
-	c.notify = notify.Systemd{Log: log}
+	c.systemd = notify.Systemd{Log: log}
 	c.m = metrics.New()
 	c.app, err = openApp(cfg, log, c.getenv, false, c.m)
 	if err != nil {
@@ -140,11 +140,11 @@ func (c *runCommand) Run(ctx context.Context) error {
 	}
 	names := c.sched.Names()
 	log.Info("codat-rotator running", "version", version, "targets", strings.Join(names, ","), "state", cfg.StatePath)
-	c.notify.Ready(fmt.Sprintf("rotating %d target(s)", len(names)))
+	c.systemd.Ready(fmt.Sprintf("rotating %d target(s)", len(names)))
 
 	wdCtx, stopWatchdog := context.WithCancel(context.Background())
 	defer stopWatchdog()
-	go c.notify.Watchdog(wdCtx, c.sched.Alive, c.sched.HeartbeatInterval())
+	go c.systemd.Watchdog(wdCtx, c.sched.Alive, c.sched.HeartbeatInterval())
 	// Renew the Vault token while it can be, log in again when not.
 	go c.app.vault.KeepAlive(wdCtx, log.With("component", "vault"))
 
@@ -261,9 +261,9 @@ func (r *readiness) probe(ctx context.Context) error {
 // reloadConfig applies a changed config (SIGHUP), or logs why it cannot
 // and keeps the old one.
 func (c *runCommand) reloadConfig() {
-	c.notify.Reloading()
+	c.systemd.Reloading()
 	outcome := "config reload failed; running with the previous config"
-	defer func() { c.notify.Ready(outcome) }()
+	defer func() { c.systemd.Ready(outcome) }()
 	cfg, _, err := c.loadConfig()
 	if err != nil {
 		c.log.Error("config reload failed; keeping the running config", "error", err)
@@ -316,7 +316,7 @@ func (c *runCommand) Close() error {
 	if c.sched == nil && c.app == nil {
 		return nil
 	}
-	c.notify.Stopping()
+	c.systemd.Stopping()
 	for _, srv := range c.servers {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = srv.Shutdown(sctx)
