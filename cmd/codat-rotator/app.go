@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/metrics"
+	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
@@ -27,7 +29,7 @@ type app struct {
 	vault  *vault.Client
 	engine *rotation.Engine
 	getenv func(string) string
-	m      *metrics // nil outside the daemon
+	m      *metrics.Metrics // nil outside the daemon
 
 	mu      sync.Mutex
 	targets []rotation.Target
@@ -37,13 +39,13 @@ type app struct {
 // openApp opens the state file and builds the clients. getenv supplies
 // VAULT_* and bootstrap variables; nothing below cmd reads the
 // environment.
-func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly bool, m *metrics) (*app, error) {
+func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly bool, m *metrics.Metrics) (*app, error) {
 	vc, err := vaultConfig(cfg.Vault, getenv)
 	if err != nil {
 		return nil, err
 	}
 	if m != nil {
-		vc.Observe = m.observeVault
+		vc.Observe = m.ObserveVault
 	}
 	if vc.Auth != nil {
 		vc.OnLogin = func(method string) { log.Info("logged in to vault", "method", method) }
@@ -76,17 +78,20 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 		Store:  states,
 		Vault:  vcl,
 		Logger: log,
-		Codat: func(target string, key codat.Secret) rotation.Codat {
-			a.mu.Lock()
-			c := a.clients[target]
-			a.mu.Unlock()
-			if c == nil {
-				return noClient(target)
-			}
-			return c.WithKey(key)
-		},
+		Codat:  a.codat,
 	}
 	return a, nil
+}
+
+// codat is the engine's CodatFactory: the target's client with key.
+func (a *app) codat(target string, key codat.Secret) rotation.Codat {
+	a.mu.Lock()
+	c := a.clients[target]
+	a.mu.Unlock()
+	if c == nil {
+		return noClient(target)
+	}
+	return c.WithKey(key)
 }
 
 // setTargets (re)builds the targets and installs their Codat clients.
@@ -109,7 +114,7 @@ func (a *app) buildTargets(tcs []TargetConfig) ([]rotation.Target, map[string]*c
 	for _, tc := range tcs {
 		opts := codat.Options{BaseURL: tc.Codat.BaseURL, RequestTimeout: tc.Codat.Timeout.D(), UserAgent: "codat-rotator/" + version}
 		if a.m != nil {
-			opts.Observe = a.m.observeCodat
+			opts.Observe = a.m.ObserveCodat
 		}
 		c, err := codat.New("", opts)
 		if err != nil {
@@ -213,6 +218,17 @@ func rotationTarget(tc TargetConfig, getenv func(string) string) rotation.Target
 		}
 	}
 	return t
+}
+
+// webhooks gives each target's webhooks from the config, by target name.
+func webhooks(tcs []TargetConfig) map[string][]notify.Hook {
+	hooks := map[string][]notify.Hook{}
+	for _, tc := range tcs {
+		for _, w := range tc.Notify.Webhooks {
+			hooks[tc.Name] = append(hooks[tc.Name], notify.Hook{URL: w.URL, Format: w.Format, Events: w.Events, Timeout: w.Timeout.D()})
+		}
+	}
+	return hooks
 }
 
 // vaultConfig merges vault: with the VAULT_* environment, as the Vault

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/admin"
-	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
@@ -35,9 +35,9 @@ type opsCommand struct {
 	// notify: rotations in-process send the targets' webhooks.
 	notify bool
 
-	app    *app          // in-process
-	hooks  *webhooks     // in-process, with notify
-	daemon *admin.Client // through the daemon
+	app    *app             // in-process
+	hooks  *notify.Webhooks // in-process, with notify
+	daemon *admin.Client    // through the daemon
 }
 
 func (c *opsCommand) flags(name, synopsis string) *flag.FlagSet {
@@ -69,7 +69,7 @@ func (c *opsCommand) service(ctx context.Context, cfg Config, write bool) (admin
 	}
 	l := &admin.Local{Engine: c.app.engine, Targets: c.app.allTargets, Next: scheduledNext(cfg), Logger: log}
 	if c.notify {
-		c.hooks = newWebhooks(log, cfg.Targets)
+		c.hooks = notify.New(log, "codat-rotator/"+version, webhooks(cfg.Targets))
 		l.RotateTarget = c.rotateAndNotify
 	}
 	return l, nil
@@ -79,7 +79,7 @@ func (c *opsCommand) service(ctx context.Context, cfg Config, write bool) (admin
 func (c *opsCommand) rotateAndNotify(ctx context.Context, t rotation.Target, opts rotation.Options) (rotation.Result, error) {
 	res, err := c.app.engine.Rotate(ctx, t, opts)
 	if st, lerr := c.app.engine.Store.Load(t.Name); lerr == nil {
-		c.hooks.rotated(t, st, res, err)
+		c.hooks.Rotated(t, st, res, err)
 	}
 	return res, err
 }
@@ -324,39 +324,15 @@ func (c *checkCommand) Run(ctx context.Context) error {
 		line(false, "state file", err.Error())
 	}
 
+	eng := &rotation.Engine{Vault: c.app.vault, Codat: c.app.codat}
 	for _, t := range c.app.allTargets() {
-		name := "target " + t.Name
-		if err := c.app.vault.CheckMount(pctx, t.Vault); err != nil {
-			line(false, name+": vault", err.Error())
-			continue
-		}
-		cur, err := c.app.vault.Read(pctx, t.Vault)
-		if err != nil {
-			line(false, name+": vault", err.Error())
-			continue
-		}
-		var key codat.Secret
-		switch {
-		case cur.Secret != nil:
-			key = cur.Secret.APIKey
-			line(true, name+": vault", fmt.Sprintf("%s serves key %s (version %d)", t.Vault, cur.Secret.KeyID, cur.Version))
-		case t.Bootstrap == nil:
-			line(false, name+": vault", fmt.Sprintf("%s holds no secret and no bootstrap key is configured (bootstrap_key_file or bootstrap_key_env)", t.Vault))
-			continue
-		default:
-			key, err = t.Bootstrap()
-			if err != nil {
-				line(false, name+": bootstrap", err.Error())
-				continue
+		for _, ch := range eng.CheckTarget(pctx, t) {
+			if ch.Err != nil {
+				line(false, "target "+t.Name+": "+ch.What, ch.Err.Error())
+			} else {
+				line(true, "target "+t.Name+": "+ch.What, ch.Detail)
 			}
-			line(true, name+": vault", fmt.Sprintf("%s holds no secret yet; the bootstrap key will be published", t.Vault))
 		}
-		keys, err := c.app.clients[t.Name].WithKey(key).List(pctx)
-		if err != nil {
-			line(false, name+": codat", err.Error())
-			continue
-		}
-		line(true, name+": codat", fmt.Sprintf("key accepted; %d of %d keys used", len(keys), t.MaxKeys))
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d check(s) failed", failed)

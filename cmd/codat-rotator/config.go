@@ -13,9 +13,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/robfig/cron/v3"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
 )
 
@@ -112,14 +112,6 @@ type WebhookConfig struct {
 	Events  []string `yaml:"events"`
 	Timeout Duration `yaml:"timeout"`
 }
-
-// Webhook events.
-const (
-	EventFailure  = "failure"
-	EventHalt     = "halt"
-	EventLowSlots = "low_slots"
-	EventSuccess  = "success"
-)
 
 // TargetCodatConfig is targets[].codat:.
 type TargetCodatConfig struct {
@@ -225,7 +217,7 @@ func applyTargetDefaults(t *TargetConfig) {
 			w.Format = "json"
 		}
 		if w.Events == nil {
-			w.Events = []string{EventFailure, EventHalt, EventLowSlots}
+			w.Events = []string{notify.EventFailure, notify.EventHalt, notify.EventLowSlots}
 		}
 		if w.Timeout == 0 {
 			w.Timeout = Duration(10 * time.Second)
@@ -409,7 +401,7 @@ func (c Config) Validate() error {
 			}
 			for _, e := range w.Events {
 				switch e {
-				case EventFailure, EventHalt, EventLowSlots, EventSuccess:
+				case notify.EventFailure, notify.EventHalt, notify.EventLowSlots, notify.EventSuccess:
 				default:
 					bad(wf("events"), "%q: want failure, halt, low_slots or success", e)
 				}
@@ -420,36 +412,24 @@ func (c Config) Validate() error {
 			bad(f("schedule"), "%q: %v", t.Schedule, err)
 			continue
 		}
-		gap := shortestGap(sched)
+		gap := rotation.ShortestInterval(sched)
 		if t.Grace.D() > gap {
 			bad(f("grace"), "%s is longer than the %s between runs of %q", t.Grace, gap, t.Schedule)
 		}
 		if t.Jitter.D() >= gap {
 			bad(f("jitter"), "%s is not shorter than the %s between runs of %q", t.Jitter, gap, t.Schedule)
 		}
-		if n := keysInGrace(t.Grace.D(), t.Jitter.D(), gap); slotsOK && t.Grace >= 0 && t.Jitter >= 0 && 2+n > t.MaxKeys-reserve {
+		if need := rotation.SlotsNeeded(t.Grace.D(), t.Jitter.D(), gap); slotsOK && t.Grace >= 0 && t.Jitter >= 0 && need > t.MaxKeys-reserve {
+			n := rotation.KeysInGrace(t.Grace.D(), t.Jitter.D(), gap)
 			kept := "1 superseded key in its grace"
 			if n != 1 {
 				kept = fmt.Sprintf("%d superseded keys in their grace", n)
 			}
 			bad(fmt.Sprintf("targets[%d]", i), "schedule %q with grace %s and jitter %s keeps %s at each run, so a rotation needs %d key slots (the served key, %d in grace, the new one); max_keys %d − reserve_slots %d leaves %d",
-				t.Schedule, shortDuration(t.Grace.D()), shortDuration(t.Jitter.D()), kept, 2+n, n, t.MaxKeys, reserve, t.MaxKeys-reserve)
+				t.Schedule, shortDuration(t.Grace.D()), shortDuration(t.Jitter.D()), kept, need, n, t.MaxKeys, reserve, t.MaxKeys-reserve)
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// keysInGrace is how many superseded keys can still be in their grace
-// when a scheduled run starts (docs/design.md#slot-rule): a key
-// superseded at a run lives until grace after that run, which jitter
-// may have delayed up to jitter past its tick, so it is still there at
-// every later tick within grace + jitter. A delete_after equal to the
-// next tick counts: that tick's rotation publishes after the tick.
-func keysInGrace(grace, jitter, gap time.Duration) int {
-	if gap <= 0 {
-		return 0
-	}
-	return int((grace + jitter) / gap)
 }
 
 // shortDuration prints 24h rather than 24h0m0s.
@@ -462,31 +442,4 @@ func shortDuration(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
-}
-
-// shortestGap is the shortest interval between two runs of a schedule
-// over the coming year (a year covers every calendar pattern but leap
-// days).
-func shortestGap(s cron.Schedule) time.Duration {
-	if d, ok := s.(cron.ConstantDelaySchedule); ok {
-		return d.Delay
-	}
-	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	end := start.AddDate(1, 0, 1)
-	shortest := time.Duration(0)
-	prev := s.Next(start)
-	for i := 0; i < 100000 && prev.Before(end); i++ {
-		next := s.Next(prev)
-		if next.IsZero() {
-			break
-		}
-		if gap := next.Sub(prev); shortest == 0 || gap < shortest {
-			shortest = gap
-		}
-		prev = next
-	}
-	if shortest == 0 {
-		shortest = 366 * 24 * time.Hour
-	}
-	return shortest
 }

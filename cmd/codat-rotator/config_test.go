@@ -135,27 +135,6 @@ func TestSlotRuleAccepts(t *testing.T) {
 	}
 }
 
-func TestKeysInGrace(t *testing.T) {
-	const h = time.Hour
-	tests := []struct {
-		grace, jitter, gap time.Duration
-		want               int
-	}{
-		{23 * h, 0, 24 * h, 0},
-		{23 * h, 59 * time.Minute, 24 * h, 0},
-		{24 * h, 0, 24 * h, 1}, // delete_after at the next tick: still alive when it publishes
-		{20 * h, 4 * h, 24 * h, 1},
-		{24 * h, 23 * h, 24 * h, 1},
-		{48 * h, 0, 24 * h, 2},
-		{time.Second, 0, 0, 0},
-	}
-	for _, tt := range tests {
-		if got := keysInGrace(tt.grace, tt.jitter, tt.gap); got != tt.want {
-			t.Errorf("keysInGrace(%v, %v, %v) = %d, want %d", tt.grace, tt.jitter, tt.gap, got, tt.want)
-		}
-	}
-}
-
 func TestParseDuration(t *testing.T) {
 	for in, want := range map[string]time.Duration{"30s": 30 * time.Second, "7d": 7 * 24 * time.Hour, "1h30m": 90 * time.Minute, "0d": 0} {
 		got, err := parseDuration(in)

@@ -14,9 +14,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/codat-rotator/codat-rotator/admin"
+	"github.com/codat-rotator/codat-rotator/metrics"
+	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 )
@@ -35,11 +35,11 @@ type runCommand struct {
 	cfg     Config
 	log     *slog.Logger
 	app     *app
-	m       *metrics
+	m       *metrics.Metrics
 	sched   *rotation.Scheduler
 	servers []*http.Server
-	notify  notifier
-	hooks   *webhooks
+	systemd notify.Systemd
+	hooks   *notify.Webhooks
 	wg      sync.WaitGroup
 }
 
@@ -75,8 +75,8 @@ func (c *runCommand) Run(ctx context.Context) error {
 	}
 	c.cfg, c.log = cfg, log
 	slog.SetDefault(log)
-	c.notify = notifier{log: log}
-	c.m = newMetrics()
+	c.systemd = notify.Systemd{Log: log}
+	c.m = metrics.New()
 	c.app, err = openApp(cfg, log, c.getenv, false, c.m)
 	if err != nil {
 		if errors.Is(err, store.ErrLocked) {
@@ -94,22 +94,22 @@ func (c *runCommand) Run(ctx context.Context) error {
 		log.Error("vault login failed; retrying on every call", "error", err)
 	}
 	cancelLogin()
-	c.hooks = newWebhooks(log, cfg.Targets)
+	c.hooks = notify.New(log, "codat-rotator/"+version, webhooks(cfg.Targets))
 	c.sched = &rotation.Scheduler{
 		Engine: c.app.engine, Logger: log,
 		OnRetire: func(name string, deleted []string, err error) {
-			c.m.onRetire(name, deleted, err)
+			c.m.ObserveRetire(name, deleted, err)
 			if t, ok := c.sched.Target(name); ok && errors.Is(err, rotation.ErrRetireExhausted) {
-				c.hooks.retireGaveUp(t, err)
+				c.hooks.RetireGaveUp(t, err)
 			}
 		},
-		Heartbeat: heartbeatFor(watchdogInterval()),
-		OnRotation: func(name string, opts rotation.Options, res rotation.Result, err error, took time.Duration) {
-			c.m.onRotation(name, opts, res, err, took)
+		Heartbeat: notify.HeartbeatFor(notify.WatchdogInterval()),
+		OnRotation: func(name string, _ rotation.Options, res rotation.Result, err error, took time.Duration) {
+			c.m.ObserveRotation(name, res, err, took)
 			c.notifyHooks(name, res, err)
 		},
 	}
-	c.m.reg.MustRegister(newStateCollector(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next))
+	c.m.WatchState(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next)
 
 	var adminL net.Listener
 	if cfg.Listen.AdminSocket != "" {
@@ -140,11 +140,11 @@ func (c *runCommand) Run(ctx context.Context) error {
 	}
 	names := c.sched.Names()
 	log.Info("codat-rotator running", "version", version, "targets", strings.Join(names, ","), "state", cfg.StatePath)
-	c.notify.Ready(fmt.Sprintf("rotating %d target(s)", len(names)))
+	c.systemd.Ready(fmt.Sprintf("rotating %d target(s)", len(names)))
 
 	wdCtx, stopWatchdog := context.WithCancel(context.Background())
 	defer stopWatchdog()
-	go c.notify.Watchdog(wdCtx, c.sched.Alive, c.sched.HeartbeatInterval())
+	go c.systemd.Watchdog(wdCtx, c.sched.Alive, c.sched.HeartbeatInterval())
 	// Renew the Vault token while it can be, log in again when not.
 	go c.app.vault.KeepAlive(wdCtx, log.With("component", "vault"))
 
@@ -172,7 +172,7 @@ func (c *runCommand) notifyHooks(name string, res rotation.Result, err error) {
 		c.log.Error("load state for webhooks", "target", name, "error", lerr)
 		return
 	}
-	c.hooks.rotated(t, st, res, err)
+	c.hooks.Rotated(t, st, res, err)
 }
 
 // serve runs an HTTP server on l until Close.
@@ -192,7 +192,7 @@ func (c *runCommand) serve(l net.Listener, h http.Handler, errc chan<- error) {
 // observability serves /metrics, /healthz and /readyz.
 func (c *runCommand) observability() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(c.m.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", c.m.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !c.sched.Alive(3 * c.sched.HeartbeatInterval()) {
 			http.Error(w, "scheduler stalled\n", http.StatusServiceUnavailable)
@@ -261,9 +261,9 @@ func (r *readiness) probe(ctx context.Context) error {
 // reloadConfig applies a changed config (SIGHUP), or logs why it cannot
 // and keeps the old one.
 func (c *runCommand) reloadConfig() {
-	c.notify.Reloading()
+	c.systemd.Reloading()
 	outcome := "config reload failed; running with the previous config"
-	defer func() { c.notify.Ready(outcome) }()
+	defer func() { c.systemd.Ready(outcome) }()
 	cfg, _, err := c.loadConfig()
 	if err != nil {
 		c.log.Error("config reload failed; keeping the running config", "error", err)
@@ -303,7 +303,7 @@ func (c *runCommand) reloadConfig() {
 		return
 	}
 	c.app.setTargetList(targets)
-	c.hooks.set(cfg.Targets)
+	c.hooks.Set(webhooks(cfg.Targets))
 	c.cfg.Targets = cfg.Targets
 	outcome = "config reloaded"
 	c.log.Info("config reloaded", "targets", len(cfg.Targets))
@@ -316,7 +316,7 @@ func (c *runCommand) Close() error {
 	if c.sched == nil && c.app == nil {
 		return nil
 	}
-	c.notify.Stopping()
+	c.systemd.Stopping()
 	for _, srv := range c.servers {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = srv.Shutdown(sctx)

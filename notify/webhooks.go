@@ -1,4 +1,7 @@
-package main
+// Package notify tells the world what the daemon does: webhooks per
+// target (a generic JSON body or a Slack-compatible one) and systemd's
+// sd_notify protocol.
+package notify
 
 import (
 	"bytes"
@@ -18,9 +21,30 @@ import (
 	"github.com/codat-rotator/codat-rotator/store"
 )
 
-// webhookEvent is the generic JSON body. It never carries a key or a
-// header: only ids, counts and messages (errors never hold a key).
-type webhookEvent struct {
+// Events a webhook may ask for.
+const (
+	EventFailure  = "failure"
+	EventHalt     = "halt"
+	EventLowSlots = "low_slots"
+	EventSuccess  = "success"
+)
+
+// Hook is one webhook of a target.
+type Hook struct {
+	// URL receives a POST per event. It may hold a secret (Slack's do):
+	// it is never logged whole.
+	URL string
+	// Format is json (an Event) or slack (a {"text": ...} body).
+	Format string
+	// Events are the events it wants (Event* above).
+	Events []string
+	// Timeout bounds each POST.
+	Timeout time.Duration
+}
+
+// Event is the generic JSON body. It never carries a key or a header:
+// only ids, counts and messages (errors never hold a key).
+type Event struct {
 	Event      string    `json:"event"`
 	Target     string    `json:"target"`
 	Time       time.Time `json:"time"`
@@ -34,46 +58,45 @@ type webhookEvent struct {
 	Halted     bool      `json:"halted"`
 }
 
-// webhooks sends a target's events to its webhooks, in the background,
+// Webhooks sends a target's events to its webhooks, in the background,
 // retrying with backoff; Wait flushes them on shutdown.
-type webhooks struct {
-	log   *slog.Logger
-	http  *http.Client
-	sleep func(ctx context.Context, d time.Duration) error
+type Webhooks struct {
+	log       *slog.Logger
+	http      *http.Client
+	userAgent string
+	sleep     func(ctx context.Context, d time.Duration) error
 	// Attempts per event and webhook (default 4: 0s, 1s, 2s, 4s).
 	attempts int
 
 	mu    sync.Mutex
-	hooks map[string][]WebhookConfig
+	hooks map[string][]Hook
 	ctx   context.Context
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
 }
 
-func newWebhooks(log *slog.Logger, targets []TargetConfig) *webhooks {
+// New returns the Webhooks of each target, by target name; userAgent is
+// sent with every POST.
+func New(log *slog.Logger, userAgent string, hooks map[string][]Hook) *Webhooks {
 	ctx, stop := context.WithCancel(context.Background())
-	w := &webhooks{log: log, http: &http.Client{}, sleep: clock.Sleep, attempts: 4, ctx: ctx, stop: stop}
-	w.set(targets)
+	w := &Webhooks{log: log, http: &http.Client{}, userAgent: userAgent, sleep: clock.Sleep, attempts: 4, ctx: ctx, stop: stop}
+	w.Set(hooks)
 	return w
 }
 
-// set replaces the webhooks (a config reload).
-func (w *webhooks) set(targets []TargetConfig) {
-	hooks := map[string][]WebhookConfig{}
-	for _, t := range targets {
-		hooks[t.Name] = t.Notify.Webhooks
-	}
+// Set replaces the webhooks (a config reload).
+func (w *Webhooks) Set(hooks map[string][]Hook) {
 	w.mu.Lock()
 	w.hooks = hooks
 	w.mu.Unlock()
 }
 
-// rotated sends the events a finished rotation calls for: failure, halt,
+// Rotated sends the events a finished rotation calls for: failure, halt,
 // low slots (free slots at or below the reserve), success (opt-in).
-func (w *webhooks) rotated(t rotation.Target, st store.Target, res rotation.Result, err error) {
-	base := webhookEvent{Target: t.Name, Time: time.Now().UTC(), RotationID: res.RotationID, NewKeyID: res.NewKey.ID,
+func (w *Webhooks) Rotated(t rotation.Target, st store.Target, res rotation.Result, err error) {
+	base := Event{Target: t.Name, Time: time.Now().UTC(), RotationID: res.RotationID, NewKeyID: res.NewKey.ID,
 		KeysUsed: st.CodatKeys, MaxKeys: t.MaxKeys, FreeSlots: t.MaxKeys - st.CodatKeys, Halted: st.Halted}
-	var events []webhookEvent
+	var events []Event
 	if err != nil {
 		e := base
 		e.Event, e.Error = EventFailure, err.Error()
@@ -103,15 +126,15 @@ func (w *webhooks) rotated(t rotation.Target, st store.Target, res rotation.Resu
 	}
 }
 
-// retireGaveUp sends a failure event when the scheduler gave up
+// RetireGaveUp sends a failure event when the scheduler gave up
 // retiring a target's old keys after its retry budget.
-func (w *webhooks) retireGaveUp(t rotation.Target, err error) {
-	w.send(webhookEvent{Event: EventFailure, Target: t.Name, Time: time.Now().UTC(), Error: err.Error(), MaxKeys: t.MaxKeys,
+func (w *Webhooks) RetireGaveUp(t rotation.Target, err error) {
+	w.send(Event{Event: EventFailure, Target: t.Name, Time: time.Now().UTC(), Error: err.Error(), MaxKeys: t.MaxKeys,
 		Message: fmt.Sprintf("codat-rotator: retiring old keys of %s keeps failing; no more retries until its next rotation: %v", t.Name, err)})
 }
 
 // send posts the event to every webhook of its target that wants it.
-func (w *webhooks) send(e webhookEvent) {
+func (w *Webhooks) send(e Event) {
 	w.mu.Lock()
 	hooks := w.hooks[e.Target]
 	w.mu.Unlock()
@@ -127,7 +150,7 @@ func (w *webhooks) send(e webhookEvent) {
 	}
 }
 
-func (w *webhooks) post(h WebhookConfig, e webhookEvent) {
+func (w *Webhooks) post(h Hook, e Event) {
 	var body any = e
 	if h.Format == "slack" {
 		body = map[string]string{"text": e.Message}
@@ -154,15 +177,15 @@ func (w *webhooks) post(h WebhookConfig, e webhookEvent) {
 	}
 }
 
-func (w *webhooks) postOnce(h WebhookConfig, raw []byte) error {
-	ctx, cancel := context.WithTimeout(w.ctx, h.Timeout.D())
+func (w *Webhooks) postOnce(h Hook, raw []byte) error {
+	ctx, cancel := context.WithTimeout(w.ctx, h.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.URL, bytes.NewReader(raw))
 	if err != nil {
 		return fmt.Errorf("webhook request: %s", redactURL(h.URL))
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "codat-rotator/"+version)
+	req.Header.Set("User-Agent", w.userAgent)
 	resp, err := w.http.Do(req)
 	if err != nil {
 		// The transport's error quotes the whole URL: keep only the host.
@@ -180,7 +203,7 @@ func (w *webhooks) postOnce(h WebhookConfig, raw []byte) error {
 }
 
 // Wait lets deliveries in flight finish for up to d, then abandons them.
-func (w *webhooks) Wait(d time.Duration) {
+func (w *Webhooks) Wait(d time.Duration) {
 	done := make(chan struct{})
 	go func() { w.wg.Wait(); close(done) }()
 	select {

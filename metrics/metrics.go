@@ -1,22 +1,26 @@
-package main
+// Package metrics holds the daemon's Prometheus metrics: counters that
+// move as things happen, and per-target gauges read from the state file.
+package metrics
 
 import (
 	"errors"
+	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 )
 
-// metrics are the daemon's Prometheus metrics. Counters move as things
+// Metrics are the daemon's Prometheus metrics. Counters move as things
 // happen; the per-target gauges are read from the state file at scrape
-// time, so they can never drift from it.
-type metrics struct {
+// time (WatchState), so they can never drift from it.
+type Metrics struct {
 	reg *prometheus.Registry
 
 	rotations     *prometheus.CounterVec
@@ -31,8 +35,9 @@ type metrics struct {
 
 const ns = "codat_rotator"
 
-func newMetrics() *metrics {
-	m := &metrics{
+// New registers the counters and the Go and process collectors.
+func New() *Metrics {
+	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		rotations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "rotations_total", Help: "Rotations by target and result (success, recovered, failed).",
@@ -67,7 +72,20 @@ func newMetrics() *metrics {
 	return m
 }
 
-func (m *metrics) observeCodat(x codat.Exchange) {
+// Handler serves the metrics (/metrics).
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// WatchState adds the per-target gauges, read at each scrape: load
+// gives a target's state, targets the configured ones, next a target's
+// next scheduled rotation (zero: none).
+func (m *Metrics) WatchState(load func(target string) (store.Target, error), targets func() []rotation.Target, next func(target string) time.Time) {
+	m.reg.MustRegister(newStateCollector(load, targets, next))
+}
+
+// ObserveCodat counts a Codat API call (codat.Options.Observe).
+func (m *Metrics) ObserveCodat(x codat.Exchange) {
 	status := "error"
 	if x.Status != 0 {
 		status = strconv.Itoa(x.Status)
@@ -76,7 +94,8 @@ func (m *metrics) observeCodat(x codat.Exchange) {
 	m.codatLatency.WithLabelValues(x.Op).Observe(x.Duration.Seconds())
 }
 
-func (m *metrics) observeVault(op string, err error, d time.Duration) {
+// ObserveVault counts a Vault call (vault.Config.Observe).
+func (m *Metrics) ObserveVault(op string, err error, d time.Duration) {
 	result := "ok"
 	if err != nil {
 		result = "error"
@@ -85,7 +104,8 @@ func (m *metrics) observeVault(op string, err error, d time.Duration) {
 	m.vaultLatency.WithLabelValues(op).Observe(d.Seconds())
 }
 
-func (m *metrics) onRotation(target string, _ rotation.Options, res rotation.Result, err error, took time.Duration) {
+// ObserveRotation counts a finished rotation of target and its wall time.
+func (m *Metrics) ObserveRotation(target string, res rotation.Result, err error, took time.Duration) {
 	result := "success"
 	switch {
 	case err != nil:
@@ -97,7 +117,9 @@ func (m *metrics) onRotation(target string, _ rotation.Options, res rotation.Res
 	m.duration.WithLabelValues(target).Observe(took.Seconds())
 }
 
-func (m *metrics) onRetire(target string, deleted []string, err error) {
+// ObserveRetire counts the keys a retirement pass deleted and, when it
+// failed, the failure: gave_up="true" when the retry budget ran out.
+func (m *Metrics) ObserveRetire(target string, deleted []string, err error) {
 	m.retirements.WithLabelValues(target).Add(float64(len(deleted)))
 	if err != nil {
 		m.retireFailed.WithLabelValues(target, strconv.FormatBool(errors.Is(err, rotation.ErrRetireExhausted))).Inc()

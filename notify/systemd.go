@@ -1,4 +1,4 @@
-package main
+package notify
 
 import (
 	"context"
@@ -8,32 +8,32 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 )
 
-// notifier speaks systemd's sd_notify protocol when NOTIFY_SOCKET is set
+// Systemd speaks systemd's sd_notify protocol when NOTIFY_SOCKET is set
 // (Type=notify); otherwise every call does nothing.
-type notifier struct {
-	log *slog.Logger
+type Systemd struct {
+	Log *slog.Logger
 }
 
-func (n notifier) send(state string) {
+func (n Systemd) send(state string) {
 	if _, err := daemon.SdNotify(false, state); err != nil {
-		n.log.Warn("sd_notify failed", "state", state, "error", err)
+		n.Log.Warn("sd_notify failed", "state", state, "error", err)
 	}
 }
 
 // Ready tells systemd that start-up is done.
-func (n notifier) Ready(status string) { n.send(daemon.SdNotifyReady + "\nSTATUS=" + status) }
+func (n Systemd) Ready(status string) { n.send(daemon.SdNotifyReady + "\nSTATUS=" + status) }
 
 // Stopping tells systemd that shutdown began.
-func (n notifier) Stopping() { n.send(daemon.SdNotifyStopping + "\nSTATUS=stopping") }
+func (n Systemd) Stopping() { n.send(daemon.SdNotifyStopping + "\nSTATUS=stopping") }
 
 // Reloading brackets a config reload.
-func (n notifier) Reloading() { n.send(daemon.SdNotifyReloading) }
+func (n Systemd) Reloading() { n.send(daemon.SdNotifyReloading) }
 
 // Watchdog feeds systemd's watchdog (WatchdogSec=) at half its interval
 // while alive() holds, so a wedged scheduler gets the service restarted.
 // It returns at once when no watchdog is configured.
-func (n notifier) Watchdog(ctx context.Context, alive func(max time.Duration) bool, heartbeat time.Duration) {
-	interval := watchdogInterval()
+func (n Systemd) Watchdog(ctx context.Context, alive func(max time.Duration) bool, heartbeat time.Duration) {
+	interval := WatchdogInterval()
 	if interval <= 0 {
 		return
 	}
@@ -48,14 +48,14 @@ func (n notifier) Watchdog(ctx context.Context, alive func(max time.Duration) bo
 			if alive(max(interval, 3*heartbeat)) {
 				n.send(daemon.SdNotifyWatchdog)
 			} else {
-				n.log.Error("scheduler loop stalled; not feeding the watchdog")
+				n.Log.Error("scheduler loop stalled; not feeding the watchdog")
 			}
 		}
 	}
 }
 
-// watchdogInterval is systemd's WatchdogSec (0 when none is set).
-func watchdogInterval() time.Duration {
+// WatchdogInterval is systemd's WatchdogSec (0 when none is set).
+func WatchdogInterval() time.Duration {
 	interval, err := daemon.SdWatchdogEnabled(false)
 	if err != nil {
 		return 0
@@ -63,10 +63,10 @@ func watchdogInterval() time.Duration {
 	return interval
 }
 
-// heartbeatFor picks the scheduler's heartbeat: a third of the watchdog
+// HeartbeatFor picks the scheduler's heartbeat: a third of the watchdog
 // interval (at least 1 s), at most 10 s. Waking less often is what keeps
 // an idle daemon's CPU near zero.
-func heartbeatFor(watchdog time.Duration) time.Duration {
+func HeartbeatFor(watchdog time.Duration) time.Duration {
 	if watchdog <= 0 {
 		return 10 * time.Second
 	}

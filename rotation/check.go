@@ -1,0 +1,51 @@
+package rotation
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/codat-rotator/codat-rotator/codat"
+)
+
+// Check is one finding of CheckTarget: what was reached (vault,
+// bootstrap or codat), and what was found there or why it failed.
+type Check struct {
+	What   string
+	Detail string // what was found, when it passed
+	Err    error  // nil: the check passed
+}
+
+// CheckTarget reaches Vault and Codat for t as a rotation would, with
+// the configured credentials, and changes nothing: t's mount is KV v2
+// and its secret readable, and Codat accepts the key Vault serves (the
+// bootstrap key while Vault holds none). It stops at the first failure,
+// which is then the last Check. It needs only the engine's Vault and
+// Codat.
+func (e *Engine) CheckTarget(ctx context.Context, t Target) []Check {
+	if err := e.Vault.CheckMount(ctx, t.Vault); err != nil {
+		return []Check{{What: "vault", Err: err}}
+	}
+	cur, err := e.Vault.Read(ctx, t.Vault)
+	if err != nil {
+		return []Check{{What: "vault", Err: err}}
+	}
+	var found Check
+	var key codat.Secret
+	switch {
+	case cur.Secret != nil:
+		key = cur.Secret.APIKey
+		found = Check{What: "vault", Detail: fmt.Sprintf("%s serves key %s (version %d)", t.Vault, cur.Secret.KeyID, cur.Version)}
+	case t.Bootstrap == nil:
+		return []Check{{What: "vault", Err: fmt.Errorf("%s holds no secret and no bootstrap key is configured (bootstrap_key_file or bootstrap_key_env)", t.Vault)}}
+	default:
+		if key, err = t.Bootstrap(); err != nil {
+			return []Check{{What: "bootstrap", Err: err}}
+		}
+		found = Check{What: "vault", Detail: fmt.Sprintf("%s holds no secret yet; the bootstrap key will be published", t.Vault)}
+	}
+	keys, err := e.Codat(t.Name, key).List(ctx)
+	if err != nil {
+		return []Check{found, {What: "codat", Err: err}}
+	}
+	return []Check{found, {What: "codat", Detail: fmt.Sprintf("key accepted; %d of %d keys used", len(keys), t.MaxKeys)}}
+}
