@@ -434,6 +434,15 @@ func (s *chaosRun) run() {
 	res, err := s.newEngine(nil).Rotate(context.Background(), s.target, rotation.Options{Manual: true})
 	s.record(res, err)
 	s.note("step %d: %s: err=%v", s.step, s.stepDesc, err)
+	if errors.Is(err, rotation.ErrRevokeServed) {
+		// An operator published the key an interrupted emergency was to
+		// revoke: the revoke is reported, not done (I3), and the target
+		// is free again.
+		s.stats["revoke-of-served-refused"]++
+		res, err = s.newEngine(nil).Rotate(context.Background(), s.target, rotation.Options{Manual: true})
+		s.record(res, err)
+		s.note("  rerun: err=%v", err)
+	}
 	if errors.Is(err, rotation.ErrServedUnknown) && len(s.versions) > 0 {
 		// A secret written by hand without key_id, and a listing without
 		// raw keys: the error tells the operator to add the key_id.

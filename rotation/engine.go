@@ -114,6 +114,9 @@ var (
 	// ErrServedUnknown: which of Codat's keys Vault serves cannot be
 	// told (a secret without key_id, a listing without raw keys).
 	ErrServedUnknown = errors.New("the served key cannot be identified")
+	// ErrRevokeServed: the key to revoke is the one Vault serves now,
+	// so it was not deleted.
+	ErrRevokeServed = errors.New("cannot revoke")
 	// ErrRetireHeld: a due key is kept for now (I2, or I3 when the served
 	// key cannot be told); the retire pass tries again later.
 	ErrRetireHeld = errors.New("a due key is kept")
@@ -365,7 +368,7 @@ func Retryable(err error) bool {
 	case err == nil:
 		return false
 	case errors.Is(err, context.Canceled), errors.Is(err, ErrNoRoom), errors.Is(err, ErrServedKeyRejected),
-		errors.Is(err, ErrNoBootstrap), errors.Is(err, ErrHalted), errors.Is(err, ErrServedUnknown), errors.Is(err, ErrBusy), errors.Is(err, errRevoke):
+		errors.Is(err, ErrNoBootstrap), errors.Is(err, ErrHalted), errors.Is(err, ErrServedUnknown), errors.Is(err, ErrBusy), errors.Is(err, errRevoke), errors.Is(err, ErrRevokeServed):
 		return false
 	}
 	var refuses func(error) bool

@@ -2,6 +2,7 @@ package rotation_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -141,5 +142,39 @@ func TestUnseenVaultWritesRegraceRetiringKeys(t *testing.T) {
 	if k := e.stateKey(initial); k == nil || k.State != store.KeyRetiring || k.DeleteAfter.Before(noticed.Add(grace)) {
 		t.Fatalf("the rolled-back key is %+v, want retiring until at least %s", k, noticed.Add(grace))
 	}
+	e.checkInvariants()
+}
+
+// An emergency with --revoke dies before its revoke; an operator then
+// publishes the very key it was to revoke. Deleting it would break every
+// consumer (I3): the revoke is reported, not done, and the journal does
+// not hold the target for ever.
+func TestRevokeOfAKeyPublishedAgainIsRefused(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	e.mustRotate(rotation.Options{})
+	leaked, raw, err := e.emu.AddPortalKey("leaked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.raw.add(raw)
+	c := &crasher{at: func(c call, _ *crasher) bool { return c.svc == "codat" && c.op == "delete" && !c.after }}
+	if _, crashed := e.rotateUntilCrash(c, rotation.Options{Emergency: true, Revoke: leaked, Manual: true}); !crashed {
+		t.Fatal("the emergency did not crash before its delete")
+	}
+	if _, err := e.root.KVv2(e.mount).Put(context.Background(), secretPath, map[string]any{vault.FieldAPIKey: raw, vault.FieldKeyID: leaked}); err != nil {
+		t.Fatalf("operator's vault kv put: %v", err)
+	}
+	_, err = e.rotate(rotation.Options{Manual: true})
+	if !errors.Is(err, rotation.ErrRevokeServed) {
+		t.Fatalf("rotate after the operator published the key to revoke: %v, want ErrRevokeServed", err)
+	}
+	if _, ok := e.activeKeys()[leaked]; !ok {
+		t.Fatalf("I3: %s, the key vault serves, was deleted", leaked)
+	}
+	if j := e.state().Journal; j != nil {
+		t.Fatalf("the journal still holds the target: %+v", *j)
+	}
+	e.mustRotate(rotation.Options{Manual: true})
 	e.checkInvariants()
 }

@@ -604,7 +604,14 @@ func (r *run) revoke(ctx context.Context) error {
 		return nil
 	}
 	if r.served.May(id) {
-		return fmt.Errorf("%w %s: it is the key just published", errRevoke, id)
+		// Someone published the key to revoke after the rotation began
+		// (an operator's way back): deleting it would break every
+		// consumer (I3). The rotation is done; its revoke is not, and
+		// the journal must not hold the target for ever.
+		if err := r.clearJournal(); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w %s: vault serves it again (published by someone else since the rotation began), so it was not deleted; publish another key or rotate, then revoke it", ErrRevokeServed, id)
 	}
 	if len(r.keys) < 2 {
 		keys, err := r.client.List(ctx)
