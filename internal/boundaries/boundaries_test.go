@@ -12,7 +12,7 @@ const module = "github.com/codat-rotator/codat-rotator"
 var adapters = []string{"codat", "vault", "store"}
 
 // above are the packages that wire the adapters; no adapter imports them.
-var above = []string{"rotation", "cmd"}
+var above = []string{"rotation", "admin", "notify", "metrics", "cmd"}
 
 // leaves are shared by the adapters, so they import nothing of the module.
 var leaves = []string{"secret", "internal/clock", "internal/isotime", "internal/sentinel"}
