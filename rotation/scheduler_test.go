@@ -40,7 +40,8 @@ const (
 	msgRetireGaveUp  = "retiring keys failed; giving up until the next rotation"
 )
 
-// schedClock is a fake Clock: Advance moves it and fires the timers due.
+// schedClock is a fake Clock: Advance moves it and runs the callbacks
+// due. A loop parked until its next event is one pending callback.
 type schedClock struct {
 	mu      sync.Mutex
 	now     time.Time
@@ -50,7 +51,7 @@ type schedClock struct {
 
 type schedTimer struct {
 	at time.Time
-	c  chan time.Time
+	f  func()
 }
 
 func newSchedClock(start time.Time) *schedClock {
@@ -63,17 +64,17 @@ func (c *schedClock) Now() time.Time {
 	return c.now
 }
 
-func (c *schedClock) Timer(at time.Time) (<-chan time.Time, func() bool) {
+func (c *schedClock) AfterFunc(at time.Time, f func()) func() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &schedTimer{at: at, c: make(chan time.Time, 1)}
 	if !at.After(c.now) {
-		t.c <- c.now
-		return t.c, func() bool { return false }
+		go f() // never from within AfterFunc: its caller may hold a lock f takes
+		return func() bool { return false }
 	}
+	t := &schedTimer{at: at, f: f}
 	c.timers[t] = true
 	c.signal()
-	return t.c, func() bool {
+	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		pending := c.timers[t]
@@ -90,23 +91,31 @@ func (c *schedClock) signal() {
 	}
 }
 
-// Advance moves the clock by d and fires every timer that falls due.
+// Advance moves the clock by d and runs every callback that falls due,
+// earliest first, before it returns.
 func (c *schedClock) Advance(d time.Duration) time.Time {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
+	now := c.now
+	var due []*schedTimer
 	for t := range c.timers {
-		if !t.at.After(c.now) {
-			t.c <- c.now
+		if !t.at.After(now) {
+			due = append(due, t)
 			delete(c.timers, t)
 		}
 	}
 	c.signal()
-	return c.now
+	c.mu.Unlock()
+	// Outside the lock: a callback asks the time and arms callbacks.
+	slices.SortFunc(due, func(a, b *schedTimer) int { return a.at.Compare(b.at) })
+	for _, t := range due {
+		t.f()
+	}
+	return now
 }
 
-// waitParked waits until n loops wait on a timer: everything the last
-// move of the clock set off has run.
+// waitParked waits until n loops are parked on the clock: everything
+// the last move of the clock set off has run.
 func (c *schedClock) waitParked(tb testing.TB, n int) {
 	tb.Helper()
 	deadline := time.After(waitLong)
