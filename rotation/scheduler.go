@@ -45,15 +45,17 @@ func ParseSchedule(spec string) (sched cron.Schedule, err error) {
 	return cronParser.Parse(spec)
 }
 
-// Clock is the scheduler's time: what time it is, and a timer. Tests
-// pass a fake whose timers fire when the test moves it.
+// Clock is the scheduler's time: what time it is, and a callback at a
+// given time. Tests pass a fake whose callbacks run when the test moves
+// it.
 type Clock interface {
 	Now() time.Time
-	// Timer returns a channel that receives once the clock reaches at
-	// (at once if it has) and a function that stops the timer. An
-	// instant, not a duration: a fake clock moved between reading the
-	// time and arming the timer must not push the deadline back.
-	Timer(at time.Time) (<-chan time.Time, func() bool)
+	// AfterFunc calls f once the clock reaches at (soon if it has),
+	// never from within AfterFunc itself, unless stop is called first;
+	// stop reports whether it prevented the call. An instant, not a
+	// duration: a fake clock moved between reading the time and arming
+	// the callback must not push the deadline back.
+	AfterFunc(at time.Time, f func()) (stop func() bool)
 }
 
 // ErrRetireExhausted is reported to OnRetire when retiring a target's
@@ -71,6 +73,13 @@ var ErrRetireExhausted = errors.New("retiring keys: retry budget exhausted")
 // and nothing is dropped for being busy: a run that comes due while
 // another runs starts when it ends. One target's failure or halt never
 // stops the others.
+//
+// A loop that waits keeps no goroutine: it parks on a clock callback
+// at its next event and its goroutine ends. The callback, a manual
+// request, a reload that changes or removes the target and Stop
+// unpark it, under mu, so a loop has at most one goroutine at a time.
+// A thousand idle targets cost a thousand small structs and timers,
+// not a thousand stacks.
 type Scheduler struct {
 	Engine *Engine
 	Logger *slog.Logger
@@ -100,10 +109,9 @@ type Scheduler struct {
 	// before the scheduler gives up until the next rotation (default 10).
 	RetireAttempts int
 
-	ctx      context.Context
-	cancel   context.CancelFunc
-	stopping chan struct{} // closed when Stop begins: no new work starts
-	wg       sync.WaitGroup
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the loops' goroutines
 
 	mu      sync.Mutex
 	started bool
@@ -112,12 +120,12 @@ type Scheduler struct {
 }
 
 // loop is one target's loop. Its fields are guarded by the scheduler's
-// mu; the goroutine reads them at the top of every turn.
+// mu, but for the last two: the loop's goroutine owns them (mu orders
+// one goroutine's end before the next one's start); it writes
+// activated under mu, for park.
 type loop struct {
 	name     string
-	wake     chan struct{} // a new definition, a removal
-	requests chan request  // manual rotations, served in order
-	done     chan struct{} // closed when the goroutine ends
+	requests []request // manual rotations, served in order
 
 	def     Schedule
 	sched   cron.Schedule
@@ -132,12 +140,20 @@ type loop struct {
 	// inLoop is when the loop last left its wait or the engine's work
 	// to run its own code (plans, hooks, Activate), zero while it waits
 	// or the engine works: a loop that stays there is wedged.
-	inLoop  time.Time
-	waiting bool // in its wait for the next event
+	inLoop time.Time
+	// parked: the loop has no goroutine; stop cancels the clock
+	// callback that starts one, and seq tells that callback from the
+	// callbacks of earlier parks.
+	parked bool
+	stop   func() bool
+	seq    uint64
 	// planned: plan read the state for the loop's first turn, which
-	// then reads nothing (an idle loop's stack stays small); recheck is
-	// what plan found for nextRetire's.
+	// then reads nothing; recheck asks for a look at the state file
+	// within recheckEvery (nextRetire's, or plan's for the first turn).
 	planned, recheck bool
+
+	activated int         // the gen whose Activate ran
+	rs        retireState // the retry of failed retirements
 }
 
 type request struct {
@@ -161,7 +177,6 @@ func (s *Scheduler) Start(schedules []Schedule) error {
 	}
 	s.started = true
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.stopping = make(chan struct{})
 	s.loops = map[string]*loop{}
 	s.mu.Unlock()
 	return s.Apply(schedules)
@@ -193,7 +208,12 @@ func (s *Scheduler) Apply(schedules []Schedule) error {
 	for name, l := range s.loops {
 		if !seen[name] && !l.removed {
 			l.removed = true
-			nudge(l.wake)
+			if l.parked {
+				// No run in flight and no request queued: the loop ends
+				// here.
+				s.unpark(l, false)
+				delete(s.loops, name)
+			}
 			s.log().Info("target removed", "target", name)
 		}
 	}
@@ -202,12 +222,20 @@ func (s *Scheduler) Apply(schedules []Schedule) error {
 		name := sc.Target.Name
 		l := s.loops[name]
 		if l == nil {
-			l = &loop{name: name, wake: make(chan struct{}, 1), requests: make(chan request), done: make(chan struct{}),
-				def: sc, sched: parsed[i]}
+			l = &loop{name: name, def: sc, sched: parsed[i], activated: -1}
 			s.plan(l, now)
 			s.loops[name] = l
-			s.wg.Add(1)
-			go s.run(l)
+			if sc.Activate == nil {
+				l.activated = l.gen // nothing to take up
+			}
+			// A loop whose first turn would only wait parks at once:
+			// a fleet starting idle starts no goroutine.
+			if s.park(l, l.wakeAt(now)) {
+				l.planned = false
+			} else {
+				s.wg.Add(1)
+				go s.run(l)
+			}
 		} else {
 			old := l.def
 			l.def, l.sched, l.removed = sc, parsed[i], false
@@ -218,7 +246,7 @@ func (s *Scheduler) Apply(schedules []Schedule) error {
 				l.tick = l.sched.Next(now)
 				l.runAt = l.tick.Add(s.jitter(sc.Jitter))
 			}
-			nudge(l.wake)
+			s.unpark(l, true)
 		}
 		s.log().Info("target scheduled", "target", name, "schedule", sc.Spec, "jitter", sc.Jitter, "next", l.runAt)
 	}
@@ -229,28 +257,30 @@ func (s *Scheduler) Apply(schedules []Schedule) error {
 // journal now, catch up soon, or wait for the next tick. The caller
 // holds mu.
 func (s *Scheduler) plan(l *loop, now time.Time) {
-	log := s.log().With("target", l.name)
+	// A plain logger with the target as an attribute: no handler clone
+	// per target at start.
+	log := s.log()
 	st, err := s.Engine.Store.Load(l.name)
 	if err != nil {
 		// The loop retries on every turn; plan as if nothing were owed.
-		log.Error("load state", "error", err)
+		log.Error("load state", "target", l.name, "error", err)
 	}
 	switch {
 	case err != nil:
 		l.tick = l.sched.Next(now)
 		l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
 	case st.Journal != nil && !st.Halted:
-		log.Warn("an interrupted rotation is in the journal; finishing it now", "step", string(st.Journal.Step))
+		log.Warn("an interrupted rotation is in the journal; finishing it now", "target", l.name, "step", string(st.Journal.Step))
 		l.tick, l.runAt = time.Time{}, now
 	case st.Halted:
-		log.Warn("target is halted; no scheduled rotation until `codat-rotator resume`", "reason", st.HaltReason)
+		log.Warn("target is halted; no scheduled rotation until `codat-rotator resume`", "target", l.name, "reason", st.HaltReason)
 		l.tick = l.sched.Next(now)
 		l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
 	case !l.sched.Next(st.LastSuccess).After(now):
 		// A scheduled run was missed while the daemon was down (or it
 		// never rotated): catch up soon.
 		delay := s.catchUpDelay(l.def.Jitter)
-		log.Info("a scheduled rotation was missed; catching up", "last_success", st.LastSuccess, "in", delay)
+		log.Info("a scheduled rotation was missed; catching up", "target", l.name, "last_success", st.LastSuccess, "in", delay)
 		l.tick, l.runAt = time.Time{}, now.Add(delay)
 	default:
 		l.tick = l.sched.Next(now)
@@ -284,21 +314,18 @@ func (rs *retireState) wait(now time.Time, d time.Duration) {
 	rs.retryAt, rs.tried = now.Add(d), rs.due
 }
 
-// run is a target's loop: wait for the earliest piece of work, run it,
-// repeat, until the target is removed or the scheduler stops.
+// run is a loop's goroutine: it runs the work due, one piece at a time,
+// then parks the loop and ends; it also ends when the target is removed
+// or the scheduler stops. Its caller did wg.Add.
 func (s *Scheduler) run(l *loop) {
 	defer s.wg.Done()
-	defer close(l.done)
+	// Built per goroutine, not per target: a parked loop holds no logger.
 	log := s.log().With("target", l.name)
-	activated := -1
-	var rs retireState
 	for {
 		now := s.now()
 		s.mu.Lock()
 		if s.closing || l.removed {
-			if l.removed && s.loops[l.name] == l {
-				delete(s.loops, l.name)
-			}
+			s.leave(l)
 			s.mu.Unlock()
 			return
 		}
@@ -306,60 +333,113 @@ func (s *Scheduler) run(l *loop) {
 		planned, retireAt, recheck := l.planned, l.retireAt, l.recheck
 		l.planned, l.inLoop = false, now
 		s.mu.Unlock()
-		if gen != activated {
-			activated = gen
+		if gen != l.activated {
 			s.guard(log, "activating a target definition", func() {
 				if def.Activate != nil {
 					def.Activate()
 				}
 			})
-			rs = retireState{} // a new definition may have fixed what failed
+			l.rs = retireState{} // a new definition may have fixed what failed
 		}
 		if !planned {
-			retireAt, recheck = s.nextRetire(l.name, now, &rs, log)
+			retireAt, recheck = s.nextRetire(l.name, now, &l.rs, log)
 		}
-		s.mu.Lock()
-		l.retireAt = retireAt
-		runAt := l.runAt
-		s.mu.Unlock()
 
-		// The work due now, a rotation first: it retires what is due too.
-		switch {
-		case !now.Before(runAt):
-			s.tick(l, log, &rs)
-			continue
-		case !retireAt.IsZero() && !now.Before(retireAt):
-			s.retire(l, log, &rs)
-			continue
-		}
-		wakeAt := runAt
-		if !retireAt.IsZero() && retireAt.Before(wakeAt) {
-			wakeAt = retireAt
-		}
-		if recheck && now.Add(recheckEvery).Before(wakeAt) {
-			// A halted or journaled target: notice a resume.
-			wakeAt = now.Add(recheckEvery)
-		}
-		timer, stop := s.clock().Timer(wakeAt)
+		// The work due now, a rotation first: it retires what is due
+		// too. Manual requests come when nothing is due; none waits
+		// long, since each run plans the next one later.
 		s.mu.Lock()
-		l.inLoop, l.waiting = time.Time{}, true
-		s.mu.Unlock()
+		l.activated = gen
+		l.retireAt, l.recheck = retireAt, recheck
 		var req *request
-		select {
-		case <-s.stopping:
-		case <-l.wake:
-		case r := <-l.requests:
-			req = &r
-		case <-timer:
+		due := !now.Before(l.runAt)
+		retireDue := !due && !retireAt.IsZero() && !now.Before(retireAt)
+		if !due && !retireDue && len(l.requests) > 0 {
+			req = &l.requests[0]
+			l.requests = l.requests[1:]
 		}
-		stop()
-		s.mu.Lock()
-		l.waiting = false
+		if !due && !retireDue && req == nil && s.park(l, l.wakeAt(now)) {
+			s.mu.Unlock()
+			return
+		}
 		s.mu.Unlock()
-		if req != nil {
-			s.serve(l, log, *req, &rs)
+		switch {
+		case due:
+			s.tick(l, log)
+		case retireDue:
+			s.retire(l, log)
+		case req != nil:
+			s.serve(l, log, *req)
 		}
 	}
+}
+
+// wakeAt is when a loop with nothing due at now next has work: its next
+// rotation, its next retirement or, for a halted or journaled target,
+// its next look at the state file. The caller holds mu.
+func (l *loop) wakeAt(now time.Time) time.Time {
+	at := l.runAt
+	if !l.retireAt.IsZero() && l.retireAt.Before(at) {
+		at = l.retireAt
+	}
+	if l.recheck && now.Add(recheckEvery).Before(at) {
+		at = now.Add(recheckEvery)
+	}
+	return at
+}
+
+// park arms the clock to unpark l at at, and reports true: the caller
+// ends l's goroutine, or starts none. It reports false, arming nothing,
+// when l has work now: a request, a definition to take up, a removal,
+// a stop, or at already passed. The caller holds mu.
+func (s *Scheduler) park(l *loop, at time.Time) bool {
+	if s.closing || l.removed || l.gen != l.activated || len(l.requests) > 0 || !s.now().Before(at) {
+		return false
+	}
+	l.parked, l.inLoop = true, time.Time{}
+	l.seq++
+	seq := l.seq
+	l.stop = s.clock().AfterFunc(at, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if l.seq == seq {
+			s.unpark(l, true)
+		}
+	})
+	return true
+}
+
+// unpark stops a parked loop's clock callback and, if run, starts its
+// goroutine again; a loop that is not parked already has one, which
+// sees what changed before it parks. The caller holds mu.
+func (s *Scheduler) unpark(l *loop, run bool) {
+	if !l.parked {
+		return
+	}
+	l.parked = false
+	l.stop()
+	l.stop = nil
+	if run && !s.closing {
+		s.wg.Add(1)
+		go s.run(l)
+	}
+}
+
+// leave ends a loop whose target was removed or whose scheduler stops:
+// the requests queued behind the run that just ended are refused. The
+// caller holds mu.
+func (s *Scheduler) leave(l *loop) {
+	err := errors.New("the daemon is shutting down")
+	if !s.closing {
+		err = fmt.Errorf("no target %q: removed", l.name)
+	}
+	if l.removed && s.loops[l.name] == l {
+		delete(s.loops, l.name)
+	}
+	for _, r := range l.requests {
+		r.reply <- reply{err: err}
+	}
+	l.requests = nil
 }
 
 // recheckEvery is how often a loop that retires nothing on a timer
@@ -399,12 +479,12 @@ func (s *Scheduler) nextRetire(name string, now time.Time, rs *retireState, log 
 }
 
 // tick runs the scheduled rotation and plans the next one.
-func (s *Scheduler) tick(l *loop, log *slog.Logger, rs *retireState) {
+func (s *Scheduler) tick(l *loop, log *slog.Logger) {
 	s.mu.Lock()
 	tick, runAt, gen := l.tick, l.runAt, l.gen
 	s.mu.Unlock()
 	started := s.now()
-	s.rotate(l, log, Options{}, rs)
+	s.rotate(l, log, Options{})
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -433,20 +513,22 @@ func (s *Scheduler) tick(l *loop, log *slog.Logger, rs *retireState) {
 }
 
 // serve runs a manual rotation for RotateNow.
-func (s *Scheduler) serve(l *loop, log *slog.Logger, req request, rs *retireState) {
+func (s *Scheduler) serve(l *loop, log *slog.Logger, req request) {
 	var r reply
 	defer func() { req.reply <- r }()
-	select {
-	case <-s.stopping:
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
 		r.err = errors.New("the daemon is shutting down")
 		return
-	default:
 	}
-	r.res, r.err = s.rotate(l, log, req.opts, rs)
+	r.res, r.err = s.rotate(l, log, req.opts)
 }
 
 // rotate runs one rotation inline; the caller is the target's loop.
-func (s *Scheduler) rotate(l *loop, log *slog.Logger, opts Options, rs *retireState) (res Result, err error) {
+func (s *Scheduler) rotate(l *loop, log *slog.Logger, opts Options) (res Result, err error) {
+	rs := &l.rs
 	s.mu.Lock()
 	t := l.def.Target
 	s.mu.Unlock()
@@ -472,7 +554,8 @@ func (s *Scheduler) rotate(l *loop, log *slog.Logger, opts Options, rs *retireSt
 }
 
 // retire runs a retirement pass inline, with backoff and a budget.
-func (s *Scheduler) retire(l *loop, log *slog.Logger, rs *retireState) {
+func (s *Scheduler) retire(l *loop, log *slog.Logger) {
+	rs := &l.rs
 	s.mu.Lock()
 	t := l.def.Target
 	s.mu.Unlock()
@@ -564,21 +647,20 @@ func (s *Scheduler) RotateNow(name string, opts Options) (Result, error) {
 	l, ok := s.loops[name]
 	closing := s.closing || !s.started
 	ok = ok && !l.removed
-	s.mu.Unlock()
 	switch {
 	case closing:
+		s.mu.Unlock()
 		return Result{}, errors.New("the daemon is shutting down")
 	case !ok:
+		s.mu.Unlock()
 		return Result{}, fmt.Errorf("no target %q", name)
 	}
+	// The loop answers every request it takes: it serves it, or refuses
+	// it when it leaves (a removal, a stop).
 	req := request{opts: opts, reply: make(chan reply, 1)}
-	select {
-	case l.requests <- req:
-	case <-s.stopping:
-		return Result{}, errors.New("the daemon is shutting down")
-	case <-l.done:
-		return Result{}, fmt.Errorf("no target %q: removed", name)
-	}
+	l.requests = append(l.requests, req)
+	s.unpark(l, true)
+	s.mu.Unlock()
 	r := <-req.reply
 	return r.res, r.err
 }
@@ -630,14 +712,14 @@ func (s *Scheduler) NextRetire(name string) time.Time {
 	return time.Time{}
 }
 
-// Idle reports whether every loop waits for its next event: no
+// Idle reports whether every loop is parked until its next event: no
 // rotation or retirement runs, and the loop of every removed target has
 // ended.
 func (s *Scheduler) Idle() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, l := range s.loops {
-		if !l.waiting {
+		if !l.parked {
 			return false
 		}
 	}
@@ -672,7 +754,8 @@ func (s *Scheduler) Alive(max time.Duration) bool {
 }
 
 // Stop stops scheduling, lets running rotations finish until ctx is
-// done, then cancels them (they leave their journal) and waits.
+// done, then cancels them (they leave their journal) and waits. Parked
+// loops' clock callbacks are stopped.
 func (s *Scheduler) Stop(ctx context.Context) {
 	s.mu.Lock()
 	if !s.started || s.closing {
@@ -680,7 +763,9 @@ func (s *Scheduler) Stop(ctx context.Context) {
 		return
 	}
 	s.closing = true
-	close(s.stopping)
+	for _, l := range s.loops {
+		s.unpark(l, false)
+	}
 	s.mu.Unlock()
 	waited := make(chan struct{})
 	go func() {
@@ -694,14 +779,6 @@ func (s *Scheduler) Stop(ctx context.Context) {
 	}
 	s.cancel()
 	<-waited
-}
-
-// nudge wakes a loop without blocking; one pending wake is enough.
-func nudge(c chan struct{}) {
-	select {
-	case c <- struct{}{}:
-	default:
-	}
 }
 
 func (s *Scheduler) now() time.Time { return s.clock().Now().UTC() }
@@ -718,9 +795,8 @@ type realClock struct{ now func() time.Time }
 
 func (c realClock) Now() time.Time { return c.now() }
 
-func (c realClock) Timer(at time.Time) (<-chan time.Time, func() bool) {
-	t := time.NewTimer(at.Sub(c.now()))
-	return t.C, t.Stop
+func (c realClock) AfterFunc(at time.Time, f func()) func() bool {
+	return time.AfterFunc(at.Sub(c.now()), f).Stop
 }
 
 func (s *Scheduler) jitter(max time.Duration) time.Duration {

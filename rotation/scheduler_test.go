@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,7 +42,8 @@ const (
 	msgRetireGaveUp  = "retiring keys failed; giving up until the next rotation"
 )
 
-// schedClock is a fake Clock: Advance moves it and fires the timers due.
+// schedClock is a fake Clock: Advance moves it and runs the callbacks
+// due. A loop parked until its next event is one pending callback.
 type schedClock struct {
 	mu      sync.Mutex
 	now     time.Time
@@ -50,7 +53,7 @@ type schedClock struct {
 
 type schedTimer struct {
 	at time.Time
-	c  chan time.Time
+	f  func()
 }
 
 func newSchedClock(start time.Time) *schedClock {
@@ -63,17 +66,17 @@ func (c *schedClock) Now() time.Time {
 	return c.now
 }
 
-func (c *schedClock) Timer(at time.Time) (<-chan time.Time, func() bool) {
+func (c *schedClock) AfterFunc(at time.Time, f func()) func() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &schedTimer{at: at, c: make(chan time.Time, 1)}
 	if !at.After(c.now) {
-		t.c <- c.now
-		return t.c, func() bool { return false }
+		go f() // never from within AfterFunc: its caller may hold a lock f takes
+		return func() bool { return false }
 	}
+	t := &schedTimer{at: at, f: f}
 	c.timers[t] = true
 	c.signal()
-	return t.c, func() bool {
+	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		pending := c.timers[t]
@@ -90,23 +93,31 @@ func (c *schedClock) signal() {
 	}
 }
 
-// Advance moves the clock by d and fires every timer that falls due.
+// Advance moves the clock by d and runs every callback that falls due,
+// earliest first, before it returns.
 func (c *schedClock) Advance(d time.Duration) time.Time {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
+	now := c.now
+	var due []*schedTimer
 	for t := range c.timers {
-		if !t.at.After(c.now) {
-			t.c <- c.now
+		if !t.at.After(now) {
+			due = append(due, t)
 			delete(c.timers, t)
 		}
 	}
 	c.signal()
-	return c.now
+	c.mu.Unlock()
+	// Outside the lock: a callback asks the time and arms callbacks.
+	slices.SortFunc(due, func(a, b *schedTimer) int { return a.at.Compare(b.at) })
+	for _, t := range due {
+		t.f()
+	}
+	return now
 }
 
-// waitParked waits until n loops wait on a timer: everything the last
-// move of the clock set off has run.
+// waitParked waits until n loops are parked on the clock: everything
+// the last move of the clock set off has run.
 func (c *schedClock) waitParked(tb testing.TB, n int) {
 	tb.Helper()
 	deadline := time.After(waitLong)
@@ -1405,4 +1416,112 @@ func TestSchedulerAlive(t *testing.T) {
 	if !s.Alive(30 * time.Second) {
 		t.Error("Alive = false after the wedged loop moved again")
 	}
+}
+
+// idleStore is the state file with every idle-* target rotated at at
+// and holding no keys: a thousand idle targets without a thousand
+// durable writes.
+type idleStore struct {
+	rotation.Store
+	at time.Time
+}
+
+func (s idleStore) Load(name string) (store.Target, error) {
+	if strings.HasPrefix(name, "idle-") {
+		return store.Target{LastSuccess: s.at}, nil
+	}
+	return s.Store.Load(name)
+}
+
+// goroutinesAtMost waits for the process to run at most max goroutines
+// and returns how many it runs: a loop's goroutine ends just after it
+// parks the loop, which Idle already reports.
+func goroutinesAtMost(max int) int {
+	deadline := time.Now().Add(waitLong)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= max || time.Now().After(deadline) {
+			return n
+		}
+		runtime.Gosched()
+	}
+}
+
+// TestSchedulerParksIdleLoops: a loop with nothing to do keeps no
+// goroutine, so 1,000 idle targets add none once the scheduler is idle;
+// a parked loop wakes for a manual rotation, a reload and its timer,
+// and parks again after each.
+func TestSchedulerParksIdleLoops(t *testing.T) {
+	// Not parallel: it counts the whole process's goroutines.
+	const idle = 1000
+	// A few goroutines may come and go outside the scheduler (HTTP
+	// connections of the rotations); a goroutine per target is 1,000.
+	const slack = 10
+	e := newSchedEnv(t, "prod")
+	e.rotate("prod")
+	e.engine.Store = idleStore{Store: e.engine.Store, at: e.clock.Now()}
+	schedules := []rotation.Schedule{e.schedule("prod", "@every 1h")}
+	for i := range idle {
+		tg := e.target("prod")
+		tg.Name = fmt.Sprintf("idle-%04d", i)
+		tg.Vault.Path = "codat/" + tg.Name
+		schedules = append(schedules, rotation.Schedule{Target: tg, Spec: "@every 24h"})
+	}
+	s := e.newScheduler()
+	before := runtime.NumGoroutine()
+	e.start(s, schedules...)
+	parked := func(when string, loops int) {
+		t.Helper()
+		e.clock.waitParked(t, loops)
+		if !s.Idle() {
+			t.Fatalf("%s: %d loops parked on the clock, but Idle = false", when, loops)
+		}
+		if got := goroutinesAtMost(before + slack); got > before+slack {
+			t.Fatalf("%s: %d goroutines with %d targets idle, %d before Start: the loops kept %d",
+				when, got, loops, before, got-before)
+		}
+	}
+	parked("after Start", 1+idle)
+
+	// A manual rotation wakes the loop.
+	res, err := s.RotateNow("prod", rotation.Options{Manual: true})
+	if err != nil {
+		t.Fatalf("manual rotation of a parked loop: %v", err)
+	}
+	if got := e.served("prod"); got != res.NewKey.ID {
+		t.Errorf("vault serves %s after the manual rotation, want its key %s", got, res.NewKey.ID)
+	}
+	parked("after a manual rotation", 1+idle)
+
+	// A reload wakes the loop it changes and ends the one it removes.
+	var activated atomic.Int32
+	sc := e.schedule("prod", "@every 2h")
+	sc.Activate = func() { activated.Add(1) }
+	schedules[0] = sc
+	schedules = schedules[:len(schedules)-1]
+	if err := s.Apply(schedules); err != nil {
+		t.Fatal(err)
+	}
+	parked("after a reload", idle)
+	if got := activated.Load(); got != 1 {
+		t.Errorf("the reloaded definition was taken up %d times, want once", got)
+	}
+	if got, want := s.Next("prod"), e.clock.Now().Add(2*time.Hour); !got.Equal(want) {
+		t.Errorf("Next after the reload = %s, want %s", got, want)
+	}
+	if got := len(s.Names()); got != idle {
+		t.Errorf("%d targets after removing one, want %d", got, idle)
+	}
+
+	// Its timer wakes the loop: the retirement falls due, then the tick.
+	e.clock.Advance(2 * time.Hour)
+	calls := e.rec.waitRotations(t, "prod", 2)
+	parked("after the timer", idle)
+	if calls[1].opts.Manual || calls[1].err != nil {
+		t.Errorf("the second rotation ran as %+v with error %v, want the scheduled tick, succeeded", calls[1].opts, calls[1].err)
+	}
+	if got := len(e.rec.rotations); got != 2 {
+		t.Errorf("%d rotations, want prod's two: an idle target ran", got)
+	}
+	e.noErrBusy()
 }
