@@ -10,44 +10,43 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/admin"
-	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/secret"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/store/storetest"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 const rawKey = "raw-key-never-printed"
 
 // fakeVault serves one secret per path.
 type fakeVault struct {
-	secrets map[vault.Location]*vault.Secret
+	secrets map[rotation.Location]*rotation.Published
 }
 
-func (v fakeVault) CheckMount(context.Context, vault.Location) error { return nil }
-func (v fakeVault) Read(_ context.Context, loc vault.Location) (vault.Current, error) {
+func (v fakeVault) CheckMount(context.Context, rotation.Location) error { return nil }
+func (v fakeVault) Read(_ context.Context, loc rotation.Location) (rotation.Current, error) {
 	s := v.secrets[loc]
 	if s == nil {
-		return vault.Current{}, nil
+		return rotation.Current{}, nil
 	}
-	return vault.Current{Secret: s, Version: 1}, nil
+	return rotation.Current{Secret: s, Version: 1}, nil
 }
-func (v fakeVault) Write(context.Context, vault.Location, vault.Secret, int, map[string]string) (int, error) {
+func (v fakeVault) Write(context.Context, rotation.Location, rotation.Published, int, map[string]string) (int, error) {
 	return 0, errors.New("fake vault: read-only")
 }
 
 // fakeCodat lists keys and changes nothing.
-type fakeCodat struct{ keys []codat.Key }
+type fakeCodat struct{ keys []rotation.Key }
 
-func (c fakeCodat) List(context.Context) ([]codat.Key, error) { return c.keys, nil }
-func (c fakeCodat) Create(context.Context, string) (codat.Key, error) {
-	return codat.Key{}, errors.New("fake codat: read-only")
+func (c fakeCodat) List(context.Context) ([]rotation.Key, error) { return c.keys, nil }
+func (c fakeCodat) Create(context.Context, string) (rotation.Key, error) {
+	return rotation.Key{}, errors.New("fake codat: read-only")
 }
 func (c fakeCodat) Delete(context.Context, string) error { return errors.New("fake codat: read-only") }
 
 var (
-	prod = rotation.Target{Name: "prod", Vault: vault.Location{Mount: "secret", Path: "codat/prod"}, Prefix: "cr-", MaxKeys: 10, ReserveSlots: 1, Grace: time.Hour}
-	dev  = rotation.Target{Name: "dev", Vault: vault.Location{Mount: "secret", Path: "codat/dev"}, Prefix: "cr-", MaxKeys: 5, ReserveSlots: 0, Grace: time.Hour}
+	prod = rotation.Target{Name: "prod", Vault: rotation.Location{Mount: "secret", Path: "codat/prod"}, Prefix: "cr-", MaxKeys: 10, ReserveSlots: 1, Grace: time.Hour}
+	dev  = rotation.Target{Name: "dev", Vault: rotation.Location{Mount: "secret", Path: "codat/dev"}, Prefix: "cr-", MaxKeys: 5, ReserveSlots: 0, Grace: time.Hour}
 )
 
 // newLocal returns a Local over a fresh state file: prod rotated once
@@ -67,16 +66,16 @@ func newLocal(tb testing.TB) (*admin.Local, *store.DB, *bytes.Buffer) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	listing := []codat.Key{
-		{ID: "k1", Name: "bootstrap", APIKey: codat.Secret("k1-raw-value-not-the-served-one")},
+	listing := []rotation.Key{
+		{ID: "k1", Name: "bootstrap", APIKey: secret.Value("k1-raw-value-not-the-served-one")},
 		{ID: "k2", Name: "cr-20260302T030000Z-abc123", Created: t0},
 		{ID: "p1", Name: "made-by-a-person"},
 	}
 	var logs bytes.Buffer
 	eng := &rotation.Engine{
 		Store: db,
-		Vault: fakeVault{secrets: map[vault.Location]*vault.Secret{prod.Vault: {APIKey: rawKey, KeyID: "k2"}}},
-		Codat: func(string, codat.Secret) rotation.Codat { return fakeCodat{keys: listing} },
+		Vault: fakeVault{secrets: map[rotation.Location]*rotation.Published{prod.Vault: {APIKey: rawKey, KeyID: "k2"}}},
+		Codat: func(string, secret.Value) rotation.Codat { return fakeCodat{keys: listing} },
 		Now:   func() time.Time { return t0.Add(time.Minute) },
 	}
 	return &admin.Local{

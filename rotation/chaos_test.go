@@ -27,6 +27,7 @@ import (
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/secret"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
@@ -316,7 +317,7 @@ func (s *chaosRun) setup() error {
 	}
 	s.target = rotation.Target{
 		Name:         chaosTarget,
-		Vault:        vault.Location{Mount: s.sh.mount, Path: s.path},
+		Vault:        rotation.Location{Mount: s.sh.mount, Path: s.path},
 		Prefix:       prefix,
 		MaxKeys:      chaosMaxKeys,
 		ReserveSlots: chaosReserve,
@@ -374,8 +375,8 @@ func (s *chaosRun) newEngine(c *crasher) *rotation.Engine {
 	sleeps := &sleepRecorder{}
 	eng := &rotation.Engine{
 		Store:  s.db,
-		Vault:  s.vault,
-		Codat:  func(_ string, key codat.Secret) rotation.Codat { return s.client.WithKey(key) },
+		Vault:  adapt.Vault(s.vault),
+		Codat:  func(_ string, key codat.Secret) rotation.Codat { return adapt.Codat(s.client.WithKey(key)) },
 		Logger: slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Now:    s.clock.Now,
 		Sleep:  sleeps.Sleep,
@@ -388,9 +389,9 @@ func (s *chaosRun) newEngine(c *crasher) *rotation.Engine {
 	}
 	if c != nil {
 		eng.Codat = func(_ string, key codat.Secret) rotation.Codat {
-			return &crashingCodat{inner: s.client.WithKey(key), c: c}
+			return &crashingCodat{inner: adapt.Codat(s.client.WithKey(key)), c: c}
 		}
-		eng.Vault = &crashingVault{inner: s.vault, c: c}
+		eng.Vault = &crashingVault{inner: adapt.Vault(s.vault), c: c}
 	}
 	return eng
 }
@@ -1260,12 +1261,12 @@ func TestPublishedKeyOutlivesOperatorPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.raw.add(opRaw)
-	cur, err := e.vault.Read(context.Background(), e.target.Vault)
+	cur, err := e.vault.Read(context.Background(), adapt.VaultLocation(e.target.Vault))
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := e.clock.Now()
-	if _, err := e.vault.Write(context.Background(), e.target.Vault,
+	if _, err := e.vault.Write(context.Background(), adapt.VaultLocation(e.target.Vault),
 		vault.Secret{APIKey: codat.Secret(opRaw), KeyID: opID, CreatedAt: now, RotatedAt: now}, cur.Version, nil); err != nil {
 		t.Fatal(err)
 	}

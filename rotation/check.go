@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // Check is one finding of CheckTarget: what was reached (vault,
@@ -30,7 +30,7 @@ func (e *Engine) CheckTarget(ctx context.Context, t Target) []Check {
 		return []Check{{What: "vault", Err: err}}
 	}
 	var found Check
-	var key codat.Secret
+	var key secret.Value
 	switch {
 	case cur.Secret != nil:
 		key = cur.Secret.APIKey

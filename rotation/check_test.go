@@ -60,8 +60,9 @@ func TestCheckTarget(t *testing.T) {
 	wrongKey := e.target
 	wrongKey.Bootstrap = func() (codat.Secret, error) { return "not-a-codat-key", nil }
 	cs := e.engine.CheckTarget(ctx, wrongKey)
-	if len(cs) != 2 || cs[0].Err != nil || cs[1].What != "codat" || !errors.Is(cs[1].Err, codat.ErrUnauthorized) {
-		t.Errorf("a key Codat refuses:\n%s\nwant vault ok, then codat failing as unauthorized", checks(cs))
+	if len(cs) != 2 || cs[0].Err != nil || cs[1].What != "codat" || !errors.Is(cs[1].Err, codat.ErrUnauthorized) ||
+		!errors.Is(cs[1].Err, rotation.ErrKeyRejected) {
+		t.Errorf("a key Codat refuses:\n%s\nwant vault ok, then codat failing as unauthorized (and rejected, to the engine)", checks(cs))
 	}
 
 	e.mustRotate(rotation.Options{})

@@ -2,8 +2,9 @@
 // (docs/design.md#step-table): plan, make room, create, verify, publish, activate and retire,
 // each journaled in the state file before and after its side effect so
 // that a crash at any point resumes or rolls back from the exact step.
-// It depends only on the small interfaces below; adapters live in
-// codat/, vault/ and store/.
+// It depends only on the small interfaces below, which speak its own
+// types (types.go); the adapters live in codat/, vault/ and store/, and
+// rotation/adapt fits the first two to these interfaces.
 package rotation
 
 import (
@@ -17,28 +18,27 @@ import (
 	"sync"
 	"time"
 
-	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/internal/clock"
+	"github.com/codat-rotator/codat-rotator/secret"
 	"github.com/codat-rotator/codat-rotator/store"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // Codat is what the engine needs from Codat, with one key.
 type Codat interface {
-	List(ctx context.Context) ([]codat.Key, error)
-	Create(ctx context.Context, name string) (codat.Key, error)
+	List(ctx context.Context) ([]Key, error)
+	Create(ctx context.Context, name string) (Key, error)
 	Delete(ctx context.Context, id string) error
 }
 
 // CodatFactory returns a Codat client for the named target that
 // authenticates with key.
-type CodatFactory func(target string, key codat.Secret) Codat
+type CodatFactory func(target string, key secret.Value) Codat
 
 // Vault is what the engine needs from Vault.
 type Vault interface {
-	CheckMount(ctx context.Context, loc vault.Location) error
-	Read(ctx context.Context, loc vault.Location) (vault.Current, error)
-	Write(ctx context.Context, loc vault.Location, s vault.Secret, cas int, metadata map[string]string) (int, error)
+	CheckMount(ctx context.Context, loc Location) error
+	Read(ctx context.Context, loc Location) (Current, error)
+	Write(ctx context.Context, loc Location, s Published, cas int, metadata map[string]string) (int, error)
 }
 
 // Store is what the engine needs from the state file.
@@ -51,7 +51,7 @@ type Store interface {
 // Target is one configured Codat client and where its key is published.
 type Target struct {
 	Name  string
-	Vault vault.Location
+	Vault Location
 	// Prefix starts the name of every key the daemon makes.
 	Prefix string
 	// MaxKeys is Codat's cap (10); ReserveSlots are kept free by routine
@@ -62,7 +62,7 @@ type Target struct {
 	Grace time.Duration
 	// Bootstrap returns the first key, used when Vault has no secret yet.
 	// Nil when none is configured.
-	Bootstrap func() (codat.Secret, error)
+	Bootstrap func() (secret.Value, error)
 	// NextRotation returns the next scheduled rotation after t, for the
 	// secret's next_rotation_at; nil when unknown.
 	NextRotation func(t time.Time) time.Time
@@ -147,13 +147,13 @@ type Engine struct {
 
 	mu      sync.Mutex
 	running map[string]bool
-	mounts  map[vault.Location]bool // mounts checked to be KV v2
+	mounts  map[Location]bool // mounts checked to be KV v2
 }
 
 // checkMount checks once per engine that loc's mount is KV v2 (a round
 // trip per rotation otherwise); a failed rotation forgets it, so the
 // next one checks again.
-func (e *Engine) checkMount(ctx context.Context, loc vault.Location) error {
+func (e *Engine) checkMount(ctx context.Context, loc Location) error {
 	e.mu.Lock()
 	ok := e.mounts[loc]
 	e.mu.Unlock()
@@ -165,14 +165,14 @@ func (e *Engine) checkMount(ctx context.Context, loc vault.Location) error {
 	}
 	e.mu.Lock()
 	if e.mounts == nil {
-		e.mounts = map[vault.Location]bool{}
+		e.mounts = map[Location]bool{}
 	}
 	e.mounts[loc] = true
 	e.mu.Unlock()
 	return nil
 }
 
-func (e *Engine) forgetMount(loc vault.Location) {
+func (e *Engine) forgetMount(loc Location) {
 	e.mu.Lock()
 	delete(e.mounts, loc)
 	e.mu.Unlock()

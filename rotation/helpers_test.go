@@ -25,6 +25,7 @@ import (
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
 	"github.com/codat-rotator/codat-rotator/internal/clock/clocktest"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/store/storetest"
 	"github.com/codat-rotator/codat-rotator/vault"
@@ -356,7 +357,7 @@ func newEnv(tb testing.TB, cfg envConfig) *env {
 	e.db = storetest.MustOpen(tb)
 	e.target = rotation.Target{
 		Name:         targetName,
-		Vault:        vault.Location{Mount: e.mount, Path: secretPath},
+		Vault:        rotation.Location{Mount: e.mount, Path: secretPath},
 		Prefix:       prefix,
 		MaxKeys:      10,
 		ReserveSlots: 1,
@@ -376,8 +377,8 @@ func newEnv(tb testing.TB, cfg envConfig) *env {
 func (e *env) newEngine(c *crasher) *rotation.Engine {
 	eng := &rotation.Engine{
 		Store:  e.db,
-		Vault:  e.vault,
-		Codat:  func(_ string, key codat.Secret) rotation.Codat { return e.client.WithKey(key) },
+		Vault:  adapt.Vault(e.vault),
+		Codat:  func(_ string, key codat.Secret) rotation.Codat { return adapt.Codat(e.client.WithKey(key)) },
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Now:    e.clock.Now,
 		Sleep:  e.sleeps.Sleep,
@@ -390,9 +391,9 @@ func (e *env) newEngine(c *crasher) *rotation.Engine {
 	}
 	if c != nil {
 		eng.Codat = func(_ string, key codat.Secret) rotation.Codat {
-			return &crashingCodat{inner: e.client.WithKey(key), c: c}
+			return &crashingCodat{inner: adapt.Codat(e.client.WithKey(key)), c: c}
 		}
-		eng.Vault = &crashingVault{inner: e.vault, c: c}
+		eng.Vault = &crashingVault{inner: adapt.Vault(e.vault), c: c}
 	}
 	return eng
 }
@@ -762,14 +763,14 @@ type crashingCodat struct {
 	c     *crasher
 }
 
-func (w *crashingCodat) List(ctx context.Context) ([]codat.Key, error) {
+func (w *crashingCodat) List(ctx context.Context) ([]rotation.Key, error) {
 	w.c.hit(call{svc: "codat", op: "list"})
 	keys, err := w.inner.List(ctx)
 	w.c.hit(call{svc: "codat", op: "list", after: true})
 	return keys, err
 }
 
-func (w *crashingCodat) Create(ctx context.Context, name string) (codat.Key, error) {
+func (w *crashingCodat) Create(ctx context.Context, name string) (rotation.Key, error) {
 	w.c.hit(call{svc: "codat", op: "create"})
 	k, err := w.inner.Create(ctx, name)
 	w.c.hit(call{svc: "codat", op: "create", after: true})
@@ -788,19 +789,19 @@ type crashingVault struct {
 	c     *crasher
 }
 
-func (w *crashingVault) CheckMount(ctx context.Context, loc vault.Location) error {
+func (w *crashingVault) CheckMount(ctx context.Context, loc rotation.Location) error {
 	w.c.hit(call{svc: "vault", op: "check-mount"})
 	return w.inner.CheckMount(ctx, loc)
 }
 
-func (w *crashingVault) Read(ctx context.Context, loc vault.Location) (vault.Current, error) {
+func (w *crashingVault) Read(ctx context.Context, loc rotation.Location) (rotation.Current, error) {
 	w.c.hit(call{svc: "vault", op: "read"})
 	cur, err := w.inner.Read(ctx, loc)
 	w.c.hit(call{svc: "vault", op: "read", after: true})
 	return cur, err
 }
 
-func (w *crashingVault) Write(ctx context.Context, loc vault.Location, s vault.Secret, cas int, md map[string]string) (int, error) {
+func (w *crashingVault) Write(ctx context.Context, loc rotation.Location, s rotation.Published, cas int, md map[string]string) (int, error) {
 	w.c.hit(call{svc: "vault", op: "write"})
 	v, err := w.inner.Write(ctx, loc, s, cas, md)
 	w.c.hit(call{svc: "vault", op: "write", after: true})

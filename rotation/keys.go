@@ -3,7 +3,6 @@ package rotation
 import (
 	"time"
 
-	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/store"
 )
 
@@ -14,7 +13,7 @@ import (
 // adopt records a key the daemon did not make as its own: the bootstrap
 // key, the key Vault serves, or the previous key the secret names. A key
 // already recorded (a foreign one someone published) becomes adopted.
-func adopt(st *store.Target, k codat.Key, state store.KeyState, published, deleteAfter time.Time, rotationID string) *store.Key {
+func adopt(st *store.Target, k Key, state store.KeyState, published, deleteAfter time.Time, rotationID string) *store.Key {
 	rec := st.Key(k.ID)
 	if rec == nil {
 		st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Created: k.Created, RotationID: rotationID})
@@ -28,7 +27,7 @@ func adopt(st *store.Target, k codat.Key, state store.KeyState, published, delet
 }
 
 // recordCreated records a key the daemon just made, not yet published.
-func recordCreated(st *store.Target, k codat.Key, rotationID string, now time.Time) *store.Key {
+func recordCreated(st *store.Target, k Key, rotationID string, now time.Time) *store.Key {
 	rec := st.Key(k.ID)
 	if rec == nil {
 		created := k.Created

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/store"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // Plan is what a rotation would do, computed without changing anything:
@@ -74,12 +72,12 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 		if err != nil {
 			return p, fmt.Errorf("%w: %w", ErrNoBootstrap, err)
 		}
-		secret = &vault.Secret{APIKey: key}
+		secret = &Published{APIKey: key}
 		p.Bootstrap = true
 	}
 	keys, err := e.Codat(t.Name, secret.APIKey).List(ctx)
 	if err != nil {
-		if errors.Is(err, codat.ErrUnauthorized) {
+		if errors.Is(err, ErrKeyRejected) {
 			return p, fmt.Errorf("%w: %w", ErrServedKeyRejected, err)
 		}
 		return p, err
@@ -92,7 +90,7 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 	p.ServedKeyID = served.ID
 	if p.Bootstrap {
 		// The run publishes it with its id before it plans.
-		seen.Secret = &vault.Secret{APIKey: secret.APIKey, KeyID: served.ID, RotatedAt: now}
+		seen.Secret = &Published{APIKey: secret.APIKey, KeyID: served.ID, RotatedAt: now}
 		seen.Version++
 		st.VaultVersion = seen.Version
 	}
@@ -106,13 +104,13 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 			markDeleted(rec, now)
 		}
 	}
-	kept := slices.DeleteFunc(slices.Clone(keys), func(k codat.Key) bool { return gone[k.ID] })
+	kept := slices.DeleteFunc(slices.Clone(keys), func(k Key) bool { return gone[k.ID] })
 	p.CodatKeys = len(keys)
 	p.Limit, _ = Limit(t, opts.Emergency)
 	if opts.Revoke != "" {
 		if err := checkRevoke(st, kept, opts.Revoke); err != nil {
 			p.Blocked = err.Error()
-		} else if !slices.ContainsFunc(kept, func(k codat.Key) bool { return k.ID == opts.Revoke }) {
+		} else if !slices.ContainsFunc(kept, func(k Key) bool { return k.ID == opts.Revoke }) {
 			p.Revoke = "" // a rerun: the daemon deleted it already
 		}
 	}
@@ -126,21 +124,21 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 		gone[k.ID] = true
 		markDeleted(st.Key(k.ID), now)
 	}
-	kept = slices.DeleteFunc(kept, func(k codat.Key) bool { return gone[k.ID] })
+	kept = slices.DeleteFunc(kept, func(k Key) bool { return gone[k.ID] })
 
 	// The new key, as activate will see it, then the retire pass that
 	// follows a successful rotation.
 	const newID = "(new key)"
 	p.Retire = Activate(&st, newID, now, now.Add(Grace(t, opts)))
-	after := append(slices.Clone(kept), codat.Key{ID: newID})
+	after := append(slices.Clone(kept), Key{ID: newID})
 	if p.Revoke != "" {
-		after = slices.DeleteFunc(after, func(k codat.Key) bool { return k.ID == p.Revoke })
+		after = slices.DeleteFunc(after, func(k Key) bool { return k.ID == p.Revoke })
 		if rec := st.Key(p.Revoke); rec != nil {
 			markDeleted(rec, now)
 		}
 	}
 	due, _ := Due(st, now)
-	del, _, _ := Retirement(due, after, FindServed(after, &vault.Secret{KeyID: newID}))
+	del, _, _ := Retirement(due, after, FindServed(after, &Published{KeyID: newID}))
 	for _, k := range del {
 		p.RetireNow = append(p.RetireNow, k.ID)
 	}
@@ -160,8 +158,8 @@ func servedUnknown(t Target, bootstrap bool, n int) error {
 // checkRevoke refuses a --revoke that names no key at Codat, unless the
 // state shows the daemon deleted it: the rerun of an emergency whose
 // revoke already happened.
-func checkRevoke(st store.Target, keys []codat.Key, id string) error {
-	if id == "" || slices.ContainsFunc(keys, func(k codat.Key) bool { return k.ID == id }) {
+func checkRevoke(st store.Target, keys []Key, id string) error {
+	if id == "" || slices.ContainsFunc(keys, func(k Key) bool { return k.ID == id }) {
 		return nil
 	}
 	if rec := st.Key(id); rec != nil && rec.State == store.KeyDeleted {

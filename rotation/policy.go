@@ -5,9 +5,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/store"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // This file holds the decisions of a rotation as plain functions of the
@@ -52,7 +50,7 @@ func (s Served) NeverPublished(id string) Served {
 // served key and shows one key without a raw value, that key. Otherwise
 // it is unknown. A secret whose key_id and raw value name different keys
 // (edited by hand) protects both.
-func FindServed(keys []codat.Key, s *vault.Secret) Served {
+func FindServed(keys []Key, s *Published) Served {
 	out := Served{Known: true, maybe: map[string]bool{}}
 	if s == nil {
 		return out
@@ -109,7 +107,7 @@ const (
 // Classify says what each of Codat's keys is to the target: by the state
 // first, then as the served key or the previous key the secret names
 // (adopted), then by name shape (orphan), else foreign.
-func Classify(st store.Target, keys []codat.Key, served Served, secret *vault.Secret, prefix string) map[string]Class {
+func Classify(st store.Target, keys []Key, served Served, secret *Published, prefix string) map[string]Class {
 	out := make(map[string]Class, len(keys))
 	for _, k := range keys {
 		out[k.ID] = classify(st, k, served, secret, prefix)
@@ -117,7 +115,7 @@ func Classify(st store.Target, keys []codat.Key, served Served, secret *vault.Se
 	return out
 }
 
-func classify(st store.Target, k codat.Key, served Served, secret *vault.Secret, prefix string) Class {
+func classify(st store.Target, k Key, served Served, secret *Published, prefix string) Class {
 	if rec := st.Key(k.ID); rec != nil {
 		switch {
 		case rec.Origin == store.OriginCreated:
@@ -141,16 +139,16 @@ func classify(st store.Target, k codat.Key, served Served, secret *vault.Secret,
 // Seen is what one look at Codat and Vault found.
 type Seen struct {
 	// Keys is Codat's listing.
-	Keys []codat.Key
+	Keys []Key
 	// Secret is what Vault serves (nil when none) and Version its version.
-	Secret  *vault.Secret
+	Secret  *Published
 	Version int
 	// Served is FindServed(Keys, Secret); it must be known.
 	Served Served
 }
 
 // See makes a Seen from a listing and a secret.
-func See(keys []codat.Key, secret *vault.Secret, version int) Seen {
+func See(keys []Key, secret *Published, version int) Seen {
 	return Seen{Keys: keys, Secret: secret, Version: version, Served: FindServed(keys, secret)}
 }
 
@@ -167,7 +165,7 @@ func See(keys []codat.Key, secret *vault.Secret, version int) Seen {
 // shape, and pending keys no journal names (I5). Keys that may be the
 // served one are never orphans. The served key must be known (a
 // rotation refuses to start otherwise).
-func Reconcile(st *store.Target, seen Seen, prefix string, grace time.Duration, now time.Time, rotationID string) (orphans []codat.Key) {
+func Reconcile(st *store.Target, seen Seen, prefix string, grace time.Duration, now time.Time, rotationID string) (orphans []Key) {
 	keys, served, secret := seen.Keys, seen.Served, seen.Secret
 	unseen := st.VaultVersion != 0 && seen.Version != st.VaultVersion
 	st.VaultVersion = seen.Version
@@ -218,7 +216,7 @@ func Reconcile(st *store.Target, seen Seen, prefix string, grace time.Duration, 
 			supersede(rec, now.Add(grace))
 		case rec.State == store.KeyPending:
 			// Created, never published, and no journal names it.
-			orphans = append(orphans, codat.Key{ID: rec.ID, Name: rec.Name})
+			orphans = append(orphans, Key{ID: rec.ID, Name: rec.Name})
 		case rec.State == store.KeyRetiring && unseen && rec.DeleteAfter.Before(now.Add(grace)):
 			supersede(rec, now.Add(grace))
 		}
@@ -231,7 +229,7 @@ func Reconcile(st *store.Target, seen Seen, prefix string, grace time.Duration, 
 // their grace (any retiring key in an emergency), oldest delete-after
 // first. It also counts the foreign keys. When there are not enough
 // candidates it returns ErrNoRoom with the counts.
-func Room(st store.Target, keys []codat.Key, served Served, t Target, emergency bool, now time.Time) (del []store.Key, foreign int, err error) {
+func Room(st store.Target, keys []Key, served Served, t Target, emergency bool, now time.Time) (del []store.Key, foreign int, err error) {
 	limit, kind := Limit(t, emergency)
 	live := make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -334,7 +332,7 @@ type Hold struct {
 // Retirement decides, for the due keys, which to delete now: never one
 // that may be the served key (I3), never the last key (I2). Keys gone
 // from Codat need no delete and are returned as gone.
-func Retirement(due []store.Key, keys []codat.Key, served Served) (del, gone []store.Key, held []Hold) {
+func Retirement(due []store.Key, keys []Key, served Served) (del, gone []store.Key, held []Hold) {
 	live := make(map[string]bool, len(keys))
 	for _, k := range keys {
 		live[k.ID] = true

@@ -6,10 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/secret"
 	"github.com/codat-rotator/codat-rotator/store"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // The policy's decisions are plain functions: these tables need no
@@ -17,12 +16,12 @@ import (
 
 var t0 = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 
-func listing(raw bool, ids ...string) []codat.Key {
-	var out []codat.Key
+func listing(raw bool, ids ...string) []rotation.Key {
+	var out []rotation.Key
 	for _, id := range ids {
-		k := codat.Key{ID: id, Name: "k-" + id}
+		k := rotation.Key{ID: id, Name: "k-" + id}
 		if raw {
-			k.APIKey = codat.Secret("raw-" + id)
+			k.APIKey = secret.Value("raw-" + id)
 		}
 		out = append(out, k)
 	}
@@ -32,19 +31,19 @@ func listing(raw bool, ids ...string) []codat.Key {
 func TestFindServed(t *testing.T) {
 	tests := []struct {
 		name      string
-		keys      []codat.Key
-		secret    *vault.Secret
+		keys      []rotation.Key
+		secret    *rotation.Published
 		wantID    string
 		wantKnown bool
 		may, not  []string
 	}{
 		{"no secret", listing(true, "a"), nil, "", true, nil, []string{"a"}},
-		{"by key_id", listing(true, "a", "b"), &vault.Secret{KeyID: "b", APIKey: "raw-b"}, "b", true, []string{"b"}, []string{"a"}},
-		{"by raw value: a secret written by hand", listing(true, "a", "b"), &vault.Secret{APIKey: "raw-a"}, "a", true, []string{"a"}, []string{"b"}},
-		{"key_id and raw value disagree: both protected", listing(true, "a", "b"), &vault.Secret{KeyID: "b", APIKey: "raw-a"}, "b", true, []string{"a", "b"}, nil},
-		{"no key_id, listing without raw keys, one key", listing(false, "a"), &vault.Secret{APIKey: "raw-a"}, "a", true, []string{"a"}, nil},
-		{"no key_id, listing without raw keys: unknown, every key may be it", listing(false, "a", "b"), &vault.Secret{APIKey: "raw-a"}, "", false, []string{"a", "b"}, nil},
-		{"key_id, listing without raw keys", listing(false, "a", "b"), &vault.Secret{KeyID: "a", APIKey: "raw-a"}, "a", true, []string{"a"}, []string{"b"}},
+		{"by key_id", listing(true, "a", "b"), &rotation.Published{KeyID: "b", APIKey: "raw-b"}, "b", true, []string{"b"}, []string{"a"}},
+		{"by raw value: a secret written by hand", listing(true, "a", "b"), &rotation.Published{APIKey: "raw-a"}, "a", true, []string{"a"}, []string{"b"}},
+		{"key_id and raw value disagree: both protected", listing(true, "a", "b"), &rotation.Published{KeyID: "b", APIKey: "raw-a"}, "b", true, []string{"a", "b"}, nil},
+		{"no key_id, listing without raw keys, one key", listing(false, "a"), &rotation.Published{APIKey: "raw-a"}, "a", true, []string{"a"}, nil},
+		{"no key_id, listing without raw keys: unknown, every key may be it", listing(false, "a", "b"), &rotation.Published{APIKey: "raw-a"}, "", false, []string{"a", "b"}, nil},
+		{"key_id, listing without raw keys", listing(false, "a", "b"), &rotation.Published{KeyID: "a", APIKey: "raw-a"}, "a", true, []string{"a"}, []string{"b"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -72,11 +71,11 @@ func TestClassify(t *testing.T) {
 		{ID: "boot", Origin: store.OriginAdopted, State: store.KeyActive},
 		{ID: "portal", Origin: store.OriginForeign, State: store.KeyForeign},
 	}}
-	keys := []codat.Key{
+	keys := []rotation.Key{
 		{ID: "made"}, {ID: "boot"}, {ID: "portal"}, {ID: "served"}, {ID: "prev"},
 		{ID: "crash", Name: "rot-20261130T120000Z-abc123"}, {ID: "person", Name: "rot-manual"},
 	}
-	secret := &vault.Secret{KeyID: "served", PreviousKeyID: "prev"}
+	secret := &rotation.Published{KeyID: "served", PreviousKeyID: "prev"}
 	got := rotation.Classify(st, keys, rotation.FindServed(keys, secret), secret, "rot-")
 	want := map[string]rotation.Class{
 		"made": rotation.ClassManaged, "boot": rotation.ClassAdopted, "portal": rotation.ClassForeign,
@@ -96,11 +95,11 @@ func TestReconcile(t *testing.T) {
 		{ID: "pend", Name: "rot-20261130T110000Z-aaaaaa", Origin: store.OriginCreated, State: store.KeyPending},
 		{ID: "back", Origin: store.OriginCreated, State: store.KeyDeleted, Deleted: t0.Add(-time.Hour)},
 	}}
-	keys := []codat.Key{
+	keys := []rotation.Key{
 		{ID: "old"}, {ID: "pend"}, {ID: "back"}, {ID: "new", Name: "x"},
 		{ID: "orphan", Name: "rot-20261130T100000Z-bbbbbb"}, {ID: "portal", Name: "rot-mine"},
 	}
-	secret := &vault.Secret{KeyID: "new", RotatedAt: t0.Add(-time.Minute)}
+	secret := &rotation.Published{KeyID: "new", RotatedAt: t0.Add(-time.Minute)}
 	orphans := rotation.Reconcile(&st, rotation.See(keys, secret, 1), "rot-", time.Hour, t0, "r-1")
 	var ids []string
 	for _, k := range orphans {
@@ -142,7 +141,7 @@ func TestRoom(t *testing.T) {
 		{ID: "grace", Origin: store.OriginCreated, State: store.KeyRetiring, DeleteAfter: t0.Add(time.Hour)},
 		{ID: "portal", Origin: store.OriginForeign, State: store.KeyForeign},
 	}}
-	served := rotation.FindServed(nil, &vault.Secret{KeyID: "served"})
+	served := rotation.FindServed(nil, &rotation.Published{KeyID: "served"})
 	tests := []struct {
 		name      string
 		ids       []string
@@ -208,15 +207,15 @@ func TestRetirement(t *testing.T) {
 	due := []store.Key{{ID: "a"}, {ID: "b"}, {ID: "gone"}}
 	tests := []struct {
 		name            string
-		keys            []codat.Key
-		secret          *vault.Secret
+		keys            []rotation.Key
+		secret          *rotation.Published
 		del, gone, held []string
 	}{
-		{"served by key_id", listing(true, "a", "b", "c"), &vault.Secret{KeyID: "a", APIKey: "raw-a"}, []string{"b"}, []string{"gone"}, []string{"a"}},
+		{"served by key_id", listing(true, "a", "b", "c"), &rotation.Published{KeyID: "a", APIKey: "raw-a"}, []string{"b"}, []string{"gone"}, []string{"a"}},
 		// A secret written by hand without key_id (I3): the raw value names the served key.
-		{"served by raw value", listing(true, "a", "b", "c"), &vault.Secret{APIKey: "raw-a"}, []string{"b"}, []string{"gone"}, []string{"a"}},
-		{"unknown: nothing that may be it", listing(false, "a", "b", "c"), &vault.Secret{APIKey: "raw-c"}, nil, []string{"gone"}, []string{"a", "b"}},
-		{"never the last key", listing(true, "a", "b"), &vault.Secret{KeyID: "x"}, []string{"a"}, []string{"gone"}, []string{"b"}},
+		{"served by raw value", listing(true, "a", "b", "c"), &rotation.Published{APIKey: "raw-a"}, []string{"b"}, []string{"gone"}, []string{"a"}},
+		{"unknown: nothing that may be it", listing(false, "a", "b", "c"), &rotation.Published{APIKey: "raw-c"}, nil, []string{"gone"}, []string{"a", "b"}},
+		{"never the last key", listing(true, "a", "b"), &rotation.Published{KeyID: "x"}, []string{"a"}, []string{"gone"}, []string{"b"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -251,7 +250,7 @@ func TestMaySupersede(t *testing.T) {
 
 func TestNeverPublished(t *testing.T) {
 	keys := listing(false, "a", "b", "new")
-	s := rotation.FindServed(keys, &vault.Secret{APIKey: "raw-a"})
+	s := rotation.FindServed(keys, &rotation.Published{APIKey: "raw-a"})
 	if s.Known || !s.May("new") {
 		t.Fatalf("a blind listing without key_id: want unknown, every key possibly served")
 	}
@@ -259,7 +258,7 @@ func TestNeverPublished(t *testing.T) {
 	if s.May("new") || !s.May("a") || !s.May("b") {
 		t.Errorf("NeverPublished(new): May(new)=%v May(a)=%v May(b)=%v, want false true true", s.May("new"), s.May("a"), s.May("b"))
 	}
-	known := rotation.FindServed(keys, &vault.Secret{KeyID: "a"}).NeverPublished("a")
+	known := rotation.FindServed(keys, &rotation.Published{KeyID: "a"}).NeverPublished("a")
 	if !known.May("a") {
 		t.Errorf("the identified served key must stay protected")
 	}

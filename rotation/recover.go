@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/store"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // recover finishes or rolls back the rotation a crash left in the
@@ -41,7 +39,7 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 	r.secret, r.version = *cur.Secret, cur.Version
 	r.client = r.e.Codat(r.t.Name, r.secret.APIKey)
 	keys, err := r.client.List(ctx)
-	if errors.Is(err, codat.ErrUnauthorized) {
+	if errors.Is(err, ErrKeyRejected) {
 		return false, fmt.Errorf("%w: the key at %s: %w", ErrServedKeyRejected, r.t.Vault, err)
 	}
 	if err != nil {
@@ -53,7 +51,7 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 	if j.NewKeyID != "" && r.secret.KeyID == j.NewKeyID {
 		// The publish landed before the crash: finish from activate.
 		log.Info("vault already serves the new key; activating", "key_id", j.NewKeyID)
-		k := codat.Key{ID: j.NewKeyID, APIKey: cur.Secret.APIKey, Name: cur.Secret.KeyName, Created: cur.Secret.CreatedAt}
+		k := Key{ID: j.NewKeyID, APIKey: cur.Secret.APIKey, Name: cur.Secret.KeyName, Created: cur.Secret.CreatedAt}
 		if err := r.activate(k); err != nil {
 			return false, err
 		}
@@ -69,7 +67,7 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		// over it: consumers may hold this key, so it retires with the
 		// full grace instead of going at once (I4), whether or not its
 		// raw value can still be had. A fresh rotation follows.
-		if !slices.ContainsFunc(keys, func(k codat.Key) bool { return k.ID == j.NewKeyID }) {
+		if !slices.ContainsFunc(keys, func(k Key) bool { return k.ID == j.NewKeyID }) {
 			log.Info("the journaled key is gone from codat", "key_id", j.NewKeyID)
 			return false, r.forget(j)
 		}
@@ -77,7 +75,7 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 			"journal_version", j.VaultVersion, "vault_version", cur.Version)
 		now := r.e.now()
 		return false, r.update(func(st *store.Target) error {
-			k := codat.Key{ID: j.NewKeyID, Name: j.Name}
+			k := Key{ID: j.NewKeyID, Name: j.Name}
 			for _, l := range keys {
 				if l.ID == j.NewKeyID {
 					k = l
@@ -101,7 +99,7 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		// Vault changed before anything was published: publishing would
 		// race whoever wrote it. Roll back and start afresh.
 		log.Warn("vault changed since the rotation began; rolling back", "journal_version", j.VaultVersion, "vault_version", cur.Version)
-		err := r.rollback(ctx, k, fmt.Errorf("%w: %s moved from version %d to %d", vault.ErrCASConflict, r.t.Vault, j.VaultVersion, cur.Version))
+		err := r.rollback(ctx, k, fmt.Errorf("%w: %s moved from version %d to %d", ErrCASConflict, r.t.Vault, j.VaultVersion, cur.Version))
 		if errors.Is(err, ErrRolledBack) {
 			return false, nil
 		}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/store"
 )
 
@@ -67,7 +66,7 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 	var deleted []string
 	for _, k := range del {
 		log.Info("deleting retired key", "key_id", k.ID, "delete_after", k.DeleteAfter)
-		if err := client.Delete(ctx, k.ID); err != nil && !errors.Is(err, codat.ErrNotFound) {
+		if err := client.Delete(ctx, k.ID); err != nil && !errors.Is(err, ErrKeyNotFound) {
 			errs = append(errs, fmt.Errorf("delete key %s: %w", k.ID, err))
 			continue
 		}

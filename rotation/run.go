@@ -8,9 +8,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/store"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // Custom metadata set on every published secret.
@@ -34,11 +32,11 @@ type run struct {
 	// Set by plan: the secret Vault serves, at which version, which of
 	// Codat's keys it is, a Codat client holding that key, and Codat's
 	// keys.
-	secret  vault.Secret
+	secret  Published
 	version int
 	served  Served
 	client  Codat
-	keys    []codat.Key
+	keys    []Key
 
 	res Result
 }
@@ -87,7 +85,7 @@ func (r *run) rotate(ctx context.Context) (Result, error) {
 	if err := r.checkRevoke(); err != nil {
 		return r.res, err
 	}
-	if r.opts.Revoke != "" && !slices.ContainsFunc(r.keys, func(k codat.Key) bool { return k.ID == r.opts.Revoke }) {
+	if r.opts.Revoke != "" && !slices.ContainsFunc(r.keys, func(k Key) bool { return k.ID == r.opts.Revoke }) {
 		r.log.Info("the key to revoke is already deleted; rotating without it", "key_id", r.opts.Revoke)
 		r.opts.Revoke = ""
 	}
@@ -103,7 +101,7 @@ func (r *run) rotate(ctx context.Context) (Result, error) {
 
 // finish takes a new key (with its raw value) through verify, publish,
 // activate and the revoke of an emergency.
-func (r *run) finish(ctx context.Context, k codat.Key) error {
+func (r *run) finish(ctx context.Context, k Key) error {
 	if err := r.verify(ctx, k); err != nil {
 		return fmt.Errorf("verify new key %s: %w", k.ID, err)
 	}
@@ -138,7 +136,7 @@ func (r *run) plan(ctx context.Context) error {
 	r.secret, r.version = *cur.Secret, cur.Version
 	r.client = r.e.Codat(r.t.Name, r.secret.APIKey)
 	keys, err := r.client.List(ctx)
-	if errors.Is(err, codat.ErrUnauthorized) {
+	if errors.Is(err, ErrKeyRejected) {
 		return fmt.Errorf("%w: the key at %s (id %q): %w", ErrServedKeyRejected, r.t.Vault, r.secret.KeyID, err)
 	}
 	if err != nil {
@@ -156,7 +154,7 @@ func (r *run) plan(ctx context.Context) error {
 // bootstrap publishes the configured first key to Vault as-is and adopts
 // it (docs/design.md#bootstrap). A crash after the write is harmless: the next plan
 // finds the key in Vault and adopts it then.
-func (r *run) bootstrap(ctx context.Context, cur vault.Current) (vault.Current, error) {
+func (r *run) bootstrap(ctx context.Context, cur Current) (Current, error) {
 	log := r.step(store.StepPlan)
 	if r.t.Bootstrap == nil {
 		return cur, fmt.Errorf("%w: %s holds no secret; set bootstrap_key_file or bootstrap_key_env", ErrNoBootstrap, r.t.Vault)
@@ -167,24 +165,24 @@ func (r *run) bootstrap(ctx context.Context, cur vault.Current) (vault.Current, 
 	}
 	keys, err := r.e.Codat(r.t.Name, key).List(ctx)
 	if err != nil {
-		if errors.Is(err, codat.ErrUnauthorized) {
+		if errors.Is(err, ErrKeyRejected) {
 			return cur, fmt.Errorf("%w: codat rejects the bootstrap key: %w", ErrServedKeyRejected, err)
 		}
 		return cur, err
 	}
-	served := FindServed(keys, &vault.Secret{APIKey: key})
+	served := FindServed(keys, &Published{APIKey: key})
 	if !served.Known {
 		return cur, servedUnknown(r.t, true, len(keys))
 	}
-	k := codat.Key{ID: served.ID}
+	k := Key{ID: served.ID}
 	for _, l := range keys {
 		if l.ID == served.ID {
 			k = l
 		}
 	}
 	now := r.e.now()
-	s := vault.Secret{APIKey: key, KeyID: k.ID, KeyName: k.Name, CreatedAt: k.Created, RotatedAt: now, NextRotationAt: r.nextRotation(now)}
-	if _, err := r.e.Vault.Write(ctx, r.t.Vault, s, cur.Version, r.metadata()); err != nil && !errors.Is(err, vault.ErrMetadata) {
+	s := Published{APIKey: key, KeyID: k.ID, KeyName: k.Name, CreatedAt: k.Created, RotatedAt: now, NextRotationAt: r.nextRotation(now)}
+	if _, err := r.e.Vault.Write(ctx, r.t.Vault, s, cur.Version, r.metadata()); err != nil && !errors.Is(err, ErrMetadataNotSet) {
 		return cur, fmt.Errorf("publish bootstrap key: %w", err)
 	}
 	after, err := r.e.Vault.Read(ctx, r.t.Vault)
@@ -212,7 +210,7 @@ func (r *run) bootstrap(ctx context.Context, cur vault.Current) (vault.Current, 
 func (r *run) reconcile(ctx context.Context) error {
 	log := r.step(store.StepPlan)
 	now := r.e.now()
-	var orphans []codat.Key
+	var orphans []Key
 	err := r.update(func(st *store.Target) error {
 		orphans = Reconcile(st, Seen{Keys: r.keys, Secret: &r.secret, Version: r.version, Served: r.served}, r.t.Prefix, r.t.Grace, now, r.id)
 		return nil
@@ -245,7 +243,7 @@ func (r *run) deleteKey(ctx context.Context, c Codat, id string) error {
 	if live == 0 {
 		return fmt.Errorf("refusing to delete %s: it is the last key", id)
 	}
-	if err := c.Delete(ctx, id); err != nil && !errors.Is(err, codat.ErrNotFound) {
+	if err := c.Delete(ctx, id); err != nil && !errors.Is(err, ErrKeyNotFound) {
 		return err
 	}
 	kept := r.keys[:0]
@@ -310,7 +308,7 @@ func (r *run) makeRoom(ctx context.Context) error {
 
 // create journals the new key's name, then asks Codat for it. When the
 // answer is lost the key is looked up by name, never created again.
-func (r *run) create(ctx context.Context) (codat.Key, error) {
+func (r *run) create(ctx context.Context) (Key, error) {
 	log := r.step(store.StepCreate)
 	now := r.e.now()
 	name := NewKeyName(r.t.Prefix, now)
@@ -320,31 +318,31 @@ func (r *run) create(ctx context.Context) (codat.Key, error) {
 		return nil
 	})
 	if err != nil {
-		return codat.Key{}, err
+		return Key{}, err
 	}
 	k, err := r.client.Create(ctx, name)
-	if errors.Is(err, codat.ErrOutcomeUnknown) {
+	if errors.Is(err, ErrOutcomeUnknown) {
 		log.Warn("create outcome unknown; looking the key up by name", "name", name, "error", err)
 		found, ok, lerr := r.findJournaled(ctx, name, "")
 		if lerr != nil {
-			return codat.Key{}, fmt.Errorf("%w; and the lookup by name failed: %w", err, lerr) // the journal stays for recovery
+			return Key{}, fmt.Errorf("%w; and the lookup by name failed: %w", err, lerr) // the journal stays for recovery
 		}
 		if !ok {
 			if cerr := r.clearJournal(); cerr != nil {
-				return codat.Key{}, cerr
+				return Key{}, cerr
 			}
-			return codat.Key{}, err
+			return Key{}, err
 		}
 		k, err = found, nil
 	}
 	if err != nil {
 		if cerr := r.clearJournal(); cerr != nil {
-			return codat.Key{}, cerr
+			return Key{}, cerr
 		}
-		return codat.Key{}, err
+		return Key{}, err
 	}
 	if err := r.recordNewKey(k); err != nil {
-		return codat.Key{}, err
+		return Key{}, err
 	}
 	r.keys = append(r.keys, k)
 	log.Info("key created", "key_id", k.ID, "name", k.Name)
@@ -352,7 +350,7 @@ func (r *run) create(ctx context.Context) (codat.Key, error) {
 }
 
 // recordNewKey records a new key as pending and names it in the journal.
-func (r *run) recordNewKey(k codat.Key) error {
+func (r *run) recordNewKey(k Key) error {
 	now := r.e.now()
 	return r.update(func(st *store.Target) error {
 		if st.Journal == nil {
@@ -360,7 +358,7 @@ func (r *run) recordNewKey(k codat.Key) error {
 		}
 		st.Journal.NewKeyID, st.Journal.Step, st.Journal.Updated = k.ID, store.StepVerify, now
 		st.CodatKeys = len(r.keys)
-		if !slices.ContainsFunc(r.keys, func(c codat.Key) bool { return c.ID == k.ID }) {
+		if !slices.ContainsFunc(r.keys, func(c Key) bool { return c.ID == k.ID }) {
 			st.CodatKeys++
 		}
 		recordCreated(st, k, r.id, now)
@@ -372,19 +370,19 @@ func (r *run) recordNewKey(k codat.Key) error {
 // id when known, else by its journaled name. It is called only while
 // that key cannot have been published. A key found without its raw
 // value cannot be published: it is deleted and reported as not found.
-func (r *run) findJournaled(ctx context.Context, name, id string) (codat.Key, bool, error) {
+func (r *run) findJournaled(ctx context.Context, name, id string) (Key, bool, error) {
 	keys, err := r.client.List(ctx)
 	if err != nil {
-		return codat.Key{}, false, err
+		return Key{}, false, err
 	}
 	r.keys = keys
-	var matches []codat.Key
+	var matches []Key
 	for _, k := range keys {
 		if (id != "" && k.ID == id) || (id == "" && k.Name == name) {
 			matches = append(matches, k)
 		}
 	}
-	var found codat.Key
+	var found Key
 	ok := false
 	for _, k := range matches {
 		// Made by this rotation and never published (its publish, if it
@@ -399,7 +397,7 @@ func (r *run) findJournaled(ctx context.Context, name, id string) (codat.Key, bo
 		// made by this rotation and is of no use, so it goes (I5).
 		r.log.Warn("deleting a key made by this rotation that cannot be used", "key_id", k.ID, "name", k.Name)
 		if err := r.deleteKey(ctx, r.client, k.ID); err != nil {
-			return codat.Key{}, false, fmt.Errorf("delete unusable key %s: %w", k.ID, err)
+			return Key{}, false, fmt.Errorf("delete unusable key %s: %w", k.ID, err)
 		}
 		r.res.Deleted = append(r.res.Deleted, k.ID)
 	}
@@ -426,7 +424,7 @@ func (r *run) setStep(s store.Step) error {
 
 // verify calls Codat with the new key until it authenticates and sees
 // itself, within a bound; otherwise the new key is rolled back.
-func (r *run) verify(ctx context.Context, k codat.Key) error {
+func (r *run) verify(ctx context.Context, k Key) error {
 	log := r.step(store.StepVerify)
 	if err := r.setStep(store.StepVerify); err != nil {
 		return err
@@ -461,7 +459,7 @@ func (r *run) verify(ctx context.Context, k codat.Key) error {
 // rollback deletes a new key that was never published, with the key
 // Vault still serves. If the delete fails the journal stays, and the
 // next attempt's recovery finishes the job.
-func (r *run) rollback(ctx context.Context, k codat.Key, cause error) error {
+func (r *run) rollback(ctx context.Context, k Key, cause error) error {
 	r.log.Warn("rolling back the new key", "key_id", k.ID, "error", cause)
 	if err := r.deleteKey(ctx, r.client, k.ID); err != nil {
 		return fmt.Errorf("%w; rolling back, deleting new key %s failed: %v", cause, k.ID, err)
@@ -489,13 +487,13 @@ func (r *run) metadata() map[string]string {
 // is known not to serve the new key, it rolls the key back. When that
 // cannot be known (Vault unreadable), nothing is deleted: the journal
 // stays and recovery decides (I3).
-func (r *run) publish(ctx context.Context, k codat.Key) error {
+func (r *run) publish(ctx context.Context, k Key) error {
 	log := r.step(store.StepPublish)
 	if err := r.setStep(store.StepPublish); err != nil {
 		return err
 	}
 	now := r.e.now()
-	s := vault.Secret{
+	s := Published{
 		APIKey: k.APIKey, KeyID: k.ID, KeyName: k.Name, CreatedAt: k.Created, RotatedAt: now,
 		PreviousKeyID: r.served.ID, PreviousExpiresAt: now.Add(Grace(r.t, r.opts)), NextRotationAt: r.nextRotation(now),
 	}
@@ -508,11 +506,11 @@ func (r *run) publish(ctx context.Context, k codat.Key) error {
 			}
 		}
 		_, err := r.e.Vault.Write(ctx, r.t.Vault, s, r.version, r.metadata())
-		if errors.Is(err, vault.ErrMetadata) {
+		if errors.Is(err, ErrMetadataNotSet) {
 			log.Warn("published, but custom metadata not set", "error", err)
 			err = nil
 		}
-		if err == nil || errors.Is(err, vault.ErrCASConflict) {
+		if err == nil || errors.Is(err, ErrCASConflict) {
 			// A conflict may be our own earlier write whose answer was
 			// lost: the read-back tells.
 			served, rerr := r.readBack(ctx, k.ID)
@@ -520,7 +518,7 @@ func (r *run) publish(ctx context.Context, k codat.Key) error {
 				log.Info("published and read back", "key_id", k.ID)
 				return nil
 			}
-			if rerr == nil && errors.Is(err, vault.ErrCASConflict) {
+			if rerr == nil && errors.Is(err, ErrCASConflict) {
 				return r.rollback(ctx, k, err) // someone else published
 			}
 			if err == nil {
@@ -566,7 +564,7 @@ func (r *run) readBack(ctx context.Context, newID string) (string, error) {
 // activate makes the new key the daemon's own credential and
 // supersedes every other managed key: after grace, or at once in an
 // emergency.
-func (r *run) activate(k codat.Key) error {
+func (r *run) activate(k Key) error {
 	now := r.e.now()
 	deleteAfter := now.Add(Grace(r.t, r.opts))
 	var retiring []store.Key
@@ -590,7 +588,7 @@ func (r *run) activate(k codat.Key) error {
 	}
 	r.step(store.StepActivate).Info("new key active", "key_id", k.ID, "retiring", len(retiring), "delete_after", deleteAfter)
 	r.res.NewKey, r.res.Retiring = active, retiring
-	r.secret = vault.Secret{APIKey: k.APIKey, KeyID: k.ID, KeyName: k.Name}
+	r.secret = Published{APIKey: k.APIKey, KeyID: k.ID, KeyName: k.Name}
 	r.served = FindServed(nil, &r.secret)
 	r.client = r.e.Codat(r.t.Name, k.APIKey)
 	return nil

@@ -4,9 +4,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/store"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // Status is one target's keys as an operator sees them: what `status`
@@ -40,7 +38,7 @@ func TargetStatus(st store.Target, now time.Time) Status {
 
 // ClassifiedKey is one key of a Codat listing as the policy classes it.
 type ClassifiedKey struct {
-	Key   codat.Key
+	Key   Key
 	Class Class
 	// State is the key's state in the state file, empty when unknown.
 	State store.KeyState
@@ -52,7 +50,7 @@ type ClassifiedKey struct {
 // state and the secret Vault serves (nil when none), in the listing's
 // order: the same Classify a rotation acts on, so `keys` shows what the
 // next rotation would do with each.
-func ClassifyKeys(t Target, st store.Target, listing []codat.Key, secret *vault.Secret) []ClassifiedKey {
+func ClassifyKeys(t Target, st store.Target, listing []Key, secret *Published) []ClassifiedKey {
 	served := FindServed(listing, secret)
 	classes := Classify(st, listing, served, secret, t.Prefix)
 	out := make([]ClassifiedKey, 0, len(listing))

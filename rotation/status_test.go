@@ -4,10 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 func TestTargetStatus(t *testing.T) {
@@ -51,7 +49,7 @@ func TestClassifyKeys(t *testing.T) {
 		{ID: "boot", Origin: store.OriginAdopted, State: store.KeyRetiring},
 		{ID: "seen", Origin: store.OriginForeign, State: store.KeyForeign},
 	}}
-	listing := []codat.Key{
+	listing := []rotation.Key{
 		{ID: "made", Name: prefix + "20260302T030000Z-abc123"},
 		{ID: "boot", Name: "bootstrap"},
 		{ID: "seen", Name: "a person's key"},
@@ -71,7 +69,7 @@ func TestClassifyKeys(t *testing.T) {
 		{"lookalike", rotation.ClassForeign, ""},
 		{"orphan", rotation.ClassOrphan, ""},
 	}
-	got := rotation.ClassifyKeys(target, st, listing, &vault.Secret{KeyID: "made"})
+	got := rotation.ClassifyKeys(target, st, listing, &rotation.Published{KeyID: "made"})
 	if len(got) != len(tests) {
 		t.Fatalf("got %d keys, want %d", len(got), len(tests))
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/codat-rotator/codat-rotator/metrics"
 	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
 )
@@ -76,7 +77,7 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 	}
 	a.engine = &rotation.Engine{
 		Store:  states,
-		Vault:  vcl,
+		Vault:  adapt.Vault(vcl),
 		Logger: log,
 		Codat:  a.codat,
 	}
@@ -91,7 +92,7 @@ func (a *app) codat(target string, key codat.Secret) rotation.Codat {
 	if c == nil {
 		return noClient(target)
 	}
-	return c.WithKey(key)
+	return adapt.Codat(c.WithKey(key))
 }
 
 // setTargets (re)builds the targets and installs their Codat clients.
@@ -158,9 +159,11 @@ type noClient string
 func (n noClient) err() error {
 	return fmt.Errorf("target %s: no codat client: the target is not configured", string(n))
 }
-func (n noClient) List(context.Context) ([]codat.Key, error)         { return nil, n.err() }
-func (n noClient) Create(context.Context, string) (codat.Key, error) { return codat.Key{}, n.err() }
-func (n noClient) Delete(context.Context, string) error              { return n.err() }
+func (n noClient) List(context.Context) ([]rotation.Key, error) { return nil, n.err() }
+func (n noClient) Create(context.Context, string) (rotation.Key, error) {
+	return rotation.Key{}, n.err()
+}
+func (n noClient) Delete(context.Context, string) error { return n.err() }
 
 // noState stands for a state file that does not exist yet, read-only.
 type noState struct{}
@@ -184,7 +187,7 @@ func (a *app) Close() error {
 func rotationTarget(tc TargetConfig, getenv func(string) string) rotation.Target {
 	t := rotation.Target{
 		Name:         tc.Name,
-		Vault:        vault.Location{Mount: strings.Trim(tc.Vault.Mount, "/"), Path: strings.Trim(tc.Vault.Path, "/")},
+		Vault:        rotation.Location{Mount: strings.Trim(tc.Vault.Mount, "/"), Path: strings.Trim(tc.Vault.Path, "/")},
 		Prefix:       tc.KeyNamePrefix,
 		MaxKeys:      tc.MaxKeys,
 		ReserveSlots: *tc.ReserveSlots,

@@ -27,6 +27,7 @@ import (
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
 	"github.com/codat-rotator/codat-rotator/vault/vaulttest"
@@ -398,7 +399,7 @@ func benchFleetOnce(b *testing.B, dir string, n, limit, workers int, lat time.Du
 	// Each target starts as a user leaves it: its first key in Vault.
 	parallel(b, n, 32, func(i int) error {
 		k := lim.emus[i].Keys()[0]
-		_, err := a.vault.Write(ctx, ts[i].Vault, vault.Secret{APIKey: codat.Secret(lim.emus[i].InitialKey()), KeyID: k.ID,
+		_, err := a.vault.Write(ctx, adapt.VaultLocation(ts[i].Vault), vault.Secret{APIKey: codat.Secret(lim.emus[i].InitialKey()), KeyID: k.ID,
 			CreatedAt: k.Created, RotatedAt: time.Now().UTC()}, 0, nil)
 		return err
 	})

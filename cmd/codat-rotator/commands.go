@@ -16,6 +16,7 @@ import (
 	"github.com/codat-rotator/codat-rotator/admin"
 	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
 )
@@ -324,7 +325,7 @@ func (c *checkCommand) Run(ctx context.Context) error {
 		line(false, "state file", err.Error())
 	}
 
-	eng := &rotation.Engine{Vault: c.app.vault, Codat: c.app.codat}
+	eng := &rotation.Engine{Vault: adapt.Vault(c.app.vault), Codat: c.app.codat}
 	for _, t := range c.app.allTargets() {
 		for _, ch := range eng.CheckTarget(pctx, t) {
 			if ch.Err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/codat-rotator/codat-rotator/metrics"
 	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
 )
 
@@ -244,7 +245,7 @@ func (r *readiness) probe(ctx context.Context) error {
 	}
 	var missing []string
 	for _, t := range r.app.allTargets() {
-		cur, err := r.app.vault.Read(ctx, t.Vault)
+		cur, err := r.app.vault.Read(ctx, adapt.VaultLocation(t.Vault))
 		if err != nil {
 			return err
 		}

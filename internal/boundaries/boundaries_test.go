@@ -12,7 +12,15 @@ const module = "github.com/codat-rotator/codat-rotator"
 var adapters = []string{"codat", "vault", "store"}
 
 // above are the packages that wire the adapters; no adapter imports them.
+// "rotation" covers rotation/adapt, which fits codat/ and vault/ to the
+// engine.
 var above = []string{"rotation", "admin", "notify", "metrics", "cmd"}
+
+// engine speaks its own types: it imports none of these adapters, which
+// rotation/adapt translates for it.
+const engine = "rotation"
+
+var engineNeverImports = []string{"codat", "vault"}
 
 // leaves are shared by the adapters, so they import nothing of the module.
 var leaves = []string{"secret", "internal/clock", "internal/isotime", "internal/sentinel"}
@@ -58,6 +66,13 @@ func violations(graph map[string][]string) []string {
 					bad = append(bad, pkg+" imports "+d+" (a shared leaf imports nothing of the module)")
 				}
 			}
+			if pkg == module+"/"+engine {
+				for _, a := range engineNeverImports {
+					if under(d, a) {
+						bad = append(bad, pkg+" imports "+d+" (the engine speaks its own types; rotation/adapt translates "+a+"/)")
+					}
+				}
+			}
 			for _, a := range adapters {
 				if !under(pkg, a) {
 					continue
@@ -90,12 +105,14 @@ func TestAdaptersDoNotImportEachOther(t *testing.T) {
 // nothing.
 func TestViolationsCatches(t *testing.T) {
 	graph := map[string][]string{
-		module + "/vault":          {"context", module + "/secret", module + "/codat"},
-		module + "/codat/emulator": {module + "/store"},
-		module + "/store":          {module + "/rotation"},
-		module + "/secret":         {module + "/codat"},
-		module + "/rotation":       {module + "/codat", module + "/vault", module + "/store"},
-		module + "/codat":          {module + "/secret", module + "/internal/isotime"},
+		module + "/vault":           {"context", module + "/secret", module + "/codat"},
+		module + "/codat/emulator":  {module + "/store"},
+		module + "/store":           {module + "/rotation"},
+		module + "/secret":          {module + "/codat"},
+		module + "/rotation":        {module + "/codat", module + "/vault", module + "/store"},
+		module + "/rotation/adapt":  {module + "/rotation", module + "/codat", module + "/vault"},
+		module + "/codat":           {module + "/secret", module + "/internal/isotime"},
+		module + "/vault/vaulttest": {module + "/rotation/adapt"},
 	}
 	got := violations(graph)
 	want := []string{
@@ -103,6 +120,9 @@ func TestViolationsCatches(t *testing.T) {
 		module + "/codat/emulator imports " + module + "/store",
 		module + "/store imports " + module + "/rotation",
 		module + "/secret imports " + module + "/codat",
+		module + "/rotation imports " + module + "/codat",
+		module + "/rotation imports " + module + "/vault",
+		module + "/vault/vaulttest imports " + module + "/rotation/adapt",
 	}
 	if len(got) != len(want) {
 		t.Errorf("got %d violations, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
