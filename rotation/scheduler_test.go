@@ -18,6 +18,7 @@ import (
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/store/storetest"
 	"github.com/codat-rotator/codat-rotator/vault"
@@ -283,7 +284,7 @@ func (g *gate) waitEntered(tb testing.TB, op string) {
 }
 
 type gatedCodat struct {
-	inner  rotation.Codat
+	inner  adapt.CodatClient
 	g      *gate
 	target string
 }
@@ -343,12 +344,12 @@ func newSchedEnv(tb testing.TB, names ...string) *schedEnv {
 		e.addTarget(name)
 	}
 	e.engine = &rotation.Engine{
-		Store: e.db, Vault: e.vault,
+		Store: e.db, Vault: adapt.Vault(e.vault),
 		Codat: func(target string, key codat.Secret) rotation.Codat {
 			e.mu.Lock()
 			c := e.clients[target]
 			e.mu.Unlock()
-			return gatedCodat{inner: c.WithKey(key), g: e.gate, target: target}
+			return adapt.Codat(gatedCodat{inner: c.WithKey(key), g: e.gate, target: target})
 		},
 		Logger:   slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Now:      e.clock.Now,
@@ -373,7 +374,7 @@ func (e *schedEnv) addTarget(name string) rotation.Target {
 		e.t.Fatalf("codat.New: %v", err)
 	}
 	t := rotation.Target{
-		Name: name, Vault: vault.Location{Mount: "secret", Path: "codat/" + name}, Prefix: prefix,
+		Name: name, Vault: rotation.Location{Mount: "secret", Path: "codat/" + name}, Prefix: prefix,
 		MaxKeys: 10, ReserveSlots: 1, Grace: 30 * time.Minute,
 		Bootstrap: func() (codat.Secret, error) { return codat.Secret(emu.InitialKey()), nil },
 	}
@@ -451,7 +452,7 @@ func (e *schedEnv) update(name string, fn func(*store.Target)) {
 // served is the key id Vault serves for name.
 func (e *schedEnv) served(name string) string {
 	e.t.Helper()
-	cur, err := e.vault.Read(context.Background(), e.target(name).Vault)
+	cur, err := e.vault.Read(context.Background(), adapt.VaultLocation(e.target(name).Vault))
 	if err != nil || cur.Secret == nil {
 		return ""
 	}
@@ -937,7 +938,7 @@ func TestSchedulerApplyMidRotation(t *testing.T) {
 		c := clients[target]
 		used[target] = append(used[target], c.tag)
 		mu.Unlock()
-		return gatedCodat{inner: c.c.WithKey(key), g: e.gate, target: target}
+		return adapt.Codat(gatedCodat{inner: c.c.WithKey(key), g: e.gate, target: target})
 	}
 	sched := func(name string, grace time.Duration, tag string) rotation.Schedule {
 		t := e.target(name)
