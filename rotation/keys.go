@@ -55,6 +55,18 @@ func supersede(k *store.Key, deleteAfter time.Time) {
 	k.State, k.DeleteAfter, k.Deleted = store.KeyRetiring, deleteAfter, time.Time{}
 }
 
+// claim makes a foreign key the daemon's: someone published it to Vault,
+// so it is managed (and retired) like the keys the daemon adopts.
+func claim(k *store.Key) { k.Origin = store.OriginAdopted }
+
+// retireBy brings a retiring key's delete-after forward to at, never
+// back: an emergency shortens every grace, nothing lengthens one here.
+func retireBy(k *store.Key, at time.Time) {
+	if at.Before(k.DeleteAfter) {
+		k.DeleteAfter = at
+	}
+}
+
 // markDeleted records that a key is gone from Codat.
 func markDeleted(k *store.Key, now time.Time) {
 	k.State, k.Deleted = store.KeyDeleted, now

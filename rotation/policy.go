@@ -208,7 +208,7 @@ func Reconcile(st *store.Target, seen Seen, prefix string, grace time.Duration, 
 			markDeleted(rec, now)
 		case served.May(rec.ID):
 			if rec.Origin == store.OriginForeign {
-				rec.Origin = store.OriginAdopted // someone published it: the daemon's now
+				claim(rec) // someone published it: the daemon's now
 			}
 			activate(rec, time.Time{})
 		case rec.State == store.KeyActive:
@@ -294,9 +294,7 @@ func Activate(st *store.Target, newID string, now, deleteAfter time.Time) (retir
 		case store.KeyActive, store.KeyPending:
 			supersede(k, deleteAfter)
 		case store.KeyRetiring:
-			if deleteAfter.Before(k.DeleteAfter) {
-				k.DeleteAfter = deleteAfter
-			}
+			retireBy(k, deleteAfter)
 		default:
 			continue
 		}
