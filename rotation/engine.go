@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/internal/clock"
+	"github.com/codat-rotator/codat-rotator/internal/sentinel"
 	"github.com/codat-rotator/codat-rotator/secret"
 	"github.com/codat-rotator/codat-rotator/store"
 )
@@ -97,26 +98,27 @@ type Result struct {
 	Bootstrapped bool
 }
 
-// Errors a caller tells apart.
+// Errors a caller tells apart. Those made with sentinel.Permanent say
+// themselves that another attempt would meet the same answer.
 var (
 	// ErrBusy: a rotation of the target is already running.
-	ErrBusy = errors.New("a rotation of this target is already running")
+	ErrBusy = sentinel.Permanent("a rotation of this target is already running")
 	// ErrHalted: the target is halted; run `resume` or rotate manually.
-	ErrHalted = errors.New("target is halted")
+	ErrHalted = sentinel.Permanent("target is halted")
 	// ErrNoRoom: Codat holds too many keys the daemon may not delete.
-	ErrNoRoom = errors.New("no room for a new key")
+	ErrNoRoom = sentinel.Permanent("no room for a new key")
 	// ErrServedKeyRejected: Codat refuses the key Vault serves.
-	ErrServedKeyRejected = errors.New("codat rejects the key vault serves")
+	ErrServedKeyRejected = sentinel.Permanent("codat rejects the key vault serves")
 	// ErrNoBootstrap: Vault holds no key and no bootstrap key is set.
-	ErrNoBootstrap = errors.New("no key in vault and no bootstrap key")
+	ErrNoBootstrap = sentinel.Permanent("no key in vault and no bootstrap key")
 	// ErrRolledBack: the rotation failed and its new key was deleted.
 	ErrRolledBack = errors.New("rotation rolled back")
 	// ErrServedUnknown: which of Codat's keys Vault serves cannot be
 	// told (a secret without key_id, a listing without raw keys).
-	ErrServedUnknown = errors.New("the served key cannot be identified")
+	ErrServedUnknown = sentinel.Permanent("the served key cannot be identified")
 	// ErrRevokeServed: the key to revoke is the one Vault serves now,
 	// so it was not deleted.
-	ErrRevokeServed = errors.New("cannot revoke")
+	ErrRevokeServed = sentinel.Permanent("cannot revoke")
 	// ErrRetireHeld: a due key is kept for now (I2, or I3 when the served
 	// key cannot be told); the retire pass tries again later.
 	ErrRetireHeld = errors.New("a due key is kept")
@@ -367,8 +369,7 @@ func Retryable(err error) bool {
 	switch {
 	case err == nil:
 		return false
-	case errors.Is(err, context.Canceled), errors.Is(err, ErrNoRoom), errors.Is(err, ErrServedKeyRejected),
-		errors.Is(err, ErrNoBootstrap), errors.Is(err, ErrHalted), errors.Is(err, ErrServedUnknown), errors.Is(err, ErrBusy), errors.Is(err, errRevoke), errors.Is(err, ErrRevokeServed):
+	case errors.Is(err, context.Canceled):
 		return false
 	}
 	var refuses func(error) bool

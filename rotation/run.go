@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/codat-rotator/codat-rotator/internal/sentinel"
 	"github.com/codat-rotator/codat-rotator/store"
 )
 
@@ -19,7 +20,7 @@ const (
 )
 
 // errRevoke marks a bad --revoke; retrying does not help.
-var errRevoke = errors.New("cannot revoke")
+var errRevoke = sentinel.Permanent("cannot revoke")
 
 // run is one attempt at a rotation.
 type run struct {
