@@ -11,6 +11,11 @@ VAULT_PORT=18200
 CODAT_PORT=18484
 DEMO_WAIT=${DEMO_WAIT:-1}
 
+if ! command -v curl >/dev/null; then
+  echo "demo: curl is needed to talk to Vault and the emulator; install it (e.g. apt-get install curl) and run make demo again" >&2
+  exit 1
+fi
+
 for port in $VAULT_PORT $CODAT_PORT; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "demo: port $port is busy (another demo running?)" >&2
