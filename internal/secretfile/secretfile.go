@@ -26,7 +26,7 @@ import (
 	"syscall"
 )
 
-// ErrUnsafe is wrapped by every refusal: another user can change the file.
+// ErrUnsafe matches every refusal: another user can change the file.
 var ErrUnsafe = errors.New("unsafe secret file")
 
 // ProjectedRoots are where Kubernetes mounts service-account tokens and
@@ -44,23 +44,35 @@ type File struct {
 	Holds string
 }
 
-// Check applies the rule to the file without reading it. err wraps
-// ErrUnsafe for a file another user can change, or is the Stat error.
+// unsafeError is a refusal, worded for the operator; it matches ErrUnsafe.
+type unsafeError struct{ msg string }
+
+func (e *unsafeError) Error() string        { return e.msg }
+func (e *unsafeError) Is(target error) bool { return target == ErrUnsafe }
+
+func unsafe(format string, args ...any) error {
+	return &unsafeError{fmt.Sprintf(format, args...)}
+}
+
+// Check applies the rule to the file without reading it. err matches
+// ErrUnsafe for a file another user can change, and names the field, the
+// file, its mode and the fix; otherwise it is Stat's error, which names
+// the path.
 func (f File) Check() (warnings []string, err error) {
 	fi, err := os.Stat(f.Path) // follows symlinks: the rule is about the file read
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", f.Field, err)
+		return nil, err
 	}
 	perm := fi.Mode().Perm()
 	if perm&0o022 != 0 {
-		return nil, fmt.Errorf("%w: %s %s: mode %04o lets other users replace %s; chmod 600 it",
-			ErrUnsafe, f.Field, f.Path, perm, f.Holds)
+		return nil, unsafe("%s %s: mode %04o lets other users replace %s; chmod 600 it",
+			f.Field, f.Path, perm, f.Holds)
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		uid := int(st.Uid)
 		if uid != 0 && uid != os.Getuid() {
-			return nil, fmt.Errorf("%w: %s %s: mode %04o, owned by uid %d, who can replace %s; only this process's uid (%d) or root may own it: chown it",
-				ErrUnsafe, f.Field, f.Path, perm, uid, f.Holds, os.Getuid())
+			return nil, unsafe("%s %s: mode %04o, owned by uid %d, who can replace %s; only this process's uid (%d) or root may own it: chown it",
+				f.Field, f.Path, perm, uid, f.Holds, os.Getuid())
 		}
 		if perm&0o044 != 0 && !(uid == 0 && Projected(f.Path)) {
 			warnings = append(warnings, fmt.Sprintf("%s %s: mode %04o lets other users read %s; chmod 600 it",
@@ -78,7 +90,7 @@ func (f File) Read() (data []byte, warnings []string, err error) {
 	}
 	data, err = os.ReadFile(f.Path)
 	if err != nil {
-		return nil, warnings, fmt.Errorf("%s: %w", f.Field, err)
+		return nil, warnings, err
 	}
 	return data, warnings, nil
 }
