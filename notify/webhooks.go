@@ -156,7 +156,7 @@ func (w *Webhooks) post(h Hook, e Event) {
 		body = map[string]string{"text": e.Message}
 	}
 	raw, _ := json.Marshal(body)
-	host := redactURL(h.URL)
+	host := RedactURL(h.URL)
 	log := w.log.With("target", e.Target, "event", e.Event, "webhook", host)
 	backoff := time.Second
 	for i := 1; i <= w.attempts; i++ {
@@ -182,7 +182,7 @@ func (w *Webhooks) postOnce(h Hook, raw []byte) error {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.URL, bytes.NewReader(raw))
 	if err != nil {
-		return fmt.Errorf("webhook request: %s", redactURL(h.URL))
+		return fmt.Errorf("webhook request: %s", RedactURL(h.URL))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", w.userAgent)
@@ -190,14 +190,14 @@ func (w *Webhooks) postOnce(h Hook, raw []byte) error {
 	if err != nil {
 		// The transport's error quotes the whole URL: keep only the host.
 		if ue, ok := err.(*url.Error); ok {
-			return fmt.Errorf("post %s: %v", redactURL(h.URL), ue.Err)
+			return fmt.Errorf("post %s: %v", RedactURL(h.URL), ue.Err)
 		}
-		return fmt.Errorf("post %s: request failed", redactURL(h.URL))
+		return fmt.Errorf("post %s: request failed", RedactURL(h.URL))
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("post %s: %s", redactURL(h.URL), resp.Status)
+		return fmt.Errorf("post %s: %s", RedactURL(h.URL), resp.Status)
 	}
 	return nil
 }
@@ -215,8 +215,9 @@ func (w *Webhooks) Wait(d time.Duration) {
 	w.stop()
 }
 
-// redactURL keeps scheme and host: webhook paths often hold a secret.
-func redactURL(raw string) string {
+// RedactURL keeps scheme and host: webhook paths often hold a secret.
+// Every log line and message that names a webhook uses it.
+func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
 		return "(webhook)"

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -15,13 +14,15 @@ import (
 	"github.com/hashicorp/vault/api/auth/kubernetes"
 
 	"github.com/codat-rotator/codat-rotator/internal/clock"
+	"github.com/codat-rotator/codat-rotator/internal/secretfile"
 	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // Auth is how the client gets a Vault token.
 type Auth interface {
 	// login returns a fresh token; for a login method, with its lease.
-	login(ctx context.Context, c *api.Client) (token secret.Value, lease *api.Secret, err error)
+	// warn receives what secretfile says of the files it reads.
+	login(ctx context.Context, c *api.Client, warn func(string)) (token secret.Value, lease *api.Secret, err error)
 	// name is the method's name, for errors and logs.
 	name() string
 }
@@ -36,9 +37,9 @@ type TokenAuth struct {
 
 func (a TokenAuth) name() string { return "token" }
 
-func (a TokenAuth) login(context.Context, *api.Client) (secret.Value, *api.Secret, error) {
+func (a TokenAuth) login(_ context.Context, _ *api.Client, warn func(string)) (secret.Value, *api.Secret, error) {
 	if a.File != "" {
-		b, err := os.ReadFile(a.File)
+		b, err := readSecret(secretfile.File{Field: "vault.auth.token_file", Path: a.File, Holds: "the Vault token"}, warn)
 		if err != nil {
 			return "", nil, fmt.Errorf("vault token file: %w", err)
 		}
@@ -63,17 +64,41 @@ type AppRoleAuth struct {
 
 func (a AppRoleAuth) name() string { return "approle" }
 
-func (a AppRoleAuth) login(ctx context.Context, c *api.Client) (secret.Value, *api.Secret, error) {
-	roleID, err := os.ReadFile(a.RoleIDFile)
+func (a AppRoleAuth) login(ctx context.Context, c *api.Client, warn func(string)) (secret.Value, *api.Secret, error) {
+	path := "auth/" + orDefault(a.Mount, "approle") + "/login"
+	roleID, err := readSecret(secretfile.File{Field: "vault.auth.approle.role_id_file", Path: a.RoleIDFile, Holds: "the AppRole role id"}, warn)
 	if err != nil {
-		return "", nil, fmt.Errorf("approle role_id_file: %w", err)
+		return "", nil, fmt.Errorf("vault login %s: approle role_id_file: %w", path, err)
 	}
-	m, err := approle.NewAppRoleAuth(strings.TrimSpace(string(roleID)), &approle.SecretID{FromFile: a.SecretIDFile},
+	secretID, err := readSecret(secretfile.File{Field: "vault.auth.approle.secret_id_file", Path: a.SecretIDFile, Holds: "the AppRole secret id"}, warn)
+	if err != nil {
+		return "", nil, fmt.Errorf("vault login %s: approle secret_id_file: %w", path, err)
+	}
+	if strings.TrimSpace(string(secretID)) == "" {
+		return "", nil, fmt.Errorf("vault login %s: approle secret_id_file %s: empty", path, a.SecretIDFile)
+	}
+	m, err := approle.NewAppRoleAuth(strings.TrimSpace(string(roleID)), &approle.SecretID{FromString: strings.TrimSpace(string(secretID))},
 		approle.WithMountPath(orDefault(a.Mount, "approle")))
 	if err != nil {
 		return "", nil, fmt.Errorf("approle: %w", err)
 	}
-	return loginWith(ctx, c, m, "auth/"+orDefault(a.Mount, "approle")+"/login")
+	return loginWith(ctx, c, m, path)
+}
+
+// DefaultKubernetesTokenFile is where Kubernetes mounts the pod's
+// service-account token.
+const DefaultKubernetesTokenFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+// readSecret reads a secret file after secretfile's check, passing its
+// warnings to warn (nil: dropped).
+func readSecret(f secretfile.File, warn func(string)) ([]byte, error) {
+	b, warnings, err := f.Read()
+	if warn != nil {
+		for _, w := range warnings {
+			warn(w)
+		}
+	}
+	return b, err
 }
 
 // KubernetesAuth logs in with the pod's service-account token, read from
@@ -86,13 +111,21 @@ type KubernetesAuth struct {
 
 func (a KubernetesAuth) name() string { return "kubernetes" }
 
-func (a KubernetesAuth) login(ctx context.Context, c *api.Client) (secret.Value, *api.Secret, error) {
+func (a KubernetesAuth) login(ctx context.Context, c *api.Client, warn func(string)) (secret.Value, *api.Secret, error) {
 	if a.Role == "" {
 		return "", nil, errors.New("kubernetes auth: vault.auth.kubernetes.role is not set")
 	}
+	path := orDefault(a.TokenFile, DefaultKubernetesTokenFile)
+	jwt, err := readSecret(secretfile.File{Field: "vault.auth.kubernetes.token_file", Path: path, Holds: "the service-account token"}, warn)
+	if err != nil {
+		return "", nil, fmt.Errorf("kubernetes auth: service-account token_file: %w", err)
+	}
+	if strings.TrimSpace(string(jwt)) == "" {
+		return "", nil, fmt.Errorf("kubernetes auth: service-account token_file %s: empty", path)
+	}
 	m, err := kubernetes.NewKubernetesAuth(a.Role,
 		kubernetes.WithMountPath(orDefault(a.Mount, "kubernetes")),
-		kubernetes.WithServiceAccountTokenPath(a.TokenFile))
+		kubernetes.WithServiceAccountToken(strings.TrimSpace(string(jwt))))
 	if err != nil {
 		return "", nil, fmt.Errorf("kubernetes auth: %w", err)
 	}
@@ -165,7 +198,7 @@ func (c *Client) relogin(ctx context.Context, seen int) (int, error) {
 	if seen >= 0 && c.gen != seen && c.api.Token() != "" {
 		return c.gen, nil
 	}
-	token, lease, err := c.auth.login(ctx, c.api)
+	token, lease, err := c.auth.login(ctx, c.api, c.cfg.OnWarning)
 	if err != nil {
 		return c.gen, err
 	}

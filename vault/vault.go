@@ -39,6 +39,9 @@ type Config struct {
 	TokenFile string
 	// OnLogin, when set, is called after every successful login.
 	OnLogin func(method string)
+	// OnWarning, when set, receives warnings about the secret files read
+	// to log in (a token file other users can read, say).
+	OnWarning func(msg string)
 	// Timeout bounds each request (default 30s).
 	Timeout time.Duration
 	// Observe, when set, is called after every Vault request.
@@ -99,7 +102,7 @@ func New(cfg Config) (*Client, error) {
 	if ta, ok := cl.auth.(TokenAuth); ok {
 		// A static token needs no network: take it now, so a missing one
 		// fails here rather than at the first call.
-		token, _, err := ta.login(context.Background(), c)
+		token, _, err := ta.login(context.Background(), c, cfg.OnWarning)
 		if err != nil {
 			return nil, err
 		}

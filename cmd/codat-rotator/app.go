@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/internal/secretfile"
 	"github.com/codat-rotator/codat-rotator/metrics"
 	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
@@ -50,6 +51,10 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 	}
 	if vc.Auth != nil {
 		vc.OnLogin = func(method string) { log.Info("logged in to vault", "method", method) }
+	}
+	vc.OnWarning = func(msg string) { log.Warn(msg) }
+	for _, w := range insecureHTTPWarnings(cfg, getenv) {
+		log.Warn(w)
 	}
 	vcl, err := vault.New(vc)
 	if err != nil {
@@ -122,7 +127,7 @@ func (a *app) buildTargets(tcs []TargetConfig) ([]rotation.Target, map[string]*c
 			return nil, nil, fmt.Errorf("target %s: %w", tc.Name, err)
 		}
 		clients[tc.Name] = c
-		targets = append(targets, rotationTarget(tc, a.getenv))
+		targets = append(targets, rotationTarget(tc, a.getenv, a.log))
 	}
 	return targets, clients, nil
 }
@@ -183,8 +188,9 @@ func (a *app) Close() error {
 	return a.db.Close()
 }
 
-// rotationTarget turns a target's config into the engine's Target.
-func rotationTarget(tc TargetConfig, getenv func(string) string) rotation.Target {
+// rotationTarget turns a target's config into the engine's Target. log
+// receives the bootstrap key file's warnings.
+func rotationTarget(tc TargetConfig, getenv func(string) string, log *slog.Logger) rotation.Target {
 	t := rotation.Target{
 		Name:         tc.Name,
 		Vault:        rotation.Location{Mount: strings.Trim(tc.Vault.Mount, "/"), Path: strings.Trim(tc.Vault.Path, "/")},
@@ -200,7 +206,10 @@ func rotationTarget(tc TargetConfig, getenv func(string) string) rotation.Target
 	case tc.Codat.BootstrapKeyFile != "":
 		path := tc.Codat.BootstrapKeyFile
 		t.Bootstrap = func() (codat.Secret, error) {
-			b, err := os.ReadFile(path)
+			b, warnings, err := secretfile.File{Field: "bootstrap_key_file", Path: path, Holds: "the Codat key"}.Read()
+			for _, w := range warnings {
+				log.Warn(w, "target", tc.Name)
+			}
 			if err != nil {
 				return "", fmt.Errorf("bootstrap_key_file: %w", err)
 			}
@@ -282,6 +291,12 @@ func vaultConfig(vc VaultConfig, getenv func(string) string) (vault.Config, erro
 	}
 	if c.Address == "" {
 		return c, errors.New("vault.address: not set, and VAULT_ADDR is empty")
+	}
+	if vc.Address == "" {
+		// Validate saw only the file; the address came from $VAULT_ADDR.
+		if err := vaultInClear("vault.address ($VAULT_ADDR)", c.Address, vc.AllowInsecureHTTP); err != nil {
+			return c, err
+		}
 	}
 	return c, nil
 }

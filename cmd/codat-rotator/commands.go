@@ -291,8 +291,13 @@ func (c *checkCommand) Run(ctx context.Context) error {
 		return &usageError{errors.New("the config is not valid")}
 	}
 	line(true, "config", fmt.Sprintf("%s: %d target(s)", c.configPath, len(cfg.Targets)))
+	warn := func(msg string) { fmt.Fprintf(c.stdout, "WARN %s\n", msg) }
+	for _, w := range insecureHTTPWarnings(cfg, c.getenv) {
+		warn(w)
+	}
 
 	vc, err := vaultConfig(cfg.Vault, c.getenv)
+	vc.OnWarning = warn
 	if err == nil {
 		c.app = &app{cfg: cfg, log: slog.New(slog.DiscardHandler), getenv: c.getenv}
 		c.app.vault, err = vault.New(vc)

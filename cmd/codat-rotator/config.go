@@ -46,10 +46,13 @@ type ListenConfig struct {
 
 // VaultConfig is vault:.
 type VaultConfig struct {
-	Address   string          `yaml:"address"`
-	Namespace string          `yaml:"namespace"`
-	TLS       VaultTLSConfig  `yaml:"tls"`
-	Auth      VaultAuthConfig `yaml:"auth"`
+	Address string `yaml:"address"`
+	// AllowInsecureHTTP accepts an http:// address to a host that is not
+	// loopback, which sends the Vault token in clear. Default false.
+	AllowInsecureHTTP bool            `yaml:"allow_insecure_http"`
+	Namespace         string          `yaml:"namespace"`
+	TLS               VaultTLSConfig  `yaml:"tls"`
+	Auth              VaultAuthConfig `yaml:"auth"`
 }
 
 // VaultTLSConfig is vault.tls:.
@@ -119,6 +122,9 @@ type TargetCodatConfig struct {
 	BootstrapKeyFile string   `yaml:"bootstrap_key_file"`
 	BootstrapKeyEnv  string   `yaml:"bootstrap_key_env"`
 	Timeout          Duration `yaml:"timeout"`
+	// AllowInsecureHTTP accepts an http:// base_url to a host that is not
+	// loopback, which sends the Codat key in clear. Default false.
+	AllowInsecureHTTP bool `yaml:"allow_insecure_http"`
 }
 
 // TargetVaultConfig is targets[].vault:.
@@ -334,6 +340,8 @@ func (c Config) Validate() error {
 	if c.Vault.Address != "" {
 		if u, err := url.Parse(c.Vault.Address); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("vault.address", "%q is not an http(s) URL", c.Vault.Address)
+		} else if err := vaultInClear("vault.address", c.Vault.Address, c.Vault.AllowInsecureHTTP); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if len(c.Targets) == 0 {
@@ -352,6 +360,9 @@ func (c Config) Validate() error {
 		}
 		if u, err := url.Parse(t.Codat.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad(f("codat.base_url"), "%q is not an http(s) URL", t.Codat.BaseURL)
+		} else if inClear(t.Codat.BaseURL) && !t.Codat.AllowInsecureHTTP {
+			bad(f("codat.base_url"), "%s sends the Codat API key in clear; use https, or set %s: true to accept the risk",
+				t.Codat.BaseURL, f("codat.allow_insecure_http"))
 		}
 		if t.Codat.BootstrapKeyFile != "" && t.Codat.BootstrapKeyEnv != "" {
 			bad(f("codat"), "set bootstrap_key_file or bootstrap_key_env, not both")
@@ -430,6 +441,63 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// inClear reports whether raw, a URL Validate accepted, is plain http to
+// a host that is not loopback. Loopback is judged from the literal host
+// only (127.0.0.0/8, ::1, localhost): validation never resolves names.
+func inClear(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || !strings.EqualFold(u.Scheme, "http") {
+		return false
+	}
+	return !isLoopback(u.Hostname())
+}
+
+// isLoopback reports whether host, a literal, names this machine.
+func isLoopback(host string) bool {
+	h := strings.TrimSuffix(strings.ToLower(host), ".")
+	if h == "localhost" {
+		return true // not *.localhost: a resolver may send those elsewhere
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// vaultInClear refuses an http address to a non-loopback Vault unless
+// allowed. field names where the address came from.
+func vaultInClear(field, addr string, allow bool) error {
+	if !inClear(addr) || allow {
+		return nil
+	}
+	return fmt.Errorf("%s: %s sends the Vault token in clear; use https, or set vault.allow_insecure_http: true to accept the risk", field, addr)
+}
+
+// insecureHTTPWarnings are logged at every start: each endpoint reached
+// over plain HTTP beyond loopback, whether opted in (Codat, Vault) or
+// only warned about (webhooks, which carry no key). getenv supplies
+// $VAULT_ADDR when vault.address is empty.
+func insecureHTTPWarnings(cfg Config, getenv func(string) string) []string {
+	var warns []string
+	addr, field := cfg.Vault.Address, "vault.address"
+	if addr == "" {
+		addr, field = getenv("VAULT_ADDR"), "vault.address ($VAULT_ADDR)"
+	}
+	if inClear(addr) && cfg.Vault.AllowInsecureHTTP {
+		warns = append(warns, fmt.Sprintf("%s: %s sends the Vault token in clear (vault.allow_insecure_http is set)", field, addr))
+	}
+	for i, t := range cfg.Targets {
+		if inClear(t.Codat.BaseURL) && t.Codat.AllowInsecureHTTP {
+			warns = append(warns, fmt.Sprintf("targets[%d].codat.base_url: %s sends the Codat API key in clear (targets[%d].codat.allow_insecure_http is set)", i, t.Codat.BaseURL, i))
+		}
+		for j, w := range t.Notify.Webhooks {
+			if inClear(w.URL) {
+				warns = append(warns, fmt.Sprintf("targets[%d].notify.webhooks[%d].url: plain http to %s: events (and any token in the URL) travel in clear; use https",
+					i, j, notify.RedactURL(w.URL)))
+			}
+		}
+	}
+	return warns
 }
 
 // shortDuration prints 24h rather than 24h0m0s.

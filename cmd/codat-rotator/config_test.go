@@ -1,10 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"errors"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/codat-rotator/codat-rotator/internal/secretfile"
 )
 
 func noEnv(string) string { return "" }
@@ -99,6 +105,14 @@ func TestBadConfigs(t *testing.T) {
 		{"max keys over the cap", target + "    max_keys: 11\n", "targets[0].max_keys: 11: Codat allows 10 keys per client, and a rotation needs at least 2"},
 		{"both bootstrap sources", "targets:\n  - name: a\n    vault: {path: codat/a}\n    codat: {bootstrap_key_file: /k, bootstrap_key_env: K}\n", "targets[0].codat: set bootstrap_key_file or bootstrap_key_env, not both"},
 		{"bad base url", "targets:\n  - name: a\n    vault: {path: codat/a}\n    codat: {base_url: api.codat.io}\n", `targets[0].codat.base_url: "api.codat.io" is not an http(s) URL`},
+		{"codat over http", "targets:\n  - name: a\n    vault: {path: codat/a}\n    codat: {base_url: \"http://codat.internal\"}\n",
+			"targets[0].codat.base_url: http://codat.internal sends the Codat API key in clear; use https, or set targets[0].codat.allow_insecure_http: true to accept the risk"},
+		{"codat over http to a name that looks local", "targets:\n  - name: a\n    vault: {path: codat/a}\n    codat: {base_url: \"http://127.0.0.1.nip.io:8080\"}\n",
+			"targets[0].codat.base_url: http://127.0.0.1.nip.io:8080 sends the Codat API key in clear; use https, or set targets[0].codat.allow_insecure_http: true to accept the risk"},
+		{"vault over http", "vault: {address: \"http://vault.internal:8200\"}\n" + target,
+			"vault.address: http://vault.internal:8200 sends the Vault token in clear; use https, or set vault.allow_insecure_http: true to accept the risk"},
+		{"vault over http to a LAN address", "vault: {address: \"http://10.0.0.5:8200\"}\n" + target,
+			"vault.address: http://10.0.0.5:8200 sends the Vault token in clear; use https, or set vault.allow_insecure_http: true to accept the risk"},
 		{"bad auth method", "vault: {auth: {method: ldap}}\n" + target, `vault.auth.method: "ldap": want token, approle or kubernetes`},
 		{"bad log level", "log: {level: loud}\n" + target, `log: log level "loud": want debug, info, warn or error`},
 		{"bad metrics listen", "listen: {metrics: nowhere}\n" + target, `listen.metrics: "nowhere" is not host:port`},
@@ -178,4 +192,116 @@ func FuzzParseConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestPlainHTTPAccepted: loopback stays allowed without opting in; the
+// opt-in accepts any host and warns; a webhook over http only warns.
+func TestPlainHTTPAccepted(t *testing.T) {
+	for _, tt := range []struct {
+		name, yaml string
+		env        map[string]string
+		warns      []string
+	}{
+		{name: "loopback", yaml: "vault: {address: \"http://127.0.0.1:8200\"}\ntargets:\n  - name: a\n    vault: {path: codat/a}\n    codat: {base_url: \"http://localhost:8484\"}\n  - name: b\n    vault: {path: codat/b}\n    codat: {base_url: \"http://[::1]:8484\"}\n  - name: c\n    vault: {path: codat/c}\n    codat: {base_url: \"http://127.9.9.9\"}\n"},
+		{name: "https anywhere", yaml: "vault: {address: \"https://vault.internal:8200\"}\ntargets:\n  - name: a\n    vault: {path: codat/a}\n"},
+		{name: "opt-in", yaml: "vault: {address: \"http://vault.internal:8200\", allow_insecure_http: true}\ntargets:\n  - name: a\n    vault: {path: codat/a}\n    codat: {base_url: \"http://codat.internal\", allow_insecure_http: true}\n",
+			warns: []string{
+				"vault.address: http://vault.internal:8200 sends the Vault token in clear (vault.allow_insecure_http is set)",
+				"targets[0].codat.base_url: http://codat.internal sends the Codat API key in clear (targets[0].codat.allow_insecure_http is set)",
+			}},
+		{name: "opt-in unused is silent", yaml: "vault: {address: \"https://vault.internal\", allow_insecure_http: true}\ntargets:\n  - name: a\n    vault: {path: codat/a}\n    codat: {allow_insecure_http: true}\n"},
+		{name: "opt-in for VAULT_ADDR", yaml: "vault: {allow_insecure_http: true}\ntargets:\n  - name: a\n    vault: {path: codat/a}\n",
+			env:   map[string]string{"VAULT_ADDR": "http://vault.internal:8200", "VAULT_TOKEN": "t"},
+			warns: []string{"vault.address ($VAULT_ADDR): http://vault.internal:8200 sends the Vault token in clear (vault.allow_insecure_http is set)"}},
+		{name: "webhook over http", yaml: "targets:\n  - name: a\n    vault: {path: codat/a}\n    notify: {webhooks: [{url: \"http://hooks.internal/T000/SECRETPATH\"}, {url: \"http://127.0.0.1:9/x\"}]}\n",
+			warns: []string{"targets[0].notify.webhooks[0].url: plain http to http://hooks.internal/…: events (and any token in the URL) travel in clear; use https"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			getenv := func(k string) string { return tt.env[k] }
+			cfg, err := ParseConfig(strings.NewReader(tt.yaml), getenv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := vaultConfig(cfg.Vault, func(k string) string {
+				if k == "VAULT_ADDR" && tt.env == nil {
+					return "http://127.0.0.1:8200"
+				}
+				return getenv(k)
+			}); err != nil {
+				t.Errorf("vaultConfig: %v", err)
+			}
+			got := insecureHTTPWarnings(cfg, getenv)
+			if strings.Join(got, "\n") != strings.Join(tt.warns, "\n") {
+				t.Errorf("warnings:\ngot  %q\nwant %q", got, tt.warns)
+			}
+		})
+	}
+}
+
+// TestVaultAddrFromEnvInClear: $VAULT_ADDR obeys the same rule as
+// vault.address, and the error says where the address came from.
+func TestVaultAddrFromEnvInClear(t *testing.T) {
+	cfg, err := ParseConfig(strings.NewReader("targets:\n  - name: a\n    vault: {path: codat/a}\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"VAULT_ADDR": "http://vault.internal:8200", "VAULT_TOKEN": "t"}
+	_, err = vaultConfig(cfg.Vault, func(k string) string { return env[k] })
+	want := "vault.address ($VAULT_ADDR): http://vault.internal:8200 sends the Vault token in clear; use https, or set vault.allow_insecure_http: true to accept the risk"
+	if err == nil || err.Error() != want {
+		t.Errorf("got  %v\nwant %s", err, want)
+	}
+}
+
+func TestIsLoopback(t *testing.T) {
+	for host, want := range map[string]bool{
+		"127.0.0.1": true, "127.255.0.3": true, "::1": true, "localhost": true, "LOCALHOST.": true, "vault.localhost": false,
+		"::ffff:127.0.0.1": true,
+		"10.0.0.1":         false, "0.0.0.0": false, "::": false, "codat.internal": false, "localhost.example.com": false, "127.0.0.1.nip.io": false, "": false,
+	} {
+		if got := isLoopback(host); got != want {
+			t.Errorf("isLoopback(%q) = %v, want %v", host, got, want)
+		}
+	}
+}
+
+// TestBootstrapKeyFileChecked: the bootstrap key file goes through
+// secretfile's rule: writable by others is refused before it is read,
+// readable by others is read with a warning that names the file.
+func TestBootstrapKeyFileChecked(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("k3y\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	tc := TargetConfig{Name: "a", Schedule: DefaultSchedule}
+	n := 1
+	tc.ReserveSlots = &n
+
+	tc.Codat.BootstrapKeyFile = file("writable", 0o666)
+	_, err := rotationTarget(tc, noEnv, log).Bootstrap()
+	if !errors.Is(err, secretfile.ErrUnsafe) || !strings.Contains(err.Error(), "bootstrap_key_file "+tc.Codat.BootstrapKeyFile+": mode 0666") {
+		t.Errorf("writable: got %v, want a refusal naming the file and mode", err)
+	}
+
+	tc.Codat.BootstrapKeyFile = file("readable", 0o644)
+	key, err := rotationTarget(tc, noEnv, log).Bootstrap()
+	if err != nil || key.Reveal() != "k3y" {
+		t.Fatalf("readable: got an error %v", err)
+	}
+	want := "bootstrap_key_file " + tc.Codat.BootstrapKeyFile + ": mode 0644 lets other users read the Codat key; chmod 600 it"
+	if !strings.Contains(buf.String(), "level=WARN") || !strings.Contains(buf.String(), want) {
+		t.Errorf("log %q lacks the warning %q", buf.String(), want)
+	}
+	if strings.Contains(buf.String(), "k3y") {
+		t.Error("the log shows the key")
+	}
 }

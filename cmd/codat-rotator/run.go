@@ -270,6 +270,9 @@ func (c *runCommand) reloadConfig() {
 		c.log.Error("config reload failed; keeping the running config", "error", err)
 		return
 	}
+	for _, w := range insecureHTTPWarnings(cfg, c.getenv) {
+		c.log.Warn(w)
+	}
 	var restart []string
 	if cfg.StatePath != c.cfg.StatePath {
 		restart = append(restart, "state_path")

@@ -23,7 +23,7 @@ const engine = "rotation"
 var engineNeverImports = []string{"codat", "vault"}
 
 // leaves are shared by the adapters, so they import nothing of the module.
-var leaves = []string{"secret", "internal/clock", "internal/isotime", "internal/sentinel"}
+var leaves = []string{"secret", "internal/clock", "internal/isotime", "internal/sentinel", "internal/secretfile"}
 
 // under reports whether the import path pkg is dir or below it.
 func under(pkg, dir string) bool {
