@@ -208,3 +208,46 @@ func TestNonDumpable(t *testing.T) {
 		t.Error("rotate: the process is dumpable while it rotates")
 	}
 }
+
+// TestAdminSocketPeerCheck: with the socket's mode opened to everyone,
+// the daemon (as daemonUID) still answers only its own user and root;
+// another user is refused with the reason, and the daemon logs who.
+func TestAdminSocketPeerCheck(t *testing.T) {
+	w := newUserWorld(t)
+	d := w.startCmd(t, w.command(daemonUID, "run"))
+	d.waitRunning(t)
+	if err := os.Chmod(w.sock, 0o666); err != nil { // past the file mode
+		t.Fatal(err)
+	}
+
+	status := func(uid uint32) (cmd *exec.Cmd, code int, out string) {
+		t.Helper()
+		cmd = w.command(uid, "status")
+		b, err := cmd.CombinedOutput()
+		w.output.Write(b)
+		code = cmd.ProcessState.ExitCode()
+		if err != nil && code <= 0 {
+			t.Fatalf("status as uid %d: %v", uid, err)
+		}
+		return cmd, code, string(b)
+	}
+
+	cmd, code, out := status(otherUID)
+	want := fmt.Sprintf("codat-rotator status: admin socket %s: refused: the admin socket accepts only uid %d (the daemon's user) or root; run as that user or with sudo\n", w.sock, daemonUID)
+	if code != exitError || out != want {
+		t.Errorf("status as uid %d: exit %d\ngot  %q\nwant %q", otherUID, code, out, want)
+	}
+	pid := float64(cmd.Process.Pid)
+	d.waitLog(t, 5*time.Second, 1, "the refusal naming the peer", func(r logRecord) bool {
+		return r.str("msg") == "admin socket: refused a peer of another user" && r["peer_uid"] == float64(otherUID) && r["peer_pid"] == pid
+	})
+
+	for _, uid := range []uint32{daemonUID, 0} {
+		if _, code, out := status(uid); code != 0 || !strings.Contains(out, "crash") {
+			t.Errorf("status as uid %d (allowed): exit %d\n%s", uid, code, out)
+		}
+	}
+	if n := d.count(msgIs("admin socket: refused a peer of another user")); n != 1 {
+		t.Errorf("the daemon refused %d peers, want 1 (the other user's)", n)
+	}
+}
