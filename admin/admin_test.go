@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -105,7 +106,7 @@ func serve(tb testing.TB, svc admin.Service) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := &http.Server{Handler: admin.NewHandler(svc, "v-test"), ReadHeaderTimeout: 5 * time.Second}
+	srv := admin.NewServer(admin.NewHandler(svc, "v-test"), slog.New(slog.DiscardHandler))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

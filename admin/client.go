@@ -24,7 +24,8 @@ var _ Service = (*Client)(nil)
 
 // Dial returns a client of the daemon that answers on the socket at
 // path, or an error when none does (no path, no socket, no answer
-// within two seconds).
+// within two seconds), or ErrRefused when the daemon answers but
+// refuses this process's user.
 func Dial(ctx context.Context, path string) (*Client, error) {
 	if path == "" {
 		return nil, errors.New("admin socket: disabled")
@@ -112,6 +113,10 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e errorReport
+		if resp.StatusCode == http.StatusForbidden {
+			_ = json.Unmarshal(raw, &e)
+			return fmt.Errorf("admin socket %s: %w", c.path, refusedError(e.Error))
+		}
 		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
 			return fmt.Errorf("daemon: %s", e.Error)
 		}
@@ -119,3 +124,16 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 	}
 	return json.Unmarshal(raw, out)
 }
+
+// refusedError is the daemon's refusal of this client, in its words; it
+// is ErrRefused.
+type refusedError string
+
+func (e refusedError) Error() string {
+	if e == "" {
+		return ErrRefused.Error()
+	}
+	return string(e)
+}
+
+func (e refusedError) Is(target error) bool { return target == ErrRefused }

@@ -30,5 +30,11 @@ type Service interface {
 	Resume(ctx context.Context, target string) error
 }
 
-// ErrNoSuchTarget: a request names a target that is not configured.
-var ErrNoSuchTarget = errors.New("no such target")
+var (
+	// ErrNoSuchTarget: a request names a target that is not configured.
+	ErrNoSuchTarget = errors.New("no such target")
+	// ErrRefused: the daemon answers on its admin socket but refuses
+	// this client, whose uid is neither the daemon's nor root's. A
+	// command must say so, not fall back to working in-process.
+	ErrRefused = errors.New("refused by the daemon")
+)

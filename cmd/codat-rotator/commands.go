@@ -52,18 +52,22 @@ func (c *opsCommand) flags(name, synopsis string) *flag.FlagSet {
 // file (read-only unless write), explaining a lock held by a daemon that
 // did not answer.
 func (c *opsCommand) service(ctx context.Context, cfg Config, write bool) (admin.Service, error) {
-	if cl, err := admin.Dial(ctx, cfg.Listen.AdminSocket); err == nil {
+	cl, err := admin.Dial(ctx, cfg.Listen.AdminSocket)
+	switch {
+	case err == nil:
 		c.daemon = cl
 		return cl, nil
+	case errors.Is(err, admin.ErrRefused):
+		// A daemon runs and holds the state file: working in-process
+		// would only meet its lock. Its refusal says what to do.
+		return nil, err
 	}
 	log := slog.New(slog.DiscardHandler)
 	if c.newLogger != nil {
-		var err error
 		if log, err = c.newLogger(cfg); err != nil {
 			return nil, &usageError{err}
 		}
 	}
-	var err error
 	c.app, err = openApp(cfg, log, c.getenv, !write, nil)
 	if err != nil {
 		return nil, explainLocked(err, cfg.Listen.AdminSocket)

@@ -170,6 +170,13 @@ func (e *daemonEnv) start(t *testing.T, extraEnv []string, args ...string) *daem
 	t.Helper()
 	cmd := exec.Command(binary, append([]string{"run", "--config", e.config}, args...)...)
 	cmd.Env = e.env(extraEnv...)
+	return e.startCmd(t, cmd)
+}
+
+// startCmd starts cmd, a `run` of e's world set up by the caller,
+// without waiting for it.
+func (e *daemonEnv) startCmd(t *testing.T, cmd *exec.Cmd) *daemonProc {
+	t.Helper()
 	d := &daemonProc{env: e, cmd: cmd, logs: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = d.logs, d.logs
 	if err := cmd.Start(); err != nil {

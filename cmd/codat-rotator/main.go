@@ -49,19 +49,23 @@ type command interface {
 	Close() error
 }
 
-// commands lists the subcommands with a line of help each.
+// commands lists the subcommands with a line of help each. A command
+// that may hold a key (a Codat key, the Vault token) makes the process
+// non-dumpable before it reads anything; the emulator's keys are fake
+// and version holds none.
 var commands = []struct {
 	name, help string
+	holdsKeys  bool
 	make       func(stdout, stderr io.Writer) command
 }{
-	{"run", "the daemon: rotate every target on its schedule", func(o, e io.Writer) command { return newRunCommand(o, e) }},
-	{"rotate", "rotate now (through the running daemon, or in-process), then retire the keys that are due", func(o, e io.Writer) command { return newRotateCommand(o, e) }},
-	{"status", "per target: current key, retiring keys, next rotation, last result, keys used, halted", func(o, e io.Writer) command { return &statusCommand{opsCommand: newOps(o, e)} }},
-	{"keys", "the keys at Codat, marked managed, adopted or foreign (never raw values)", func(o, e io.Writer) command { return &keysCommand{opsCommand: newOps(o, e)} }},
-	{"resume", "clear a halted target", func(o, e io.Writer) command { return &resumeCommand{opsCommand: newOps(o, e)} }},
-	{"check", "validate the config and reach Codat and Vault with the configured credentials", func(o, e io.Writer) command { return &checkCommand{opsCommand: newOps(o, e)} }},
-	{"emulator", "run a local Codat API emulator for demos and tests", func(o, e io.Writer) command { return newEmulatorCommand(o, e) }},
-	{"version", "print version and build information", func(o, e io.Writer) command { return &versionCommand{stdout: o} }},
+	{"run", "the daemon: rotate every target on its schedule", true, func(o, e io.Writer) command { return newRunCommand(o, e) }},
+	{"rotate", "rotate now (through the running daemon, or in-process), then retire the keys that are due", true, func(o, e io.Writer) command { return newRotateCommand(o, e) }},
+	{"status", "per target: current key, retiring keys, next rotation, last result, keys used, halted", true, func(o, e io.Writer) command { return &statusCommand{opsCommand: newOps(o, e)} }},
+	{"keys", "the keys at Codat, marked managed, adopted or foreign (never raw values)", true, func(o, e io.Writer) command { return &keysCommand{opsCommand: newOps(o, e)} }},
+	{"resume", "clear a halted target", true, func(o, e io.Writer) command { return &resumeCommand{opsCommand: newOps(o, e)} }},
+	{"check", "validate the config and reach Codat and Vault with the configured credentials", true, func(o, e io.Writer) command { return &checkCommand{opsCommand: newOps(o, e)} }},
+	{"emulator", "run a local Codat API emulator for demos and tests", false, func(o, e io.Writer) command { return newEmulatorCommand(o, e) }},
+	{"version", "print version and build information", false, func(o, e io.Writer) command { return &versionCommand{stdout: o} }},
 }
 
 // Main runs the program with args (without the program name) and returns
@@ -81,6 +85,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, reload <
 	for _, c := range commands {
 		if c.name != name {
 			continue
+		}
+		if c.holdsKeys {
+			// Before the config, the environment or the state file is
+			// read. Not fatal: a sandbox may forbid prctl, and the
+			// unit's LimitCORE=0 still stops core dumps.
+			if err := setNonDumpable(); err != nil {
+				fmt.Fprintf(stderr, "codat-rotator %s: warning: cannot make the process non-dumpable (a core dump or a debugger of the same user could read keys): %v\n", name, err)
+			}
 		}
 		cmd := c.make(stdout, stderr)
 		if run, ok := cmd.(*runCommand); ok {

@@ -162,6 +162,7 @@ func TestSystemdUnitSettings(t *testing.T) {
 		{"ProtectSystem", "strict"},
 		{"NoNewPrivileges", "yes"},
 		{"CapabilityBoundingSet", ""},
+		{"LimitCORE", "0"}, // I7: no key in a core dump
 	} {
 		if got := u.one(t, svc, kv.key); got != kv.want {
 			t.Errorf("%s: got %q, want %q", kv.key, got, kv.want)

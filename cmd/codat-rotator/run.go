@@ -81,8 +81,10 @@ func (c *runCommand) Run(ctx context.Context) error {
 	c.app, err = openApp(cfg, log, c.getenv, false, c.m)
 	if err != nil {
 		if errors.Is(err, store.ErrLocked) {
-			if other, derr := admin.Dial(ctx, cfg.Listen.AdminSocket); derr == nil {
-				other.Close()
+			if other, derr := admin.Dial(ctx, cfg.Listen.AdminSocket); derr == nil || errors.Is(derr, admin.ErrRefused) {
+				if other != nil {
+					other.Close()
+				}
 				return fmt.Errorf("another codat-rotator daemon runs with this state file and answers on %s: %w", cfg.Listen.AdminSocket, err)
 			}
 		}
@@ -132,11 +134,12 @@ func (c *runCommand) Run(ctx context.Context) error {
 	}
 	serveErr := make(chan error, 2)
 	if adminL != nil {
-		c.serve(adminL, adminHandler(c.app, c.sched), serveErr)
+		c.serve(adminL, admin.NewServer(adminHandler(c.app, c.sched), log), serveErr)
 		log.Info("admin socket listening", "path", cfg.Listen.AdminSocket)
 	}
 	if metricsL != nil {
-		c.serve(metricsL, c.observability(), serveErr)
+		c.serve(metricsL, &http.Server{Handler: c.observability(), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}, serveErr)
 		log.Info("metrics listening", "addr", metricsL.Addr().String())
 	}
 	names := c.sched.Names()
@@ -176,10 +179,8 @@ func (c *runCommand) notifyHooks(name string, res rotation.Result, err error) {
 	c.hooks.Rotated(t, st, res, err)
 }
 
-// serve runs an HTTP server on l until Close.
-func (c *runCommand) serve(l net.Listener, h http.Handler, errc chan<- error) {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelWarn)}
+// serve runs srv on l until Close.
+func (c *runCommand) serve(l net.Listener, srv *http.Server, errc chan<- error) {
 	c.servers = append(c.servers, srv)
 	c.wg.Add(1)
 	go func() {
