@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/robfig/cron/v3"
@@ -94,10 +95,11 @@ type Scheduler struct {
 	OnRetire func(target string, deleted []string, err error)
 	// Jitter returns a random delay in [0, max); tests replace it.
 	Jitter func(max time.Duration) time.Duration
-	// Heartbeat is how often the watchdog asks Alive (default 10s).
-	// Idle loops do not wake for it: a loop waiting for its next event
-	// is alive by construction.
-	Heartbeat time.Duration
+	// StallAfter is how long a loop may stay in its own code (plans,
+	// hooks, Activate) before Check reports it wedged (default 30s).
+	// Idle loops are never asked: a loop waiting for its next event is
+	// alive by construction.
+	StallAfter time.Duration
 	// CatchUpDelay is the wait before a catch-up rotation at start, so a
 	// fleet restarting at once does not rotate at once (default: the
 	// target's jitter).
@@ -117,6 +119,21 @@ type Scheduler struct {
 	started bool
 	closing bool
 	loops   map[string]*loop
+
+	// wakeups counts loop goroutines started from parked.
+	wakeups atomic.Uint64
+	// probe is the Check in flight, shared by every caller until the
+	// scheduler answers; guarded by probeMu, never by mu, so a wedged
+	// mu costs one waiting goroutine, not one per probe.
+	probeMu sync.Mutex
+	probe   *probe
+}
+
+// probe is one Check's question to the scheduler; err is set before
+// done closes.
+type probe struct {
+	done chan struct{}
+	err  error
 }
 
 // loop is one target's loop. Its fields are guarded by the scheduler's
@@ -420,6 +437,7 @@ func (s *Scheduler) unpark(l *loop, run bool) {
 	l.stop()
 	l.stop = nil
 	if run && !s.closing {
+		s.wakeups.Add(1)
 		s.wg.Add(1)
 		go s.run(l)
 	}
@@ -726,31 +744,68 @@ func (s *Scheduler) Idle() bool {
 	return true
 }
 
-// HeartbeatInterval is how often the watchdog should ask Alive.
-func (s *Scheduler) HeartbeatInterval() time.Duration {
-	if s.Heartbeat > 0 {
-		return s.Heartbeat
-	}
-	return 10 * time.Second
-}
+// Wakeups is how many times a parked loop got a goroutine again, for
+// any reason: its next event came due, a manual rotation, a reload
+// that changed or removed its target. An idle daemon's count does not
+// move between due events.
+func (s *Scheduler) Wakeups() uint64 { return s.wakeups.Load() }
 
 // Alive reports that no loop is wedged: each waits for its next event,
 // runs the engine's work, or has been in its own code for at most max.
-// The watchdog feeds systemd only while this holds. False before Start
-// and after Stop.
-func (s *Scheduler) Alive(max time.Duration) bool {
+// False before Start and after Stop. It waits for the scheduler's
+// lock: Check is the probe that cannot hang.
+func (s *Scheduler) Alive(max time.Duration) bool { return s.stalled(max) == nil }
+
+// stalled is Alive's answer with the reason.
+func (s *Scheduler) stalled(max time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.started || s.closing {
-		return false
+		return errors.New("scheduler: not running")
 	}
 	now := s.now()
 	for _, l := range s.loops {
-		if !l.inLoop.IsZero() && now.Sub(l.inLoop) > max {
-			return false
+		if since := now.Sub(l.inLoop); !l.inLoop.IsZero() && since > max {
+			return fmt.Errorf("scheduler: target %s: loop stuck in its own code for %s", l.name, since.Round(time.Second))
 		}
 	}
-	return true
+	return nil
+}
+
+// Check asks the scheduler to answer, for /healthz and the systemd
+// watchdog: nil when no loop is wedged (Alive with StallAfter); an
+// error when one is, when the scheduler is not running, or when it
+// does not answer before ctx ends, its lock held by a wedged goroutine.
+// It takes the lock every loop takes at every turn, and wakes no parked
+// loop, so probing an idle daemon costs the probe alone.
+func (s *Scheduler) Check(ctx context.Context) error {
+	s.probeMu.Lock()
+	p := s.probe
+	if p == nil {
+		p = &probe{done: make(chan struct{})}
+		s.probe = p
+		go func() {
+			p.err = s.stalled(s.stallAfter())
+			s.probeMu.Lock()
+			s.probe = nil
+			s.probeMu.Unlock()
+			close(p.done)
+		}()
+	}
+	s.probeMu.Unlock()
+	select {
+	case <-p.done:
+		return p.err
+	case <-ctx.Done():
+		return fmt.Errorf("scheduler: no answer: %w", ctx.Err())
+	}
+}
+
+func (s *Scheduler) stallAfter() time.Duration {
+	if s.StallAfter > 0 {
+		return s.StallAfter
+	}
+	return 30 * time.Second
 }
 
 // Stop stops scheduling, lets running rotations finish until ctx is

@@ -1526,3 +1526,139 @@ func TestSchedulerParksIdleLoops(t *testing.T) {
 	}
 	e.noErrBusy()
 }
+
+// TestSchedulerWakeups: parked loops cost no wake-up while nothing is
+// due; each due event, manual rotation or reload that restarts a loop
+// counts one.
+func TestSchedulerWakeups(t *testing.T) {
+	t.Parallel()
+	e := newSchedEnv(t, "a", "b")
+	e.rotate("a")
+	e.rotate("b")
+	s := e.newScheduler()
+	e.start(s, e.schedule("a", "@every 1h"), e.schedule("b", "@every 1h"))
+	e.clock.waitParked(t, 2)
+	for range 29 {
+		e.clock.Advance(time.Minute)
+		e.clock.waitParked(t, 2)
+	}
+	if got := s.Wakeups(); got != 0 {
+		t.Errorf("Wakeups after an idle 29 minutes = %d, want 0", got)
+	}
+	for _, step := range []struct {
+		what string
+		do   func()
+		want uint64
+	}{
+		{"the bootstrap keys' retirement (grace 30m)", func() { e.clock.Advance(time.Minute) }, 2},
+		{"the scheduled rotations", func() { e.clock.Advance(30 * time.Minute) }, 4},
+		{"a manual rotation", func() {
+			if _, err := s.RotateNow("a", rotation.Options{}); err != nil {
+				t.Fatal(err)
+			}
+		}, 5},
+	} {
+		step.do()
+		e.clock.waitParked(t, 2)
+		if got := s.Wakeups(); got != step.want {
+			t.Errorf("Wakeups after %s = %d, want %d", step.what, got, step.want)
+		}
+	}
+}
+
+// blockingClock is a schedClock whose AfterFunc, which the scheduler
+// calls under its lock when a loop parks, blocks while hold is armed:
+// a scheduler whose lock is wedged.
+type blockingClock struct {
+	*schedClock
+	mu      sync.Mutex
+	hold    chan struct{} // nil: AfterFunc does not block
+	entered chan struct{}
+}
+
+func (c *blockingClock) AfterFunc(at time.Time, f func()) func() bool {
+	c.mu.Lock()
+	hold, entered := c.hold, c.entered
+	c.hold, c.entered = nil, nil
+	c.mu.Unlock()
+	if hold != nil {
+		close(entered)
+		<-hold
+	}
+	return c.schedClock.AfterFunc(at, f)
+}
+
+// TestSchedulerCheck: Check answers nil for idle loops, an error for a
+// loop wedged in its own code, and an error within its deadline, not
+// a hang, when the scheduler's lock is held for good.
+func TestSchedulerCheck(t *testing.T) {
+	t.Parallel()
+	e := newSchedEnv(t, "prod", "wedged")
+	clk := &blockingClock{schedClock: e.clock}
+	s := e.newScheduler()
+	s.Clock = clk
+	s.StallAfter = 30 * time.Second
+	check := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		return s.Check(ctx)
+	}
+	if err := check(); err == nil {
+		t.Error("Check before Start = nil, want an error")
+	}
+	unwedge := make(chan struct{})
+	wedged := make(chan struct{})
+	sc := e.schedule("wedged", "@every 1h")
+	var calls int
+	sc.Activate = func() {
+		calls++
+		if calls == 2 { // the definition a reload brings
+			close(wedged)
+			<-unwedge
+		}
+	}
+	e.start(s, e.schedule("prod", "@every 1h"), sc)
+	e.clock.waitParked(t, 2)
+	if err := check(); err != nil {
+		t.Errorf("Check right after Start = %v, want nil", err)
+	}
+
+	// A loop wedged in its own code.
+	if err := s.Apply([]rotation.Schedule{e.schedule("prod", "@every 1h"), sc}); err != nil {
+		t.Fatal(err)
+	}
+	<-wedged
+	e.clock.waitParked(t, 1)
+	e.clock.Advance(time.Minute)
+	if err := check(); err == nil || !strings.Contains(err.Error(), "target wedged") {
+		t.Errorf("Check with a loop wedged a minute = %v, want an error naming the target", err)
+	}
+	close(unwedge)
+	e.clock.waitParked(t, 2)
+	if err := check(); err != nil {
+		t.Errorf("Check after the wedged loop moved = %v, want nil", err)
+	}
+
+	// The scheduler's lock held for good: the next loop to park holds
+	// it inside AfterFunc.
+	hold, entered := make(chan struct{}), make(chan struct{})
+	clk.mu.Lock()
+	clk.hold, clk.entered = hold, entered
+	clk.mu.Unlock()
+	manual := make(chan error, 1)
+	go func() { _, err := s.RotateNow("prod", rotation.Options{}); manual <- err }()
+	<-entered
+	for range 3 { // every probe gives up, none hangs
+		if err := check(); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Check with the lock held = %v, want a deadline error", err)
+		}
+	}
+	close(hold)
+	if err := <-manual; err != nil {
+		t.Fatalf("manual rotation: %v", err)
+	}
+	e.clock.waitParked(t, 2)
+	if err := check(); err != nil {
+		t.Errorf("Check after the lock was released = %v, want nil", err)
+	}
+}
