@@ -84,6 +84,17 @@ func (m *Metrics) WatchState(load func(target string) (store.Target, error), tar
 	m.reg.MustRegister(newStateCollector(load, targets, next))
 }
 
+// WatchScheduler adds codat_rotator_scheduler_wakeups_total, read at
+// each scrape from wakeups (rotation.Scheduler.Wakeups): how often a
+// parked target loop got a goroutine again. On an idle daemon it moves
+// only when something comes due.
+func (m *Metrics) WatchScheduler(wakeups func() uint64) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: ns, Name: "scheduler_wakeups_total",
+		Help: "Times a parked target loop was started again: a rotation or retirement came due, a manual rotation, a reload.",
+	}, func() float64 { return float64(wakeups()) }))
+}
+
 // ObserveCodat counts a Codat API call (codat.Options.Observe).
 func (m *Metrics) ObserveCodat(x codat.Exchange) {
 	status := "error"

@@ -53,3 +53,18 @@ func counterValue(t *testing.T, m *Metrics, name string, labels map[string]strin
 	}
 	return 0
 }
+
+// TestSchedulerWakeups: the counter reads the scheduler's count at
+// each scrape.
+func TestSchedulerWakeups(t *testing.T) {
+	m := New()
+	var n uint64 = 3
+	m.WatchScheduler(func() uint64 { return n })
+	if got := counterValue(t, m, ns+"_scheduler_wakeups_total", nil); got != 3 {
+		t.Errorf("scheduler_wakeups_total = %v, want 3", got)
+	}
+	n = 5
+	if got := counterValue(t, m, ns+"_scheduler_wakeups_total", nil); got != 5 {
+		t.Errorf("scheduler_wakeups_total after two wake-ups = %v, want 5", got)
+	}
+}
