@@ -29,14 +29,17 @@ func (n Systemd) Stopping() { n.send(daemon.SdNotifyStopping + "\nSTATUS=stoppin
 // Reloading brackets a config reload.
 func (n Systemd) Reloading() { n.send(daemon.SdNotifyReloading) }
 
-// Watchdog feeds systemd's watchdog (WatchdogSec=) at half its interval
-// while alive() holds, so a wedged scheduler gets the service restarted.
-// It returns at once when no watchdog is configured.
-func (n Systemd) Watchdog(ctx context.Context, alive func(max time.Duration) bool, heartbeat time.Duration) {
+// Watchdog feeds systemd's watchdog (WatchdogSec=) at half its
+// interval, the one timer it keeps, while check answers nil within
+// CheckTimeout (or a quarter of the interval if shorter): a wedged
+// scheduler gets the service restarted. It returns at once when no
+// watchdog is configured, so outside systemd it costs no wake-up.
+func (n Systemd) Watchdog(ctx context.Context, check func(context.Context) error) {
 	interval := WatchdogInterval()
 	if interval <= 0 {
 		return
 	}
+	timeout := min(CheckTimeout, interval/4)
 	tick := time.NewTicker(interval / 2)
 	defer tick.Stop()
 	for {
@@ -44,15 +47,21 @@ func (n Systemd) Watchdog(ctx context.Context, alive func(max time.Duration) boo
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			// Allow a few heartbeats of age.
-			if alive(max(interval, 3*heartbeat)) {
+			cctx, cancel := context.WithTimeout(ctx, timeout)
+			err := check(cctx)
+			cancel()
+			if err == nil {
 				n.send(daemon.SdNotifyWatchdog)
-			} else {
-				n.Log.Error("scheduler loop stalled; not feeding the watchdog")
+			} else if ctx.Err() == nil {
+				n.Log.Error("scheduler wedged; not feeding the watchdog", "error", err)
 			}
 		}
 	}
 }
+
+// CheckTimeout is how long a liveness probe waits for the scheduler to
+// answer before it calls it wedged.
+const CheckTimeout = 2 * time.Second
 
 // WatchdogInterval is systemd's WatchdogSec (0 when none is set).
 func WatchdogInterval() time.Duration {
@@ -61,14 +70,4 @@ func WatchdogInterval() time.Duration {
 		return 0
 	}
 	return interval
-}
-
-// HeartbeatFor picks the scheduler's heartbeat: a third of the watchdog
-// interval (at least 1 s), at most 10 s. Waking less often is what keeps
-// an idle daemon's CPU near zero.
-func HeartbeatFor(watchdog time.Duration) time.Duration {
-	if watchdog <= 0 {
-		return 10 * time.Second
-	}
-	return min(max(watchdog/3, time.Second), 10*time.Second)
 }

@@ -106,13 +106,13 @@ func (c *runCommand) Run(ctx context.Context) error {
 				c.hooks.RetireGaveUp(t, err)
 			}
 		},
-		Heartbeat: notify.HeartbeatFor(notify.WatchdogInterval()),
 		OnRotation: func(name string, _ rotation.Options, res rotation.Result, err error, took time.Duration) {
 			c.m.ObserveRotation(name, res, err, took)
 			c.notifyHooks(name, res, err)
 		},
 	}
 	c.m.WatchState(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next)
+	c.m.WatchScheduler(c.sched.Wakeups)
 
 	var adminL net.Listener
 	if cfg.Listen.AdminSocket != "" {
@@ -148,7 +148,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 
 	wdCtx, stopWatchdog := context.WithCancel(context.Background())
 	defer stopWatchdog()
-	go c.systemd.Watchdog(wdCtx, c.sched.Alive, c.sched.HeartbeatInterval())
+	go c.systemd.Watchdog(wdCtx, c.sched.Check)
 	// Renew the Vault token while it can be, log in again when not.
 	go c.app.vault.KeepAlive(wdCtx, log.With("component", "vault"))
 
@@ -196,8 +196,13 @@ func (c *runCommand) observability() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", c.m.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if !c.sched.Alive(3 * c.sched.HeartbeatInterval()) {
-			http.Error(w, "scheduler stalled\n", http.StatusServiceUnavailable)
+		// Asked, not read from a heartbeat: nothing wakes to keep a
+		// timestamp fresh, and a wedged scheduler answers 503 within
+		// the timeout instead of hanging the probe.
+		ctx, cancel := context.WithTimeout(r.Context(), notify.CheckTimeout)
+		defer cancel()
+		if err := c.sched.Check(ctx); err != nil {
+			http.Error(w, "unhealthy: "+err.Error()+"\n", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
