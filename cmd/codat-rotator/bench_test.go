@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -38,7 +39,7 @@ import (
 // without -bench, so `make test` stays fast.
 
 var (
-	benchIdle      = flag.Duration("bench.idle", 60*time.Second, "how long BenchmarkIdleFootprint watches an idle daemon")
+	benchIdle      = flag.Duration("bench.idle", 60*time.Second, "how long BenchmarkIdleFootprint and BenchmarkIdleWakeups watch an idle daemon")
 	benchFleetSize = flag.Int("bench.fleet", 1000, "targets in BenchmarkFleet")
 	soakRotations  = flag.Int("soak.rotations", 0, "rotations BenchmarkSoak waits for (0 skips it)")
 	soakEvery      = flag.Duration("soak.every", 0, "how often BenchmarkSoak samples the daemon (0: about 50 samples)")
@@ -507,6 +508,8 @@ type daemonBench struct {
 	readyAt time.Time
 	logs    bytes.Buffer
 	done    chan struct{}
+	// watchdogs counts the WATCHDOG=1 datagrams received.
+	watchdogs atomic.Int64
 }
 
 // idleConfig writes a config of n targets on a rare schedule and a
@@ -559,10 +562,13 @@ func startDaemonBench(b *testing.B, dir, cfg, token string, extraEnv ...string) 
 			if err != nil {
 				return
 			}
-			if slices.Contains(strings.Split(string(buf[:n]), "\n"), "READY=1") {
+			states := strings.Split(string(buf[:n]), "\n")
+			if slices.Contains(states, "WATCHDOG=1") {
+				d.watchdogs.Add(1)
+			}
+			if slices.Contains(states, "READY=1") && d.readyAt.IsZero() {
 				d.readyAt = time.Now()
 				close(d.ready)
-				return
 			}
 		}
 	}()
@@ -685,7 +691,7 @@ func readProc(b *testing.B, pid int) procSample {
 // BenchmarkIdleFootprint runs `codat-rotator run` with 1 and with 1,000
 // targets that stay idle (a yearly schedule, a state file in which each
 // just rotated), and reports RSS and the CPU used over -bench.idle
-// (default 60s), with the watchdog of the shipped unit (WatchdogSec=30s).
+// (default 60s), with the watchdog of the shipped unit (WatchdogSec=2min).
 func BenchmarkIdleFootprint(b *testing.B) {
 	vs := vaulttest.Shared(b)
 	for _, n := range []int{1, 1000} {
@@ -697,7 +703,7 @@ func BenchmarkIdleFootprint(b *testing.B) {
 				}
 				b.Cleanup(func() { os.RemoveAll(dir) })
 				cfg := idleConfig(b, dir, n, vs, "http://127.0.0.1:9")
-				d := startDaemonBench(b, dir, cfg, vs.RootToken, "WATCHDOG_USEC=30000000")
+				d := startDaemonBench(b, dir, cfg, vs.RootToken, "WATCHDOG_USEC=120000000")
 				d.waitReady(b, 60*time.Second)
 				time.Sleep(2 * time.Second) // let start-up settle
 				pid := d.cmd.Process.Pid
@@ -718,6 +724,117 @@ func BenchmarkIdleFootprint(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkIdleWakeups counts what wakes an idle daemon over -bench.idle
+// (default 60s), with 1 and with 1,000 idle targets (as in
+// BenchmarkIdleFootprint). Two daemons run side by side: one without a
+// watchdog (outside systemd: NOTIFY_SOCKET for READY=1 only) and one
+// with WATCHDOG_USEC as the shipped unit sets it (WatchdogSec=2min). It
+// reports for each the scheduler's wake-ups
+// (codat_rotator_scheduler_wakeups_total: must be 0) and the voluntary
+// context switches of all its threads, and the WATCHDOG=1 datagrams the
+// second sent (at most one a minute). It fails when a number is over.
+func BenchmarkIdleWakeups(b *testing.B) {
+	vs := vaulttest.Shared(b)
+	for _, n := range []int{1, 1000} {
+		b.Run(fmt.Sprintf("targets=%d", n), func(b *testing.B) {
+			for range b.N {
+				type run struct {
+					name   string
+					env    []string
+					d      *daemonBench
+					scrape string
+				}
+				runs := []*run{{name: "plain"}, {name: "watchdog", env: []string{"WATCHDOG_USEC=120000000"}}}
+				for _, r := range runs {
+					dir, err := os.MkdirTemp("", "crw")
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.Cleanup(func() { os.RemoveAll(dir) })
+					cfgPath := idleConfig(b, dir, n, vs, "http://127.0.0.1:9")
+					cfg, err := LoadConfig(cfgPath, func(string) string { return "" })
+					if err != nil {
+						b.Fatal(err)
+					}
+					r.scrape = "http://" + cfg.Listen.Metrics + "/metrics"
+					r.d = startDaemonBench(b, dir, cfgPath, vs.RootToken, r.env...)
+				}
+				for _, r := range runs {
+					r.d.waitReady(b, 60*time.Second)
+				}
+				time.Sleep(2 * time.Second) // let start-up settle
+				type sample struct{ wakeups, ctxsw, watchdogs float64 }
+				take := func(r *run, scrapeFirst bool) sample {
+					var s sample
+					scrape := func() {
+						_, expo := get(b, r.scrape)
+						s.wakeups = metricSum(expo, "codat_rotator_scheduler_wakeups_total")
+					}
+					if scrapeFirst { // the scrape's own wake-up stays out of the window
+						scrape()
+					}
+					s.ctxsw, s.watchdogs = float64(voluntaryCtxSwitches(b, r.d.cmd.Process.Pid)), float64(r.d.watchdogs.Load())
+					if !scrapeFirst {
+						scrape()
+					}
+					return s
+				}
+				before := make([]sample, len(runs))
+				for i, r := range runs {
+					before[i] = take(r, true)
+				}
+				time.Sleep(*benchIdle)
+				minutes := benchIdle.Minutes()
+				for i, r := range runs {
+					after := take(r, false)
+					r.d.stop(b)
+					wakeups := after.wakeups - before[i].wakeups
+					b.ReportMetric(wakeups, "wakeups-"+r.name)
+					b.ReportMetric(after.ctxsw-before[i].ctxsw, "ctxsw-"+r.name)
+					if wakeups != 0 {
+						b.Errorf("%s: %v scheduler wake-ups in an idle %s, want 0", r.name, wakeups, *benchIdle)
+					}
+					if r.name == "watchdog" {
+						wd := after.watchdogs - before[i].watchdogs
+						b.ReportMetric(wd, "watchdog-datagrams")
+						if limit := math.Ceil(minutes); wd > limit {
+							b.Errorf("%v WATCHDOG=1 in %s, want at most %v (one a minute)", wd, *benchIdle, limit)
+						}
+					} else if after.watchdogs != 0 {
+						b.Errorf("plain: %v WATCHDOG=1 without WATCHDOG_USEC", after.watchdogs)
+					}
+				}
+				b.ReportMetric(benchIdle.Seconds(), "s-idle")
+			}
+		})
+	}
+}
+
+// voluntaryCtxSwitches sums voluntary_ctxt_switches over the process's
+// threads (/proc/<pid>/status gives the main thread's alone): each is a
+// thread that went to sleep, so each later wake-up shows here.
+func voluntaryCtxSwitches(b *testing.B, pid int) int64 {
+	b.Helper()
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	if err != nil || len(tasks) == 0 {
+		b.Fatalf("no threads of %d in /proc: %v", pid, err)
+	}
+	var sum int64
+	for _, t := range tasks {
+		raw, err := os.ReadFile(t)
+		if err != nil {
+			continue // a thread that just ended
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				sum += n
+			}
+		}
+	}
+	return sum
 }
 
 // BenchmarkSoak runs the daemon on a 1s schedule against the emulator
