@@ -28,6 +28,9 @@ type Service interface {
 	Keys(ctx context.Context, target string) (KeysReport, error)
 	// Resume clears the halt of one target.
 	Resume(ctx context.Context, target string) error
+	// Takeover makes this daemon's state file the owner of one target
+	// and rebuilds its state from Vault's history and Codat's keys.
+	Takeover(ctx context.Context, target string) (TakeoverReport, error)
 }
 
 var (

@@ -959,7 +959,7 @@ func (s *chaosRun) check(clean, passive bool) {
 			}
 		}
 		for id, k := range active {
-			if rotation.OwnName(prefix, k.Name) && !known[id] {
+			if rotation.NamesOf(s.target).Own(k.Name) && !known[id] {
 				s.violate("I5: codat holds key %s named %q, unknown to the state", id, k.Name)
 			}
 		}

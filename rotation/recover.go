@@ -33,6 +33,10 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 	if err != nil {
 		return false, err
 	}
+	if err := r.e.checkOwner(r.t, cur); err != nil {
+		return false, err
+	}
+	r.meta = cur.CustomMetadata
 	if cur.Secret == nil {
 		return false, fmt.Errorf("%s holds no secret, so no key can reach codat to finish the rotation", r.t.Vault)
 	}
@@ -46,6 +50,7 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		return false, err
 	}
 	r.keys = keys
+	r.e.noteListing(r.t.Name, keys)
 	r.served = FindServed(keys, &r.secret)
 
 	if j.NewKeyID != "" && r.secret.KeyID == j.NewKeyID {
