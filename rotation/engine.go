@@ -40,8 +40,9 @@ type Vault interface {
 	CheckMount(ctx context.Context, loc Location) error
 	Read(ctx context.Context, loc Location) (Current, error)
 	Write(ctx context.Context, loc Location, s Published, cas int, metadata map[string]string) (int, error)
-	// History returns the secret's readable versions, oldest first.
-	History(ctx context.Context, loc Location) ([]Published, error)
+	// History returns the secret's readable versions, oldest first:
+	// versions deleted, destroyed or pruned are left out.
+	History(ctx context.Context, loc Location) ([]Current, error)
 	// SetMetadata merges custom metadata into the secret's.
 	SetMetadata(ctx context.Context, loc Location, metadata map[string]string) error
 }

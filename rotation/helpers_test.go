@@ -813,7 +813,7 @@ func (w *crashingVault) Write(ctx context.Context, loc rotation.Location, s rota
 	return v, err
 }
 
-func (w *crashingVault) History(ctx context.Context, loc rotation.Location) ([]rotation.Published, error) {
+func (w *crashingVault) History(ctx context.Context, loc rotation.Location) ([]rotation.Current, error) {
 	w.c.hit(call{svc: "vault", op: "history"})
 	return w.inner.History(ctx, loc)
 }

@@ -3,6 +3,7 @@ package rotation_test
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -289,4 +290,60 @@ func mustLoad(t *testing.T, db *store.DB, name string) store.Target {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// TestRestoredBackupKeepsAPublishedKey: a backup of the state file taken
+// while a crash's journal named a new key, restored after a later run
+// published that key and an operator moved Vault on. The restored
+// journal says the key was never published; Vault's versions say it
+// was. It retires with the full grace, never at once (I4). Chaos found
+// this (state-restore).
+func TestRestoredBackupKeepsAPublishedKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	e.mustRotate(rotation.Options{})
+	first, firstRaw := e.mustServe().Data["key_id"], e.mustServe().Data["api_key"]
+
+	c := &crasher{at: func(cl call, _ *crasher) bool { return cl.svc == "codat" && cl.op == "create" && cl.after }}
+	if _, crashed := e.rotateUntilCrash(c, rotation.Options{}); !crashed {
+		t.Fatal("the rotation did not crash after its create")
+	}
+	path := e.db.Path()
+	if err := e.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	backup, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.db = storetest.MustOpenPath(t, path)
+	e.engine = e.newEngine(nil)
+	res := e.mustRotate(rotation.Options{}) // finishes the crashed rotation: its key is published
+	published := res.NewKey.ID
+	if e.mustServe().Data["key_id"] != published {
+		t.Fatalf("setup: vault does not serve the recovered key %s", published)
+	}
+
+	// The backup comes back; an operator rolls Vault back to the first key.
+	if err := e.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, backup, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.db = storetest.MustOpenPath(t, path)
+	e.engine = e.newEngine(nil)
+	if _, err := e.root.KVv2(e.mount).Put(context.Background(), secretPath, map[string]any{"api_key": firstRaw, "key_id": first}); err != nil {
+		t.Fatal(err)
+	}
+	supersededAt := e.clock.Now()
+	e.clock.Advance(time.Minute)
+	e.mustRotate(rotation.Options{})
+	if r := e.keyRecord(published); r.Deleted != nil && r.Deleted.Before(supersededAt.Add(grace)) {
+		t.Fatalf("I4: key %s, served until %s, was deleted at %s", published, supersededAt, r.Deleted)
+	}
+	if k := e.stateKey(published); k == nil || k.State != store.KeyRetiring || k.DeleteAfter.Before(supersededAt.Add(grace)) {
+		t.Errorf("the published key after recovery: %+v, want retiring no sooner than %s", k, supersededAt.Add(grace))
+	}
+	e.checkInvariants()
 }

@@ -143,7 +143,7 @@ func attribute(st store.Target, k Key, seen Seen, names Names, grace time.Durati
 		}
 		return ClassAdopted, now.Add(grace)
 	}
-	if at, ok := servedBefore(seen.History, k.ID, grace, now); ok {
+	if at, ok := servedBefore(seen.History, k, grace, now); ok {
 		return ClassAdopted, at
 	}
 	if names.Own(k.Name) {
@@ -155,15 +155,17 @@ func attribute(st store.Target, k Key, seen Seen, names Names, grace time.Durati
 	return ClassForeign, time.Time{}
 }
 
-// servedBefore looks id up in the secret's earlier versions (oldest
-// first). When a version served it, the key retires when the version
-// that superseded it says (its previous_expires_at), else a grace after
-// that version's rotated_at; a key whose successor is not recorded gets
-// a full grace from now.
-func servedBefore(history []Published, id string, grace time.Duration, now time.Time) (time.Time, bool) {
+// servedBefore looks k up in the secret's earlier versions (oldest
+// first): by key_id, or by raw value in a version written without one.
+// When a version served it, the key retires when the version that
+// superseded it says (its previous_expires_at), else a grace after that
+// version's rotated_at; a key whose successor is not recorded gets a
+// full grace from now.
+func servedBefore(history []Published, k Key, grace time.Duration, now time.Time) (time.Time, bool) {
+	id := k.ID
 	last := -1
 	for i, v := range history {
-		if v.KeyID == id {
+		if v.KeyID == id || (v.KeyID == "" && !k.APIKey.Empty() && v.APIKey == k.APIKey) {
 			last = i
 		}
 	}
@@ -247,6 +249,10 @@ func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, no
 			st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginForeign, State: store.KeyForeign, Created: k.Created})
 		}
 	}
+	listed := make(map[string]Key, len(keys))
+	for _, k := range keys {
+		listed[k.ID] = k
+	}
 	for i := range st.Keys {
 		rec := &st.Keys[i]
 		switch {
@@ -261,6 +267,11 @@ func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, no
 		case rec.State == store.KeyActive:
 			// Vault serves another key: this one is superseded.
 			supersede(rec, now.Add(grace))
+		case rec.State == store.KeyPending && unseen:
+			// Created, and no journal names it; but Vault moved on behind
+			// the state (a restored backup), and a run the state never
+			// recorded may have published it: a full grace (I4).
+			supersede(rec, now.Add(grace))
 		case rec.State == store.KeyPending:
 			// Created, never published, and no journal names it.
 			orphans = append(orphans, Key{ID: rec.ID, Name: rec.Name})
@@ -269,7 +280,7 @@ func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, no
 		case rec.State == store.KeyForeign && rec.Origin == store.OriginForeign && seen.History != nil:
 			// A takeover reads the secret's history: a key recorded as
 			// foreign that an earlier version served is the daemon's.
-			if after, ok := servedBefore(seen.History, rec.ID, grace, now); ok {
+			if after, ok := servedBefore(seen.History, listed[rec.ID], grace, now); ok {
 				claim(rec)
 				supersede(rec, after)
 			}

@@ -71,7 +71,9 @@ func (e *Engine) Takeover(ctx context.Context, t Target) (Takeover, error) {
 	if !seen.Served.Known {
 		return out, servedUnknown(t, false, len(keys))
 	}
-	seen.History = history
+	for _, v := range history {
+		seen.History = append(seen.History, *v.Secret)
+	}
 	if md := e.metadata(t, cur.CustomMetadata, e.now()); md != nil {
 		if err := e.Vault.SetMetadata(ctx, t.Vault, md); err != nil {
 			return out, fmt.Errorf("takeover: record the owner in %s's custom metadata: %w", t.Vault, err)

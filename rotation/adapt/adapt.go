@@ -87,14 +87,15 @@ func (a vaultAdapter) Write(ctx context.Context, loc rotation.Location, s rotati
 	return v, VaultError(err)
 }
 
-func (a vaultAdapter) History(ctx context.Context, loc rotation.Location) ([]rotation.Published, error) {
+func (a vaultAdapter) History(ctx context.Context, loc rotation.Location) ([]rotation.Current, error) {
 	vs, err := a.c.History(ctx, VaultLocation(loc))
 	if err != nil {
 		return nil, VaultError(err)
 	}
-	out := make([]rotation.Published, 0, len(vs))
+	out := make([]rotation.Current, 0, len(vs))
 	for _, v := range vs {
-		out = append(out, rotation.Published(v.Secret))
+		p := rotation.Published(v.Secret)
+		out = append(out, rotation.Current{Version: v.Version, Secret: &p})
 	}
 	return out, nil
 }
