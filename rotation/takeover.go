@@ -81,6 +81,7 @@ func (e *Engine) Takeover(ctx context.Context, t Target) (Takeover, error) {
 	}
 	now := e.now()
 	err = e.Store.Update(t.Name, func(st *store.Target) error {
+		out.Foreign, out.Rebuilt = nil, nil // fn may run again (store.Update)
 		known := map[string]bool{}
 		for _, k := range st.Keys {
 			if k.Origin.Managed() && k.State != store.KeyDeleted {

@@ -5,6 +5,7 @@ package store
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -69,8 +70,9 @@ type Options struct {
 
 // DB is an open state file.
 type DB struct {
-	bolt *bolt.DB
-	path string
+	bolt    *bolt.DB
+	path    string
+	commits committer
 }
 
 // Open opens or creates the state file at path. It checks the file before
@@ -274,28 +276,37 @@ func (db *DB) Load(target string) (Target, error) {
 
 // Update reads a target's state, lets fn change it and writes it back in
 // one transaction: all of fn's change lands, or none. fn's error aborts
-// the write and is returned.
+// the write and is returned. Update returns once the change is on disk.
+// Concurrent updates share commits (commit.go), so fn may be called more
+// than once, each time with the state as stored; only the last call's
+// change lands, and fn must leave nothing outside it that an earlier
+// call's result would make wrong. A change that leaves the state as it
+// was writes nothing.
 func (db *DB) Update(target string, fn func(*Target) error) error {
-	err := db.bolt.Update(func(tx *bolt.Tx) error {
+	err := db.write(func(tx *bolt.Tx) (bool, error) {
 		b, err := createTargetBucket(tx, target)
 		if err != nil {
-			return err
+			return false, err
 		}
 		var t Target
-		if raw := b.Get(keyState); raw != nil {
-			if t, err = DecodeTarget(raw); err != nil {
-				return err
+		old := b.Get(keyState)
+		if old != nil {
+			if t, err = DecodeTarget(old); err != nil {
+				return false, err
 			}
 		}
 		if err := fn(&t); err != nil {
-			return err
+			return false, err
 		}
 		pruneDeleted(&t)
 		raw, err := json.Marshal(t)
 		if err != nil {
-			return err
+			return false, err
 		}
-		return b.Put(keyState, raw)
+		if bytes.Equal(raw, old) {
+			return false, nil
+		}
+		return true, b.Put(keyState, raw)
 	})
 	if err != nil {
 		return fmt.Errorf("update state of %q: %w", target, err)
@@ -334,37 +345,48 @@ func (db *DB) AddHistory(target string, r Rotation) error {
 	if err != nil {
 		return err
 	}
-	err = db.bolt.Update(func(tx *bolt.Tx) error {
-		b, err := createTargetBucket(tx, target)
-		if err != nil {
-			return err
-		}
-		h, err := b.CreateBucketIfNotExists(bucketHistory)
-		if err != nil {
-			return err
-		}
-		seq, err := h.NextSequence()
-		if err != nil {
-			return err
-		}
-		if err := h.Put(seqKey(seq), raw); err != nil {
-			return err
-		}
-		// Drop the oldest beyond the limit.
-		c := h.Cursor()
-		for n := h.Stats().KeyN + 1 - HistoryLimit; n > 0; n-- {
-			k, _ := c.First()
-			if k == nil {
-				break
-			}
-			if err := c.Delete(); err != nil {
-				return err
-			}
-		}
-		return nil
+	err = db.write(func(tx *bolt.Tx) (bool, error) {
+		return true, addHistory(tx, target, raw)
 	})
 	if err != nil {
 		return fmt.Errorf("record history of %q: %w", target, err)
+	}
+	return nil
+}
+
+// addHistory appends a finished rotation to the target's history and
+// drops the oldest beyond HistoryLimit.
+func addHistory(tx *bolt.Tx, target string, raw []byte) error {
+	b, err := createTargetBucket(tx, target)
+	if err != nil {
+		return err
+	}
+	h, err := b.CreateBucketIfNotExists(bucketHistory)
+	if err != nil {
+		return err
+	}
+	seq, err := h.NextSequence()
+	if err != nil {
+		return err
+	}
+	if err := h.Put(seqKey(seq), raw); err != nil {
+		return err
+	}
+	// Counted, not read from Stats: Stats sees only committed pages, and
+	// a shared commit may add several records to one target.
+	n := 0
+	c := h.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		n++
+	}
+	for n -= HistoryLimit; n > 0; n-- {
+		k, _ := c.First()
+		if k == nil {
+			break
+		}
+		if err := c.Delete(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
