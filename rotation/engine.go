@@ -154,11 +154,17 @@ type Engine struct {
 	// Owner is this engine's state file identity and host, checked
 	// against and recorded in each secret's custom metadata.
 	Owner Owner
+	// MaxConcurrent bounds the rotations and retire passes running at
+	// once, across targets (default DefaultMaxConcurrent; bound.go).
+	MaxConcurrent int
+
+	bound bound // the slots of MaxConcurrent
 
 	mu      sync.Mutex
 	running map[string]bool
-	mounts  map[Location]bool // mounts checked to be KV v2
-	slots   slots             // which targets share a Codat client
+	mounts  map[Location]bool       // mounts checked to be KV v2
+	slots   slots                   // which targets share a Codat client
+	served  map[string]secret.Value // per target, the key last seen served (early.go)
 }
 
 // checkMount checks once per engine that loc's mount is KV v2 (a round
@@ -257,6 +263,13 @@ func (e *Engine) Rotate(ctx context.Context, t Target, opts Options) (Result, er
 		return Result{}, fmt.Errorf("%s: %w since %s: %s (run `codat-rotator resume --target %s`)",
 			t.Name, ErrHalted, st.HaltedAt.Format(time.RFC3339), st.HaltReason, t.Name)
 	}
+	// Then a slot of the engine's bound: waiting is neither a failure
+	// nor a drop, and a caller that gives up meanwhile tried nothing.
+	releaseSlot, err := e.holdSlot(ctx, t.Name)
+	if err != nil {
+		return Result{}, fmt.Errorf("rotate %s: %w", t.Name, err)
+	}
+	defer releaseSlot()
 
 	id := newRotationID(e.now())
 	log := e.log().With("target", t.Name, "rotation", id)
@@ -316,6 +329,17 @@ func (e *Engine) RetireDue(ctx context.Context, t Target) ([]string, error) {
 		return nil, err
 	}
 	defer release()
+	// A pass with nothing due takes no slot of the bound.
+	if st, err := e.Store.Load(t.Name); err == nil && st.Journal == nil {
+		if due, _ := Due(st, e.now()); len(due) == 0 {
+			return nil, nil
+		}
+	}
+	releaseSlot, err := e.holdSlot(ctx, t.Name)
+	if err != nil {
+		return nil, fmt.Errorf("retire %s: %w", t.Name, err)
+	}
+	defer releaseSlot()
 	return e.retireDue(ctx, t, e.log().With("target", t.Name))
 }
 

@@ -28,6 +28,8 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 	if err := r.e.checkMount(ctx, r.t.Vault); err != nil {
 		return false, err
 	}
+	x := r.e.listEarly(ctx, r.t) // early.go
+	defer x.drop()
 	cur, err := r.e.Vault.Read(ctx, r.t.Vault)
 	if err != nil {
 		return false, err
@@ -40,8 +42,9 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		return false, fmt.Errorf("%s holds no secret, so no key can reach codat to finish the rotation", r.t.Vault)
 	}
 	r.secret, r.version = *cur.Secret, cur.Version
-	r.client = r.e.Codat(r.t.Name, r.secret.APIKey)
-	keys, err := r.client.List(ctx)
+	r.e.remember(r.t.Name, r.secret.APIKey)
+	var keys []Key
+	r.client, keys, err = r.e.list(ctx, r.t, x, r.secret.APIKey)
 	if errors.Is(err, ErrKeyRejected) {
 		return false, fmt.Errorf("%w: the key at %s: %w", ErrServedKeyRejected, r.t.Vault, err)
 	}

@@ -29,6 +29,8 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 	if len(due) == 0 {
 		return nil, nil
 	}
+	x := e.listEarly(ctx, t) // early.go
+	defer x.drop()
 	cur, err := e.Vault.Read(ctx, t.Vault)
 	if err != nil {
 		return nil, fmt.Errorf("retire: %w", err)
@@ -40,8 +42,8 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 	if cur.Secret == nil {
 		return nil, fmt.Errorf("retire: %s holds no secret; nothing is deleted while no key is served", t.Vault)
 	}
-	client := e.Codat(t.Name, cur.Secret.APIKey)
-	keys, err := client.List(ctx)
+	e.remember(t.Name, cur.Secret.APIKey)
+	client, keys, err := e.list(ctx, t, x, cur.Secret.APIKey)
 	if err != nil {
 		return nil, fmt.Errorf("retire: %w", err)
 	}

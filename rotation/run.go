@@ -145,6 +145,11 @@ func (r *run) plan(ctx context.Context) error {
 	if err := r.e.checkMount(ctx, r.t.Vault); err != nil {
 		return err
 	}
+	// The listing starts beside the read when the engine knows the key
+	// Vault served last (early.go); it is used only if Vault still
+	// serves that key.
+	x := r.e.listEarly(ctx, r.t)
+	defer x.drop()
 	cur, err := r.e.Vault.Read(ctx, r.t.Vault)
 	if err != nil {
 		return err
@@ -159,8 +164,9 @@ func (r *run) plan(ctx context.Context) error {
 		}
 	}
 	r.secret, r.version = *cur.Secret, cur.Version
-	r.client = r.e.Codat(r.t.Name, r.secret.APIKey)
-	keys, err := r.client.List(ctx)
+	r.e.remember(r.t.Name, r.secret.APIKey)
+	var keys []Key
+	r.client, keys, err = r.e.list(ctx, r.t, x, r.secret.APIKey)
 	if errors.Is(err, ErrKeyRejected) {
 		return fmt.Errorf("%w: the key at %s (id %q): %w", ErrServedKeyRejected, r.t.Vault, r.secret.KeyID, err)
 	}
@@ -443,6 +449,9 @@ func (r *run) setStep(s store.Step) error {
 		if st.Journal == nil {
 			return errors.New("the journal vanished during the rotation")
 		}
+		if st.Journal.Step == s {
+			return nil // already there (recordNewKey moves it to verify): no commit
+		}
 		st.Journal.Step, st.Journal.Updated = s, now
 		return nil
 	})
@@ -617,6 +626,7 @@ func (r *run) activate(k Key) error {
 	r.secret = Published{APIKey: k.APIKey, KeyID: k.ID, KeyName: k.Name}
 	r.served = FindServed(nil, &r.secret)
 	r.client = r.e.Codat(r.t.Name, k.APIKey)
+	r.e.remember(r.t.Name, k.APIKey)
 	return nil
 }
 

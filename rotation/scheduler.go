@@ -575,6 +575,11 @@ func (s *Scheduler) rotate(l *loop, log *slog.Logger, opts Options) (res Result,
 		log.Warn("rotation skipped: target halted", "error", err)
 		return res, err
 	}
+	if errors.Is(err, ErrCancelledWaiting) {
+		// Stopped while it waited for a slot of the engine's bound:
+		// nothing was tried, so nothing failed; the next start catches up.
+		return res, err
+	}
 	if s.OnRotation != nil {
 		took := s.now().Sub(start)
 		s.guard(log, "the rotation hook", func() { s.OnRotation(l.name, opts, res, err, took) })

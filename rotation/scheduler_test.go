@@ -271,6 +271,11 @@ func (g *gate) call(ctx context.Context, target, op string) (done func(), err er
 	g.mu.Lock()
 	g.inFlight[target]++
 	g.peak[target] = max(g.peak[target], g.inFlight[target])
+	total := 0
+	for _, n := range g.inFlight {
+		total += n
+	}
+	g.peak["*total"] = max(g.peak["*total"], total) // over every target: peakTotal
 	c := g.held["*/"+op]
 	if c == nil {
 		c = g.held[target+"/"+op]
