@@ -38,6 +38,11 @@ func (e *Engine) listEarly(ctx context.Context, t Target) *early {
 	if !ok {
 		return nil
 	}
+	return e.startList(ctx, t, key)
+}
+
+// startList starts listing Codat's keys with key, for take or drop.
+func (e *Engine) startList(ctx context.Context, t Target, key secret.Value) *early {
 	ctx, cancel := context.WithCancel(ctx)
 	x := &early{key: key, cancel: cancel, done: make(chan struct{})}
 	client := e.Codat(t.Name, key)

@@ -51,7 +51,9 @@ type Vault interface {
 type Store interface {
 	Load(target string) (store.Target, error)
 	Update(target string, fn func(*store.Target) error) error
-	AddHistory(target string, r store.Rotation) error
+	// Finish applies fn and adds r to the target's history, in one
+	// transaction.
+	Finish(target string, fn func(*store.Target) error, r store.Rotation) error
 }
 
 // Target is one configured Codat client and where its key is published.
@@ -354,24 +356,21 @@ func (e *Engine) Resume(t Target) error {
 
 func (e *Engine) recordSuccess(t Target, res Result, started time.Time, opts Options) {
 	now := e.now()
-	err := e.Store.Update(t.Name, func(st *store.Target) error {
+	var retired []string
+	for _, k := range res.Retiring {
+		retired = append(retired, k.ID)
+	}
+	err := e.Store.Finish(t.Name, func(st *store.Target) error {
 		st.LastAttempt, st.LastSuccess = now, now
 		st.LastResult, st.LastError = "success", ""
 		st.ConsecutiveFailures = 0
 		st.Halted, st.HaltReason, st.HaltedAt = false, "", time.Time{}
 		st.Blocked, st.BlockedAt = "", time.Time{}
 		return nil
+	}, store.Rotation{
+		ID: res.RotationID, Started: started, Finished: now, Result: "success",
+		Emergency: opts.Emergency, NewKeyID: res.NewKey.ID, Retired: retired,
 	})
-	if err == nil {
-		var retired []string
-		for _, k := range res.Retiring {
-			retired = append(retired, k.ID)
-		}
-		err = e.Store.AddHistory(t.Name, store.Rotation{
-			ID: res.RotationID, Started: started, Finished: now, Result: "success",
-			Emergency: opts.Emergency, NewKeyID: res.NewKey.ID, Retired: retired,
-		})
-	}
 	if err != nil {
 		e.log().Error("record rotation result", "target", t.Name, "error", err)
 	}
@@ -397,7 +396,7 @@ func (e *Engine) recordBlocked(t Target, rerr error) {
 
 func (e *Engine) recordFailure(t Target, id string, started time.Time, opts Options, rerr error, halt bool) {
 	now := e.now()
-	err := e.Store.Update(t.Name, func(st *store.Target) error {
+	err := e.Store.Finish(t.Name, func(st *store.Target) error {
 		st.LastAttempt = now
 		st.LastResult, st.LastError = "failed", rerr.Error()
 		st.ConsecutiveFailures++
@@ -405,12 +404,9 @@ func (e *Engine) recordFailure(t Target, id string, started time.Time, opts Opti
 			st.Halted, st.HaltReason, st.HaltedAt = true, rerr.Error(), now
 		}
 		return nil
+	}, store.Rotation{
+		ID: id, Started: started, Finished: now, Result: "failed", Emergency: opts.Emergency, Error: rerr.Error(),
 	})
-	if err == nil {
-		err = e.Store.AddHistory(t.Name, store.Rotation{
-			ID: id, Started: started, Finished: now, Result: "failed", Emergency: opts.Emergency, Error: rerr.Error(),
-		})
-	}
 	if err != nil {
 		e.log().Error("record rotation result", "target", t.Name, "error", err)
 	}

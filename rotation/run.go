@@ -39,6 +39,9 @@ type run struct {
 	served  Served
 	client  Codat
 	keys    []Key
+	// verifying is the verify step's first listing, started with the
+	// new key while its record commits (a listing is no side effect).
+	verifying *early
 
 	res Result
 }
@@ -112,6 +115,7 @@ func (r *run) rotate(ctx context.Context) (Result, error) {
 	if err := r.makeRoom(ctx); err != nil {
 		return r.res, fmt.Errorf("make room: %w", err)
 	}
+	defer func() { r.verifying.drop() }()
 	k, err := r.create(ctx)
 	hold.release()
 	if err != nil {
@@ -373,6 +377,9 @@ func (r *run) create(ctx context.Context) (Key, error) {
 		}
 		return Key{}, err
 	}
+	// Verify's first listing goes out while the key's record commits;
+	// nothing is decided from it before the commit is on disk.
+	r.verifying = r.e.startList(ctx, r.t, k.APIKey)
 	if err := r.recordNewKey(k); err != nil {
 		return Key{}, err
 	}
@@ -468,7 +475,14 @@ func (r *run) verify(ctx context.Context, k Key) error {
 	attempts := orDefault(r.e.VerifyAttempts, 5)
 	var last error
 	for i := 1; i <= attempts; i++ {
-		keys, err := c.List(ctx)
+		var keys []Key
+		var err error
+		if x := r.verifying; x != nil && i == 1 {
+			r.verifying = nil
+			keys, _, err = x.take(k.APIKey)
+		} else {
+			keys, err = c.List(ctx)
+		}
 		if err == nil {
 			for _, kk := range keys {
 				if kk.ID == k.ID {

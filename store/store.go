@@ -283,35 +283,39 @@ func (db *DB) Load(target string) (Target, error) {
 // call's result would make wrong. A change that leaves the state as it
 // was writes nothing.
 func (db *DB) Update(target string, fn func(*Target) error) error {
-	err := db.write(func(tx *bolt.Tx) (bool, error) {
-		b, err := createTargetBucket(tx, target)
-		if err != nil {
-			return false, err
-		}
-		var t Target
-		old := b.Get(keyState)
-		if old != nil {
-			if t, err = DecodeTarget(old); err != nil {
-				return false, err
-			}
-		}
-		if err := fn(&t); err != nil {
-			return false, err
-		}
-		pruneDeleted(&t)
-		raw, err := json.Marshal(t)
-		if err != nil {
-			return false, err
-		}
-		if bytes.Equal(raw, old) {
-			return false, nil
-		}
-		return true, b.Put(keyState, raw)
-	})
+	err := db.write(func(tx *bolt.Tx) (bool, error) { return updateTarget(tx, target, fn) })
 	if err != nil {
 		return fmt.Errorf("update state of %q: %w", target, err)
 	}
 	return nil
+}
+
+// updateTarget applies fn to the target's state in tx; it writes, and
+// reports a change, only when the state differs from what is stored.
+func updateTarget(tx *bolt.Tx, target string, fn func(*Target) error) (bool, error) {
+	b, err := createTargetBucket(tx, target)
+	if err != nil {
+		return false, err
+	}
+	var t Target
+	old := b.Get(keyState)
+	if old != nil {
+		if t, err = DecodeTarget(old); err != nil {
+			return false, err
+		}
+	}
+	if err := fn(&t); err != nil {
+		return false, err
+	}
+	pruneDeleted(&t)
+	raw, err := json.Marshal(t)
+	if err != nil {
+		return false, err
+	}
+	if bytes.Equal(raw, old) {
+		return false, nil
+	}
+	return true, b.Put(keyState, raw)
 }
 
 // pruneDeleted forgets the oldest deleted keys beyond DeletedKeysLimit.
@@ -350,6 +354,26 @@ func (db *DB) AddHistory(target string, r Rotation) error {
 	})
 	if err != nil {
 		return fmt.Errorf("record history of %q: %w", target, err)
+	}
+	return nil
+}
+
+// Finish records a finished rotation: fn's change to the target's
+// state and the rotation's history record, in one transaction (one
+// fsync where Update and AddHistory would take two).
+func (db *DB) Finish(target string, fn func(*Target) error, r Rotation) error {
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	err = db.write(func(tx *bolt.Tx) (bool, error) {
+		if _, err := updateTarget(tx, target, fn); err != nil {
+			return false, err
+		}
+		return true, addHistory(tx, target, raw)
+	})
+	if err != nil {
+		return fmt.Errorf("record rotation of %q: %w", target, err)
 	}
 	return nil
 }

@@ -194,7 +194,7 @@ func (noState) Load(string) (store.Target, error) { return store.Target{}, nil }
 func (noState) Update(string, func(*store.Target) error) error {
 	return errors.New("no state file: read-only")
 }
-func (noState) AddHistory(string, store.Rotation) error {
+func (noState) Finish(string, func(*store.Target) error, store.Rotation) error {
 	return errors.New("no state file: read-only")
 }
 
