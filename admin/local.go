@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/rotation"
@@ -36,7 +37,10 @@ type Local struct {
 
 var _ Service = (*Local)(nil)
 
-// Rotate rotates or plans each requested target in turn.
+// Rotate rotates or plans the requested targets, a fleet side by side:
+// the engine's bound (max_concurrent_rotations) holds how many rotate at
+// once, and as many plans run at once in a dry run. The entries keep the
+// order of the config.
 func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, error) {
 	targets, err := l.selectTargets(req.Target)
 	if err != nil {
@@ -47,8 +51,9 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 	if rotate == nil {
 		rotate = l.Engine.Rotate
 	}
-	rep := RotateReport{Results: []RotateEntry{}}
-	for _, t := range targets {
+	rep := RotateReport{Results: make([]RotateEntry, len(targets))}
+	one := func(i int) {
+		t := targets[i]
 		e := RotateEntry{Target: t.Name, Vault: t.Vault.String()}
 		if req.DryRun {
 			p, err := l.Engine.Plan(ctx, t, opts)
@@ -66,8 +71,18 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 				e.Succeeded = true
 			}
 		}
-		rep.Results = append(rep.Results, e)
+		rep.Results[i] = e
 	}
+	sem := make(chan struct{}, l.Engine.Concurrency().Limit)
+	var wg sync.WaitGroup
+	for i := range targets {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			one(i)
+		})
+	}
+	wg.Wait()
 	return rep, nil
 }
 
@@ -81,6 +96,8 @@ func (l *Local) Status(ctx context.Context) (StatusReport, error) {
 		return rep, err
 	}
 	shared := rotation.SharedClients(states)
+	c := l.Engine.Concurrency()
+	rep.Rotations = Concurrency{Running: c.Running, Waiting: c.Waiting, Limit: c.Limit}
 	for _, t := range targets {
 		var next time.Time
 		if l.Next != nil {
@@ -88,6 +105,9 @@ func (l *Local) Status(ctx context.Context) (StatusReport, error) {
 		}
 		ts := targetStatusOf(t, states[t.Name], next, now)
 		ts.SharesClientWith = shared[t.Name]
+		if since, ok := c.WaitingSince[t.Name]; ok {
+			ts.WaitingSince = timePtr(since)
+		}
 		rep.Targets = append(rep.Targets, ts)
 	}
 	return rep, nil

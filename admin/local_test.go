@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -185,9 +187,12 @@ func TestLocalResume(t *testing.T) {
 
 func TestLocalRotate(t *testing.T) {
 	l, _, _ := newLocal(t)
+	var mu sync.Mutex
 	var asked []string
 	l.RotateTarget = func(_ context.Context, t rotation.Target, opts rotation.Options) (rotation.Result, error) {
+		mu.Lock()
 		asked = append(asked, t.Name)
+		mu.Unlock()
 		if !opts.Manual || !opts.Emergency || opts.Revoke != "" {
 			return rotation.Result{}, errors.New("wrong options")
 		}
@@ -201,8 +206,10 @@ func TestLocalRotate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(asked, ",") != "prod,dev" || len(rep.Results) != 2 {
-		t.Fatalf("rotated %v, report %+v; want prod then dev", asked, rep)
+	// The fleet rotates side by side; the report keeps the config's order.
+	slices.Sort(asked)
+	if strings.Join(asked, ",") != "dev,prod" || len(rep.Results) != 2 || rep.Results[0].Target != "prod" || rep.Results[1].Target != "dev" {
+		t.Fatalf("rotated %v, report %+v; want both, reported prod then dev", asked, rep)
 	}
 	p, d := rep.Results[0], rep.Results[1]
 	if !p.Succeeded || p.Error != "" || p.Result == nil || p.Result.RotationID != "r-1" || p.Result.NewKey == nil || p.Result.NewKey.ID != "k3" ||

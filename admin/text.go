@@ -21,6 +21,9 @@ func (r StatusReport) WriteText(w io.Writer) {
 			state = "BLOCKED since " + fmtTime(t.BlockedSince) + ": " + t.Blocked
 		case t.Halted:
 			state = "HALTED: " + t.HaltReason + " (run `codat-rotator resume --target " + t.Name + "`)"
+		case t.WaitingSince != nil:
+			state = fmt.Sprintf("waiting for a rotation slot since %s (%d of max_concurrent_rotations %d running, %d waiting)",
+				fmtTime(t.WaitingSince), r.Rotations.Running, r.Rotations.Limit, r.Rotations.Waiting)
 		case t.Journal != nil:
 			state = fmt.Sprintf("rotating (rotation %s, step %s)", t.Journal.RotationID, t.Journal.Step)
 		case t.LastResult == "failed":

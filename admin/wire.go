@@ -99,6 +99,16 @@ type StatusReport struct {
 	// Daemon: answered by a running daemon, not read from the file.
 	Daemon  bool           `json:"daemon"`
 	Targets []TargetStatus `json:"targets"`
+	// Rotations is the bound on concurrent rotations and its use.
+	Rotations Concurrency `json:"rotations"`
+}
+
+// Concurrency is max_concurrent_rotations and how many rotations hold
+// a slot or wait for one.
+type Concurrency struct {
+	Running int `json:"running"`
+	Waiting int `json:"waiting"`
+	Limit   int `json:"max_concurrent"`
 }
 
 // TargetStatus is one target in a StatusReport.
@@ -125,6 +135,9 @@ type TargetStatus struct {
 	// SharesClientWith names the targets on the same Codat client, as
 	// the keys recorded for each show.
 	SharesClientWith []string `json:"shares_client_with,omitempty"`
+	// WaitingSince is when the target, due, began to wait for a slot of
+	// max_concurrent_rotations; nil when it is not waiting.
+	WaitingSince *time.Time `json:"waiting_for_slot_since,omitempty"`
 }
 
 // KeyStatus is the current or a retiring key in a TargetStatus.

@@ -95,6 +95,26 @@ func (m *Metrics) WatchScheduler(wakeups func() uint64) {
 	}, func() float64 { return float64(wakeups()) }))
 }
 
+// WatchConcurrency adds the gauges of the engine's bound on concurrent
+// rotations, read at each scrape from look (rotation.Engine.Concurrency):
+// codat_rotator_rotations_running, codat_rotator_rotations_waiting (targets
+// due that wait for a slot: neither dropped nor failed) and
+// codat_rotator_max_concurrent_rotations.
+func (m *Metrics) WatchConcurrency(look func() rotation.Concurrency) {
+	gauge := func(name, help string, v func(rotation.Concurrency) int) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: help},
+			func() float64 { return float64(v(look())) })
+	}
+	m.reg.MustRegister(
+		gauge("rotations_running", "Rotations and retirement passes holding a slot of max_concurrent_rotations.",
+			func(c rotation.Concurrency) int { return c.Running }),
+		gauge("rotations_waiting", "Targets due that wait for a slot of max_concurrent_rotations (not failed, not dropped).",
+			func(c rotation.Concurrency) int { return c.Waiting }),
+		gauge("max_concurrent_rotations", "The bound on rotations at once (max_concurrent_rotations).",
+			func(c rotation.Concurrency) int { return c.Limit }),
+	)
+}
+
 // ObserveCodat counts a Codat API call (codat.Options.Observe).
 func (m *Metrics) ObserveCodat(x codat.Exchange) {
 	status := "error"

@@ -81,10 +81,11 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 		return nil, err
 	}
 	a.engine = &rotation.Engine{
-		Store:  states,
-		Vault:  adapt.Vault(vcl),
-		Logger: log,
-		Codat:  a.codat,
+		Store:         states,
+		Vault:         adapt.Vault(vcl),
+		Logger:        log,
+		Codat:         a.codat,
+		MaxConcurrent: cfg.MaxConcurrentRotations,
 	}
 	if db != nil {
 		if a.engine.Owner, err = owner(db); err != nil {

@@ -25,11 +25,15 @@ const DefaultConfigPath = "/etc/codat-rotator/config.yaml"
 // Config is the YAML file (docs/design.md#interfaces). Its field names
 // are an operator contract: add fields freely, rename none.
 type Config struct {
-	StatePath string         `yaml:"state_path"`
-	Log       LogConfig      `yaml:"log"`
-	Listen    ListenConfig   `yaml:"listen"`
-	Vault     VaultConfig    `yaml:"vault"`
-	Targets   []TargetConfig `yaml:"targets"`
+	StatePath string `yaml:"state_path"`
+	// MaxConcurrentRotations bounds the rotations (and retirement
+	// passes) running at once across targets, scheduled and manual
+	// alike; `rotate --parallel` overrides it for one command.
+	MaxConcurrentRotations int            `yaml:"max_concurrent_rotations"`
+	Log                    LogConfig      `yaml:"log"`
+	Listen                 ListenConfig   `yaml:"listen"`
+	Vault                  VaultConfig    `yaml:"vault"`
+	Targets                []TargetConfig `yaml:"targets"`
 }
 
 // LogConfig is log:.
@@ -168,24 +172,29 @@ func (d Duration) String() string { return time.Duration(d).String() }
 
 // Defaults for everything optional.
 const (
-	DefaultStatePath     = "/var/lib/codat-rotator/state.db"
-	DefaultMetricsListen = "127.0.0.1:9464"
-	DefaultAdminSocket   = "/run/codat-rotator/admin.sock"
-	DefaultSchedule      = "0 3 * * 1"
-	DefaultGrace         = 24 * time.Hour
-	DefaultPrefix        = "codat-rotator-"
-	DefaultMaxKeys       = 10
-	DefaultReserveSlots  = 1
-	DefaultVaultMount    = "secret"
-	DefaultK8sTokenFile  = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	DefaultStatePath = "/var/lib/codat-rotator/state.db"
+	// DefaultMaxConcurrentRotations: see the README (max_concurrent_rotations).
+	DefaultMaxConcurrentRotations = rotation.DefaultMaxConcurrent
+	// MaxConcurrentRotationsLimit is the most Validate accepts.
+	MaxConcurrentRotationsLimit = 1000
+	DefaultMetricsListen        = "127.0.0.1:9464"
+	DefaultAdminSocket          = "/run/codat-rotator/admin.sock"
+	DefaultSchedule             = "0 3 * * 1"
+	DefaultGrace                = 24 * time.Hour
+	DefaultPrefix               = "codat-rotator-"
+	DefaultMaxKeys              = 10
+	DefaultReserveSlots         = 1
+	DefaultVaultMount           = "secret"
+	DefaultK8sTokenFile         = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 )
 
 // DefaultConfig returns the settings used where the file is silent.
 func DefaultConfig() Config {
 	return Config{
-		StatePath: DefaultStatePath,
-		Log:       LogConfig{Level: "info", Format: "auto"},
-		Listen:    ListenConfig{Metrics: DefaultMetricsListen, AdminSocket: DefaultAdminSocket},
+		StatePath:              DefaultStatePath,
+		MaxConcurrentRotations: DefaultMaxConcurrentRotations,
+		Log:                    LogConfig{Level: "info", Format: "auto"},
+		Listen:                 ListenConfig{Metrics: DefaultMetricsListen, AdminSocket: DefaultAdminSocket},
 		Vault: VaultConfig{Auth: VaultAuthConfig{
 			Method:     "token",
 			AppRole:    AppRoleConfig{Mount: "approle"},
@@ -324,6 +333,9 @@ func (c Config) Validate() error {
 	}
 	if c.StatePath == "" {
 		bad("state_path", "must not be empty")
+	}
+	if n := c.MaxConcurrentRotations; n < 1 || n > MaxConcurrentRotationsLimit {
+		bad("max_concurrent_rotations", "%d is out of range: rotations at once must be between 1 and %d (default %d)", n, MaxConcurrentRotationsLimit, DefaultMaxConcurrentRotations)
 	}
 	if _, err := newLogger(io.Discard, c.Log.Level, c.Log.Format); err != nil {
 		bad("log", "%v", err)

@@ -113,6 +113,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 	}
 	c.m.WatchState(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next)
 	c.m.WatchScheduler(c.sched.Wakeups)
+	c.m.WatchConcurrency(c.app.engine.Concurrency)
 
 	var adminL net.Listener
 	if cfg.Listen.AdminSocket != "" {
@@ -311,6 +312,11 @@ func (c *runCommand) reloadConfig() {
 	if err := c.sched.Apply(scheds); err != nil {
 		c.log.Error("config reload failed; keeping the running config", "error", err)
 		return
+	}
+	if cfg.MaxConcurrentRotations != c.cfg.MaxConcurrentRotations {
+		c.app.engine.SetMaxConcurrent(cfg.MaxConcurrentRotations)
+		c.log.Info("max_concurrent_rotations changed", "from", c.cfg.MaxConcurrentRotations, "to", cfg.MaxConcurrentRotations)
+		c.cfg.MaxConcurrentRotations = cfg.MaxConcurrentRotations
 	}
 	c.app.setTargetList(targets)
 	c.hooks.Set(webhooks(cfg.Targets))
