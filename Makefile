@@ -87,6 +87,7 @@ bench: vault ## run the benchmarks and print their numbers (docs/benchmarks.md)
 	$(GO) test -run='^$$' -bench='^BenchmarkFleet$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleFootprint$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleWakeups$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
+	$(GO) test -run='^$$' -bench='^BenchmarkRoundTrip$$' -count=5 ./codatauth/
 
 soak: vault ## run the daemon on a 1s schedule for ROTATIONS rotations (default 1000, ~17 min); fail on growth or a failure
 	$(GO) test -run='^$$' -bench='^BenchmarkSoak$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -soak.rotations=$(ROTATIONS)

@@ -68,10 +68,12 @@ func (t *Transport) refreshLoop() {
 		switch {
 		case ev.Err != nil:
 			failures++
-		case reason == ReasonRotationDue && !st.cred.NextRotationAt.After(time.Now()):
-			failures, dueReads = 0, dueReads+1 // still the old secret
+		case st.cred.NextRotationAt.After(time.Now()):
+			failures, dueReads = 0, 0 // a secret with its next rotation ahead
+		case reason == ReasonRotationDue:
+			failures, dueReads = 0, dueReads+1 // still the old secret: back off
 		default:
-			failures, dueReads = 0, 0
+			failures = 0 // past due at the interval: stay there
 		}
 	}
 }
