@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -37,15 +39,16 @@ func consumerDuration(t *testing.T) time.Duration {
 	return d
 }
 
-// consumer is an application built with codatauth: a transport reading
-// the target's secret from Vault with a token that may only read it, and
-// logging every refresh as the example program does.
+// consumer is an application built with codatauth: a transport on a
+// source, logging every refresh as the example program does.
 type consumer struct {
 	tr   *codatauth.Transport
 	logs *syncBuffer
 }
 
-func newConsumer(t *testing.T, e *daemonEnv, interval time.Duration) *consumer {
+// vaultSource reads the target's secret with a token that may only read
+// it.
+func vaultSource(t *testing.T, e *daemonEnv) codatauth.Source {
 	t.Helper()
 	token := e.vault.Token(t, fmt.Sprintf(`path "%s/data/codat/crash" { capabilities = ["read"] }`, e.mount))
 	src, err := codatauth.NewVaultSource(codatauth.VaultConfig{
@@ -55,8 +58,14 @@ func newConsumer(t *testing.T, e *daemonEnv, interval time.Duration) *consumer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return src
+}
+
+func newConsumer(t *testing.T, e *daemonEnv, src codatauth.Source, interval time.Duration) *consumer {
+	t.Helper()
 	c := &consumer{logs: &syncBuffer{}}
 	log := slog.New(slog.NewJSONHandler(c.logs, nil))
+	var err error
 	c.tr, err = codatauth.New(context.Background(), codatauth.Config{
 		Source: src, BaseURL: e.codatURL, Interval: interval,
 		OnRefresh: func(r codatauth.Refresh) {
@@ -94,47 +103,13 @@ func (c *consumer) call(e *daemonEnv, method string) (int, error) {
 	return resp.StatusCode, nil
 }
 
-// companyEvents returns the emulator's record of the consumer's calls
-// from sequence number since on.
-func companyEvents(e *daemonEnv, since int) []emulator.Event {
-	var out []emulator.Event
-	for _, ev := range e.emu.Events(since) {
-		if ev.Op == emulator.OpListCompanies || ev.Op == emulator.OpCreateCompany {
-			out = append(out, ev)
-		}
-	}
-	return out
-}
+// tally counts the consumer's calls by outcome.
+type tally struct{ ok, refused, failed int }
 
-func nextSeq(e *daemonEnv) int {
-	ev := e.emu.Events(0)
-	if len(ev) == 0 {
-		return 1
-	}
-	return ev[len(ev)-1].Seq + 1
-}
-
-// TestConsumerAcrossRotations: while the daemon rotates every 2 s with a
-// 1.5 s grace for a minute, a consumer refreshing every 500 ms calls
-// Codat continuously (three GET loops and one POST loop): no request is
-// refused, the transport never even meets a 401, and the calls follow
-// every key Vault served.
-func TestConsumerAcrossRotations(t *testing.T) {
-	run := consumerDuration(t)
-	e := newDaemonEnv(t, "@every 2s", "1500ms")
-	// Keep every version (KV v2 keeps 10 by default), so that the checks
-	// below see every key Vault served, and I7 looks for each of them.
-	if _, err := e.api.Logical().Write(e.mount+"/config", map[string]any{"max_versions": 1000}); err != nil {
-		t.Fatal(err)
-	}
-	d := e.start(t, nil)
-	d.waitRunning(t)
-	d.waitRotations(t, 15*time.Second, 1)
-	c := newConsumer(t, e, 500*time.Millisecond)
-	rotationsBefore := d.count(msgIs("rotation done"))
-	seq := nextSeq(e)
-
-	type tally struct{ ok, refused, failed int }
+// drive calls Codat for run, as an application does all day: three GET
+// loops and one POST loop, each pausing 10 ms between calls. It returns
+// the outcomes and the errors of failed calls.
+func (c *consumer) drive(e *daemonEnv, run time.Duration) (tally, []string) {
 	var (
 		mu     sync.Mutex
 		total  tally
@@ -166,16 +141,22 @@ func TestConsumerAcrossRotations(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	rotations := d.count(msgIs("rotation done")) - rotationsBefore
-	d.stop(t)
-	st := c.tr.Stats()
-	t.Logf("%s: %d rotations; %d calls succeeded, %d refused, %d failed; transport: %+v", run, rotations, total.ok, total.refused, total.failed, st)
+	return total, errs
+}
 
+// checkFollowed checks what the consumer saw while driven through
+// rotations, and the emulator's record of its calls since seq: nothing
+// refused or failed, no 401 even at the transport, each call reached
+// Codat once with a key Vault served, and the calls used every key
+// published in the run.
+func (c *consumer) checkFollowed(t *testing.T, e *daemonEnv, seq int, total tally, errs []string, rotations int) {
+	t.Helper()
+	st := c.tr.Stats()
 	if total.refused != 0 || total.failed != 0 {
 		t.Errorf("the consumer saw %d refusals and %d failures (%v), want none", total.refused, total.failed, errs)
 	}
-	if min := int(run / (4 * time.Second)); rotations < min {
-		t.Errorf("the daemon made %d rotations in %s, want at least %d: the test proved little", rotations, run, min)
+	if st.Unauthorized != 0 || st.Failures != 0 {
+		t.Errorf("transport: %+v, want no 401 and no failed read with a refresh well under grace", st)
 	}
 	events := companyEvents(e, seq)
 	if len(events) != total.ok+total.refused+int(st.Retries) {
@@ -199,10 +180,140 @@ func TestConsumerAcrossRotations(t *testing.T) {
 	if len(used) < rotations {
 		t.Errorf("the calls used %d keys over %d rotations, want every published key used", len(used), rotations)
 	}
-	if st.Unauthorized != 0 || st.Failures != 0 {
-		t.Errorf("transport: %+v, want no 401 and no failed read with a refresh well under grace", st)
+}
+
+// companyEvents returns the emulator's record of the consumer's calls
+// from sequence number since on.
+func companyEvents(e *daemonEnv, since int) []emulator.Event {
+	var out []emulator.Event
+	for _, ev := range e.emu.Events(since) {
+		if ev.Op == emulator.OpListCompanies || ev.Op == emulator.OpCreateCompany {
+			out = append(out, ev)
+		}
 	}
+	return out
+}
+
+func nextSeq(e *daemonEnv) int {
+	ev := e.emu.Events(0)
+	if len(ev) == 0 {
+		return 1
+	}
+	return ev[len(ev)-1].Seq + 1
+}
+
+// keepAllVersions makes the mount keep every version of the secret (KV
+// v2 keeps 10 by default), so that the checks see every key Vault
+// served, and I7 looks for each of them.
+func keepAllVersions(t *testing.T, e *daemonEnv) {
+	t.Helper()
+	if _, err := e.api.Logical().Write(e.mount+"/config", map[string]any{"max_versions": 1000}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestConsumerAcrossRotations: while the daemon rotates every 2 s with a
+// 1.5 s grace for a minute, a consumer reading Vault every 500 ms calls
+// Codat continuously: no request is refused, the transport never even
+// meets a 401, and the calls follow every key Vault served.
+func TestConsumerAcrossRotations(t *testing.T) {
+	run := consumerDuration(t)
+	e := newDaemonEnv(t, "@every 2s", "1500ms")
+	keepAllVersions(t, e)
+	d := e.start(t, nil)
+	d.waitRunning(t)
+	d.waitRotations(t, 15*time.Second, 1)
+	c := newConsumer(t, e, vaultSource(t, e), 500*time.Millisecond)
+	rotationsBefore, seq := d.count(msgIs("rotation done")), nextSeq(e)
+	total, errs := c.drive(e, run)
+	rotations := d.count(msgIs("rotation done")) - rotationsBefore
+	d.stop(t)
+	t.Logf("%s: %d rotations; %d calls succeeded, %d refused, %d failed; transport: %+v", run, rotations, total.ok, total.refused, total.failed, c.tr.Stats())
+	if min := int(run / (4 * time.Second)); rotations < min {
+		t.Errorf("the daemon made %d rotations in %s, want at least %d: the test proved little", rotations, run, min)
+	}
+	c.checkFollowed(t, e, seq, total, errs, rotations)
 	e.checkInvariants(t) // no violation: no call with a deleted key; I7 over the consumer's logs too
+}
+
+// TestConsumerFollowsVaultAgent: the file source behind a real Vault
+// Agent, which renders the header into a file (replacing it by rename)
+// at every change it sees, once a second: while the daemon rotates every
+// 4 s with a 3 s grace, a consumer reading the file every 250 ms calls
+// Codat continuously with nothing refused.
+func TestConsumerFollowsVaultAgent(t *testing.T) {
+	e := newDaemonEnv(t, "@every 4s", "3s")
+	d := e.start(t, nil)
+	d.waitRunning(t)
+	d.waitRotations(t, 15*time.Second, 1)
+	file := startVaultAgent(t, e)
+	c := newConsumer(t, e, codatauth.NewFileSource(file), 250*time.Millisecond)
+	rotationsBefore, seq := d.count(msgIs("rotation done")), nextSeq(e)
+	total, errs := c.drive(e, 20*time.Second)
+	rotations := d.count(msgIs("rotation done")) - rotationsBefore
+	d.stop(t)
+	t.Logf("20s: %d rotations; %d calls succeeded, %d refused, %d failed; transport: %+v", rotations, total.ok, total.refused, total.failed, c.tr.Stats())
+	if rotations < 3 {
+		t.Errorf("the daemon made %d rotations, want at least 3", rotations)
+	}
+	c.checkFollowed(t, e, seq, total, errs, rotations)
+	e.checkInvariants(t)
+}
+
+// startVaultAgent runs `vault agent` (the tests' Vault binary) rendering
+// the README's template for the target into a file, with a token that
+// may only read the secret, and returns the file once it is rendered.
+func startVaultAgent(t *testing.T, e *daemonEnv) string {
+	t.Helper()
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	// Vault Agent looks its token up, and renews it, besides reading.
+	token := e.vault.Token(t, fmt.Sprintf(`path "%s/data/codat/crash" { capabilities = ["read"] }
+path "auth/token/lookup-self" { capabilities = ["read"] }
+path "auth/token/renew-self" { capabilities = ["update"] }`, e.mount))
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "codat-authorization")
+	hcl := fmt.Sprintf(`vault { address = %q }
+auto_auth {
+  method "token_file" { config = { token_file_path = %q } }
+}
+template_config { static_secret_render_interval = "1s" }
+template {
+  destination = %q
+  contents    = "{{ with secret \"%s/data/codat/crash\" }}{{ .Data.data.authorization_header }}{{ end }}"
+}
+`, e.vault.Addr, tokenFile, out, e.mount)
+	config := filepath.Join(dir, "agent.hcl")
+	if err := os.WriteFile(config, []byte(hcl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cmd := exec.Command(e.vault.Binary, "agent", "-config", config)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		e.output.WriteString(logs.String())
+		if t.Failed() {
+			t.Logf("vault agent log:\n%s", logs.String())
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if b, err := os.ReadFile(out); err == nil && strings.HasPrefix(string(b), "Basic ") {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("vault agent rendered nothing into %s in 15s:\n%s", out, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // TestConsumerAfterEmergencyRotation: a consumer whose background refresh
@@ -215,7 +326,7 @@ func TestConsumerAfterEmergencyRotation(t *testing.T) {
 	d := e.start(t, nil)
 	d.waitRunning(t)
 	d.waitRotations(t, 15*time.Second, 1)
-	c := newConsumer(t, e, time.Hour)
+	c := newConsumer(t, e, vaultSource(t, e), time.Hour)
 	if status, err := c.call(e, http.MethodGet); err != nil || status != http.StatusOK {
 		t.Fatalf("first call: %d %v", status, err)
 	}
