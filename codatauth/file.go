@@ -33,8 +33,10 @@ const maxFileSize = 64 << 10
 // Load opens the file by its path every time, so it follows a file
 // replaced by rename (Vault Agent, kubelet's ..data symlink swap) as well
 // as one rewritten in place. A read that catches an in-place writer
-// between truncating and writing finds an empty file: that is an error,
-// and the Transport keeps the header it has.
+// mid-write and finds the file empty, or a JSON document cut short, is an
+// error, and the Transport keeps the header it has; a header cut at a
+// base64 boundary cannot be told from a whole one and is replaced at the
+// next read, or by the Transport's 401 retry.
 type FileSource struct {
 	path string
 }
