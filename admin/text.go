@@ -33,7 +33,14 @@ func (r StatusReport) WriteText(w io.Writer) {
 		for _, k := range t.Retiring {
 			fmt.Fprintf(w, "  retiring:       %s  %s  deleted after %s\n", k.ID, k.Name, fmtTime(k.DeleteAfter))
 		}
-		fmt.Fprintf(w, "  next rotation:  %s\n", fmtTime(t.NextRotation))
+		next := fmtTime(t.NextRotation)
+		switch {
+		case !r.Daemon:
+			next = "none: no daemon is running (the daemon plans it when it starts)"
+		case t.Halted:
+			next += " (skipped while halted)"
+		}
+		fmt.Fprintf(w, "  next rotation:  %s\n", next)
 		fmt.Fprintf(w, "  last success:   %s\n", fmtTime(t.LastSuccess))
 		fmt.Fprintf(w, "  keys:           %d of %d used (%d reserved for emergencies)\n", t.KeysUsed, t.MaxKeys, t.ReserveSlots)
 	}

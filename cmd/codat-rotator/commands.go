@@ -72,7 +72,8 @@ func (c *opsCommand) service(ctx context.Context, cfg Config, write bool) (admin
 	if err != nil {
 		return nil, explainLocked(err, cfg.Listen.AdminSocket)
 	}
-	l := &admin.Local{Engine: c.app.engine, Targets: c.app.allTargets, Next: scheduledNext(cfg), Logger: log}
+	// No daemon, no planned run: status shows none (Next nil).
+	l := &admin.Local{Engine: c.app.engine, Targets: c.app.allTargets, Logger: log}
 	if c.notify {
 		c.hooks = notify.New(log, "codat-rotator/"+version, webhooks(cfg.Targets))
 		l.RotateTarget = c.rotateAndNotify
@@ -98,21 +99,6 @@ func adminHandler(a *app, sched *rotation.Scheduler) http.Handler {
 			return sched.RotateNow(t.Name, opts)
 		},
 	}, version)
-}
-
-// scheduledNext gives a target's next rotation from the config, for a
-// status read without the daemon.
-func scheduledNext(cfg Config) func(string) time.Time {
-	return func(name string) time.Time {
-		for _, tc := range cfg.Targets {
-			if tc.Name == name {
-				if s, err := rotation.ParseSchedule(tc.Schedule); err == nil {
-					return s.Next(time.Now())
-				}
-			}
-		}
-		return time.Time{}
-	}
 }
 
 // explainLocked turns "state file locked" into what the operator needs:
