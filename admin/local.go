@@ -39,6 +39,9 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 		return RotateReport{}, err
 	}
 	opts := rotation.Options{Emergency: req.Emergency, Revoke: req.Revoke, Manual: true}
+	if req.Progress != nil {
+		opts.OnRetry = func(r rotation.Retry) { req.Progress(progressOf(r)) }
+	}
 	rotate := l.RotateTarget
 	if rotate == nil {
 		rotate = l.Engine.Rotate
@@ -125,22 +128,27 @@ func (l *Local) keys(ctx context.Context, t rotation.Target) ([]KeyEntry, error)
 	return keyEntriesOf(rotation.ClassifyKeys(t, st, listing, cur.Secret)), nil
 }
 
-// Resume clears the halt of the named target.
-func (l *Local) Resume(ctx context.Context, target string) error {
+// Resume clears the halt of the named target, and says whether there
+// was one.
+func (l *Local) Resume(ctx context.Context, target string) (ResumeReport, error) {
 	if target == "" {
-		return errors.New("resume: name one target")
+		return ResumeReport{}, errors.New("resume: name one target")
 	}
 	targets, err := l.selectTargets(target)
 	if err != nil {
-		return err
+		return ResumeReport{}, err
+	}
+	st, err := l.Engine.Store.Load(target)
+	if err != nil {
+		return ResumeReport{}, err
 	}
 	if err := l.Engine.Resume(targets[0]); err != nil {
-		return err
+		return ResumeReport{}, err
 	}
-	if l.Logger != nil {
+	if l.Logger != nil && st.Halted {
 		l.Logger.Info("target resumed by an operator", "target", target)
 	}
-	return nil
+	return ResumeReport{Resumed: target, WasHalted: &st.Halted}, nil
 }
 
 // selectTargets returns the named target, or every target when name is

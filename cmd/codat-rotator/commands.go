@@ -244,8 +244,13 @@ func (c *resumeCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := svc.Resume(ctx, c.target); err != nil {
+	rep, err := svc.Resume(ctx, c.target)
+	if err != nil {
 		return targetErr(err)
+	}
+	if rep.WasHalted != nil && !*rep.WasHalted {
+		fmt.Fprintf(c.stdout, "%s: not halted; nothing to resume (its scheduled rotations run)\n", c.target)
+		return nil
 	}
 	fmt.Fprintf(c.stdout, "%s: resumed; scheduled rotations run again\n", c.target)
 	return nil
