@@ -53,6 +53,7 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 			p, err := l.Engine.Plan(ctx, t, opts)
 			if err != nil {
 				e.Error = "cannot plan: " + err.Error()
+				e.ConfigError = errors.Is(err, rotation.ErrNoBootstrap)
 			} else {
 				e.Plan, e.Succeeded = planOf(p), true
 			}
@@ -61,6 +62,7 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 			e.Result = resultOf(res)
 			if err != nil {
 				e.Error = err.Error()
+				e.ConfigError = errors.Is(err, rotation.ErrNoBootstrap)
 			} else {
 				e.Succeeded = true
 			}

@@ -91,6 +91,16 @@ func (r RotateReport) WriteText(w io.Writer) {
 	}
 }
 
+// ConfigError reports whether a target failed on its configuration.
+func (r RotateReport) ConfigError() bool {
+	for _, e := range r.Results {
+		if e.ConfigError {
+			return true
+		}
+	}
+	return false
+}
+
 // Failed names the targets whose rotation (or plan) failed.
 func (r RotateReport) Failed() []string {
 	var failed []string

@@ -73,6 +73,10 @@ type RotateEntry struct {
 	Error     string          `json:"error,omitempty"`
 	Result    *RotationResult `json:"result,omitempty"`
 	Plan      *RotationPlan   `json:"plan,omitempty"`
+	// ConfigError: the failure is in the configuration (no bootstrap key
+	// while Vault holds none), for the operator to fix; the command
+	// exits 2.
+	ConfigError bool `json:"config_error,omitempty"`
 }
 
 // RotationResult is what a rotation did.

@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/codat-rotator/codat-rotator/secret"
@@ -45,6 +46,9 @@ func (e *Engine) CheckTarget(ctx context.Context, t Target) []Check {
 	}
 	keys, err := e.Codat(t.Name, key).List(ctx)
 	if err != nil {
+		if cur.Secret == nil && errors.Is(err, ErrKeyRejected) {
+			err = bootstrapRejected(t, err)
+		}
 		return []Check{found, {What: "codat", Err: err}}
 	}
 	return []Check{found, {What: "codat", Detail: fmt.Sprintf("key accepted; %d of %d keys used", len(keys), t.MaxKeys)}}

@@ -64,6 +64,9 @@ type Target struct {
 	// Bootstrap returns the first key, used when Vault has no secret yet.
 	// Nil when none is configured.
 	Bootstrap func() (secret.Value, error)
+	// BootstrapFrom says where Bootstrap reads the key ("$NAME", "file
+	// PATH"), for the errors an operator reads.
+	BootstrapFrom string
 	// NextRotation returns the next scheduled rotation after t, for the
 	// secret's next_rotation_at; nil when unknown.
 	NextRotation func(t time.Time) time.Time
@@ -127,6 +130,8 @@ var (
 	ErrServedKeyRejected = sentinel.Permanent("codat rejects the key vault serves")
 	// ErrNoBootstrap: Vault holds no key and no bootstrap key is set.
 	ErrNoBootstrap = sentinel.Permanent("no key in vault and no bootstrap key")
+	// ErrBootstrapRejected: Codat refuses the bootstrap key.
+	ErrBootstrapRejected = sentinel.Permanent("codat rejects the bootstrap key")
 	// ErrRolledBack: the rotation failed and its new key was deleted.
 	ErrRolledBack = errors.New("rotation rolled back")
 	// ErrServedUnknown: which of Codat's keys Vault serves cannot be

@@ -18,7 +18,6 @@ import (
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // The operator commands that work through a running daemon's admin
@@ -295,10 +294,14 @@ func (c *checkCommand) Run(ctx context.Context) error {
 	vc.OnWarning = warn
 	if err == nil {
 		c.app = &app{cfg: cfg, log: slog.New(slog.DiscardHandler), getenv: c.getenv}
-		c.app.vault, err = vault.New(vc)
+		c.app.vault, err = newVault(vc)
 	}
 	if err != nil {
 		line(false, "vault", err.Error())
+		var u *usageError
+		if errors.As(err, &u) {
+			return usage("the vault settings are not valid")
+		}
 		return fmt.Errorf("%d check(s) failed", failed)
 	}
 	if err := c.app.setTargets(cfg.Targets); err != nil {

@@ -73,7 +73,11 @@ func (c *rotateCommand) Run(ctx context.Context) error {
 	}
 	rep.WriteText(c.stdout)
 	if failed := rep.Failed(); len(failed) > 0 {
-		return fmt.Errorf("failed: %s", strings.Join(failed, ", "))
+		err := fmt.Errorf("failed: %s", strings.Join(failed, ", "))
+		if rep.ConfigError() {
+			return &usageError{err}
+		}
+		return err
 	}
 	return nil
 }
