@@ -25,14 +25,14 @@ var t0 = time.Date(2026, 3, 2, 3, 0, 0, 0, time.UTC)
 
 // fakeService answers with canned reports and records what it was asked.
 type fakeService struct {
-	mu      sync.Mutex
-	calls   []string
-	rotate  admin.RotateReport
+	mu     sync.Mutex
+	calls  []string
+	rotate admin.RotateReport
 	// progress is what Rotate reports to a caller who asks for it.
 	progress []admin.Progress
-	status  admin.StatusReport
-	keys    admin.KeysReport
-	failure error // returned by every call when set
+	status   admin.StatusReport
+	keys     admin.KeysReport
+	failure  error // returned by every call when set
 }
 
 func (f *fakeService) record(call string) error {
