@@ -138,7 +138,7 @@ func (r *run) plan(ctx context.Context) error {
 	r.client = r.e.Codat(r.t.Name, r.secret.APIKey)
 	keys, err := r.client.List(ctx)
 	if errors.Is(err, ErrKeyRejected) {
-		return fmt.Errorf("%w: the key at %s (id %q): %w", ErrServedKeyRejected, r.t.Vault, r.secret.KeyID, err)
+		return fmt.Errorf("%w: the key at %s (id %q): %w; was it deleted at Codat? Put a working key of this Codat client there (`vault kv put %s api_key=<key>`) and rotate again", ErrServedKeyRejected, r.t.Vault, r.secret.KeyID, err, r.t.Vault)
 	}
 	if err != nil {
 		return err

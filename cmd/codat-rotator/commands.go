@@ -107,9 +107,9 @@ func explainLocked(err error, socket string) error {
 		return err
 	}
 	if socket == "" {
-		return fmt.Errorf("%w; the admin socket is disabled (listen.admin_socket), so this command cannot reach the daemon", err)
+		return fmt.Errorf("%w; the admin socket is disabled (listen.admin_socket), so this command cannot go through a daemon: wait for that process to end, or stop it", err)
 	}
-	return fmt.Errorf("%w; its admin socket %s does not answer (is listen.admin_socket the same for both?)", err, socket)
+	return fmt.Errorf("%w; no daemon answers on the admin socket %s: if that process is the daemon, is its listen.admin_socket the same as this config's? Otherwise wait for it to end", err, socket)
 }
 
 // targetErr makes an unknown target asked of this process a usage

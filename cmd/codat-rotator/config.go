@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -235,6 +236,9 @@ func applyTargetDefaults(t *TargetConfig) {
 // LoadConfig reads, expands, defaults and validates the file at path.
 func LoadConfig(path string, getenv func(string) string) (Config, error) {
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Config{}, fmt.Errorf("config %s: no such file: name yours with --config FILE (configs/codat-rotator.yaml in the source lists every field)", path)
+	}
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
