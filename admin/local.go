@@ -117,7 +117,7 @@ func (l *Local) keys(ctx context.Context, t rotation.Target) ([]KeyEntry, error)
 		return nil, err
 	}
 	if cur.Secret == nil {
-		return nil, fmt.Errorf("%s holds no secret yet: nothing to list the keys with", t.Vault)
+		return nil, fmt.Errorf("%s holds no secret yet, so there is no key to list Codat's keys with: the first rotation publishes the bootstrap key (`codat-rotator rotate --target %s`, or start the daemon)", t.Vault, t.Name)
 	}
 	listing, err := l.Engine.Codat(t.Name, cur.Secret.APIKey).List(ctx)
 	if err != nil {
