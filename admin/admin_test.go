@@ -70,6 +70,10 @@ func (f *fakeService) Resume(_ context.Context, target string) (admin.ResumeRepo
 	return admin.ResumeReport{Resumed: target, WasHalted: &halted}, err
 }
 
+func (f *fakeService) Takeover(_ context.Context, target string) (admin.TakeoverReport, error) {
+	return admin.TakeoverReport{Target: target, Owner: "state file me", Rebuilt: []admin.KeyStatus{}, Foreign: []string{}}, f.record("takeover " + target)
+}
+
 func (f *fakeService) lastCall(tb testing.TB) string {
 	tb.Helper()
 	f.mu.Lock()

@@ -132,6 +132,13 @@ func (c *Client) Resume(ctx context.Context, target string) (ResumeReport, error
 	return rep, err
 }
 
+// Takeover asks the daemon to take over a target.
+func (c *Client) Takeover(ctx context.Context, target string) (TakeoverReport, error) {
+	var rep TakeoverReport
+	err := c.call(ctx, http.MethodPost, "/v1/takeover", TakeoverRequest{Target: target}, &rep)
+	return rep, err
+}
+
 // Close releases the client's idle connections.
 func (c *Client) Close() error {
 	c.http.CloseIdleConnections()

@@ -34,6 +34,12 @@ func (v fakeVault) Read(_ context.Context, loc rotation.Location) (rotation.Curr
 func (v fakeVault) Write(context.Context, rotation.Location, rotation.Published, int, map[string]string) (int, error) {
 	return 0, errors.New("fake vault: read-only")
 }
+func (v fakeVault) History(context.Context, rotation.Location) ([]rotation.Current, error) {
+	return nil, errors.New("fake vault: no history")
+}
+func (v fakeVault) SetMetadata(context.Context, rotation.Location, map[string]string) error {
+	return errors.New("fake vault: read-only")
+}
 
 // fakeCodat lists keys and changes nothing.
 type fakeCodat struct{ keys []rotation.Key }

@@ -80,6 +80,23 @@ func NewHandler(svc Service, version string) http.Handler {
 		}
 		write(w, http.StatusOK, rep)
 	})
+	mux.HandleFunc("POST /v1/takeover", func(w http.ResponseWriter, r *http.Request) {
+		var req TakeoverRequest
+		if err := decode(r, &req); err != nil {
+			write(w, http.StatusBadRequest, errorReport{Error: err.Error()})
+			return
+		}
+		if req.Target == "" {
+			write(w, http.StatusBadRequest, errorReport{Error: "takeover: name one target"})
+			return
+		}
+		rep, err := svc.Takeover(r.Context(), req.Target)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		write(w, http.StatusOK, rep)
+	})
 	return mux
 }
 

@@ -29,6 +29,9 @@ type Service interface {
 	// Resume clears the halt of one target; the report says whether it
 	// was halted.
 	Resume(ctx context.Context, target string) (ResumeReport, error)
+	// Takeover makes this daemon's state file the owner of one target
+	// and rebuilds its state from Vault's history and Codat's keys.
+	Takeover(ctx context.Context, target string) (TakeoverReport, error)
 }
 
 var (

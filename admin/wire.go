@@ -161,6 +161,13 @@ type TargetStatus struct {
 	Halted       bool        `json:"halted"`
 	HaltReason   string      `json:"halt_reason,omitempty"`
 	Journal      *Journal    `json:"rotation_in_flight,omitempty"`
+	// Blocked says which other state file owns the target's secret: the
+	// target rotates nothing until a takeover.
+	Blocked      string     `json:"blocked,omitempty"`
+	BlockedSince *time.Time `json:"blocked_since,omitempty"`
+	// SharesClientWith names the targets on the same Codat client, as
+	// the keys recorded for each show.
+	SharesClientWith []string `json:"shares_client_with,omitempty"`
 }
 
 // KeyStatus is the current or a retiring key in a TargetStatus.
@@ -185,6 +192,11 @@ type TargetKeys struct {
 	Name  string     `json:"name"`
 	Keys  []KeyEntry `json:"keys"`
 	Error string     `json:"error,omitempty"`
+	// SharesClientWith names the targets on the same Codat client: their
+	// keys are among these, marked foreign.
+	SharesClientWith []string `json:"shares_client_with,omitempty"`
+	MaxKeys          int      `json:"max_keys,omitempty"`
+	ReserveSlots     int      `json:"reserve_slots,omitempty"`
 }
 
 // KeyEntry is one key at Codat.
@@ -211,6 +223,22 @@ type ResumeReport struct {
 	// WasHalted says whether the target was halted; nil from a daemon
 	// older than the field.
 	WasHalted *bool `json:"was_halted,omitempty"`
+}
+
+// TakeoverRequest is POST /v1/takeover.
+type TakeoverRequest struct {
+	Target string `json:"target"`
+}
+
+// TakeoverReport is its answer: whom the target was taken from, and
+// the keys the state took on.
+type TakeoverReport struct {
+	Target        string      `json:"target"`
+	PreviousOwner string      `json:"previous_owner,omitempty"`
+	Owner         string      `json:"owner"`
+	Versions      int         `json:"versions_read"`
+	Rebuilt       []KeyStatus `json:"rebuilt"`
+	Foreign       []string    `json:"foreign"`
 }
 
 // Ping is GET /v1/ping: a daemon answers.
@@ -288,6 +316,7 @@ func targetStatusOf(t rotation.Target, st store.Target, next, now time.Time) Tar
 		LastSuccess: timePtr(st.LastSuccess), LastAttempt: timePtr(st.LastAttempt),
 		KeysUsed: st.CodatKeys, MaxKeys: t.MaxKeys, ReserveSlots: t.ReserveSlots,
 		Halted: st.Halted, HaltReason: st.HaltReason, Journal: journalOf(st.Journal),
+		Blocked: st.Blocked, BlockedSince: timePtr(st.BlockedAt),
 	}
 	if s.Current != nil {
 		k := keyStatusOf(*s.Current)
@@ -298,6 +327,18 @@ func targetStatusOf(t rotation.Target, st store.Target, next, now time.Time) Tar
 		ts.Retiring = append(ts.Retiring, keyStatusOf(k))
 	}
 	return ts
+}
+
+func takeoverOf(tk rotation.Takeover, owner rotation.Owner) TakeoverReport {
+	rep := TakeoverReport{Target: tk.Target, Owner: rotation.Claim{ID: owner.ID, Host: owner.Host}.String(), Versions: tk.Versions,
+		Rebuilt: make([]KeyStatus, 0, len(tk.Rebuilt)), Foreign: append([]string{}, tk.Foreign...)}
+	if tk.Previous.ID != "" {
+		rep.PreviousOwner = tk.Previous.String()
+	}
+	for _, k := range tk.Rebuilt {
+		rep.Rebuilt = append(rep.Rebuilt, keyStatusOf(k))
+	}
+	return rep
 }
 
 func keyEntriesOf(cs []rotation.ClassifiedKey) []KeyEntry {

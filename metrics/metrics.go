@@ -143,7 +143,7 @@ type stateCollector struct {
 	targets func() []rotation.Target
 	next    func(target string) time.Time
 
-	lastSuccess, nextRotation, keys, freeSlots, halted, journal *prometheus.Desc
+	lastSuccess, nextRotation, keys, freeSlots, halted, blocked, journal *prometheus.Desc
 }
 
 func newStateCollector(load func(string) (store.Target, error), targets func() []rotation.Target, next func(string) time.Time) *stateCollector {
@@ -157,12 +157,13 @@ func newStateCollector(load func(string) (store.Target, error), targets func() [
 		keys:         d("keys", "Keys the state file knows at Codat, by state (active, retiring, pending, foreign).", "state"),
 		freeSlots:    d("free_slots", "Codat key slots left for routine rotations (max_keys - reserve_slots - keys held)."),
 		halted:       d("halted", "1 when the target is halted and waits for `codat-rotator resume`."),
+		blocked:      d("blocked", "1 when another codat-rotator's state file owns the target: it rotates nothing until `codat-rotator takeover`."),
 		journal:      d("rotation_in_flight", "1 while a rotation's journal is open (a crash left one if it stays)."),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.lastSuccess, c.nextRotation, c.keys, c.freeSlots, c.halted, c.journal} {
+	for _, d := range []*prometheus.Desc{c.lastSuccess, c.nextRotation, c.keys, c.freeSlots, c.halted, c.blocked, c.journal} {
 		ch <- d
 	}
 }
@@ -193,6 +194,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		held := st.CodatKeys
 		ch <- prometheus.MustNewConstMetric(c.freeSlots, prometheus.GaugeValue, float64(max(t.MaxKeys-t.ReserveSlots-held, 0)), t.Name)
 		ch <- prometheus.MustNewConstMetric(c.halted, prometheus.GaugeValue, b2f(st.Halted), t.Name)
+		ch <- prometheus.MustNewConstMetric(c.blocked, prometheus.GaugeValue, b2f(st.Blocked != ""), t.Name)
 		ch <- prometheus.MustNewConstMetric(c.journal, prometheus.GaugeValue, b2f(st.Journal != nil), t.Name)
 	}
 }

@@ -40,6 +40,11 @@ type Vault interface {
 	CheckMount(ctx context.Context, loc Location) error
 	Read(ctx context.Context, loc Location) (Current, error)
 	Write(ctx context.Context, loc Location, s Published, cas int, metadata map[string]string) (int, error)
+	// History returns the secret's readable versions, oldest first:
+	// versions deleted, destroyed or pruned are left out.
+	History(ctx context.Context, loc Location) ([]Current, error)
+	// SetMetadata merges custom metadata into the secret's.
+	SetMetadata(ctx context.Context, loc Location, metadata map[string]string) error
 }
 
 // Store is what the engine needs from the state file.
@@ -167,10 +172,14 @@ type Engine struct {
 	VerifyInterval time.Duration
 	// PublishAttempts bounds the Vault write and read-back (default 3).
 	PublishAttempts int
+	// Owner is this engine's state file identity and host, checked
+	// against and recorded in each secret's custom metadata.
+	Owner Owner
 
 	mu      sync.Mutex
 	running map[string]bool
 	mounts  map[Location]bool // mounts checked to be KV v2
+	slots   slots             // which targets share a Codat client
 }
 
 // checkMount checks once per engine that loc's mount is KV v2 (a round
@@ -294,6 +303,11 @@ func (e *Engine) Rotate(ctx context.Context, t Target, opts Options) (Result, er
 		}
 		backoff *= 2
 	}
+	if errors.Is(err, ErrNotOwner) {
+		e.recordBlocked(t, err)
+		log.Error("target blocked: another codat-rotator owns it", "error", err)
+		return res, fmt.Errorf("rotate %s: %w", t.Name, err)
+	}
 	if err != nil {
 		e.forgetMount(t.Vault)
 		// A scheduled run that used up its attempts on errors worth
@@ -351,6 +365,7 @@ func (e *Engine) recordSuccess(t Target, res Result, started time.Time, opts Opt
 		st.LastResult, st.LastError = "success", ""
 		st.ConsecutiveFailures = 0
 		st.Halted, st.HaltReason, st.HaltedAt = false, "", time.Time{}
+		st.Blocked, st.BlockedAt = "", time.Time{}
 		return nil
 	})
 	if err == nil {
@@ -365,6 +380,24 @@ func (e *Engine) recordSuccess(t Target, res Result, started time.Time, opts Opt
 	}
 	if err != nil {
 		e.log().Error("record rotation result", "target", t.Name, "error", err)
+	}
+}
+
+// recordBlocked marks the target blocked by another owner: not a
+// failure of the target, and never a halt, since nothing was tried.
+func (e *Engine) recordBlocked(t Target, rerr error) {
+	now := e.now()
+	err := e.Store.Update(t.Name, func(st *store.Target) error {
+		st.LastAttempt = now
+		st.LastResult, st.LastError = "blocked", rerr.Error()
+		if st.Blocked == "" {
+			st.BlockedAt = now
+		}
+		st.Blocked = rerr.Error()
+		return nil
+	})
+	if err != nil {
+		e.log().Error("record blocked target", "target", t.Name, "error", err)
 	}
 }
 

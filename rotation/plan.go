@@ -47,7 +47,7 @@ type Plan struct {
 // copy of the state, so the dry run and the run cannot disagree.
 func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error) {
 	now := e.now()
-	p := Plan{Target: t.Name, Revoke: opts.Revoke, NewKeyName: t.Prefix + now.Format(NameTimeLayout) + "-xxxxxx"}
+	p := Plan{Target: t.Name, Revoke: opts.Revoke, NewKeyName: NamesOf(t).Example(now)}
 	st, err := e.Store.Load(t.Name)
 	if err != nil {
 		return p, err
@@ -62,6 +62,10 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 	cur, err := e.Vault.Read(ctx, t.Vault)
 	if err != nil {
 		return p, err
+	}
+	if err := e.checkOwner(t, cur); err != nil {
+		p.Blocked = err.Error()
+		return p, nil
 	}
 	secret := cur.Secret
 	if secret == nil {
@@ -98,7 +102,7 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 		st.VaultVersion = seen.Version
 	}
 
-	orphans := Reconcile(&st, seen, t.Prefix, t.Grace, now, "dry-run")
+	orphans := Reconcile(&st, seen, NamesOf(t), t.Grace, now, "dry-run")
 	gone := map[string]bool{}
 	for _, k := range orphans {
 		p.Orphans = append(p.Orphans, k.ID)

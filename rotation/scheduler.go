@@ -174,13 +174,16 @@ type loop struct {
 }
 
 type request struct {
-	opts  Options
-	reply chan reply // buffered: the loop never blocks on it
+	opts Options
+	// takeover asks for a takeover instead of a rotation.
+	takeover bool
+	reply    chan reply // buffered: the loop never blocks on it
 }
 
 type reply struct {
-	res Result
-	err error
+	res      Result
+	takeover Takeover
+	err      error
 }
 
 // Start begins scheduling: one loop per target. A target with an
@@ -544,6 +547,14 @@ func (s *Scheduler) serve(l *loop, log *slog.Logger, req request) {
 		r.err = errors.New("the daemon is shutting down")
 		return
 	}
+	if req.takeover {
+		s.mu.Lock()
+		t := l.def.Target
+		s.mu.Unlock()
+		s.busy(l, log, "a takeover", func() { r.takeover, r.err = s.Engine.Takeover(s.ctx, t) })
+		l.rs = retireState{} // rebuilt keys retire on their own times
+		return
+	}
 	r.res, r.err = s.rotate(l, log, req.opts)
 }
 
@@ -667,6 +678,20 @@ func (s *Scheduler) guard(log *slog.Logger, what string, fn func()) {
 // scheduler's lifetime, not the caller's: a client that hangs up does
 // not cut a rotation short.
 func (s *Scheduler) RotateNow(name string, opts Options) (Result, error) {
+	r := s.ask(name, request{opts: opts})
+	return r.res, r.err
+}
+
+// TakeoverNow queues a takeover of the target to its loop and waits for
+// its result; the loop then retires the keys it rebuilt when they fall
+// due.
+func (s *Scheduler) TakeoverNow(name string) (Takeover, error) {
+	r := s.ask(name, request{takeover: true})
+	return r.takeover, r.err
+}
+
+// ask queues req to the named target's loop and waits for the reply.
+func (s *Scheduler) ask(name string, req request) reply {
 	s.mu.Lock()
 	l, ok := s.loops[name]
 	closing := s.closing || !s.started
@@ -674,19 +699,18 @@ func (s *Scheduler) RotateNow(name string, opts Options) (Result, error) {
 	switch {
 	case closing:
 		s.mu.Unlock()
-		return Result{}, errors.New("the daemon is shutting down")
+		return reply{err: errors.New("the daemon is shutting down")}
 	case !ok:
 		s.mu.Unlock()
-		return Result{}, fmt.Errorf("no target %q", name)
+		return reply{err: fmt.Errorf("no target %q", name)}
 	}
 	// The loop answers every request it takes: it serves it, or refuses
 	// it when it leaves (a removal, a stop).
-	req := request{opts: opts, reply: make(chan reply, 1)}
+	req.reply = make(chan reply, 1)
 	l.requests = append(l.requests, req)
 	s.unpark(l, true)
 	s.mu.Unlock()
-	r := <-req.reply
-	return r.res, r.err
+	return <-req.reply
 }
 
 // Target returns the named target's current definition.

@@ -203,6 +203,35 @@ func (v *memVault) Write(_ context.Context, loc vault.Location, s vault.Secret, 
 	return len(d.versions), nil
 }
 
+func (v *memVault) History(_ context.Context, loc vault.Location) ([]vault.Version, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.fail != nil {
+		return nil, v.fail
+	}
+	var out []vault.Version
+	if d := v.docs[loc]; d != nil {
+		for i, s := range d.versions {
+			out = append(out, vault.Version{Version: i + 1, Secret: s})
+		}
+	}
+	return out, nil
+}
+
+func (v *memVault) PatchMetadata(_ context.Context, loc vault.Location, md map[string]string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.fail != nil {
+		return v.fail
+	}
+	if d := v.docs[loc]; d != nil {
+		for k, val := range md {
+			d.md[k] = val
+		}
+	}
+	return nil
+}
+
 // gate holds a target's Codat calls of one operation until released, and
 // counts the target's calls in flight to catch overlapping runs.
 type gate struct {

@@ -5,7 +5,9 @@ package store
 
 import (
 	"bufio"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,6 +54,7 @@ var (
 	bucketHistory = []byte("history")
 	keySchema     = []byte("schema")
 	keyCreated    = []byte("created")
+	keyIdentity   = []byte("identity")
 	keyState      = []byte("state")
 )
 
@@ -190,7 +193,7 @@ func (db *DB) init() error {
 	ready := false
 	_ = db.bolt.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		ready = meta != nil && meta.Get(keySchema) != nil && tx.Bucket(bucketTargets) != nil
+		ready = meta != nil && meta.Get(keySchema) != nil && meta.Get(keyIdentity) != nil && tx.Bucket(bucketTargets) != nil
 		return nil
 	})
 	if ready {
@@ -209,11 +212,36 @@ func (db *DB) init() error {
 				return fmt.Errorf("init state file: %w", err)
 			}
 		}
+		if meta.Get(keyIdentity) == nil {
+			// The identity that owns targets in Vault (docs/design.md#ownership);
+			// a file from before ownership gets one on its first open.
+			var b [8]byte
+			if _, err := rand.Read(b[:]); err != nil {
+				return fmt.Errorf("init state file: %w", err)
+			}
+			if err := meta.Put(keyIdentity, []byte(hex.EncodeToString(b[:]))); err != nil {
+				return fmt.Errorf("init state file: %w", err)
+			}
+		}
 		if _, err := tx.CreateBucketIfNotExists(bucketTargets); err != nil {
 			return fmt.Errorf("init state file: %w", err)
 		}
 		return nil
 	})
+}
+
+// Identity returns the state file's identity: the owner it records in
+// the secrets it publishes. Empty only in a file opened read-only that
+// no release with ownership has opened for writing.
+func (db *DB) Identity() (string, error) {
+	var id string
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			id = string(meta.Get(keyIdentity))
+		}
+		return nil
+	})
+	return id, err
 }
 
 // Path returns the file's path.

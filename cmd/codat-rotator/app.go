@@ -88,7 +88,24 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 		Logger: log,
 		Codat:  a.codat,
 	}
+	if db != nil {
+		if a.engine.Owner, err = owner(db); err != nil {
+			a.Close()
+			return nil, err
+		}
+	}
 	return a, nil
+}
+
+// owner is the identity this process claims targets with: the state
+// file's, and the host it runs on.
+func owner(db *store.DB) (rotation.Owner, error) {
+	id, err := db.Identity()
+	if err != nil {
+		return rotation.Owner{}, fmt.Errorf("read the state file's identity: %w", err)
+	}
+	host, _ := os.Hostname()
+	return rotation.Owner{ID: id, Host: host}, nil
 }
 
 // codat is the engine's CodatFactory: the target's client with key.

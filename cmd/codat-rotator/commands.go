@@ -97,6 +97,9 @@ func adminHandler(a *app, sched *rotation.Scheduler) http.Handler {
 		RotateTarget: func(_ context.Context, t rotation.Target, opts rotation.Options) (rotation.Result, error) {
 			return sched.RotateNow(t.Name, opts)
 		},
+		TakeoverTarget: func(_ context.Context, t rotation.Target) (rotation.Takeover, error) {
+			return sched.TakeoverNow(t.Name)
+		},
 	}, version)
 }
 
@@ -255,6 +258,49 @@ func (c *resumeCommand) Run(ctx context.Context) error {
 	return nil
 }
 
+// takeoverCommand is `codat-rotator takeover --target T`: this state
+// file becomes the owner of T's secret, and its state is rebuilt from
+// Vault's history and Codat's keys (docs/design.md#ownership).
+type takeoverCommand struct {
+	opsCommand
+	target string
+	json   bool
+}
+
+func (c *takeoverCommand) ParseFlags(args []string) error {
+	fs := c.flags("takeover", "--target NAME [--json]")
+	fs.StringVar(&c.target, "target", "", "the `target` to take over (required); stop the daemon that owned it first")
+	fs.BoolVar(&c.json, "json", false, "print the report as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if c.target == "" {
+		fs.Usage()
+		return errors.New("--target is required")
+	}
+	return noArgs(fs)
+}
+
+func (c *takeoverCommand) Run(ctx context.Context) error {
+	cfg, err := LoadConfig(c.configPath, c.getenv)
+	if err != nil {
+		return &usageError{err}
+	}
+	svc, err := c.service(ctx, cfg, true)
+	if err != nil {
+		return err
+	}
+	rep, err := svc.Takeover(ctx, c.target)
+	if err != nil {
+		return targetErr(err)
+	}
+	if c.json {
+		return printJSON(c.stdout, rep)
+	}
+	rep.WriteText(c.stdout)
+	return nil
+}
+
 // checkCommand is `codat-rotator check`: the config is valid, and Codat
 // and Vault answer with the configured credentials. One line per check;
 // the exit status is non-zero if any failed.
@@ -316,9 +362,15 @@ func (c *checkCommand) Run(ctx context.Context) error {
 	}
 	line(true, "vault", "reachable at "+c.app.vault.Address()+", token valid")
 
+	eng := &rotation.Engine{Vault: adapt.Vault(c.app.vault), Codat: c.app.codat}
 	switch db, err := store.Open(cfg.StatePath, store.Options{ReadOnly: true}); {
 	case err == nil:
+		eng.Owner, err = owner(db)
 		db.Close()
+		if err != nil {
+			line(false, "state file", err.Error())
+			break
+		}
 		line(true, "state file", cfg.StatePath)
 	case errors.Is(err, os.ErrNotExist):
 		line(true, "state file", cfg.StatePath+" (not created yet)")
@@ -328,7 +380,7 @@ func (c *checkCommand) Run(ctx context.Context) error {
 		line(false, "state file", err.Error())
 	}
 
-	eng := &rotation.Engine{Vault: adapt.Vault(c.app.vault), Codat: c.app.codat}
+	listed := map[string]store.Target{}
 	for _, t := range c.app.allTargets() {
 		for _, ch := range eng.CheckTarget(pctx, t) {
 			if ch.Err != nil {
@@ -336,6 +388,17 @@ func (c *checkCommand) Run(ctx context.Context) error {
 			} else {
 				line(true, "target "+t.Name+": "+ch.What, ch.Detail)
 			}
+			for _, id := range ch.Keys {
+				st := listed[t.Name]
+				st.Keys = append(st.Keys, store.Key{ID: id})
+				listed[t.Name] = st
+			}
+		}
+	}
+	shared := rotation.SharedClients(listed)
+	for _, t := range c.app.allTargets() {
+		if others := shared[t.Name]; len(others) > 0 {
+			warn(fmt.Sprintf("target %s: %s", t.Name, admin.SharedClientText(others, t.MaxKeys, t.ReserveSlots)))
 		}
 	}
 	if failed > 0 {

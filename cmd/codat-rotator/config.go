@@ -112,7 +112,8 @@ type WebhookConfig struct {
 	URL string `yaml:"url"`
 	// Format is json (a generic document) or slack (a {"text": ...} body).
 	Format string `yaml:"format"`
-	// Events: failure, halt, low_slots, success (success is opt-in).
+	// Events: failure, halt, low_slots, blocked, success (success is
+	// opt-in).
 	Events  []string `yaml:"events"`
 	Timeout Duration `yaml:"timeout"`
 }
@@ -225,7 +226,7 @@ func applyTargetDefaults(t *TargetConfig) {
 			w.Format = "json"
 		}
 		if w.Events == nil {
-			w.Events = []string{notify.EventFailure, notify.EventHalt, notify.EventLowSlots}
+			w.Events = []string{notify.EventFailure, notify.EventHalt, notify.EventLowSlots, notify.EventBlocked}
 		}
 		if w.Timeout == 0 {
 			w.Timeout = Duration(10 * time.Second)
@@ -369,7 +370,7 @@ func (c Config) Validate() error {
 			paths[p] = i
 		}
 		if len(t.KeyNamePrefix) > rotation.MaxPrefixLen {
-			bad(f("key_name_prefix"), "%q is %d characters; Codat names hold 50 and the daemon appends %d, so at most %d",
+			bad(f("key_name_prefix"), "%q is %d characters; Codat names hold 50 and the daemon appends %d (the target's tag, a timestamp and a random part), so at most %d; shorten it",
 				t.KeyNamePrefix, len(t.KeyNamePrefix), rotation.NameSuffixLen, rotation.MaxPrefixLen)
 		}
 		if t.MaxKeys < 2 || t.MaxKeys > 10 {
@@ -401,9 +402,9 @@ func (c Config) Validate() error {
 			}
 			for _, e := range w.Events {
 				switch e {
-				case notify.EventFailure, notify.EventHalt, notify.EventLowSlots, notify.EventSuccess:
+				case notify.EventFailure, notify.EventHalt, notify.EventLowSlots, notify.EventSuccess, notify.EventBlocked:
 				default:
-					bad(wf("events"), "%q: want failure, halt, low_slots or success", e)
+					bad(wf("events"), "%q: want failure, halt, low_slots, blocked or success", e)
 				}
 			}
 		}

@@ -105,7 +105,7 @@ func TestBadConfigs(t *testing.T) {
 		{"missing vault path", "targets:\n  - name: a\n", "targets[0].vault.path: must be set (the secret's path under the mount, such as codat/production)"},
 		{"bad name", "targets:\n  - name: a b\n    vault: {path: codat/a}\n", `targets[0].name: "a b": want 1-63 letters, digits, '.', '_' or '-'`},
 		{"prefix too long", target + "    key_name_prefix: this-prefix-is-far-too-long-\n",
-			`targets[0].key_name_prefix: "this-prefix-is-far-too-long-" is 28 characters; Codat names hold 50 and the daemon appends 23, so at most 27`},
+			`targets[0].key_name_prefix: "this-prefix-is-far-too-long-" is 28 characters; Codat names hold 50 and the daemon appends 30 (the target's tag, a timestamp and a random part), so at most 20; shorten it`},
 		{"reserve equals max", target + "    max_keys: 5\n    reserve_slots: 5\n", "targets[0].reserve_slots: 5 leaves no slot of max_keys 5 for rotations"},
 		{"reserve leaves one slot", target + "    max_keys: 5\n    reserve_slots: 4\n", "targets[0].reserve_slots: 4 leaves 1 slot of max_keys 5; a rotation needs 2 (the served key and its successor)"},
 		{"superseded key in grace fills the slots", target + "    schedule: \"@every 24h\"\n    grace: 24h\n    max_keys: 2\n    reserve_slots: 0\n",

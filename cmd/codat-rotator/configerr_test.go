@@ -77,7 +77,7 @@ func TestConfigErrorsExit2(t *testing.T) {
 		return out
 	}
 
-	every := []string{"run", "rotate", "status", "keys", "resume", "check"}
+	every := []string{"run", "rotate", "status", "keys", "resume", "takeover", "check"}
 	tests := []struct {
 		name     string
 		vault    string // the config's vault: section
@@ -146,7 +146,7 @@ func TestConfigErrorsExit2(t *testing.T) {
 		// Not a configuration error: a token file that is not there yet
 		// (a Vault Agent sink) may appear, so a restart may help: exit 1.
 		{name: "a token file not written yet", vault: "  auth: {method: token, token_file: " + missing + "}\n", env: without("VAULT_TOKEN"),
-			commands: []string{"run", "rotate", "status", "keys", "resume"}, code: exitError,
+			commands: []string{"run", "rotate", "status", "keys", "resume", "takeover"}, code: exitError,
 			want: "vault.auth.token_file " + missing + " does not exist (yet?)"},
 	}
 	for _, tt := range tests {
@@ -161,7 +161,7 @@ func TestConfigErrorsExit2(t *testing.T) {
 			}
 			for _, c := range commands {
 				args := []string{c, "--config", cfg}
-				if c == "resume" {
+				if c == "resume" || c == "takeover" {
 					args = append(args, "--target", "crash")
 				}
 				got, out := runEnv(t, tt.env, args...)
