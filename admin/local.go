@@ -47,6 +47,9 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 		return RotateReport{}, err
 	}
 	opts := rotation.Options{Emergency: req.Emergency, Revoke: req.Revoke, Manual: true}
+	if req.Progress != nil {
+		opts.OnRetry = func(r rotation.Retry) { req.Progress(progressOf(r)) }
+	}
 	rotate := l.RotateTarget
 	if rotate == nil {
 		rotate = l.Engine.Rotate
@@ -59,6 +62,7 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 			p, err := l.Engine.Plan(ctx, t, opts)
 			if err != nil {
 				e.Error = "cannot plan: " + err.Error()
+				e.ConfigError = errors.Is(err, rotation.ErrNoBootstrap)
 			} else {
 				e.Plan, e.Succeeded = planOf(p), true
 			}
@@ -67,6 +71,7 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 			e.Result = resultOf(res)
 			if err != nil {
 				e.Error = err.Error()
+				e.ConfigError = errors.Is(err, rotation.ErrNoBootstrap)
 			} else {
 				e.Succeeded = true
 			}
@@ -158,7 +163,7 @@ func (l *Local) keys(ctx context.Context, t rotation.Target) ([]KeyEntry, error)
 		return nil, err
 	}
 	if cur.Secret == nil {
-		return nil, fmt.Errorf("%s holds no secret yet: nothing to list the keys with", t.Vault)
+		return nil, fmt.Errorf("%s holds no secret yet, so there is no key to list Codat's keys with: the first rotation publishes the bootstrap key (`codat-rotator rotate --target %s`, or start the daemon)", t.Vault, t.Name)
 	}
 	listing, err := l.Engine.Codat(t.Name, cur.Secret.APIKey).List(ctx)
 	if err != nil {
@@ -171,22 +176,27 @@ func (l *Local) keys(ctx context.Context, t rotation.Target) ([]KeyEntry, error)
 	return keyEntriesOf(rotation.ClassifyKeys(t, st, listing, cur)), nil
 }
 
-// Resume clears the halt of the named target.
-func (l *Local) Resume(ctx context.Context, target string) error {
+// Resume clears the halt of the named target, and says whether there
+// was one.
+func (l *Local) Resume(ctx context.Context, target string) (ResumeReport, error) {
 	if target == "" {
-		return errors.New("resume: name one target")
+		return ResumeReport{}, errors.New("resume: name one target")
 	}
 	targets, err := l.selectTargets(target)
 	if err != nil {
-		return err
+		return ResumeReport{}, err
+	}
+	st, err := l.Engine.Store.Load(target)
+	if err != nil {
+		return ResumeReport{}, err
 	}
 	if err := l.Engine.Resume(targets[0]); err != nil {
-		return err
+		return ResumeReport{}, err
 	}
-	if l.Logger != nil {
+	if l.Logger != nil && st.Halted {
 		l.Logger.Info("target resumed by an operator", "target", target)
 	}
-	return nil
+	return ResumeReport{Resumed: target, WasHalted: &st.Halted}, nil
 }
 
 // Takeover makes this state file the owner of the named target.

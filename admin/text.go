@@ -39,7 +39,14 @@ func (r StatusReport) WriteText(w io.Writer) {
 		for _, k := range t.Retiring {
 			fmt.Fprintf(w, "  retiring:       %s  %s  deleted after %s\n", k.ID, k.Name, fmtTime(k.DeleteAfter))
 		}
-		fmt.Fprintf(w, "  next rotation:  %s\n", fmtTime(t.NextRotation))
+		next := fmtTime(t.NextRotation)
+		switch {
+		case !r.Daemon:
+			next = "none: no daemon is running (the daemon plans it when it starts)"
+		case t.Halted:
+			next += " (skipped while halted)"
+		}
+		fmt.Fprintf(w, "  next rotation:  %s\n", next)
 		fmt.Fprintf(w, "  last success:   %s\n", fmtTime(t.LastSuccess))
 		fmt.Fprintf(w, "  keys:           %d of %d used (%d reserved for emergencies)\n", t.KeysUsed, t.MaxKeys, t.ReserveSlots)
 		if len(t.SharesClientWith) > 0 {
@@ -122,6 +129,16 @@ func (r RotateReport) WriteText(w io.Writer) {
 			res.writeText(w, e.Target, e.Vault, e.Error)
 		}
 	}
+}
+
+// ConfigError reports whether a target failed on its configuration.
+func (r RotateReport) ConfigError() bool {
+	for _, e := range r.Results {
+		if e.ConfigError {
+			return true
+		}
+	}
+	return false
 }
 
 // Failed names the targets whose rotation (or plan) failed.

@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/codat-rotator/codat-rotator/secret"
@@ -52,6 +53,9 @@ func (e *Engine) CheckTarget(ctx context.Context, t Target) []Check {
 	}
 	keys, err := e.Codat(t.Name, key).List(ctx)
 	if err != nil {
+		if cur.Secret == nil && errors.Is(err, ErrKeyRejected) {
+			err = bootstrapRejected(t, err)
+		}
 		return []Check{owner, found, {What: "codat", Err: err}}
 	}
 	ids := make([]string, 0, len(keys))

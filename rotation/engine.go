@@ -71,6 +71,9 @@ type Target struct {
 	// Bootstrap returns the first key, used when Vault has no secret yet.
 	// Nil when none is configured.
 	Bootstrap func() (secret.Value, error)
+	// BootstrapFrom says where Bootstrap reads the key ("$NAME", "file
+	// PATH"), for the errors an operator reads.
+	BootstrapFrom string
 	// NextRotation returns the next scheduled rotation after t, for the
 	// secret's next_rotation_at; nil when unknown.
 	NextRotation func(t time.Time) time.Time
@@ -84,8 +87,24 @@ type Options struct {
 	// Revoke deletes this key, managed or not, once the new key is
 	// published.
 	Revoke string
-	// Manual runs even when the target is halted; success clears the halt.
+	// Manual runs even when the target is halted; success clears the
+	// halt, and failure never halts: the person who asked hears of it,
+	// and the schedule goes on (docs/design.md#retries).
 	Manual bool
+	// OnRetry, when set, hears of each failed attempt that another
+	// follows, before the wait: a person waiting for a manual rotation
+	// sees it retry instead of silence.
+	OnRetry func(Retry)
+}
+
+// Retry is an attempt of a rotation that failed, with another to come.
+type Retry struct {
+	Target string
+	// Next is the attempt that follows, of Attempts, after Wait.
+	Next, Attempts int
+	Wait           time.Duration
+	// Err is why the attempt before Next failed.
+	Err error
 }
 
 // Result is what a rotation did.
@@ -118,6 +137,8 @@ var (
 	ErrServedKeyRejected = sentinel.Permanent("codat rejects the key vault serves")
 	// ErrNoBootstrap: Vault holds no key and no bootstrap key is set.
 	ErrNoBootstrap = sentinel.Permanent("no key in vault and no bootstrap key")
+	// ErrBootstrapRejected: Codat refuses the bootstrap key.
+	ErrBootstrapRejected = sentinel.Permanent("codat rejects the bootstrap key")
 	// ErrRolledBack: the rotation failed and its new key was deleted.
 	ErrRolledBack = errors.New("rotation rolled back")
 	// ErrServedUnknown: which of Codat's keys Vault serves cannot be
@@ -289,6 +310,9 @@ func (e *Engine) Rotate(ctx context.Context, t Target, opts Options) (Result, er
 		if !Retryable(err) || attempt >= attempts || ctx.Err() != nil {
 			break
 		}
+		if opts.OnRetry != nil {
+			opts.OnRetry(Retry{Target: t.Name, Next: attempt + 1, Attempts: attempts, Wait: backoff, Err: err})
+		}
 		if serr := e.sleep(ctx, backoff); serr != nil {
 			break
 		}
@@ -301,13 +325,19 @@ func (e *Engine) Rotate(ctx context.Context, t Target, opts Options) (Result, er
 	}
 	if err != nil {
 		e.forgetMount(t.Vault)
-		halt := Retryable(err) && ctx.Err() == nil
+		// A scheduled run that used up its attempts on errors worth
+		// retrying halts the target; a manual one reports its failure
+		// to the person who asked and leaves the schedule alone.
+		halt := Retryable(err) && ctx.Err() == nil && !opts.Manual
 		e.recordFailure(t, id, started, opts, err, halt)
 		if halt {
 			log.Error("rotation failed; target halted", "error", err)
 			return res, fmt.Errorf("rotate %s: %w (target halted after %d attempts)", t.Name, err, attempts)
 		}
 		log.Error("rotation failed", "error", err)
+		if opts.Manual && Retryable(err) && ctx.Err() == nil {
+			return res, fmt.Errorf("rotate %s: %w (failed %d attempts; the target is not halted: scheduled rotations go on)", t.Name, err, attempts)
+		}
 		return res, fmt.Errorf("rotate %s: %w", t.Name, err)
 	}
 	e.recordSuccess(t, res, started, opts)

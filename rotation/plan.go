@@ -81,6 +81,9 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 	}
 	keys, err := e.Codat(t.Name, secret.APIKey).List(ctx)
 	if err != nil {
+		if errors.Is(err, ErrKeyRejected) && p.Bootstrap {
+			return p, bootstrapRejected(t, err)
+		}
 		if errors.Is(err, ErrKeyRejected) {
 			return p, fmt.Errorf("%w: %w", ErrServedKeyRejected, err)
 		}

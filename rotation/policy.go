@@ -139,7 +139,7 @@ func attribute(st store.Target, k Key, seen Seen, names Names, grace time.Durati
 	}
 	if secret != nil && secret.PreviousKeyID != "" && k.ID == secret.PreviousKeyID {
 		if !secret.PreviousExpiresAt.IsZero() {
-			return ClassAdopted, secret.PreviousExpiresAt
+			return ClassAdopted, recordedEnd(secret.PreviousExpiresAt)
 		}
 		return ClassAdopted, now.Add(grace)
 	}
@@ -178,11 +178,23 @@ func servedBefore(history []Published, k Key, grace time.Duration, now time.Time
 	next := history[last+1]
 	switch {
 	case next.PreviousKeyID == id && !next.PreviousExpiresAt.IsZero():
-		return next.PreviousExpiresAt, true
+		return recordedEnd(next.PreviousExpiresAt), true
 	case !next.RotatedAt.IsZero():
-		return next.RotatedAt.Add(grace), true
+		return recordedEnd(next.RotatedAt).Add(grace), true
 	}
 	return now.Add(grace), true
+}
+
+// recordedEnd is the latest instant a time in the secret may stand for.
+// The secret holds its times to the second (docs/design.md#vault-layout),
+// cut from the instant they record, which may be up to a second later: a
+// key whose grace is taken from them waits for the end of that second,
+// or it could go before its grace is over (I4).
+func recordedEnd(t time.Time) time.Time {
+	if t.Equal(t.Truncate(time.Second)) {
+		return t.Add(time.Second)
+	}
+	return t
 }
 
 // Seen is what one look at Codat and Vault found.

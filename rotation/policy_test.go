@@ -114,6 +114,7 @@ func TestReconcileRebuildsFromHistory(t *testing.T) {
 		{ID: "boot", Name: ""}, {ID: "k2", Name: names.New(t0)}, {ID: "k3", Name: names.New(t0)}, {ID: "k4", Name: names.New(t0)},
 		{ID: "pruned", Name: names.New(t0)}, {ID: "portal", Name: "portal"},
 	}
+	// Whole seconds, as the secret holds them.
 	history := []rotation.Published{
 		{KeyID: "boot", RotatedAt: t0.Add(-72 * time.Hour)},
 		{KeyID: "k2", RotatedAt: t0.Add(-48 * time.Hour), PreviousKeyID: "boot", PreviousExpiresAt: t0.Add(-24 * time.Hour)},
@@ -134,9 +135,11 @@ func TestReconcileRebuildsFromHistory(t *testing.T) {
 		state  store.KeyState
 		after  time.Time
 	}{
-		{"boot", store.OriginAdopted, store.KeyRetiring, t0.Add(-24 * time.Hour)},
-		{"k2", store.OriginAdopted, store.KeyRetiring, t0.Add(-2*time.Hour + g)},
-		{"k3", store.OriginAdopted, store.KeyRetiring, t0.Add(23 * time.Hour)},
+		// The secret's times are cut to the second: a key taken on from
+		// them waits for the end of that second (I4).
+		{"boot", store.OriginAdopted, store.KeyRetiring, t0.Add(-24*time.Hour + time.Second)},
+		{"k2", store.OriginAdopted, store.KeyRetiring, t0.Add(-2*time.Hour + time.Second + g)},
+		{"k3", store.OriginAdopted, store.KeyRetiring, t0.Add(23*time.Hour + time.Second)},
 		{"k4", store.OriginAdopted, store.KeyActive, time.Time{}},
 		{"pruned", store.OriginAdopted, store.KeyRetiring, t0.Add(g)},
 		{"portal", store.OriginForeign, store.KeyForeign, time.Time{}},

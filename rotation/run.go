@@ -172,7 +172,7 @@ func (r *run) plan(ctx context.Context) error {
 	var keys []Key
 	r.client, keys, err = r.e.list(ctx, r.t, x, r.secret.APIKey)
 	if errors.Is(err, ErrKeyRejected) {
-		return fmt.Errorf("%w: the key at %s (id %q): %w", ErrServedKeyRejected, r.t.Vault, r.secret.KeyID, err)
+		return fmt.Errorf("%w: the key at %s (id %q): %w; was it deleted at Codat? Put a working key of this Codat client there (`vault kv put %s api_key=<key>`) and rotate again", ErrServedKeyRejected, r.t.Vault, r.secret.KeyID, err, r.t.Vault)
 	}
 	if err != nil {
 		return err
@@ -202,7 +202,7 @@ func (r *run) bootstrap(ctx context.Context, cur Current) (Current, error) {
 	keys, err := r.e.Codat(r.t.Name, key).List(ctx)
 	if err != nil {
 		if errors.Is(err, ErrKeyRejected) {
-			return cur, fmt.Errorf("%w: codat rejects the bootstrap key: %w", ErrServedKeyRejected, err)
+			return cur, bootstrapRejected(r.t, err)
 		}
 		return cur, err
 	}
@@ -239,6 +239,16 @@ func (r *run) bootstrap(ctx context.Context, cur Current) (Current, error) {
 	log.Info("bootstrap key published and adopted", "key_id", k.ID)
 	r.res.Bootstrapped = true
 	return after, nil
+}
+
+// bootstrapRejected is Codat's refusal of the bootstrap key, naming
+// where the key came from.
+func bootstrapRejected(t Target, err error) error {
+	from := t.BootstrapFrom
+	if from == "" {
+		from = "the configured bootstrap key"
+	}
+	return fmt.Errorf("%w from %s: %w; set %s to a working key of this Codat client (one made in the Codat Portal, say)", ErrBootstrapRejected, from, err, from)
 }
 
 // reconcile applies Reconcile to the state and deletes the orphans it
@@ -361,13 +371,14 @@ func (r *run) create(ctx context.Context) (Key, error) {
 		log.Warn("create outcome unknown; looking the key up by name", "name", name, "error", err)
 		found, ok, lerr := r.findJournaled(ctx, name, "")
 		if lerr != nil {
-			return Key{}, fmt.Errorf("%w; and the lookup by name failed: %w", err, lerr) // the journal stays for recovery
+			// The journal stays for recovery.
+			return Key{}, fmt.Errorf("%w; and listing codat's keys to look for it failed too: %w; a key named %q may be left at codat: its name is journaled, and the next run looks for it first and uses or deletes it", err, lerr, name)
 		}
 		if !ok {
 			if cerr := r.clearJournal(); cerr != nil {
 				return Key{}, cerr
 			}
-			return Key{}, err
+			return Key{}, fmt.Errorf("%w; codat lists no key of that name, so none was made and none is left behind; another attempt creates a new one", err)
 		}
 		k, err = found, nil
 	}

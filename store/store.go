@@ -132,9 +132,9 @@ func openBolt(path string, timeout time.Duration, readOnly bool) (db *bolt.DB, e
 	case errors.Is(err, berrors.ErrTimeout):
 		holder := ""
 		if pid := lockHolder(path); pid > 0 {
-			holder = fmt.Sprintf(" (pid %d)", pid)
+			holder = fmt.Sprintf(" (pid %d%s)", pid, commandOf(pid))
 		}
-		return nil, fmt.Errorf("%w%s: %s is locked; stop it, or use `rotate` and `status` through its admin socket", ErrLocked, holder, path)
+		return nil, fmt.Errorf("%w%s: %s is locked", ErrLocked, holder, path)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum),
 		strings.HasPrefix(err.Error(), "file size too small"): // bbolt has no sentinel for it
 		return nil, fmt.Errorf("%w: %s: %v (the file was left untouched)", ErrCorrupt, path, err)
@@ -492,6 +492,16 @@ func seqKey(n uint64) []byte {
 	b := make([]byte, 8)
 	binary.BigEndian.PutUint64(b, n)
 	return b
+}
+
+// commandOf is ": " and pid's command line, so that an operator can tell
+// a daemon from a rotate in progress; empty when it cannot be read.
+func commandOf(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	return ": " + strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
 }
 
 // lockHolder finds the pid holding a lock on path in /proc/locks, or 0.

@@ -199,9 +199,9 @@ func (c *Client) checkMount(ctx context.Context, loc Location) error {
 			version = "1"
 		}
 		if typ != "kv" {
-			return fmt.Errorf("%w: %s is a %q engine, want kv version 2", ErrNotKVv2, loc.Mount, typ)
+			return fmt.Errorf("%w: %s is a %q engine, want kv version 2: point the target's vault.mount at a kv-v2 mount", ErrNotKVv2, loc.Mount, typ)
 		}
-		return fmt.Errorf("%w: %s is kv version %s; enable a kv-v2 engine (vault secrets enable -version=2 -path=%s kv)", ErrNotKVv2, loc.Mount, version, loc.Mount)
+		return fmt.Errorf("%w: %s is kv version %s: upgrade it in place with `vault kv enable-versioning %s/` (its secrets are kept), or point the target's vault.mount at a kv-v2 mount", ErrNotKVv2, loc.Mount, version, loc.Mount)
 	}
 	return nil
 }

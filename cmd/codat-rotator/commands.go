@@ -18,7 +18,6 @@ import (
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // The operator commands that work through a running daemon's admin
@@ -72,7 +71,8 @@ func (c *opsCommand) service(ctx context.Context, cfg Config, write bool) (admin
 	if err != nil {
 		return nil, explainLocked(err, cfg.Listen.AdminSocket)
 	}
-	l := &admin.Local{Engine: c.app.engine, Targets: c.app.allTargets, Next: scheduledNext(cfg), Logger: log}
+	// No daemon, no planned run: status shows none (Next nil).
+	l := &admin.Local{Engine: c.app.engine, Targets: c.app.allTargets, Logger: log}
 	if c.notify {
 		c.hooks = notify.New(log, "codat-rotator/"+version, webhooks(cfg.Targets))
 		l.RotateTarget = c.rotateAndNotify
@@ -103,21 +103,6 @@ func adminHandler(a *app, sched *rotation.Scheduler) http.Handler {
 	}, version)
 }
 
-// scheduledNext gives a target's next rotation from the config, for a
-// status read without the daemon.
-func scheduledNext(cfg Config) func(string) time.Time {
-	return func(name string) time.Time {
-		for _, tc := range cfg.Targets {
-			if tc.Name == name {
-				if s, err := rotation.ParseSchedule(tc.Schedule); err == nil {
-					return s.Next(time.Now())
-				}
-			}
-		}
-		return time.Time{}
-	}
-}
-
 // explainLocked turns "state file locked" into what the operator needs:
 // a daemon holds it, and its admin socket did not answer.
 func explainLocked(err error, socket string) error {
@@ -125,9 +110,9 @@ func explainLocked(err error, socket string) error {
 		return err
 	}
 	if socket == "" {
-		return fmt.Errorf("%w; the admin socket is disabled (listen.admin_socket), so this command cannot reach the daemon", err)
+		return fmt.Errorf("%w; the admin socket is disabled (listen.admin_socket), so this command cannot go through a daemon: wait for that process to end, or stop it", err)
 	}
-	return fmt.Errorf("%w; its admin socket %s does not answer (is listen.admin_socket the same for both?)", err, socket)
+	return fmt.Errorf("%w; no daemon answers on the admin socket %s: if that process is the daemon, is its listen.admin_socket the same as this config's? Otherwise wait for it to end", err, socket)
 }
 
 // targetErr makes an unknown target asked of this process a usage
@@ -261,8 +246,13 @@ func (c *resumeCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := svc.Resume(ctx, c.target); err != nil {
+	rep, err := svc.Resume(ctx, c.target)
+	if err != nil {
 		return targetErr(err)
+	}
+	if rep.WasHalted != nil && !*rep.WasHalted {
+		fmt.Fprintf(c.stdout, "%s: not halted; nothing to resume (its scheduled rotations run)\n", c.target)
+		return nil
 	}
 	fmt.Fprintf(c.stdout, "%s: resumed; scheduled rotations run again\n", c.target)
 	return nil
@@ -350,10 +340,14 @@ func (c *checkCommand) Run(ctx context.Context) error {
 	vc.OnWarning = warn
 	if err == nil {
 		c.app = &app{cfg: cfg, log: slog.New(slog.DiscardHandler), getenv: c.getenv}
-		c.app.vault, err = vault.New(vc)
+		c.app.vault, err = newVault(vc)
 	}
 	if err != nil {
 		line(false, "vault", err.Error())
+		var u *usageError
+		if errors.As(err, &u) {
+			return usage("the vault settings are not valid")
+		}
 		return fmt.Errorf("%d check(s) failed", failed)
 	}
 	if err := c.app.setTargets(cfg.Targets); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -145,7 +146,8 @@ type Duration time.Duration
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := parseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
+		// A TypeError: decoding goes on and reports every mistake.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
 	}
 	*d = Duration(v)
 	return nil
@@ -244,6 +246,9 @@ func applyTargetDefaults(t *TargetConfig) {
 // LoadConfig reads, expands, defaults and validates the file at path.
 func LoadConfig(path string, getenv func(string) string) (Config, error) {
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Config{}, fmt.Errorf("config %s: no such file: name yours with --config FILE (configs/codat-rotator.yaml in the source lists every field)", path)
+	}
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
@@ -270,7 +275,7 @@ func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, yamlError(err)
+		return Config{}, yamlError(err, expanded)
 	}
 	for i := range cfg.Targets {
 		applyTargetDefaults(&cfg.Targets[i])
@@ -279,22 +284,6 @@ func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	return cfg, nil
-}
-
-var unknownField = regexp.MustCompile(`field (\S+) not found in type main\.\w+`)
-
-// yamlError words the YAML decoder's errors for an operator: one line per
-// problem, with its line number, and no Go type names.
-func yamlError(err error) error {
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		msgs := make([]string, len(te.Errors))
-		for i, m := range te.Errors {
-			msgs[i] = unknownField.ReplaceAllString(m, "unknown field $1")
-		}
-		return errors.New(strings.Join(msgs, "\n"))
-	}
-	return errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
 }
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)

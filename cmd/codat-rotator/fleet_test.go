@@ -60,8 +60,7 @@ func newCodatFleet(tb testing.TB, n int, opts emulator.Options) *codatFleet {
 }
 
 // fleetEnv is a config of several targets, each its own Codat client,
-// one of which cannot rotate: its secret is missing and it has no
-// bootstrap key.
+// one of which cannot rotate: Vault serves it a key Codat rejects.
 type fleetEnv struct {
 	codat  *codatFleet
 	vault  *vaulttest.Server
@@ -88,12 +87,15 @@ func newFleetEnv(t *testing.T, n, broken int) *fleetEnv {
 		filepath.Join(dir, "state.db"), freeAddr(t), e.sock, vs.Addr)
 	for i := range n {
 		fmt.Fprintf(&sb, "  - name: t%d\n    codat: {base_url: %q", i, fmt.Sprintf("%s/t/%d", e.codat.url, i))
-		if i != broken {
-			fmt.Fprintf(&sb, ", bootstrap_key_env: CODAT_KEY_%d", i)
-		}
+		fmt.Fprintf(&sb, ", bootstrap_key_env: CODAT_KEY_%d", i)
 		fmt.Fprintf(&sb, "}\n    vault: {mount: %s, path: codat/t%d}\n    schedule: \"0 3 1 1 *\"\n    grace: 1h\n", e.mount, i)
 	}
 	if err := os.WriteFile(e.config, []byte(sb.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = vs.Client(t).KVv2(e.mount).Put(context.Background(), fmt.Sprintf("codat/t%d", broken),
+		map[string]any{"api_key": strings.Repeat("x", 40)})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return e
@@ -169,7 +171,7 @@ func (e *fleetEnv) checkFleetOutput(t *testing.T, stdout, verb string) {
 		}
 	}
 	broken := fmt.Sprintf("t%d: failed: ", e.broken)
-	if !strings.Contains(stdout, broken) || !strings.Contains(stdout, "no key in vault and no bootstrap key") {
+	if !strings.Contains(stdout, broken) || !strings.Contains(stdout, "codat rejects the key vault serves") {
 		t.Errorf("the broken target's failure is not reported:\n%s", stdout)
 	}
 }

@@ -140,8 +140,13 @@ func newOps(stdout, stderr io.Writer) opsCommand {
 	return opsCommand{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 }
 
-// usageError is bad input found after flag parsing (an address that
-// cannot be listened on, say); it exits with the usage code.
+// usageError is the one kind of error that exits with the usage code
+// (2), decided in Main alone: input the operator must fix before
+// anything can work, found after flag parsing. Every configuration
+// error is one, in the file or in the environment (VAULT_*, ${NAME},
+// the bootstrap key's variable), wherever it is found; so are an unknown
+// --target and an address that cannot be listened on. systemd does not
+// restart after it (RestartPreventExitStatus=2).
 type usageError struct{ err error }
 
 func (e *usageError) Error() string { return e.err.Error() }

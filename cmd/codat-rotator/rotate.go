@@ -84,7 +84,16 @@ func (c *rotateCommand) Run(ctx context.Context) error {
 		// In-process, --parallel is the engine's bound for this command.
 		c.app.engine.SetMaxConcurrent(parallel)
 	}
-	req := admin.RotateRequest{Target: c.target, Emergency: c.emergency, Revoke: c.revoke, DryRun: c.dryRun}
+	// A line per retry, terminal or not: a manual rotation may wait
+	// minutes between attempts, and silence looks like a hang. Targets
+	// rotating side by side report through it at once: one write each.
+	var mu sync.Mutex
+	progress := func(p admin.Progress) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(c.stderr, "codat-rotator rotate: %s\n", p)
+	}
+	req := admin.RotateRequest{Target: c.target, Emergency: c.emergency, Revoke: c.revoke, DryRun: c.dryRun, Progress: progress}
 	if c.target != "" {
 		rep, err := svc.Rotate(ctx, req)
 		if err != nil {
@@ -129,7 +138,11 @@ func (c *rotateCommand) report(rep admin.RotateReport, fleetTook *time.Duration)
 		if len(failed) > shown {
 			failed = append(failed[:shown:shown], fmt.Sprintf("and %d more", len(failed)-shown))
 		}
-		return fmt.Errorf("failed: %s", strings.Join(failed, ", "))
+		err := fmt.Errorf("failed: %s", strings.Join(failed, ", "))
+		if rep.ConfigError() {
+			return &usageError{err}
+		}
+		return err
 	}
 	return nil
 }
