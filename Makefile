@@ -82,9 +82,12 @@ ROTATIONS ?= 1000
 .PHONY: bench soak
 bench: vault ## run the benchmarks and print their numbers (docs/benchmarks.md)
 	$(GO) test -run='^$$' -bench='^BenchmarkFileSize$$' -benchtime=1x ./store/
+	$(GO) test -run='^$$' -bench='^BenchmarkGroupCommit$$' -benchtime=2s ./store/
 	$(GO) test -run='^$$' -bench='^BenchmarkRotation$$' -benchtime=20x -timeout=0 ./cmd/codat-rotator/
 	$(GO) test -run='^$$' -bench='^BenchmarkStartToReady$$' -benchtime=20x -timeout=0 ./cmd/codat-rotator/
 	$(GO) test -run='^$$' -bench='^BenchmarkFleet$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
+	$(GO) test -run='^$$' -bench='^BenchmarkFleetEmergency$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
+	$(GO) test -run='^$$' -bench='^BenchmarkSameTick$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleFootprint$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleWakeups$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
 	$(GO) test -run='^$$' -bench='^BenchmarkRoundTrip$$' -count=10 ./codatauth/

@@ -35,3 +35,22 @@ func TestDryRunTextSaysWhatItMeans(t *testing.T) {
 		t.Errorf("dry run output has an unfilled placeholder:\n%s", out)
 	}
 }
+
+// TestStatusTextShowsAWaitingTarget: a target due that waits for a slot
+// of max_concurrent_rotations says so, with how full the bound is.
+func TestStatusTextShowsAWaitingTarget(t *testing.T) {
+	since := time.Date(2026, 3, 2, 4, 0, 0, 0, time.UTC)
+	rep := admin.StatusReport{
+		Targets:   []admin.TargetStatus{{Name: "prod", Vault: "secret/codat/prod", WaitingSince: &since}, {Name: "dev", Vault: "secret/codat/dev"}},
+		Rotations: admin.Concurrency{Running: 16, Waiting: 984, Limit: 16},
+	}
+	var b strings.Builder
+	rep.WriteText(&b)
+	want := "  state:          waiting for a rotation slot since 2026-03-02T04:00:00Z (16 of max_concurrent_rotations 16 running, 984 waiting)\n"
+	if !strings.Contains(b.String(), want) {
+		t.Errorf("status text lacks %q:\n%s", want, b.String())
+	}
+	if strings.Count(b.String(), "waiting for a rotation slot") != 1 {
+		t.Errorf("only prod waits:\n%s", b.String())
+	}
+}
