@@ -424,6 +424,9 @@ func benchFleetOnce(b *testing.B, dir string, n, limit, workers int, lat time.Du
 			mount: mount, path: fmt.Sprintf("codat/t%04d", i), schedule: "0 3 1 1 *", grace: "24h"}
 	}
 	a := openBenchApp(b, writeBenchConfig(b, dir, vs.Addr, "", "", targets), map[string]string{"VAULT_TOKEN": vs.RootToken})
+	// The workers are the concurrency here: the engine's own bound
+	// (max_concurrent_rotations) is lifted to match them.
+	a.engine.SetMaxConcurrent(workers)
 	ts := a.allTargets()
 	if gate {
 		tr := &gateTransport{gate: make(chan struct{}, limit), next: http.DefaultTransport.(*http.Transport).Clone()}
