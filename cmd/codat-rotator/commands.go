@@ -90,14 +90,14 @@ func (c *opsCommand) rotateAndNotify(ctx context.Context, t rotation.Target, opt
 }
 
 // adminHandler serves the admin socket of the running daemon, whose
-// rotations go through its scheduler.
-func adminHandler(a *app, sched *rotation.Scheduler) http.Handler {
+// rotations go through its scheduler and whose reloads through reload.
+func adminHandler(a *app, sched *rotation.Scheduler, reload admin.Reload) http.Handler {
 	return admin.NewHandler(&admin.Local{
 		Engine: a.engine, Targets: a.allTargets, Next: sched.Next, Logger: a.log,
 		RotateTarget: func(_ context.Context, t rotation.Target, opts rotation.Options) (rotation.Result, error) {
 			return sched.RotateNow(t.Name, opts)
 		},
-	}, version)
+	}, reload, version)
 }
 
 // scheduledNext gives a target's next rotation from the config, for a
