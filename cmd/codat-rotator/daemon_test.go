@@ -567,6 +567,13 @@ func TestDaemonRotatesOnSchedule(t *testing.T) {
 	if v, ok := metricValue(second, "codat_rotator_halted", `target="crash"`); !ok || v != 0 {
 		t.Errorf("halted: got %v (present %v), want 0", v, ok)
 	}
+	// The alert on missed rotations and the dashboard's cap read these.
+	if v, ok := metricValue(second, "codat_rotator_schedule_interval_seconds", `target="crash"`); !ok || v != 2 {
+		t.Errorf("schedule_interval_seconds of @every 2s: got %v (present %v), want 2", v, ok)
+	}
+	if v, ok := metricValue(second, "codat_rotator_max_keys", `target="crash"`); !ok || v != DefaultMaxKeys {
+		t.Errorf("max_keys: got %v (present %v), want %d", v, ok, DefaultMaxKeys)
+	}
 
 	d.stop(t)
 	distinct := map[string]bool{}
