@@ -95,6 +95,22 @@ func (m *Metrics) WatchScheduler(wakeups func() uint64) {
 	}, func() float64 { return float64(wakeups()) }))
 }
 
+// Track starts each target's counters at zero: a series born at 1 on
+// the first failure has no earlier sample, so Prometheus's increase()
+// would not see that failure (nor an alert on it). Call it with the
+// configured targets at start and after every reload.
+func (m *Metrics) Track(targets []string) {
+	for _, t := range targets {
+		for _, result := range []string{"success", "recovered", "failed"} {
+			m.rotations.WithLabelValues(t, result)
+		}
+		m.retirements.WithLabelValues(t)
+		for _, gaveUp := range []string{"false", "true"} {
+			m.retireFailed.WithLabelValues(t, gaveUp)
+		}
+	}
+}
+
 // ObserveCodat counts a Codat API call (codat.Options.Observe).
 func (m *Metrics) ObserveCodat(x codat.Exchange) {
 	status := "error"

@@ -3,6 +3,7 @@ package metrics
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,4 +142,36 @@ func gaugeValue(t *testing.T, m *Metrics, name string, labels map[string]string)
 		}
 	}
 	return 0, false
+}
+
+// TestTrackStartsCountersAtZero: a tracked target's counters exist at 0
+// before anything happens, so the first failure is an increase.
+func TestTrackStartsCountersAtZero(t *testing.T) {
+	m := New()
+	m.Track([]string{"prod"})
+	families, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, f := range families {
+		if !strings.HasPrefix(f.GetName(), ns+"_") {
+			continue // the Go and process collectors
+		}
+		for _, mm := range f.GetMetric() {
+			if mm.GetCounter().GetValue() != 0 {
+				t.Errorf("%s %v: got %v, want 0", f.GetName(), mm.GetLabel(), mm.GetCounter().GetValue())
+			}
+		}
+		got[f.GetName()] = len(f.GetMetric())
+	}
+	for name, want := range map[string]int{ns + "_rotations_total": 3, ns + "_retired_keys_total": 1, ns + "_retire_failures_total": 2} {
+		if got[name] != want {
+			t.Errorf("%s: %d series, want %d", name, got[name], want)
+		}
+	}
+	m.ObserveRotation("prod", rotation.Result{}, errors.New("boom"), time.Second)
+	if v := counterValue(t, m, ns+"_rotations_total", map[string]string{"target": "prod", "result": "failed"}); v != 1 {
+		t.Errorf("rotations_total{failed} after a failure: got %v, want 1", v)
+	}
 }

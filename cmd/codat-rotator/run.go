@@ -131,6 +131,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 	}
 	c.m.WatchState(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next)
 	c.m.WatchScheduler(c.sched.Wakeups)
+	c.m.Track(targetNames(cfg.Targets))
 
 	var adminL net.Listener
 	if cfg.Listen.AdminSocket != "" {
@@ -360,6 +361,7 @@ func (c *runCommand) reloadConfig() (admin.ReloadReport, error) {
 	c.app.setTargetList(targets)
 	c.hooks.Set(webhooks(cfg.Targets))
 	c.cfg.Targets = cfg.Targets
+	c.m.Track(targetNames(cfg.Targets))
 	outcome = "config reloaded"
 	c.log.Info("config reloaded", "targets", len(cfg.Targets))
 	return admin.ReloadReport{Targets: c.sched.Names(), NeedRestart: restart}, nil
@@ -395,6 +397,15 @@ func (c *runCommand) Close() error {
 		c.log.Info("stopped")
 	}
 	return err
+}
+
+// targetNames lists the configured targets' names.
+func targetNames(tcs []TargetConfig) []string {
+	names := make([]string, len(tcs))
+	for i, tc := range tcs {
+		names[i] = tc.Name
+	}
+	return names
 }
 
 // schedules pairs each target with its schedule from the config.
