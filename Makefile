@@ -85,7 +85,7 @@ clean: ## remove built files (and the cached Debian root of test-systemd)
 	rm -rf $(BIN) dist build
 
 # Benchmarks print numbers; docs/benchmarks.md holds the results and how
-# to read them. They need the same Vault as the tests, take ~8 minutes
+# to read them. They need the same Vault as the tests, take ~10 minutes
 # (two of them watch idle daemons for 60s per fleet size), and never run in `make test`.
 BENCH_IDLE ?= 60s
 BENCH_FLEET ?= 1000
@@ -99,6 +99,7 @@ bench: vault ## run the benchmarks and print their numbers (docs/benchmarks.md)
 	$(GO) test -run='^$$' -bench='^BenchmarkFleet$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleFootprint$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleWakeups$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
+	$(GO) test -run='^$$' -bench='^BenchmarkRoundTrip$$' -count=10 ./codatauth/
 
 soak: vault ## run the daemon on a 1s schedule for ROTATIONS rotations (default 1000, ~17 min); fail on growth or a failure
 	$(GO) test -run='^$$' -bench='^BenchmarkSoak$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -soak.rotations=$(ROTATIONS)

@@ -25,12 +25,14 @@ var t0 = time.Date(2026, 3, 2, 3, 0, 0, 0, time.UTC)
 
 // fakeService answers with canned reports and records what it was asked.
 type fakeService struct {
-	mu      sync.Mutex
-	calls   []string
-	rotate  admin.RotateReport
-	status  admin.StatusReport
-	keys    admin.KeysReport
-	failure error // returned by every call when set
+	mu     sync.Mutex
+	calls  []string
+	rotate admin.RotateReport
+	// progress is what Rotate reports to a caller who asks for it.
+	progress []admin.Progress
+	status   admin.StatusReport
+	keys     admin.KeysReport
+	failure  error // returned by every call when set
 }
 
 func (f *fakeService) record(call string) error {
@@ -41,7 +43,14 @@ func (f *fakeService) record(call string) error {
 }
 
 func (f *fakeService) Rotate(_ context.Context, req admin.RotateRequest) (admin.RotateReport, error) {
+	progress := req.Progress
+	req.Progress = nil
 	err := f.record(fmt.Sprintf("rotate %+v", req))
+	if progress != nil && err == nil {
+		for _, p := range f.progress {
+			progress(p)
+		}
+	}
 	return f.rotate, err
 }
 
@@ -55,8 +64,14 @@ func (f *fakeService) Keys(_ context.Context, target string) (admin.KeysReport, 
 	return f.keys, err
 }
 
-func (f *fakeService) Resume(_ context.Context, target string) error {
-	return f.record("resume " + target)
+func (f *fakeService) Resume(_ context.Context, target string) (admin.ResumeReport, error) {
+	err := f.record("resume " + target)
+	halted := true
+	return admin.ResumeReport{Resumed: target, WasHalted: &halted}, err
+}
+
+func (f *fakeService) Takeover(_ context.Context, target string) (admin.TakeoverReport, error) {
+	return admin.TakeoverReport{Target: target, Owner: "state file me", Rebuilt: []admin.KeyStatus{}, Foreign: []string{}}, f.record("takeover " + target)
 }
 
 func (f *fakeService) lastCall(tb testing.TB) string {
@@ -242,8 +257,10 @@ func TestClientRoundTrip(t *testing.T) {
 		t.Errorf("keys:\ngot  %+v\nwant %+v", keys, svc.keys)
 	}
 
-	if err := c.Resume(ctx, "prod"); err != nil {
+	if rep, err := c.Resume(ctx, "prod"); err != nil {
 		t.Fatal(err)
+	} else if rep.Resumed != "prod" || rep.WasHalted == nil || !*rep.WasHalted {
+		t.Errorf("resume answered %+v, want prod, was halted", rep)
 	}
 	if got := svc.lastCall(t); got != "resume prod" {
 		t.Errorf("resume reached the service as %q", got)
@@ -302,15 +319,18 @@ func TestClientErrors(t *testing.T) {
 		"rotate": func() error { _, err := c.Rotate(ctx, admin.RotateRequest{Target: "nope"}); return err },
 		"status": func() error { _, err := c.Status(ctx); return err },
 		"keys":   func() error { _, err := c.Keys(ctx, "nope"); return err },
-		"resume": func() error { return c.Resume(ctx, "nope") },
+		"resume": func() error { _, err := c.Resume(ctx, "nope"); return err },
 	}
 	for name, call := range calls {
 		err := call()
 		if err == nil || !strings.HasPrefix(err.Error(), "daemon: ") || !strings.Contains(err.Error(), `--target "nope": no such target (configured: prod)`) {
 			t.Errorf("%s: got %v, want the daemon's error naming the target", name, err)
 		}
+		if !errors.Is(err, admin.ErrNoSuchTarget) {
+			t.Errorf("%s: %v does not match ErrNoSuchTarget: the daemon's answer and the in-process one differ", name, err)
+		}
 	}
-	if err := c.Resume(ctx, ""); err == nil || err.Error() != "daemon: resume: name one target" {
+	if _, err := c.Resume(ctx, ""); err == nil || err.Error() != "daemon: resume: name one target" {
 		t.Errorf("resume without a target: got %v", err)
 	}
 
@@ -385,6 +405,37 @@ func jsonKeys(v any, path string, out map[string]string) {
 
 // TestWireJSONIsSnakeCase: every key of every document on the socket is
 // snake_case; nothing of the engine's Go field names leaks through.
+// TestClientRotateStreamsProgress (issue 16): a rotate that asks for
+// progress gets each retry as the daemon reports it, in order, then the
+// report; an unknown target is refused before anything streams, as
+// ErrNoSuchTarget.
+func TestClientRotateStreamsProgress(t *testing.T) {
+	svc := canned()
+	svc.progress = []admin.Progress{
+		{Target: "prod", Next: 2, Attempts: 3, WaitSeconds: 30, Error: "vault unreachable"},
+		{Target: "prod", Next: 3, Attempts: 3, WaitSeconds: 60, Error: "vault unreachable"},
+	}
+	c := dial(t, serve(t, svc))
+	var got []string
+	rep, err := c.Rotate(context.Background(), admin.RotateRequest{Target: "prod", Progress: func(p admin.Progress) { got = append(got, p.String()) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"prod: attempt 2 of 3, retrying in 30s: vault unreachable", "prod: attempt 3 of 3, retrying in 1m0s: vault unreachable"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("progress lines:\ngot  %q\nwant %q", got, want)
+	}
+	if !reflect.DeepEqual(rep, svc.rotate) {
+		t.Errorf("report after the stream:\ngot  %+v\nwant %+v", rep, svc.rotate)
+	}
+	svc.failure = fmt.Errorf("--target %q: %w (configured: prod)", "nope", admin.ErrNoSuchTarget)
+	got = nil
+	_, err = c.Rotate(context.Background(), admin.RotateRequest{Target: "nope", Progress: func(p admin.Progress) { got = append(got, p.String()) }})
+	if !errors.Is(err, admin.ErrNoSuchTarget) || len(got) != 0 {
+		t.Errorf("unknown target: %v with %d progress lines, want ErrNoSuchTarget and none", err, len(got))
+	}
+}
+
 func TestWireJSONIsSnakeCase(t *testing.T) {
 	path := serve(t, canned())
 	requests := []struct{ method, target, body string }{

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"syscall"
 	"time"
 )
 
@@ -31,6 +33,9 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 		return nil, errors.New("admin socket: disabled")
 	}
 	if _, err := os.Stat(path); err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			return nil, notPermitted(path, err)
+		}
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	c := &Client{path: path, http: &http.Client{Transport: &http.Transport{
@@ -43,9 +48,27 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 	defer cancel()
 	if _, err := c.Ping(pctx); err != nil {
 		c.Close()
+		if errors.Is(err, fs.ErrPermission) {
+			return nil, notPermitted(path, err)
+		}
 		return nil, err
 	}
 	return c, nil
+}
+
+// notPermitted is a socket this user may not open: the daemon runs as
+// another user, whose socket only it and root may use. Working
+// in-process instead would only meet its state file, so it is a
+// refusal (ErrRefused) that says what to do.
+func notPermitted(path string, _ error) error {
+	owner := "the daemon's user"
+	if fi, serr := os.Stat(path); serr == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			owner = fmt.Sprintf("the daemon's user (uid %d)", st.Uid)
+		}
+	}
+	return refusedError(fmt.Sprintf("admin socket %s: %v: it accepts only %s and root; run this command as that user or with sudo",
+		path, fs.ErrPermission, owner))
 }
 
 // Ping asks the daemon who it is.
@@ -55,11 +78,37 @@ func (c *Client) Ping(ctx context.Context) (Ping, error) {
 	return p, err
 }
 
-// Rotate asks the daemon to rotate (or plan).
+// Rotate asks the daemon to rotate (or plan). With req.Progress set, it
+// asks for the answer as a stream and passes each retry on as it comes.
 func (c *Client) Rotate(ctx context.Context, req RotateRequest) (RotateReport, error) {
 	var rep RotateReport
-	err := c.call(ctx, http.MethodPost, "/v1/rotate", req, &rep)
-	return rep, err
+	if req.Progress == nil {
+		err := c.call(ctx, http.MethodPost, "/v1/rotate", req, &rep)
+		return rep, err
+	}
+	resp, err := c.send(ctx, http.MethodPost, "/v1/rotate", req, streamType)
+	if err != nil {
+		return rep, err
+	}
+	defer resp.Body.Close()
+	if resp.Header.Get("Content-Type") != streamType {
+		return rep, c.answer(resp, &rep) // refused before it ran, or an older daemon
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var l streamLine
+		if err := dec.Decode(&l); err != nil {
+			return rep, fmt.Errorf("admin socket %s: the answer ended early: %w", c.path, err)
+		}
+		switch {
+		case l.Progress != nil:
+			req.Progress(*l.Progress)
+		case l.Report != nil:
+			return *l.Report, nil
+		case l.Error != nil:
+			return rep, daemonError(*l.Error)
+		}
+	}
 }
 
 // Status asks the daemon for every target's status.
@@ -77,8 +126,17 @@ func (c *Client) Keys(ctx context.Context, target string) (KeysReport, error) {
 }
 
 // Resume asks the daemon to clear a target's halt.
-func (c *Client) Resume(ctx context.Context, target string) error {
-	return c.call(ctx, http.MethodPost, "/v1/resume", ResumeRequest{Target: target}, &ResumeReport{})
+func (c *Client) Resume(ctx context.Context, target string) (ResumeReport, error) {
+	var rep ResumeReport
+	err := c.call(ctx, http.MethodPost, "/v1/resume", ResumeRequest{Target: target}, &rep)
+	return rep, err
+}
+
+// Takeover asks the daemon to take over a target.
+func (c *Client) Takeover(ctx context.Context, target string) (TakeoverReport, error) {
+	var rep TakeoverReport
+	err := c.call(ctx, http.MethodPost, "/v1/takeover", TakeoverRequest{Target: target}, &rep)
+	return rep, err
 }
 
 // Reload asks the daemon to re-read its config file and apply it; the
@@ -98,23 +156,38 @@ func (c *Client) Close() error {
 // call sends one request; the answer decodes into out. An answer that
 // is not 200 is the daemon's error.
 func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in, "application/json")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return c.answer(resp, out)
+}
+
+// send sends one request, with in as its JSON body.
+func (c *Client) send(ctx context.Context, method, path string, in any, accept string) (*http.Response, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://codat-rotator"+path, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	req.Header.Set("Accept", accept)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("admin socket %s: %w", c.path, err)
+		return nil, fmt.Errorf("admin socket %s: %w", c.path, err)
 	}
-	defer resp.Body.Close()
+	return resp, nil
+}
+
+// answer decodes a plain answer into out, or returns the daemon's error.
+func (c *Client) answer(resp *http.Response, out any) error {
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return fmt.Errorf("admin socket %s: %w", c.path, err)
@@ -126,12 +199,28 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 			return fmt.Errorf("admin socket %s: %w", c.path, refusedError(e.Error))
 		}
 		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
-			return fmt.Errorf("daemon: %s", e.Error)
+			return daemonError(e)
 		}
 		return fmt.Errorf("daemon: %s", resp.Status)
 	}
 	return json.Unmarshal(raw, out)
 }
+
+// daemonError is the daemon's error, matching ErrNoSuchTarget when it is
+// one, so that an unknown target is the same mistake through the daemon
+// as in-process.
+func daemonError(e errorReport) error {
+	if e.Kind == kindNoSuchTarget {
+		return fmt.Errorf("daemon: %w", noSuchTargetError(e.Error))
+	}
+	return fmt.Errorf("daemon: %s", e.Error)
+}
+
+// noSuchTargetError is the daemon's ErrNoSuchTarget, in its words.
+type noSuchTargetError string
+
+func (e noSuchTargetError) Error() string        { return string(e) }
+func (e noSuchTargetError) Is(target error) bool { return target == ErrNoSuchTarget }
 
 // refusedError is the daemon's refusal of this client, in its words; it
 // is ErrRefused.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/store"
 )
 
 // Local is the Service in this process, over the engine and the state
@@ -24,6 +25,9 @@ type Local struct {
 	// RotateTarget runs one rotation; nil means Engine.Rotate. The
 	// daemon runs it through its scheduler.
 	RotateTarget func(ctx context.Context, t rotation.Target, opts rotation.Options) (rotation.Result, error)
+	// TakeoverTarget runs one takeover; nil means Engine.Takeover. The
+	// daemon runs it through its scheduler.
+	TakeoverTarget func(ctx context.Context, t rotation.Target) (rotation.Takeover, error)
 	// Logger records what an operator changed; nil discards.
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -39,6 +43,9 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 		return RotateReport{}, err
 	}
 	opts := rotation.Options{Emergency: req.Emergency, Revoke: req.Revoke, Manual: true}
+	if req.Progress != nil {
+		opts.OnRetry = func(r rotation.Retry) { req.Progress(progressOf(r)) }
+	}
 	rotate := l.RotateTarget
 	if rotate == nil {
 		rotate = l.Engine.Rotate
@@ -50,6 +57,7 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 			p, err := l.Engine.Plan(ctx, t, opts)
 			if err != nil {
 				e.Error = "cannot plan: " + err.Error()
+				e.ConfigError = errors.Is(err, rotation.ErrNoBootstrap)
 			} else {
 				e.Plan, e.Succeeded = planOf(p), true
 			}
@@ -58,6 +66,7 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 			e.Result = resultOf(res)
 			if err != nil {
 				e.Error = err.Error()
+				e.ConfigError = errors.Is(err, rotation.ErrNoBootstrap)
 			} else {
 				e.Succeeded = true
 			}
@@ -71,18 +80,35 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 func (l *Local) Status(ctx context.Context) (StatusReport, error) {
 	now := l.now()
 	rep := StatusReport{Targets: []TargetStatus{}}
-	for _, t := range l.Targets() {
-		st, err := l.Engine.Store.Load(t.Name)
-		if err != nil {
-			return rep, err
-		}
+	targets := l.Targets()
+	states, err := l.states(targets)
+	if err != nil {
+		return rep, err
+	}
+	shared := rotation.SharedClients(states)
+	for _, t := range targets {
 		var next time.Time
 		if l.Next != nil {
 			next = l.Next(t.Name)
 		}
-		rep.Targets = append(rep.Targets, targetStatusOf(t, st, next, now))
+		ts := targetStatusOf(t, states[t.Name], next, now)
+		ts.SharesClientWith = shared[t.Name]
+		rep.Targets = append(rep.Targets, ts)
 	}
 	return rep, nil
+}
+
+// states loads the state of each target.
+func (l *Local) states(targets []rotation.Target) (map[string]store.Target, error) {
+	out := make(map[string]store.Target, len(targets))
+	for _, t := range targets {
+		st, err := l.Engine.Store.Load(t.Name)
+		if err != nil {
+			return nil, err
+		}
+		out[t.Name] = st
+	}
+	return out, nil
 }
 
 // Keys lists each target's keys at Codat, marked against the state and
@@ -94,8 +120,13 @@ func (l *Local) Keys(ctx context.Context, target string) (KeysReport, error) {
 		return KeysReport{}, err
 	}
 	rep := KeysReport{Targets: []TargetKeys{}}
+	states, err := l.states(l.Targets())
+	if err != nil {
+		return rep, err
+	}
+	shared := rotation.SharedClients(states)
 	for _, t := range targets {
-		tk := TargetKeys{Name: t.Name, Keys: []KeyEntry{}}
+		tk := TargetKeys{Name: t.Name, Keys: []KeyEntry{}, SharesClientWith: shared[t.Name], MaxKeys: t.MaxKeys, ReserveSlots: t.ReserveSlots}
 		if keys, err := l.keys(ctx, t); err != nil {
 			tk.Error = err.Error()
 		} else {
@@ -112,7 +143,7 @@ func (l *Local) keys(ctx context.Context, t rotation.Target) ([]KeyEntry, error)
 		return nil, err
 	}
 	if cur.Secret == nil {
-		return nil, fmt.Errorf("%s holds no secret yet: nothing to list the keys with", t.Vault)
+		return nil, fmt.Errorf("%s holds no secret yet, so there is no key to list Codat's keys with: the first rotation publishes the bootstrap key (`codat-rotator rotate --target %s`, or start the daemon)", t.Vault, t.Name)
 	}
 	listing, err := l.Engine.Codat(t.Name, cur.Secret.APIKey).List(ctx)
 	if err != nil {
@@ -122,25 +153,53 @@ func (l *Local) keys(ctx context.Context, t rotation.Target) ([]KeyEntry, error)
 	if err != nil {
 		return nil, err
 	}
-	return keyEntriesOf(rotation.ClassifyKeys(t, st, listing, cur.Secret)), nil
+	return keyEntriesOf(rotation.ClassifyKeys(t, st, listing, cur)), nil
 }
 
-// Resume clears the halt of the named target.
-func (l *Local) Resume(ctx context.Context, target string) error {
+// Resume clears the halt of the named target, and says whether there
+// was one.
+func (l *Local) Resume(ctx context.Context, target string) (ResumeReport, error) {
 	if target == "" {
-		return errors.New("resume: name one target")
+		return ResumeReport{}, errors.New("resume: name one target")
 	}
 	targets, err := l.selectTargets(target)
 	if err != nil {
-		return err
+		return ResumeReport{}, err
+	}
+	st, err := l.Engine.Store.Load(target)
+	if err != nil {
+		return ResumeReport{}, err
 	}
 	if err := l.Engine.Resume(targets[0]); err != nil {
-		return err
+		return ResumeReport{}, err
 	}
-	if l.Logger != nil {
+	if l.Logger != nil && st.Halted {
 		l.Logger.Info("target resumed by an operator", "target", target)
 	}
-	return nil
+	return ResumeReport{Resumed: target, WasHalted: &st.Halted}, nil
+}
+
+// Takeover makes this state file the owner of the named target.
+func (l *Local) Takeover(ctx context.Context, target string) (TakeoverReport, error) {
+	if target == "" {
+		return TakeoverReport{}, errors.New("takeover: name one target")
+	}
+	targets, err := l.selectTargets(target)
+	if err != nil {
+		return TakeoverReport{}, err
+	}
+	do := l.TakeoverTarget
+	if do == nil {
+		do = l.Engine.Takeover
+	}
+	tk, err := do(ctx, targets[0])
+	if err != nil {
+		return TakeoverReport{}, err
+	}
+	if l.Logger != nil {
+		l.Logger.Warn("target taken over by an operator", "target", target, "previous_owner", tk.Previous.String(), "rebuilt", len(tk.Rebuilt), "foreign", len(tk.Foreign))
+	}
+	return takeoverOf(tk, l.Engine.Owner), nil
 }
 
 // selectTargets returns the named target, or every target when name is

@@ -34,6 +34,12 @@ func (v fakeVault) Read(_ context.Context, loc rotation.Location) (rotation.Curr
 func (v fakeVault) Write(context.Context, rotation.Location, rotation.Published, int, map[string]string) (int, error) {
 	return 0, errors.New("fake vault: read-only")
 }
+func (v fakeVault) History(context.Context, rotation.Location) ([]rotation.Current, error) {
+	return nil, errors.New("fake vault: no history")
+}
+func (v fakeVault) SetMetadata(context.Context, rotation.Location, map[string]string) error {
+	return errors.New("fake vault: read-only")
+}
 
 // fakeCodat lists keys and changes nothing.
 type fakeCodat struct{ keys []rotation.Key }
@@ -127,7 +133,7 @@ func TestLocalKeys(t *testing.T) {
 	if want := "k1/adopted/retiring/- k2/managed/active/served p1/foreign//-"; strings.Join(got, " ") != want {
 		t.Errorf("prod keys: got %s, want %s", strings.Join(got, " "), want)
 	}
-	if d := rep.Targets[1]; d.Error != "secret/codat/dev holds no secret yet: nothing to list the keys with" || d.Keys == nil {
+	if d := rep.Targets[1]; !strings.HasPrefix(d.Error, "secret/codat/dev holds no secret yet, so there is no key to list Codat's keys with: the first rotation publishes the bootstrap key") || d.Keys == nil {
 		t.Errorf("dev: got %+v, want the error and an empty list", d)
 	}
 	if got, want := rep.Failed(), []string{"dev"}; len(got) != 1 || got[0] != want[0] {
@@ -150,20 +156,28 @@ func TestLocalUnknownTarget(t *testing.T) {
 	ctx := context.Background()
 	_, kerr := l.Keys(ctx, "nope")
 	_, rerr := l.Rotate(ctx, admin.RotateRequest{Target: "nope"})
-	for name, err := range map[string]error{"keys": kerr, "rotate": rerr, "resume": l.Resume(ctx, "nope")} {
+	for name, err := range map[string]error{"keys": kerr, "rotate": rerr, "resume": resumeErr(l.Resume(ctx, "nope"))} {
 		if !errors.Is(err, admin.ErrNoSuchTarget) || err.Error() != `--target "nope": no such target (configured: prod, dev)` {
 			t.Errorf("%s: got %v, want ErrNoSuchTarget naming the configured targets", name, err)
 		}
 	}
-	if err := l.Resume(ctx, ""); err == nil {
+	if _, err := l.Resume(ctx, ""); err == nil {
 		t.Error("resume without a target: no error")
 	}
 }
 
+func resumeErr(_ admin.ResumeReport, err error) error { return err }
+
+// TestLocalResume: resume clears a halt and says so; resuming a target
+// that is not halted says that instead (issue 16), and logs nothing.
 func TestLocalResume(t *testing.T) {
 	l, db, logs := newLocal(t)
-	if err := l.Resume(context.Background(), "prod"); err != nil {
+	rep, err := l.Resume(context.Background(), "prod")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if rep.WasHalted == nil || !*rep.WasHalted {
+		t.Errorf("resume of a halted target answered %+v, want was_halted true", rep)
 	}
 	st, err := db.Load("prod")
 	if err != nil {
@@ -174,6 +188,17 @@ func TestLocalResume(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `msg="target resumed by an operator" target=prod`) {
 		t.Errorf("resume not logged:\n%s", logs)
+	}
+	logs.Reset()
+	rep, err = l.Resume(context.Background(), "prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.WasHalted == nil || *rep.WasHalted {
+		t.Errorf("resume of a target no longer halted answered %+v, want was_halted false", rep)
+	}
+	if logs.Len() != 0 {
+		t.Errorf("resuming a target that is not halted logged:\n%s", logs)
 	}
 }
 

@@ -65,12 +65,12 @@ func requirePeer(h http.Handler, log *slog.Logger, self uint32) http.Handler {
 		switch {
 		case res.err != nil:
 			log.Error("admin socket: refused a peer whose credentials cannot be read", "error", res.err)
-			write(w, http.StatusForbidden, errorReport{"refused: the daemon cannot tell who is connecting: " + res.err.Error()})
+			write(w, http.StatusForbidden, errorReport{Error: "refused: the daemon cannot tell who is connecting: " + res.err.Error()})
 			return
 		case res.peer.UID != self && res.peer.UID != 0:
 			log.Warn("admin socket: refused a peer of another user",
 				"peer_uid", res.peer.UID, "peer_gid", res.peer.GID, "peer_pid", res.peer.PID, "allowed_uid", self)
-			write(w, http.StatusForbidden, errorReport{refusal(self)})
+			write(w, http.StatusForbidden, errorReport{Error: refusal(self)})
 			return
 		}
 		h.ServeHTTP(w, r)

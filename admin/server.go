@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -42,10 +44,19 @@ func NewHandler(svc Service, reload Reload, version string) http.Handler {
 	mux.HandleFunc("POST /v1/rotate", func(w http.ResponseWriter, r *http.Request) {
 		var req RotateRequest
 		if err := decode(r, &req); err != nil {
-			write(w, http.StatusBadRequest, errorReport{err.Error()})
+			write(w, http.StatusBadRequest, errorReport{Error: err.Error()})
 			return
 		}
+		var st *stream
+		if strings.Contains(r.Header.Get("Accept"), streamType) {
+			st = &stream{w: w}
+			req.Progress = st.progress
+		}
 		rep, err := svc.Rotate(r.Context(), req)
+		if st != nil {
+			st.finish(rep, err)
+			return
+		}
 		if err != nil {
 			writeError(w, err)
 			return
@@ -55,25 +66,40 @@ func NewHandler(svc Service, reload Reload, version string) http.Handler {
 	mux.HandleFunc("POST /v1/resume", func(w http.ResponseWriter, r *http.Request) {
 		var req ResumeRequest
 		if err := decode(r, &req); err != nil {
-			write(w, http.StatusBadRequest, errorReport{err.Error()})
+			write(w, http.StatusBadRequest, errorReport{Error: err.Error()})
 			return
 		}
 		if req.Target == "" {
-			write(w, http.StatusBadRequest, errorReport{"resume: name one target"})
+			write(w, http.StatusBadRequest, errorReport{Error: "resume: name one target"})
 			return
 		}
-		if err := svc.Resume(r.Context(), req.Target); err != nil {
-			if errors.Is(err, ErrNoSuchTarget) {
-				err = fmt.Errorf("resume: name one target: %w", err)
-			}
+		rep, err := svc.Resume(r.Context(), req.Target)
+		if err != nil {
 			writeError(w, err)
 			return
 		}
-		write(w, http.StatusOK, ResumeReport{Resumed: req.Target})
+		write(w, http.StatusOK, rep)
+	})
+	mux.HandleFunc("POST /v1/takeover", func(w http.ResponseWriter, r *http.Request) {
+		var req TakeoverRequest
+		if err := decode(r, &req); err != nil {
+			write(w, http.StatusBadRequest, errorReport{Error: err.Error()})
+			return
+		}
+		if req.Target == "" {
+			write(w, http.StatusBadRequest, errorReport{Error: "takeover: name one target"})
+			return
+		}
+		rep, err := svc.Takeover(r.Context(), req.Target)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		write(w, http.StatusOK, rep)
 	})
 	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
 		if reload == nil {
-			write(w, http.StatusNotImplemented, errorReport{"this server cannot reload a config"})
+			write(w, http.StatusNotImplemented, errorReport{Error: "this server cannot reload a config"})
 			return
 		}
 		rep, err := reload(r.Context())
@@ -104,11 +130,67 @@ func write(w http.ResponseWriter, status int, v any) {
 // writeError answers 400 for a request naming no configured target, 500
 // for anything else.
 func writeError(w http.ResponseWriter, err error) {
-	status := http.StatusInternalServerError
-	if errors.Is(err, ErrNoSuchTarget) {
+	status, rep := http.StatusInternalServerError, reportOf(err)
+	if rep.Kind == kindNoSuchTarget {
 		status = http.StatusBadRequest
 	}
-	write(w, status, errorReport{err.Error()})
+	write(w, status, rep)
+}
+
+func reportOf(err error) errorReport {
+	rep := errorReport{Error: err.Error()}
+	if errors.Is(err, ErrNoSuchTarget) {
+		rep.Kind = kindNoSuchTarget
+	}
+	return rep
+}
+
+// stream answers a rotation as lines (streamType): each retry as it
+// happens, then the report. Nothing is committed before the first line,
+// so a request refused before anything ran (an unknown target) keeps its
+// plain answer and status.
+type stream struct {
+	mu      sync.Mutex
+	w       http.ResponseWriter
+	started bool
+	done    bool
+}
+
+func (s *stream) line(l streamLine) {
+	if !s.started {
+		s.w.Header().Set("Content-Type", streamType)
+		s.w.WriteHeader(http.StatusOK)
+		s.started = true
+	}
+	_ = json.NewEncoder(s.w).Encode(l)
+	_ = http.NewResponseController(s.w).Flush()
+}
+
+// progress sends a retry; it may come from the goroutine that runs the
+// rotation, never after finish.
+func (s *stream) progress(p Progress) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.done {
+		s.line(streamLine{Progress: &p})
+	}
+}
+
+func (s *stream) finish(rep RotateReport, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.done = true
+	switch {
+	case !s.started && err != nil:
+		writeError(s.w, err)
+	case !s.started:
+		write(s.w, http.StatusOK, rep)
+	case err != nil:
+		e := reportOf(err)
+		s.line(streamLine{Error: &e})
+	default:
+		s.line(streamLine{Report: &rep})
+	}
 }
 
 // Listen listens on the unix socket at path with mode 0600. A stale

@@ -26,8 +26,12 @@ type Service interface {
 	// Keys lists the keys at Codat of one target, or of every target
 	// when target is empty.
 	Keys(ctx context.Context, target string) (KeysReport, error)
-	// Resume clears the halt of one target.
-	Resume(ctx context.Context, target string) error
+	// Resume clears the halt of one target; the report says whether it
+	// was halted.
+	Resume(ctx context.Context, target string) (ResumeReport, error)
+	// Takeover makes this daemon's state file the owner of one target
+	// and rebuilds its state from Vault's history and Codat's keys.
+	Takeover(ctx context.Context, target string) (TakeoverReport, error)
 }
 
 // Reload asks the running daemon to re-read its config file and apply

@@ -3,6 +3,7 @@ package admin
 import (
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -16,6 +17,8 @@ func (r StatusReport) WriteText(w io.Writer) {
 		}
 		state := "ok"
 		switch {
+		case t.Blocked != "":
+			state = "BLOCKED since " + fmtTime(t.BlockedSince) + ": " + t.Blocked
 		case t.Halted:
 			state = "HALTED: " + t.HaltReason + " (run `codat-rotator resume --target " + t.Name + "`)"
 		case t.Journal != nil:
@@ -33,16 +36,36 @@ func (r StatusReport) WriteText(w io.Writer) {
 		for _, k := range t.Retiring {
 			fmt.Fprintf(w, "  retiring:       %s  %s  deleted after %s\n", k.ID, k.Name, fmtTime(k.DeleteAfter))
 		}
-		fmt.Fprintf(w, "  next rotation:  %s\n", fmtTime(t.NextRotation))
+		next := fmtTime(t.NextRotation)
+		switch {
+		case !r.Daemon:
+			next = "none: no daemon is running (the daemon plans it when it starts)"
+		case t.Halted:
+			next += " (skipped while halted)"
+		}
+		fmt.Fprintf(w, "  next rotation:  %s\n", next)
 		fmt.Fprintf(w, "  last success:   %s\n", fmtTime(t.LastSuccess))
 		fmt.Fprintf(w, "  keys:           %d of %d used (%d reserved for emergencies)\n", t.KeysUsed, t.MaxKeys, t.ReserveSlots)
+		if len(t.SharesClientWith) > 0 {
+			fmt.Fprintf(w, "  shared client:  %s\n", SharedClientText(t.SharesClientWith, t.MaxKeys, t.ReserveSlots))
+		}
 	}
+}
+
+// SharedClientText says what sharing a Codat client with others means
+// for the cap.
+func SharedClientText(others []string, maxKeys, reserve int) string {
+	return fmt.Sprintf("the Codat client is shared with %s: their keys count as foreign toward the one cap of %d, and routine rotations of all of them together keep %d slot(s) free for an emergency",
+		strings.Join(others, ", "), maxKeys, reserve)
 }
 
 // WriteText prints each target's keys, or why they could not be listed.
 func (r KeysReport) WriteText(w io.Writer) {
 	for _, t := range r.Targets {
 		fmt.Fprintf(w, "%s\n", t.Name)
+		if len(t.SharesClientWith) > 0 {
+			fmt.Fprintf(w, "  note: %s\n", SharedClientText(t.SharesClientWith, t.MaxKeys, t.ReserveSlots))
+		}
 		if t.Error != "" {
 			fmt.Fprintf(w, "  error: %s\n", t.Error)
 			continue
@@ -54,6 +77,27 @@ func (r KeysReport) WriteText(w io.Writer) {
 			}
 			fmt.Fprintf(w, "  %-36s  %-8s  %-9s %-40s %s%s\n", k.ID, k.Marking, k.State, k.Name, fmtTime(k.Created), served)
 		}
+	}
+}
+
+// WriteText prints what a takeover found and did.
+func (r TakeoverReport) WriteText(w io.Writer) {
+	prev := r.PreviousOwner
+	if prev == "" {
+		prev = "no recorded owner"
+	}
+	fmt.Fprintf(w, "%s: taken over from %s; now owned by %s\n", r.Target, prev, r.Owner)
+	fmt.Fprintf(w, "  read %d version(s) of the secret\n", r.Versions)
+	for _, k := range r.Rebuilt {
+		switch {
+		case k.DeleteAfter != nil:
+			fmt.Fprintf(w, "  took on %s  %s  retires after %s\n", k.ID, k.Name, fmtTime(k.DeleteAfter))
+		default:
+			fmt.Fprintf(w, "  took on %s  %s  (served by vault)\n", k.ID, k.Name)
+		}
+	}
+	if len(r.Foreign) > 0 {
+		fmt.Fprintf(w, "  left as foreign (not attributable to this target): %s\n", strings.Join(r.Foreign, ", "))
 	}
 }
 
@@ -82,6 +126,16 @@ func (r RotateReport) WriteText(w io.Writer) {
 			res.writeText(w, e.Target, e.Vault, e.Error)
 		}
 	}
+}
+
+// ConfigError reports whether a target failed on its configuration.
+func (r RotateReport) ConfigError() bool {
+	for _, e := range r.Results {
+		if e.ConfigError {
+			return true
+		}
+	}
+	return false
 }
 
 // Failed names the targets whose rotation (or plan) failed.

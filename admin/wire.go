@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/rotation"
@@ -19,6 +20,44 @@ type RotateRequest struct {
 	Revoke    string `json:"revoke,omitempty"`
 	// DryRun plans and changes nothing.
 	DryRun bool `json:"dry_run,omitempty"`
+	// Progress, when set, hears of each retry while a rotation runs. On
+	// the socket the client asks for it, and the daemon answers with a
+	// stream of lines (streamType): progress, then the report.
+	Progress func(Progress) `json:"-"`
+}
+
+// Progress is news of a rotation in flight: an attempt failed and
+// another follows.
+type Progress struct {
+	Target string `json:"target"`
+	// Next is the attempt that follows, of Attempts, in WaitSeconds.
+	Next        int     `json:"next_attempt"`
+	Attempts    int     `json:"attempts"`
+	WaitSeconds float64 `json:"wait_seconds"`
+	// Error is why the attempt before Next failed.
+	Error string `json:"error"`
+}
+
+// String is the line a person reads while waiting.
+func (p Progress) String() string {
+	wait := time.Duration(p.WaitSeconds * float64(time.Second)).Round(time.Second)
+	return fmt.Sprintf("%s: attempt %d of %d, retrying in %s: %s", p.Target, p.Next, p.Attempts, wait, p.Error)
+}
+
+func progressOf(r rotation.Retry) Progress {
+	return Progress{Target: r.Target, Next: r.Next, Attempts: r.Attempts, WaitSeconds: r.Wait.Seconds(), Error: r.Err.Error()}
+}
+
+// streamType is the media type of a rotation answered as a stream: one
+// JSON streamLine per line.
+const streamType = "application/x-ndjson"
+
+// streamLine is one line of a streamed rotation: progress, then either
+// the report or the error that ended the request.
+type streamLine struct {
+	Progress *Progress     `json:"progress,omitempty"`
+	Report   *RotateReport `json:"report,omitempty"`
+	Error    *errorReport  `json:"error,omitempty"`
 }
 
 // RotateReport is the answer to a rotate: one entry per target.
@@ -34,6 +73,10 @@ type RotateEntry struct {
 	Error     string          `json:"error,omitempty"`
 	Result    *RotationResult `json:"result,omitempty"`
 	Plan      *RotationPlan   `json:"plan,omitempty"`
+	// ConfigError: the failure is in the configuration (no bootstrap key
+	// while Vault holds none), for the operator to fix; the command
+	// exits 2.
+	ConfigError bool `json:"config_error,omitempty"`
 }
 
 // RotationResult is what a rotation did.
@@ -118,6 +161,13 @@ type TargetStatus struct {
 	Halted       bool        `json:"halted"`
 	HaltReason   string      `json:"halt_reason,omitempty"`
 	Journal      *Journal    `json:"rotation_in_flight,omitempty"`
+	// Blocked says which other state file owns the target's secret: the
+	// target rotates nothing until a takeover.
+	Blocked      string     `json:"blocked,omitempty"`
+	BlockedSince *time.Time `json:"blocked_since,omitempty"`
+	// SharesClientWith names the targets on the same Codat client, as
+	// the keys recorded for each show.
+	SharesClientWith []string `json:"shares_client_with,omitempty"`
 }
 
 // KeyStatus is the current or a retiring key in a TargetStatus.
@@ -142,6 +192,11 @@ type TargetKeys struct {
 	Name  string     `json:"name"`
 	Keys  []KeyEntry `json:"keys"`
 	Error string     `json:"error,omitempty"`
+	// SharesClientWith names the targets on the same Codat client: their
+	// keys are among these, marked foreign.
+	SharesClientWith []string `json:"shares_client_with,omitempty"`
+	MaxKeys          int      `json:"max_keys,omitempty"`
+	ReserveSlots     int      `json:"reserve_slots,omitempty"`
 }
 
 // KeyEntry is one key at Codat.
@@ -165,6 +220,25 @@ type ResumeRequest struct {
 // ResumeReport is its answer.
 type ResumeReport struct {
 	Resumed string `json:"resumed"`
+	// WasHalted says whether the target was halted; nil from a daemon
+	// older than the field.
+	WasHalted *bool `json:"was_halted,omitempty"`
+}
+
+// TakeoverRequest is POST /v1/takeover.
+type TakeoverRequest struct {
+	Target string `json:"target"`
+}
+
+// TakeoverReport is its answer: whom the target was taken from, and
+// the keys the state took on.
+type TakeoverReport struct {
+	Target        string      `json:"target"`
+	PreviousOwner string      `json:"previous_owner,omitempty"`
+	Owner         string      `json:"owner"`
+	Versions      int         `json:"versions_read"`
+	Rebuilt       []KeyStatus `json:"rebuilt"`
+	Foreign       []string    `json:"foreign"`
 }
 
 // ReloadReport is the answer to POST /v1/reload: the config the daemon
@@ -186,7 +260,12 @@ type Ping struct {
 // errorReport is the body of every answer that is not 200.
 type errorReport struct {
 	Error string `json:"error"`
+	// Kind names an error the client matches: kindNoSuchTarget.
+	Kind string `json:"kind,omitempty"`
 }
+
+// kindNoSuchTarget marks an errorReport of ErrNoSuchTarget.
+const kindNoSuchTarget = "no_such_target"
 
 func timePtr(t time.Time) *time.Time {
 	if t.IsZero() {
@@ -247,6 +326,7 @@ func targetStatusOf(t rotation.Target, st store.Target, next, now time.Time) Tar
 		LastSuccess: timePtr(st.LastSuccess), LastAttempt: timePtr(st.LastAttempt),
 		KeysUsed: st.CodatKeys, MaxKeys: t.MaxKeys, ReserveSlots: t.ReserveSlots,
 		Halted: st.Halted, HaltReason: st.HaltReason, Journal: journalOf(st.Journal),
+		Blocked: st.Blocked, BlockedSince: timePtr(st.BlockedAt),
 	}
 	if s.Current != nil {
 		k := keyStatusOf(*s.Current)
@@ -257,6 +337,18 @@ func targetStatusOf(t rotation.Target, st store.Target, next, now time.Time) Tar
 		ts.Retiring = append(ts.Retiring, keyStatusOf(k))
 	}
 	return ts
+}
+
+func takeoverOf(tk rotation.Takeover, owner rotation.Owner) TakeoverReport {
+	rep := TakeoverReport{Target: tk.Target, Owner: rotation.Claim{ID: owner.ID, Host: owner.Host}.String(), Versions: tk.Versions,
+		Rebuilt: make([]KeyStatus, 0, len(tk.Rebuilt)), Foreign: append([]string{}, tk.Foreign...)}
+	if tk.Previous.ID != "" {
+		rep.PreviousOwner = tk.Previous.String()
+	}
+	for _, k := range tk.Rebuilt {
+		rep.Rebuilt = append(rep.Rebuilt, keyStatusOf(k))
+	}
+	return rep
 }
 
 func keyEntriesOf(cs []rotation.ClassifiedKey) []KeyEntry {

@@ -126,7 +126,7 @@ type OutcomeUnknownError struct {
 }
 
 func (e *OutcomeUnknownError) Error() string {
-	return fmt.Sprintf("create key %q: outcome unknown, the request may have reached codat (look the key up by name, do not create again): %v", e.Name, e.Err)
+	return fmt.Sprintf("create key %q: no usable answer from codat, which may have made the key: %v", e.Name, e.Err)
 }
 
 // Unwrap exposes the cause.

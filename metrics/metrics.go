@@ -159,7 +159,7 @@ type stateCollector struct {
 	targets func() []rotation.Target
 	next    func(target string) time.Time
 
-	lastSuccess, nextRotation, keys, maxKeys, freeSlots, halted, journal, interval *prometheus.Desc
+	lastSuccess, nextRotation, keys, maxKeys, freeSlots, halted, blocked, journal, interval *prometheus.Desc
 }
 
 func newStateCollector(load func(string) (store.Target, error), targets func() []rotation.Target, next func(string) time.Time) *stateCollector {
@@ -174,13 +174,14 @@ func newStateCollector(load func(string) (store.Target, error), targets func() [
 		maxKeys:      d("max_keys", "Codat's key cap for the target (max_keys): every key at Codat counts against it."),
 		freeSlots:    d("free_slots", "Codat key slots left for routine rotations (max_keys - reserve_slots - keys held)."),
 		halted:       d("halted", "1 when the target is halted and waits for `codat-rotator resume`."),
+		blocked:      d("blocked", "1 when another codat-rotator's state file owns the target: it rotates nothing until `codat-rotator takeover`."),
 		journal:      d("rotation_in_flight", "1 while a rotation's journal is open (a crash left one if it stays)."),
 		interval:     d("schedule_interval_seconds", "Shortest time between two scheduled rotations: no success for twice this means runs were missed."),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.lastSuccess, c.nextRotation, c.keys, c.maxKeys, c.freeSlots, c.halted, c.journal, c.interval} {
+	for _, d := range []*prometheus.Desc{c.lastSuccess, c.nextRotation, c.keys, c.maxKeys, c.freeSlots, c.halted, c.blocked, c.journal, c.interval} {
 		ch <- d
 	}
 }
@@ -215,6 +216,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		held := st.CodatKeys
 		ch <- prometheus.MustNewConstMetric(c.freeSlots, prometheus.GaugeValue, float64(max(t.MaxKeys-t.ReserveSlots-held, 0)), t.Name)
 		ch <- prometheus.MustNewConstMetric(c.halted, prometheus.GaugeValue, b2f(st.Halted), t.Name)
+		ch <- prometheus.MustNewConstMetric(c.blocked, prometheus.GaugeValue, b2f(st.Blocked != ""), t.Name)
 		ch <- prometheus.MustNewConstMetric(c.journal, prometheus.GaugeValue, b2f(st.Journal != nil), t.Name)
 	}
 }

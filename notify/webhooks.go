@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,6 +28,9 @@ const (
 	EventHalt     = "halt"
 	EventLowSlots = "low_slots"
 	EventSuccess  = "success"
+	// EventBlocked: another state file owns the target; sent once, when
+	// a rotation first finds it so.
+	EventBlocked = "blocked"
 )
 
 // Hook is one webhook of a target.
@@ -97,7 +101,15 @@ func (w *Webhooks) Rotated(t rotation.Target, st store.Target, res rotation.Resu
 	base := Event{Target: t.Name, Time: time.Now().UTC(), RotationID: res.RotationID, NewKeyID: res.NewKey.ID,
 		KeysUsed: st.CodatKeys, MaxKeys: t.MaxKeys, FreeSlots: t.MaxKeys - st.CodatKeys, Halted: st.Halted}
 	var events []Event
-	if err != nil {
+	switch {
+	case errors.Is(err, rotation.ErrNotOwner):
+		if st.BlockedAt.Equal(st.LastAttempt) { // newly blocked
+			e := base
+			e.Event, e.Error = EventBlocked, err.Error()
+			e.Message = fmt.Sprintf("codat-rotator: %s is BLOCKED: it rotates nothing while another codat-rotator owns it: %v", t.Name, err)
+			events = append(events, e)
+		}
+	case err != nil:
 		e := base
 		e.Event, e.Error = EventFailure, err.Error()
 		e.Message = fmt.Sprintf("codat-rotator: rotation of %s failed: %v", t.Name, err)
@@ -108,7 +120,7 @@ func (w *Webhooks) Rotated(t rotation.Target, st store.Target, res rotation.Resu
 			e.Message = fmt.Sprintf("codat-rotator: %s is HALTED and rotates no more until `codat-rotator resume --target %s`: %s", t.Name, t.Name, st.HaltReason)
 			events = append(events, e)
 		}
-	} else {
+	default:
 		e := base
 		e.Event = EventSuccess
 		e.Message = fmt.Sprintf("codat-rotator: %s rotated: key %s published to %s", t.Name, res.NewKey.ID, t.Vault)

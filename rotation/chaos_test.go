@@ -160,6 +160,17 @@ const (
 	stepOperator  = "operator-publish"
 	stepRollback  = "operator-rollback"
 	stepReload    = "reload"
+	// A second target on the same Codat client, rotated alone or at the
+	// same moment as the first.
+	stepSibling    = "sibling-rotate"
+	stepConcurrent = "concurrent-rotate"
+	// A second daemon with its own state file tries the target; the
+	// target moves to it (a migration); the state file is lost; the
+	// state file is snapshotted, then restored from that backup.
+	stepInstance  = "second-instance"
+	stepMigrate   = "migrate"
+	stepStateLoss = "state-loss"
+	stepRestore   = "state-restore"
 )
 
 // chaosRun is one schedule.
@@ -207,6 +218,25 @@ type chaosRun struct {
 	graces        []chaosGrace         // the target's grace over time (reloads)
 	step          int
 	stepDesc      string
+
+	// The world beyond one target and one state file.
+	sib         *chaosSibling   // a second target on the same Codat client, in some schedules
+	otherDB     *store.DB       // a second instance's state file, its own identity
+	otherPath   string          // where it lives
+	snapshot    []byte          // a copy of the state file, to restore as from a backup
+	recoverable map[string]bool // keys the last takeover could attribute to the target
+	nevents     int             // emulator events already attributed
+	initial     string          // the emulator's initial key: the target's bootstrap key
+}
+
+// chaosSibling is a second target on the same Codat client: another
+// application's key, published to its own path, rotated by the same
+// daemon. It starts from a key made in the Portal.
+type chaosSibling struct {
+	target   rotation.Target
+	path     string
+	bootID   string
+	versions []chaosVersion
 }
 
 type chaosVersion struct {
@@ -325,6 +355,21 @@ func (s *chaosRun) setup() error {
 		Bootstrap:    func() (codat.Secret, error) { return codat.Secret(emu.InitialKey()), nil },
 		NextRotation: func(t time.Time) time.Time { return t.Add(7 * 24 * time.Hour) },
 	}
+	if s.rng.IntN(3) == 0 {
+		// Another application's target on the same Codat client.
+		id, raw, err := emu.AddPortalKey("given to the second application")
+		if err != nil {
+			return err
+		}
+		s.raw.add(raw)
+		s.adopted[id] = true // published by its own target, not a person's spare
+		sib := &chaosSibling{target: s.target, path: s.path + "-b", bootID: id}
+		sib.target.Name, sib.target.Vault.Path = chaosTarget+"-b", sib.path
+		sib.target.Bootstrap = func() (codat.Secret, error) { return codat.Secret(raw), nil }
+		s.sib = sib
+		s.stats["shared-client"]++
+	}
+	s.otherPath = filepath.Join(s.sh.dir, fmt.Sprintf("s%d-other.db", s.seed))
 	return nil
 }
 
@@ -353,6 +398,13 @@ func (s *chaosRun) teardown() {
 	if s.db != nil {
 		_ = s.db.Close()
 	}
+	if s.otherDB != nil {
+		_ = s.otherDB.Close()
+	}
+	_ = os.Remove(s.otherPath)
+	if s.sib != nil {
+		_ = s.sh.root.KVv2(s.sh.mount).DeleteMetadata(context.Background(), s.sib.path)
+	}
 	if s.emu != nil {
 		s.emu.Close()
 	}
@@ -372,9 +424,17 @@ func (s *chaosRun) teardown() {
 // newEngine is a freshly started process on the state file; with c set,
 // its Codat clients and Vault crash on cue.
 func (s *chaosRun) newEngine(c *crasher) *rotation.Engine {
+	return s.engineOn(s.db, c)
+}
+
+// engineOn is a process on the state file db, which owns what db's
+// identity owns.
+func (s *chaosRun) engineOn(db *store.DB, c *crasher) *rotation.Engine {
 	sleeps := &sleepRecorder{}
+	id, _ := db.Identity()
 	eng := &rotation.Engine{
-		Store:  s.db,
+		Owner:  rotation.Owner{ID: id, Host: "chaos"},
+		Store:  db,
 		Vault:  adapt.Vault(s.vault),
 		Codat:  func(_ string, key codat.Secret) rotation.Codat { return adapt.Codat(s.client.WithKey(key)) },
 		Logger: slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -465,9 +525,38 @@ func (s *chaosRun) run() {
 	default:
 		s.violate("a clean manual rotation after the chaos failed: %v", err)
 	}
+	if s.sib != nil {
+		sres, serr := s.newEngine(nil).Rotate(context.Background(), s.sib.target, rotation.Options{Manual: true})
+		s.record(sres, serr)
+		s.note("  %s: err=%v", s.sib.target.Name, serr)
+		if serr != nil && !errors.Is(serr, rotation.ErrNoRoom) && !(len(s.sib.versions) == 0 && s.omitRaw) {
+			s.violate("a clean manual rotation of %s after the chaos failed: %v", s.sib.target.Name, serr)
+		}
+	}
 	s.stepEnd()
 	s.check(err == nil, false)
+	if err == nil || errors.Is(err, rotation.ErrNoRoom) {
+		s.checkNothingForeign()
+	}
 	s.checkSecrets()
+}
+
+// checkNothingForeign: after the final rotation, no key the target made,
+// nor one a takeover could attribute to it, is left foreign in its state.
+func (s *chaosRun) checkNothingForeign() {
+	st, err := s.db.Load(chaosTarget)
+	if err != nil {
+		s.violations = append(s.violations, "harness: load state: "+err.Error())
+		return
+	}
+	for _, k := range s.emu.Keys() {
+		if k.Deleted != nil || !(s.recoverable[k.ID] || rotation.NamesOf(s.target).Own(k.Name)) {
+			continue
+		}
+		if rec := st.Key(k.ID); rec == nil || !rec.Origin.Managed() {
+			s.violate("key %s (%q) is the target's, yet its state holds it as %+v", k.ID, k.Name, rec)
+		}
+	}
 }
 
 // runStep draws and runs one step, then checks. It returns false when
@@ -475,8 +564,13 @@ func (s *chaosRun) run() {
 func (s *chaosRun) runStep() bool {
 	ctx := context.Background()
 	r := s.rng
-	kind := chaosPick(r, []string{stepRotate, stepEmergency, stepRetire, stepJump, stepPortalAdd, stepPortalDel, stepResume, stepOperator, stepRollback, stepReload},
-		[]int{30, 9, 14, 20, 10, 7, 4, 5, 4, 4})
+	sibW := 0
+	if s.sib != nil {
+		sibW = 1
+	}
+	kind := chaosPick(r, []string{stepRotate, stepEmergency, stepRetire, stepJump, stepPortalAdd, stepPortalDel, stepResume, stepOperator, stepRollback, stepReload,
+		stepSibling, stepConcurrent, stepInstance, stepMigrate, stepStateLoss, stepRestore},
+		[]int{30, 9, 14, 20, 10, 7, 4, 5, 4, 4, 14 * sibW, 6 * sibW, 4, 2, 3, 6})
 	s.stepDesc = kind
 	s.stats["step:"+kind]++
 	switch kind {
@@ -596,6 +690,10 @@ func (s *chaosRun) runStep() bool {
 		g := []time.Duration{grace, grace / 2, grace * 3 / 2}[r.IntN(3)]
 		s.target.Grace = g
 		s.target.ReserveSlots = 1 + r.IntN(2)
+		if s.sib != nil {
+			// Targets on one client share the cap: they get one reserve.
+			s.sib.target.Grace, s.sib.target.ReserveSlots = g, s.target.ReserveSlots
+		}
 		s.graces = append(s.graces, chaosGrace{from: s.clock.Now(), grace: g})
 		s.stepDesc = fmt.Sprintf("%s grace=%s reserve=%d", kind, g, s.target.ReserveSlots)
 		s.note("step %d: %s", s.step, s.stepDesc)
@@ -606,10 +704,23 @@ func (s *chaosRun) runStep() bool {
 		s.note("step %d: %s: err=%v", s.step, kind, err)
 		s.check(false, true)
 		return true
+	case stepConcurrent:
+		return s.concurrentStep(ctx)
+	case stepInstance:
+		return s.instanceStep(ctx)
+	case stepMigrate, stepStateLoss, stepRestore:
+		return s.stateStep(ctx, kind)
 	}
 
 	// An action: draw its options, faults and crash point.
+	tgt := s.target
 	opts := rotation.Options{Manual: r.IntN(4) == 0}
+	if kind == stepSibling {
+		tgt = s.sib.target
+		if r.IntN(5) == 0 {
+			opts = rotation.Options{Emergency: true, Manual: true}
+		}
+	}
 	if kind == stepEmergency {
 		opts = rotation.Options{Emergency: true, Manual: true}
 		if live := s.livePortal(); len(live) > 0 && r.IntN(2) == 0 {
@@ -664,12 +775,12 @@ func (s *chaosRun) runStep() bool {
 		crashed, at = chaosCatch(func() {
 			if kind == stepRetire {
 				var ids []string
-				ids, err = eng.RetireDue(ctx, s.target)
+				ids, err = eng.RetireDue(ctx, tgt)
 				s.record(ids, err)
 				return
 			}
 			var res rotation.Result
-			res, err = eng.Rotate(ctx, s.target, opts)
+			res, err = eng.Rotate(ctx, tgt, opts)
 			s.record(res, err)
 		})
 		if kind == stepEmergency && opts.Revoke != "" && err != nil && !crashed &&
@@ -712,12 +823,295 @@ func (s *chaosRun) runStep() bool {
 		s.note("  rerun, crash@%d", crashAt)
 	}
 
+	// A backup taken now may hold the journal a crash left: restoring it
+	// later brings back a rotation the world has moved past.
+	if crashed && s.snapshot == nil && r.IntN(3) == 0 {
+		if err := s.takeSnapshot(); err != nil {
+			s.violations = append(s.violations, "harness: snapshot: "+err.Error())
+			return false
+		}
+		s.note("  backup taken")
+	}
 	// Faults off for the checks (and the next step draws its own).
 	_ = s.emu.SetFaults(emulator.Faults{})
 	s.proxy.arm(0, nil, false)
 	s.stepEnd()
-	s.check(kind != stepRetire && !crashed && err == nil, false)
+	s.check(kind != stepRetire && kind != stepSibling && !crashed && err == nil, false)
 	return true
+}
+
+// concurrentStep rotates both targets on the shared client at once,
+// with one engine (one daemon): routine rotations that each see room
+// for one more key must not both take it (the I1 check of the front).
+func (s *chaosRun) concurrentStep(ctx context.Context) bool {
+	s.note("step %d: %s", s.step, s.stepDesc)
+	s.stepBegin(false)
+	s.front.setRoutine(true)
+	eng := s.newEngine(nil)
+	targets := []rotation.Target{s.target, s.sib.target}
+	results := make([]rotation.Result, len(targets))
+	errs := make([]error, len(targets))
+	var wg sync.WaitGroup
+	for i, tg := range targets {
+		wg.Go(func() { results[i], errs[i] = eng.Rotate(ctx, tg, rotation.Options{}) })
+	}
+	wg.Wait()
+	for i := range targets {
+		s.record(results[i], errs[i])
+		s.note("  %s: err=%v", targets[i].Name, errs[i])
+		if *chaosTrace && errs[i] != nil && !errors.Is(errs[i], rotation.ErrNoRoom) {
+			fmt.Printf("concurrent failure (seed %d): %v\n", s.seed, errs[i])
+		}
+		switch {
+		case errs[i] == nil:
+			s.stats["concurrent:ok"]++
+		case errors.Is(errs[i], rotation.ErrNoRoom):
+			s.stats["concurrent:no-room"]++
+		default:
+			s.stats["concurrent:failed"]++
+		}
+	}
+	s.stepEnd()
+	s.check(false, false)
+	return true
+}
+
+// owner is the identity recorded as the owner of the target's secret.
+func (s *chaosRun) owner(ctx context.Context, path string) (string, error) {
+	md, err := s.sh.root.KVv2(s.sh.mount).GetMetadata(ctx, path)
+	if errors.Is(err, api.ErrSecretNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	id, _ := md.CustomMetadata[rotation.MetadataOwner].(string)
+	return id, nil
+}
+
+// openOther opens the second instance's state file.
+func (s *chaosRun) openOther() error {
+	if s.otherDB != nil {
+		return nil
+	}
+	db, err := store.Open(s.otherPath, store.Options{})
+	if err != nil {
+		return err
+	}
+	s.otherDB = db
+	return nil
+}
+
+// instanceStep: a second daemon, its own state file, tries the target
+// another state file owns. It must change nothing, at Codat or in
+// Vault, and say it is not the owner.
+func (s *chaosRun) instanceStep(ctx context.Context) bool {
+	owner, err := s.owner(ctx, s.path)
+	if err != nil {
+		s.violations = append(s.violations, "harness: read owner: "+err.Error())
+		return false
+	}
+	mine, _ := s.db.Identity()
+	if owner == "" || owner != mine {
+		// Unclaimed (a metadata write failed, or nothing published):
+		// the next publish claims it, whoever makes it.
+		s.note("step %d: %s skipped: owner %q", s.step, s.stepDesc, owner)
+		return true
+	}
+	if err := s.openOther(); err != nil {
+		s.violations = append(s.violations, "harness: "+err.Error())
+		return false
+	}
+	eng := s.engineOn(s.otherDB, nil)
+	what := []string{"rotate", "emergency", "retire", "dry-run"}[s.rng.IntN(4)]
+	s.stepDesc += " " + what
+	s.note("step %d: %s", s.step, s.stepDesc)
+	seq, version := len(s.emu.Events(0)), len(s.versions)
+	var res rotation.Result
+	switch what {
+	case "rotate":
+		res, err = eng.Rotate(ctx, s.target, rotation.Options{})
+		s.record(res, err)
+	case "emergency":
+		res, err = eng.Rotate(ctx, s.target, rotation.Options{Emergency: true, Manual: true})
+		s.record(res, err)
+	case "retire":
+		var ids []string
+		ids, err = eng.RetireDue(ctx, s.target)
+		s.record(ids, err)
+		if err == nil && len(ids) == 0 {
+			st, _ := s.otherDB.Load(chaosTarget)
+			if due, _ := rotation.Due(st, s.clock.Now()); len(due) == 0 {
+				err = rotation.ErrNotOwner // nothing due: it reads nothing and changes nothing
+			}
+		}
+	case "dry-run":
+		var p rotation.Plan
+		p, err = eng.Plan(ctx, s.target, rotation.Options{})
+		s.record(p, err)
+		if err == nil && strings.Contains(p.Blocked, owner) {
+			err = rotation.ErrNotOwner
+		}
+	}
+	s.note("  err=%v", err)
+	if !errors.Is(err, rotation.ErrNotOwner) {
+		s.violate("a second instance was not refused the target another state file owns: %s: %v", what, err)
+	}
+	for _, ev := range s.emu.Events(seq + 1) {
+		if ev.Op == emulator.OpCreate || ev.Op == emulator.OpDelete {
+			s.violate("a second instance changed codat: %s %s", ev.Method, ev.Path)
+		}
+	}
+	s.stats["second-instance:refused"]++
+	s.check(false, true)
+	if len(s.versions) != version {
+		s.violate("a second instance wrote to vault: %d versions, %d before", len(s.versions), version)
+	}
+	return true
+}
+
+// stateStep: the state file moves to a second daemon (migrate), is lost
+// (a new, empty one), or is snapshotted and later restored from that
+// backup. Whenever the state file that serves is not the owner, the
+// operator runs takeover for every target, as the README says.
+func (s *chaosRun) stateStep(ctx context.Context, kind string) bool {
+	fail := func(err error) bool {
+		s.violations = append(s.violations, fmt.Sprintf("step %d: harness: %s: %v", s.step, kind, err))
+		return false
+	}
+	switch kind {
+	case stepMigrate:
+		if err := s.openOther(); err != nil {
+			return fail(err)
+		}
+		s.db, s.otherDB = s.otherDB, s.db
+		s.dbPath, s.otherPath = s.otherPath, s.dbPath
+	case stepStateLoss:
+		if err := s.db.Close(); err != nil {
+			return fail(err)
+		}
+		if err := os.Remove(s.dbPath); err != nil {
+			return fail(err)
+		}
+		db, err := store.Open(s.dbPath, store.Options{})
+		if err != nil {
+			return fail(err)
+		}
+		s.db = db
+	case stepRestore:
+		if err := s.db.Close(); err != nil {
+			return fail(err)
+		}
+		if s.snapshot == nil {
+			b, err := os.ReadFile(s.dbPath)
+			if err != nil {
+				return fail(err)
+			}
+			s.snapshot = b
+			s.stepDesc += " (backup taken)"
+		} else {
+			if err := os.WriteFile(s.dbPath, s.snapshot, 0o600); err != nil {
+				return fail(err)
+			}
+			s.snapshot = nil
+			s.stepDesc += " (backup restored)"
+			s.stats["state-restored"]++
+		}
+		db, err := store.Open(s.dbPath, store.Options{})
+		if err != nil {
+			return fail(err)
+		}
+		s.db = db
+	}
+	s.note("step %d: %s", s.step, s.stepDesc)
+	mine, _ := s.db.Identity()
+	eng := s.newEngine(nil)
+	for _, tg := range s.targets() {
+		owner, err := s.owner(ctx, tg.Vault.Path)
+		if err != nil {
+			return fail(err)
+		}
+		if owner == "" || owner == mine {
+			continue
+		}
+		tk, err := eng.Takeover(ctx, tg)
+		s.record(tk, err)
+		s.note("  takeover %s: rebuilt %d, foreign %d, err=%v", tg.Name, len(tk.Rebuilt), len(tk.Foreign), err)
+		if errors.Is(err, rotation.ErrServedUnknown) && tg.Name == chaosTarget && len(s.versions) > 0 {
+			// A secret written by hand without key_id, and a listing
+			// without raw keys: the error says to add the key_id.
+			cur := s.versions[len(s.versions)-1]
+			if werr := s.operatorWrite(cur.apiKey, cur.keyID, true); werr != nil {
+				return fail(werr)
+			}
+			s.stats["served-unknown-fixed"]++
+			tk, err = eng.Takeover(ctx, tg)
+			s.record(tk, err)
+			s.note("  after adding key_id: takeover %s: err=%v", tg.Name, err)
+		}
+		if err != nil {
+			s.violate("takeover of %s failed with every fault off: %v", tg.Name, err)
+			continue
+		}
+		s.stats["takeover"]++
+		if tg.Name == chaosTarget {
+			s.recoverable = s.attributable(ctx)
+		}
+	}
+	s.check(false, true)
+	return true
+}
+
+// takeSnapshot copies the state file, as a backup would.
+func (s *chaosRun) takeSnapshot() error {
+	if err := s.db.Close(); err != nil {
+		return err
+	}
+	b, rerr := os.ReadFile(s.dbPath)
+	db, err := store.Open(s.dbPath, store.Options{})
+	if err != nil {
+		return err
+	}
+	s.db, s.snapshot = db, b
+	return rerr
+}
+
+// targets are the targets of this schedule.
+func (s *chaosRun) targets() []rotation.Target {
+	if s.sib != nil {
+		return []rotation.Target{s.target, s.sib.target}
+	}
+	return []rotation.Target{s.target}
+}
+
+// attributable are the live keys a takeover can tell are the target's:
+// those in its name shape and those the secret's versions still in
+// Vault served (older versions are pruned by max_versions).
+func (s *chaosRun) attributable(ctx context.Context) map[string]bool {
+	out := map[string]bool{}
+	kv := s.sh.root.KVv2(s.sh.mount)
+	if list, err := kv.GetVersionsAsList(ctx, s.path); err == nil {
+		for _, v := range list {
+			if v.Destroyed || !v.DeletionTime.IsZero() || v.Version > len(s.versions) {
+				continue
+			}
+			// A version written by hand without key_id names its key
+			// only by raw value, which a listing may leave out.
+			sec, err := kv.GetVersion(ctx, s.path, v.Version)
+			if err != nil {
+				continue
+			}
+			if id, _ := sec.Data[vault.FieldKeyID].(string); id != "" || !s.omitRaw {
+				out[s.versions[v.Version-1].keyID] = true
+			}
+		}
+	}
+	for _, k := range s.emu.Keys() {
+		if rotation.NamesOf(s.target).Own(k.Name) {
+			out[k.ID] = true
+		}
+	}
+	return out
 }
 
 // stepBegin records which keys an emergency may retire without grace:
@@ -889,48 +1283,19 @@ func (s *chaosRun) check(clean, passive bool) {
 		}
 	}
 
-	// I3: Vault serves a live key that authenticates.
+	// I3: Vault serves a live key that authenticates; I4: outside
+	// emergencies, a key goes no earlier than grace after its successor
+	// was published. For the target and, when there is one, the other
+	// target on the same client.
 	if err := s.readVersions(ctx); err != nil {
 		s.violations = append(s.violations, fmt.Sprintf("step %d: harness: read vault versions: %v", s.step, err))
 		return
 	}
-	if n := len(s.versions); n > 0 {
-		cur := s.versions[n-1]
-		if _, ok := active[cur.keyID]; !ok {
-			s.violate("I3: vault serves key %s, which codat does not hold", cur.keyID)
-		} else if _, err := s.checker.WithKey(codat.Secret(cur.apiKey)).List(ctx); err != nil {
-			s.violate("I3: the served key %s does not authenticate: %v", cur.keyID, err)
-		}
+	s.checkSecret(ctx, "", s.versions, keys, active)
+	if s.sib != nil {
+		s.checkSecret(ctx, s.sib.target.Name+": ", s.sib.versions, keys, active)
 	}
-
-	// I4: outside emergencies, a key goes no earlier than grace after its
-	// successor was published.
-	for _, k := range keys {
-		if k.Deleted == nil || s.exempt[k.ID] {
-			continue
-		}
-		// The last time Vault served it (an operator may have rolled
-		// back to it), and the version that superseded it then.
-		last := -1
-		for i, v := range s.versions {
-			if v.keyID == k.ID {
-				last = i
-			}
-		}
-		if last < 0 {
-			continue // never published
-		}
-		if last == len(s.versions)-1 {
-			s.violate("I3: key %s was deleted at %s while vault still served it", k.ID, rfc3339(*k.Deleted))
-			continue
-		}
-		succ := s.versions[last+1]
-		g := s.graceBetween(succ.rotatedAt, *k.Deleted)
-		if k.Deleted.Before(succ.rotatedAt.Add(g)) {
-			s.violate("I4: key %s deleted at %s, its successor %s was published at %s (grace %s)",
-				k.ID, rfc3339(*k.Deleted), succ.keyID, rfc3339(succ.rotatedAt), g)
-		}
-	}
+	s.checkOwnKeys(keys)
 
 	// I6: Portal keys go only by the harness or an explicit revoke.
 	for _, k := range keys {
@@ -959,7 +1324,7 @@ func (s *chaosRun) check(clean, passive bool) {
 			}
 		}
 		for id, k := range active {
-			if rotation.OwnName(prefix, k.Name) && !known[id] {
+			if rotation.NamesOf(s.target).Own(k.Name) && !known[id] {
 				s.violate("I5: codat holds key %s named %q, unknown to the state", id, k.Name)
 			}
 		}
@@ -980,45 +1345,134 @@ func (s *chaosRun) check(clean, passive bool) {
 	}
 }
 
-// readVersions reads the versions of the secret written since the last call.
+// checkSecret checks I3 and I4 for one secret's versions.
+func (s *chaosRun) checkSecret(ctx context.Context, label string, versions []chaosVersion, keys []emulator.KeyRecord, active map[string]emulator.KeyRecord) {
+	if n := len(versions); n > 0 {
+		cur := versions[n-1]
+		if _, ok := active[cur.keyID]; !ok {
+			s.violate("%sI3: vault serves key %s, which codat does not hold", label, cur.keyID)
+		} else if _, err := s.checker.WithKey(codat.Secret(cur.apiKey)).List(ctx); err != nil {
+			s.violate("%sI3: the served key %s does not authenticate: %v", label, cur.keyID, err)
+		}
+	}
+	for _, k := range keys {
+		if k.Deleted == nil || s.exempt[k.ID] {
+			continue
+		}
+		// The last time Vault served it (an operator may have rolled
+		// back to it), and the version that superseded it then.
+		last := -1
+		for i, v := range versions {
+			if v.keyID == k.ID {
+				last = i
+			}
+		}
+		if last < 0 {
+			continue // never published here
+		}
+		if last == len(versions)-1 {
+			s.violate("%sI3: key %s was deleted at %s while vault still served it", label, k.ID, rfc3339(*k.Deleted))
+			continue
+		}
+		succ := versions[last+1]
+		g := s.graceBetween(succ.rotatedAt, *k.Deleted)
+		if k.Deleted.Before(succ.rotatedAt.Add(g)) {
+			s.violate("%sI4: key %s deleted at %s, its successor %s was published at %s (grace %s)",
+				label, k.ID, rfc3339(*k.Deleted), succ.keyID, rfc3339(succ.rotatedAt), g)
+		}
+	}
+}
+
+// keyOwner says which target a key belongs to: one whose name carries
+// its tag, its bootstrap key, or one its secret served; "" for others.
+func (s *chaosRun) keyOwner(id, name string) string {
+	served := func(vs []chaosVersion) bool {
+		return slices.ContainsFunc(vs, func(v chaosVersion) bool { return v.keyID == id })
+	}
+	switch {
+	case s.sib != nil && (rotation.NamesOf(s.sib.target).Own(name) || id == s.sib.bootID || served(s.sib.versions)):
+		return s.sib.target.Name
+	case rotation.NamesOf(s.target).Own(name) || (s.initial != "" && id == s.initial) || served(s.versions):
+		return s.target.Name
+	}
+	return ""
+}
+
+// checkOwnKeys: a delete at Codat is made with a credential of the
+// target that owns the key, never with another target's (two targets
+// on one client never delete each other's keys).
+func (s *chaosRun) checkOwnKeys(keys []emulator.KeyRecord) {
+	names := map[string]string{}
+	for _, k := range keys {
+		names[k.ID] = k.Name
+		if k.Origin == emulator.OriginInitial {
+			s.initial = k.ID
+		}
+	}
+	events := s.emu.Events(s.nevents + 1)
+	for _, ev := range events {
+		s.nevents = ev.Seq
+		if ev.Op != emulator.OpDelete || ev.Status/100 != 2 {
+			continue
+		}
+		id := ev.Path[strings.LastIndex(ev.Path, "/")+1:]
+		owner, by := s.keyOwner(id, names[id]), s.keyOwner(ev.KeyID, names[ev.KeyID])
+		if owner != "" && by != "" && owner != by {
+			s.violate("target %s deleted key %s (%q), which belongs to target %s", by, id, names[id], owner)
+		}
+	}
+}
+
+// readVersions reads the versions of the secrets written since the last call.
 func (s *chaosRun) readVersions(ctx context.Context) error {
+	if s.sib != nil {
+		if err := s.readVersionsOf(ctx, s.sib.path, &s.sib.versions, nil); err != nil {
+			return fmt.Errorf("%s: %w", s.sib.path, err)
+		}
+	}
+	return s.readVersionsOf(ctx, s.path, &s.versions, s.opWrites)
+}
+
+// readVersionsOf appends the versions of the secret at path written
+// since the last call to *versions; opWrites are those an operator wrote.
+func (s *chaosRun) readVersionsOf(ctx context.Context, path string, versions *[]chaosVersion, opWrites map[int]chaosVersion) error {
 	kv := s.sh.root.KVv2(s.sh.mount)
-	md, err := kv.GetMetadata(ctx, s.path)
+	md, err := kv.GetMetadata(ctx, path)
 	if errors.Is(err, api.ErrSecretNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	for v := len(s.versions) + 1; v <= md.CurrentVersion; v++ {
-		sec, err := kv.GetVersion(ctx, s.path, v)
+	for v := len(*versions) + 1; v <= md.CurrentVersion; v++ {
+		sec, err := kv.GetVersion(ctx, path, v)
 		if err != nil {
 			return fmt.Errorf("version %d: %w", v, err)
 		}
-		if cv, ok := s.opWrites[v]; ok {
+		if cv, ok := opWrites[v]; ok {
 			// Written by hand: perhaps without key_id or rotated_at; the
 			// harness knows what it wrote and when.
-			s.versions = append(s.versions, cv)
+			*versions = append(*versions, cv)
 			continue
 		}
 		cv := chaosVersion{}
 		cv.keyID, _ = sec.Data[vault.FieldKeyID].(string)
 		cv.apiKey, _ = sec.Data[vault.FieldAPIKey].(string)
 		ra, _ := sec.Data[vault.FieldRotatedAt].(string)
-		if ra == "" && len(s.versions) > 0 {
+		if ra == "" && len(*versions) > 0 {
 			// The daemon always writes rotated_at: this is the harness's
 			// CAS bump, a copy of a version written by hand.
-			prev := s.versions[len(s.versions)-1]
+			prev := (*versions)[len(*versions)-1]
 			if cv.apiKey != prev.apiKey {
 				return fmt.Errorf("version %d: no rotated_at, and not a copy of version %d", v, v-1)
 			}
-			s.versions = append(s.versions, prev)
+			*versions = append(*versions, prev)
 			continue
 		}
 		if cv.rotatedAt, err = time.Parse(time.RFC3339, ra); err != nil {
 			return fmt.Errorf("version %d: rotated_at %q: %w", v, ra, err)
 		}
-		s.versions = append(s.versions, cv)
+		*versions = append(*versions, cv)
 	}
 	return nil
 }
@@ -1040,6 +1494,12 @@ func (s *chaosRun) checkSecrets() {
 	file, err := os.ReadFile(s.dbPath)
 	if err != nil {
 		s.violations = append(s.violations, "harness: read state file: "+err.Error())
+	}
+	if s.otherDB != nil {
+		_ = s.otherDB.Close()
+		s.otherDB = nil
+		other, _ := os.ReadFile(s.otherPath)
+		file = append(file, other...)
 	}
 	hay := map[string]string{"logs": s.logs.String(), "errors and results": strings.Join(s.said, "\n"), "state file": string(file)}
 	for r := range raws {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/rotation"
@@ -34,7 +35,8 @@ func TestCheckTarget(t *testing.T) {
 	loc := e.mount + "/" + secretPath
 
 	got := checks(e.engine.CheckTarget(ctx, e.target))
-	want := "ok vault: " + loc + " holds no secret yet; the bootstrap key will be published\n" +
+	want := "ok owner: no owner recorded yet; the next publish records this state file\n" +
+		"ok vault: " + loc + " holds no secret yet; the bootstrap key will be published\n" +
 		"ok codat: key accepted; 1 of 10 keys used\n"
 	if got != want {
 		t.Errorf("before the first rotation:\n%s\nwant:\n%s", got, want)
@@ -45,14 +47,16 @@ func TestCheckTarget(t *testing.T) {
 
 	noBootstrap := e.target
 	noBootstrap.Bootstrap = nil
-	want = "FAIL vault: " + loc + " holds no secret and no bootstrap key is configured (bootstrap_key_file or bootstrap_key_env)\n"
+	want = "ok owner: no owner recorded yet; the next publish records this state file\n" +
+		"FAIL vault: " + loc + " holds no secret and no bootstrap key is configured (bootstrap_key_file or bootstrap_key_env)\n"
 	if got := checks(e.engine.CheckTarget(ctx, noBootstrap)); got != want {
 		t.Errorf("no secret, no bootstrap key:\n%s\nwant:\n%s", got, want)
 	}
 
 	badBootstrap := e.target
 	badBootstrap.Bootstrap = func() (codat.Secret, error) { return "", errors.New("bootstrap_key_env: $X is not set") }
-	want = "FAIL bootstrap: bootstrap_key_env: $X is not set\n"
+	want = "ok owner: no owner recorded yet; the next publish records this state file\n" +
+		"FAIL bootstrap: bootstrap_key_env: $X is not set\n"
 	if got := checks(e.engine.CheckTarget(ctx, badBootstrap)); got != want {
 		t.Errorf("unreadable bootstrap key:\n%s\nwant:\n%s", got, want)
 	}
@@ -60,16 +64,26 @@ func TestCheckTarget(t *testing.T) {
 	wrongKey := e.target
 	wrongKey.Bootstrap = func() (codat.Secret, error) { return "not-a-codat-key", nil }
 	cs := e.engine.CheckTarget(ctx, wrongKey)
-	if len(cs) != 2 || cs[0].Err != nil || cs[1].What != "codat" || !errors.Is(cs[1].Err, codat.ErrUnauthorized) ||
-		!errors.Is(cs[1].Err, rotation.ErrKeyRejected) {
+	if len(cs) != 3 || cs[0].Err != nil || cs[1].Err != nil || cs[2].What != "codat" || !errors.Is(cs[2].Err, codat.ErrUnauthorized) ||
+		!errors.Is(cs[2].Err, rotation.ErrKeyRejected) {
 		t.Errorf("a key Codat refuses:\n%s\nwant vault ok, then codat failing as unauthorized (and rejected, to the engine)", checks(cs))
 	}
 
 	e.mustRotate(rotation.Options{})
 	served := e.mustServe()
 	got = checks(e.engine.CheckTarget(ctx, e.target))
-	want = fmt.Sprintf("ok vault: %s serves key %s (version %d)\nok codat: key accepted; 2 of 10 keys used\n", loc, served.Data["key_id"], served.Version)
+	id, _ := e.db.Identity()
+	want = fmt.Sprintf("ok owner: owned by this state file (state file %s on host test-host since %s)\nok vault: %s serves key %s (version %d)\nok codat: key accepted; 2 of 10 keys used\n",
+		id, e.clock.Now().UTC().Format(time.RFC3339), loc, served.Data["key_id"], served.Version)
 	if got != want {
 		t.Errorf("after a rotation:\n%s\nwant:\n%s", got, want)
+	}
+
+	// Another state file's engine: the check fails, naming the owner.
+	other := e.newEngine(nil)
+	other.Owner = rotation.Owner{ID: "0123456789abcdef", Host: "elsewhere"}
+	cs = other.CheckTarget(ctx, e.target)
+	if len(cs) != 1 || cs[0].What != "owner" || !errors.Is(cs[0].Err, rotation.ErrNotOwner) || !strings.Contains(cs[0].Err.Error(), id) {
+		t.Errorf("another state file's check:\n%s\nwant owner failing with ErrNotOwner, naming %s", checks(cs), id)
 	}
 }

@@ -40,6 +40,11 @@ type Vault interface {
 	CheckMount(ctx context.Context, loc Location) error
 	Read(ctx context.Context, loc Location) (Current, error)
 	Write(ctx context.Context, loc Location, s Published, cas int, metadata map[string]string) (int, error)
+	// History returns the secret's readable versions, oldest first:
+	// versions deleted, destroyed or pruned are left out.
+	History(ctx context.Context, loc Location) ([]Current, error)
+	// SetMetadata merges custom metadata into the secret's.
+	SetMetadata(ctx context.Context, loc Location, metadata map[string]string) error
 }
 
 // Store is what the engine needs from the state file.
@@ -64,6 +69,9 @@ type Target struct {
 	// Bootstrap returns the first key, used when Vault has no secret yet.
 	// Nil when none is configured.
 	Bootstrap func() (secret.Value, error)
+	// BootstrapFrom says where Bootstrap reads the key ("$NAME", "file
+	// PATH"), for the errors an operator reads.
+	BootstrapFrom string
 	// NextRotation returns the next scheduled rotation after t, for the
 	// secret's next_rotation_at; nil when unknown.
 	NextRotation func(t time.Time) time.Time
@@ -81,8 +89,24 @@ type Options struct {
 	// Revoke deletes this key, managed or not, once the new key is
 	// published.
 	Revoke string
-	// Manual runs even when the target is halted; success clears the halt.
+	// Manual runs even when the target is halted; success clears the
+	// halt, and failure never halts: the person who asked hears of it,
+	// and the schedule goes on (docs/design.md#retries).
 	Manual bool
+	// OnRetry, when set, hears of each failed attempt that another
+	// follows, before the wait: a person waiting for a manual rotation
+	// sees it retry instead of silence.
+	OnRetry func(Retry)
+}
+
+// Retry is an attempt of a rotation that failed, with another to come.
+type Retry struct {
+	Target string
+	// Next is the attempt that follows, of Attempts, after Wait.
+	Next, Attempts int
+	Wait           time.Duration
+	// Err is why the attempt before Next failed.
+	Err error
 }
 
 // Result is what a rotation did.
@@ -115,6 +139,8 @@ var (
 	ErrServedKeyRejected = sentinel.Permanent("codat rejects the key vault serves")
 	// ErrNoBootstrap: Vault holds no key and no bootstrap key is set.
 	ErrNoBootstrap = sentinel.Permanent("no key in vault and no bootstrap key")
+	// ErrBootstrapRejected: Codat refuses the bootstrap key.
+	ErrBootstrapRejected = sentinel.Permanent("codat rejects the bootstrap key")
 	// ErrRolledBack: the rotation failed and its new key was deleted.
 	ErrRolledBack = errors.New("rotation rolled back")
 	// ErrServedUnknown: which of Codat's keys Vault serves cannot be
@@ -150,10 +176,14 @@ type Engine struct {
 	VerifyInterval time.Duration
 	// PublishAttempts bounds the Vault write and read-back (default 3).
 	PublishAttempts int
+	// Owner is this engine's state file identity and host, checked
+	// against and recorded in each secret's custom metadata.
+	Owner Owner
 
 	mu      sync.Mutex
 	running map[string]bool
 	mounts  map[Location]bool // mounts checked to be KV v2
+	slots   slots             // which targets share a Codat client
 }
 
 // checkMount checks once per engine that loc's mount is KV v2 (a round
@@ -269,20 +299,34 @@ func (e *Engine) Rotate(ctx context.Context, t Target, opts Options) (Result, er
 		if !Retryable(err) || attempt >= attempts || ctx.Err() != nil {
 			break
 		}
+		if opts.OnRetry != nil {
+			opts.OnRetry(Retry{Target: t.Name, Next: attempt + 1, Attempts: attempts, Wait: backoff, Err: err})
+		}
 		if serr := e.sleep(ctx, backoff); serr != nil {
 			break
 		}
 		backoff *= 2
 	}
+	if errors.Is(err, ErrNotOwner) {
+		e.recordBlocked(t, err)
+		log.Error("target blocked: another codat-rotator owns it", "error", err)
+		return res, fmt.Errorf("rotate %s: %w", t.Name, err)
+	}
 	if err != nil {
 		e.forgetMount(t.Vault)
-		halt := Retryable(err) && ctx.Err() == nil
+		// A scheduled run that used up its attempts on errors worth
+		// retrying halts the target; a manual one reports its failure
+		// to the person who asked and leaves the schedule alone.
+		halt := Retryable(err) && ctx.Err() == nil && !opts.Manual
 		e.recordFailure(t, id, started, opts, err, halt)
 		if halt {
 			log.Error("rotation failed; target halted", "error", err)
 			return res, fmt.Errorf("rotate %s: %w (target halted after %d attempts)", t.Name, err, attempts)
 		}
 		log.Error("rotation failed", "error", err)
+		if opts.Manual && Retryable(err) && ctx.Err() == nil {
+			return res, fmt.Errorf("rotate %s: %w (failed %d attempts; the target is not halted: scheduled rotations go on)", t.Name, err, attempts)
+		}
 		return res, fmt.Errorf("rotate %s: %w", t.Name, err)
 	}
 	e.recordSuccess(t, res, started, opts)
@@ -325,6 +369,7 @@ func (e *Engine) recordSuccess(t Target, res Result, started time.Time, opts Opt
 		st.LastResult, st.LastError = "success", ""
 		st.ConsecutiveFailures = 0
 		st.Halted, st.HaltReason, st.HaltedAt = false, "", time.Time{}
+		st.Blocked, st.BlockedAt = "", time.Time{}
 		return nil
 	})
 	if err == nil {
@@ -339,6 +384,24 @@ func (e *Engine) recordSuccess(t Target, res Result, started time.Time, opts Opt
 	}
 	if err != nil {
 		e.log().Error("record rotation result", "target", t.Name, "error", err)
+	}
+}
+
+// recordBlocked marks the target blocked by another owner: not a
+// failure of the target, and never a halt, since nothing was tried.
+func (e *Engine) recordBlocked(t Target, rerr error) {
+	now := e.now()
+	err := e.Store.Update(t.Name, func(st *store.Target) error {
+		st.LastAttempt = now
+		st.LastResult, st.LastError = "blocked", rerr.Error()
+		if st.Blocked == "" {
+			st.BlockedAt = now
+		}
+		st.Blocked = rerr.Error()
+		return nil
+	})
+	if err != nil {
+		e.log().Error("record blocked target", "target", t.Name, "error", err)
 	}
 }
 

@@ -375,7 +375,12 @@ func newEnv(tb testing.TB, cfg envConfig) *env {
 // newEngine returns a fresh engine (a restarted process) on the env's
 // state file. When c is set, its Codat clients and Vault crash on cue.
 func (e *env) newEngine(c *crasher) *rotation.Engine {
+	id, err := e.db.Identity()
+	if err != nil {
+		e.t.Fatalf("state file identity: %v", err)
+	}
 	eng := &rotation.Engine{
+		Owner:  rotation.Owner{ID: id, Host: "test-host"},
 		Store:  e.db,
 		Vault:  adapt.Vault(e.vault),
 		Codat:  func(_ string, key codat.Secret) rotation.Codat { return adapt.Codat(e.client.WithKey(key)) },
@@ -665,7 +670,7 @@ func (e *env) checkInvariants() {
 		e.t.Errorf("state's active keys = %v, want exactly the served key [%s]", activeIDs, servedID)
 	}
 	for id, k := range active {
-		if rotation.OwnName(prefix, k.Name) && !known[id] {
+		if rotation.NamesOf(e.target).Own(k.Name) && !known[id] {
 			e.t.Errorf("I5: codat holds key %s named %q, unknown to the state", id, k.Name)
 		}
 	}
@@ -806,6 +811,18 @@ func (w *crashingVault) Write(ctx context.Context, loc rotation.Location, s rota
 	v, err := w.inner.Write(ctx, loc, s, cas, md)
 	w.c.hit(call{svc: "vault", op: "write", after: true})
 	return v, err
+}
+
+func (w *crashingVault) History(ctx context.Context, loc rotation.Location) ([]rotation.Current, error) {
+	w.c.hit(call{svc: "vault", op: "history"})
+	return w.inner.History(ctx, loc)
+}
+
+func (w *crashingVault) SetMetadata(ctx context.Context, loc rotation.Location, md map[string]string) error {
+	w.c.hit(call{svc: "vault", op: "set-metadata"})
+	err := w.inner.SetMetadata(ctx, loc, md)
+	w.c.hit(call{svc: "vault", op: "set-metadata", after: true})
+	return err
 }
 
 // rotateUntilCrash runs a rotation on a crashing engine and reports

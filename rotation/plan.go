@@ -47,7 +47,7 @@ type Plan struct {
 // copy of the state, so the dry run and the run cannot disagree.
 func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error) {
 	now := e.now()
-	p := Plan{Target: t.Name, Revoke: opts.Revoke, NewKeyName: t.Prefix + now.Format(NameTimeLayout) + "-xxxxxx"}
+	p := Plan{Target: t.Name, Revoke: opts.Revoke, NewKeyName: NamesOf(t).Example(now)}
 	st, err := e.Store.Load(t.Name)
 	if err != nil {
 		return p, err
@@ -63,6 +63,10 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 	if err != nil {
 		return p, err
 	}
+	if err := e.checkOwner(t, cur); err != nil {
+		p.Blocked = err.Error()
+		return p, nil
+	}
 	secret := cur.Secret
 	if secret == nil {
 		if t.Bootstrap == nil {
@@ -77,6 +81,9 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 	}
 	keys, err := e.Codat(t.Name, secret.APIKey).List(ctx)
 	if err != nil {
+		if errors.Is(err, ErrKeyRejected) && p.Bootstrap {
+			return p, bootstrapRejected(t, err)
+		}
 		if errors.Is(err, ErrKeyRejected) {
 			return p, fmt.Errorf("%w: %w", ErrServedKeyRejected, err)
 		}
@@ -95,7 +102,7 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 		st.VaultVersion = seen.Version
 	}
 
-	orphans := Reconcile(&st, seen, t.Prefix, t.Grace, now, "dry-run")
+	orphans := Reconcile(&st, seen, NamesOf(t), t.Grace, now, "dry-run")
 	gone := map[string]bool{}
 	for _, k := range orphans {
 		p.Orphans = append(p.Orphans, k.ID)

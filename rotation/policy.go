@@ -104,36 +104,97 @@ const (
 	ClassOrphan Class = "orphan"
 )
 
-// Classify says what each of Codat's keys is to the target: by the state
-// first, then as the served key or the previous key the secret names
-// (adopted), then by name shape (orphan), else foreign.
-func Classify(st store.Target, keys []Key, served Served, secret *Published, prefix string) map[string]Class {
-	out := make(map[string]Class, len(keys))
-	for _, k := range keys {
-		out[k.ID] = classify(st, k, served, secret, prefix)
+// Classify says what each of Codat's keys is to the target, as
+// Reconcile would record it (see attribute).
+func Classify(st store.Target, seen Seen, names Names) map[string]Class {
+	out := make(map[string]Class, len(seen.Keys))
+	for _, k := range seen.Keys {
+		out[k.ID], _ = attribute(st, k, seen, names, 0, time.Time{})
 	}
 	return out
 }
 
-func classify(st store.Target, k Key, served Served, secret *Published, prefix string) Class {
+// attribute decides what a key is to the target, and for a key the
+// target takes on while it retires, when it may be deleted. By the state
+// first; else the served key (adopted, active); else the previous key
+// the secret names, or a key an earlier version of the secret served
+// (adopted, retiring when the secret's records say, never sooner); else
+// a key in the target's own name shape: a crash's orphan when the
+// daemon saw every version of the secret, otherwise one it may have
+// published in a version it never saw (a lost or restored state file),
+// which retires with a full grace from now (I4); else foreign.
+func attribute(st store.Target, k Key, seen Seen, names Names, grace time.Duration, now time.Time) (Class, time.Time) {
+	served, secret := seen.Served, seen.Secret
 	if rec := st.Key(k.ID); rec != nil {
 		switch {
 		case rec.Origin == store.OriginCreated:
-			return ClassManaged
+			return ClassManaged, time.Time{}
 		case rec.Origin == store.OriginAdopted, served.May(k.ID):
-			return ClassAdopted
+			return ClassAdopted, time.Time{}
 		}
-		return ClassForeign
+		return ClassForeign, time.Time{}
 	}
+	if served.May(k.ID) {
+		return ClassAdopted, time.Time{}
+	}
+	if secret != nil && secret.PreviousKeyID != "" && k.ID == secret.PreviousKeyID {
+		if !secret.PreviousExpiresAt.IsZero() {
+			return ClassAdopted, recordedEnd(secret.PreviousExpiresAt)
+		}
+		return ClassAdopted, now.Add(grace)
+	}
+	if at, ok := servedBefore(seen.History, k, grace, now); ok {
+		return ClassAdopted, at
+	}
+	if names.Own(k.Name) {
+		if st.VaultVersion != 0 && st.VaultVersion == seen.Version {
+			return ClassOrphan, time.Time{}
+		}
+		return ClassAdopted, now.Add(grace)
+	}
+	return ClassForeign, time.Time{}
+}
+
+// servedBefore looks k up in the secret's earlier versions (oldest
+// first): by key_id, or by raw value in a version written without one.
+// When a version served it, the key retires when the version that
+// superseded it says (its previous_expires_at), else a grace after that
+// version's rotated_at; a key whose successor is not recorded gets a
+// full grace from now.
+func servedBefore(history []Published, k Key, grace time.Duration, now time.Time) (time.Time, bool) {
+	id := k.ID
+	last := -1
+	for i, v := range history {
+		if v.KeyID == id || (v.KeyID == "" && !k.APIKey.Empty() && v.APIKey == k.APIKey) {
+			last = i
+		}
+	}
+	if last < 0 {
+		return time.Time{}, false
+	}
+	if last+1 >= len(history) {
+		return now.Add(grace), true
+	}
+	next := history[last+1]
 	switch {
-	case served.May(k.ID):
-		return ClassAdopted
-	case secret != nil && secret.PreviousKeyID != "" && k.ID == secret.PreviousKeyID:
-		return ClassAdopted
-	case OwnName(prefix, k.Name):
-		return ClassOrphan
+	case next.PreviousKeyID == id && !next.PreviousExpiresAt.IsZero():
+		return recordedEnd(next.PreviousExpiresAt), true
+	case !next.RotatedAt.IsZero():
+		return recordedEnd(next.RotatedAt).Add(grace), true
 	}
-	return ClassForeign
+	return now.Add(grace), true
+}
+
+// recordedEnd is the latest instant a time in the secret may stand for.
+// The secret holds its times to the second (docs/design.md#vault-layout),
+// cut from the instant they record, which may be up to a second later: a
+// key whose grace is taken from them waits for the end of that second,
+// or it could go before its grace is over (I4).
+func recordedEnd(t time.Time) time.Time {
+	if t.Equal(t.Truncate(time.Second)) {
+		return t.Add(time.Second)
+	}
+	return t
 }
 
 // Seen is what one look at Codat and Vault found.
@@ -145,6 +206,9 @@ type Seen struct {
 	Version int
 	// Served is FindServed(Keys, Secret); it must be known.
 	Served Served
+	// History holds the secret's earlier versions, oldest first, when
+	// they were read (a takeover reads them); nil otherwise.
+	History []Published
 }
 
 // See makes a Seen from a listing and a secret.
@@ -153,22 +217,22 @@ func See(keys []Key, secret *Published, version int) Seen {
 }
 
 // Reconcile brings st in line with Codat's listing and the served
-// secret, through the named key operations: the served key is active
-// (adopted when new), the previous key the secret names is adopted and
-// retires when the secret says, a key gone from Codat is deleted, an
-// active key Vault no longer serves is superseded, and a key recorded as
-// deleted but still listed retires at once. When the secret's version
-// moved past the one the daemon last saw, someone else wrote to Vault
-// and may have served any of the daemon's keys in between: every
-// retiring key then lives at least a full grace from now (I4). It
-// returns the orphans to delete: unknown keys with the target's name
-// shape, and pending keys no journal names (I5). Keys that may be the
+// secret, through the named key operations: a key unknown to the state
+// is recorded as attribute decides (the served key active, keys the
+// secret's records name retiring when those records say, foreign keys
+// as foreign), a key gone from Codat is deleted, an active key Vault no
+// longer serves is superseded, and a key recorded as deleted but still
+// listed retires at once. When the secret's version moved past the one
+// the daemon last saw, someone else wrote to Vault and may have served
+// any of the daemon's keys in between: every retiring key then lives at
+// least a full grace from now (I4). It returns the orphans to delete:
+// unknown keys with the target's name shape while every version was
+// seen, and pending keys no journal names (I5). Keys that may be the
 // served one are never orphans. The served key must be known (a
 // rotation refuses to start otherwise).
-func Reconcile(st *store.Target, seen Seen, prefix string, grace time.Duration, now time.Time, rotationID string) (orphans []Key) {
+func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, now time.Time, rotationID string) (orphans []Key) {
 	keys, served, secret := seen.Keys, seen.Served, seen.Secret
 	unseen := st.VaultVersion != 0 && seen.Version != st.VaultVersion
-	st.VaultVersion = seen.Version
 	st.CodatKeys = len(keys)
 	live := make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -183,15 +247,12 @@ func Reconcile(st *store.Target, seen Seen, prefix string, grace time.Duration, 
 			}
 			continue
 		}
-		switch classify(*st, k, served, secret, prefix) {
+		class, after := attribute(*st, k, seen, names, grace, now)
+		switch class {
 		case ClassAdopted:
 			if served.May(k.ID) {
 				adopt(st, k, store.KeyActive, secret.RotatedAt, time.Time{}, rotationID)
 				continue
-			}
-			after := secret.PreviousExpiresAt
-			if after.IsZero() {
-				after = now.Add(grace)
 			}
 			adopt(st, k, store.KeyRetiring, time.Time{}, after, rotationID)
 		case ClassOrphan:
@@ -199,6 +260,10 @@ func Reconcile(st *store.Target, seen Seen, prefix string, grace time.Duration, 
 		default:
 			st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginForeign, State: store.KeyForeign, Created: k.Created})
 		}
+	}
+	listed := make(map[string]Key, len(keys))
+	for _, k := range keys {
+		listed[k.ID] = k
 	}
 	for i := range st.Keys {
 		rec := &st.Keys[i]
@@ -214,13 +279,26 @@ func Reconcile(st *store.Target, seen Seen, prefix string, grace time.Duration, 
 		case rec.State == store.KeyActive:
 			// Vault serves another key: this one is superseded.
 			supersede(rec, now.Add(grace))
+		case rec.State == store.KeyPending && unseen:
+			// Created, and no journal names it; but Vault moved on behind
+			// the state (a restored backup), and a run the state never
+			// recorded may have published it: a full grace (I4).
+			supersede(rec, now.Add(grace))
 		case rec.State == store.KeyPending:
 			// Created, never published, and no journal names it.
 			orphans = append(orphans, Key{ID: rec.ID, Name: rec.Name})
 		case rec.State == store.KeyRetiring && unseen && rec.DeleteAfter.Before(now.Add(grace)):
 			supersede(rec, now.Add(grace))
+		case rec.State == store.KeyForeign && rec.Origin == store.OriginForeign && seen.History != nil:
+			// A takeover reads the secret's history: a key recorded as
+			// foreign that an earlier version served is the daemon's.
+			if after, ok := servedBefore(seen.History, listed[rec.ID], grace, now); ok {
+				claim(rec)
+				supersede(rec, after)
+			}
 		}
 	}
+	st.VaultVersion = seen.Version
 	return orphans
 }
 

@@ -66,41 +66,112 @@ func TestFindServed(t *testing.T) {
 }
 
 func TestClassify(t *testing.T) {
-	st := store.Target{Keys: []store.Key{
+	names := rotation.Names{Prefix: "rot-", Tag: rotation.NameTag("a")}
+	other := rotation.Names{Prefix: "rot-", Tag: rotation.NameTag("b")}
+	st := store.Target{VaultVersion: 4, Keys: []store.Key{
 		{ID: "made", Origin: store.OriginCreated, State: store.KeyRetiring},
 		{ID: "boot", Origin: store.OriginAdopted, State: store.KeyActive},
 		{ID: "portal", Origin: store.OriginForeign, State: store.KeyForeign},
 	}}
 	keys := []rotation.Key{
 		{ID: "made"}, {ID: "boot"}, {ID: "portal"}, {ID: "served"}, {ID: "prev"},
-		{ID: "crash", Name: "rot-20261130T120000Z-abc123"}, {ID: "person", Name: "rot-manual"},
+		{ID: "crash", Name: names.New(t0)}, {ID: "person", Name: "rot-manual"},
+		{ID: "sibling", Name: other.New(t0)},                     // another target on the same client
+		{ID: "legacy", Name: "rot-20261130T120000Z-abc123"},      // the shape before tags: only the state vouches
+		{ID: "served-once", Name: "rot-20261101T120000Z-abc123"}, // named by an earlier version
 	}
 	secret := &rotation.Published{KeyID: "served", PreviousKeyID: "prev"}
-	got := rotation.Classify(st, keys, rotation.FindServed(keys, secret), secret, "rot-")
+	seen := rotation.See(keys, secret, 4)
+	seen.History = []rotation.Published{{KeyID: "served-once"}, {KeyID: "prev"}, {KeyID: "served"}}
+	got := rotation.Classify(st, seen, names)
 	want := map[string]rotation.Class{
 		"made": rotation.ClassManaged, "boot": rotation.ClassAdopted, "portal": rotation.ClassForeign,
 		"served": rotation.ClassAdopted, "prev": rotation.ClassAdopted, "crash": rotation.ClassOrphan, "person": rotation.ClassForeign,
+		"sibling": rotation.ClassForeign, "legacy": rotation.ClassForeign, "served-once": rotation.ClassAdopted,
 	}
 	for id, w := range want {
 		if got[id] != w {
 			t.Errorf("Classify[%s] = %q, want %q", id, got[id], w)
 		}
 	}
+	// A version the daemon never saw (a lost or restored state file) may
+	// have served a key in its own shape: it is taken on, not deleted.
+	seen.Version = 5
+	if c := rotation.Classify(st, seen, names)["crash"]; c != rotation.ClassAdopted {
+		t.Errorf("own-shape key after an unseen write: %q, want %q", c, rotation.ClassAdopted)
+	}
+}
+
+// TestReconcileRebuildsFromHistory: a state file lost, the secret's
+// versions say which keys were served and when they were superseded.
+// Keys taken on keep the grace those records give them, never less; a
+// key in the target's own shape that no version names may have been
+// served in a version pruned since, so it gets a full grace from now.
+func TestReconcileRebuildsFromHistory(t *testing.T) {
+	names := rotation.Names{Prefix: "rot-", Tag: rotation.NameTag("a")}
+	g := 24 * time.Hour
+	keys := []rotation.Key{
+		{ID: "boot", Name: ""}, {ID: "k2", Name: names.New(t0)}, {ID: "k3", Name: names.New(t0)}, {ID: "k4", Name: names.New(t0)},
+		{ID: "pruned", Name: names.New(t0)}, {ID: "portal", Name: "portal"},
+	}
+	// Whole seconds, as the secret holds them.
+	history := []rotation.Published{
+		{KeyID: "boot", RotatedAt: t0.Add(-72 * time.Hour)},
+		{KeyID: "k2", RotatedAt: t0.Add(-48 * time.Hour), PreviousKeyID: "boot", PreviousExpiresAt: t0.Add(-24 * time.Hour)},
+		{KeyID: "k3", RotatedAt: t0.Add(-2 * time.Hour)}, // written without previous_*: a grace after rotated_at
+		{KeyID: "k4", RotatedAt: t0.Add(-time.Hour), PreviousKeyID: "k3", PreviousExpiresAt: t0.Add(23 * time.Hour)},
+	}
+	secret := history[3]
+	seen := rotation.See(keys, &secret, 4)
+	seen.History = history
+	var st store.Target
+	orphans := rotation.Reconcile(&st, seen, names, g, t0, "takeover")
+	if len(orphans) != 0 {
+		t.Errorf("orphans = %v, want none: a rebuilt state deletes nothing at once", orphans)
+	}
+	for _, tt := range []struct {
+		id     string
+		origin store.Origin
+		state  store.KeyState
+		after  time.Time
+	}{
+		// The secret's times are cut to the second: a key taken on from
+		// them waits for the end of that second (I4).
+		{"boot", store.OriginAdopted, store.KeyRetiring, t0.Add(-24*time.Hour + time.Second)},
+		{"k2", store.OriginAdopted, store.KeyRetiring, t0.Add(-2*time.Hour + time.Second + g)},
+		{"k3", store.OriginAdopted, store.KeyRetiring, t0.Add(23*time.Hour + time.Second)},
+		{"k4", store.OriginAdopted, store.KeyActive, time.Time{}},
+		{"pruned", store.OriginAdopted, store.KeyRetiring, t0.Add(g)},
+		{"portal", store.OriginForeign, store.KeyForeign, time.Time{}},
+	} {
+		k := st.Key(tt.id)
+		if k == nil {
+			t.Errorf("%s: not recorded", tt.id)
+			continue
+		}
+		if k.Origin != tt.origin || k.State != tt.state || !k.DeleteAfter.Equal(tt.after) {
+			t.Errorf("%s = %s/%s delete_after %v, want %s/%s %v", tt.id, k.Origin, k.State, k.DeleteAfter, tt.origin, tt.state, tt.after)
+		}
+	}
+	if st.VaultVersion != 4 {
+		t.Errorf("VaultVersion = %d, want 4", st.VaultVersion)
+	}
 }
 
 func TestReconcile(t *testing.T) {
-	st := store.Target{Keys: []store.Key{
+	names := rotation.Names{Prefix: "rot-", Tag: rotation.NameTag("a")}
+	st := store.Target{VaultVersion: 1, Keys: []store.Key{
 		{ID: "old", Origin: store.OriginCreated, State: store.KeyActive},
 		{ID: "gone", Origin: store.OriginCreated, State: store.KeyRetiring, DeleteAfter: t0},
-		{ID: "pend", Name: "rot-20261130T110000Z-aaaaaa", Origin: store.OriginCreated, State: store.KeyPending},
+		{ID: "pend", Name: "rot-x-20261130T110000Z-aaaaaa", Origin: store.OriginCreated, State: store.KeyPending},
 		{ID: "back", Origin: store.OriginCreated, State: store.KeyDeleted, Deleted: t0.Add(-time.Hour)},
 	}}
 	keys := []rotation.Key{
 		{ID: "old"}, {ID: "pend"}, {ID: "back"}, {ID: "new", Name: "x"},
-		{ID: "orphan", Name: "rot-20261130T100000Z-bbbbbb"}, {ID: "portal", Name: "rot-mine"},
+		{ID: "orphan", Name: names.New(t0)}, {ID: "portal", Name: "rot-mine"},
 	}
 	secret := &rotation.Published{KeyID: "new", RotatedAt: t0.Add(-time.Minute)}
-	orphans := rotation.Reconcile(&st, rotation.See(keys, secret, 1), "rot-", time.Hour, t0, "r-1")
+	orphans := rotation.Reconcile(&st, rotation.See(keys, secret, 1), names, time.Hour, t0, "r-1")
 	var ids []string
 	for _, k := range orphans {
 		ids = append(ids, k.ID)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/codat-rotator/codat-rotator/store"
 )
@@ -33,6 +32,10 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 	if err != nil {
 		return false, err
 	}
+	if err := r.e.checkOwner(r.t, cur); err != nil {
+		return false, err
+	}
+	r.meta = cur.CustomMetadata
 	if cur.Secret == nil {
 		return false, fmt.Errorf("%s holds no secret, so no key can reach codat to finish the rotation", r.t.Vault)
 	}
@@ -46,6 +49,7 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		return false, err
 	}
 	r.keys = keys
+	r.e.noteListing(r.t.Name, keys)
 	r.served = FindServed(keys, &r.secret)
 
 	if j.NewKeyID != "" && r.secret.KeyID == j.NewKeyID {
@@ -62,29 +66,20 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		// published another since. Only the revoke was left.
 		return true, r.revoke(ctx)
 	}
-	if MaySupersede(j) && cur.Version != j.VaultVersion {
-		// Our write may have landed and been served before someone wrote
-		// over it: consumers may hold this key, so it retires with the
-		// full grace instead of going at once (I4), whether or not its
-		// raw value can still be had. A fresh rotation follows.
-		if !slices.ContainsFunc(keys, func(k Key) bool { return k.ID == j.NewKeyID }) {
-			log.Info("the journaled key is gone from codat", "key_id", j.NewKeyID)
-			return false, r.forget(j)
-		}
-		log.Warn("vault changed after the publish; retiring the journaled key with grace", "key_id", j.NewKeyID,
-			"journal_version", j.VaultVersion, "vault_version", cur.Version)
-		now := r.e.now()
-		return false, r.update(func(st *store.Target) error {
-			k := Key{ID: j.NewKeyID, Name: j.Name}
-			for _, l := range keys {
-				if l.ID == j.NewKeyID {
-					k = l
-				}
+	if cur.Version != j.VaultVersion {
+		maySupersede := MaySupersede(j)
+		if !maySupersede {
+			// Before its publish, the journal's key cannot have been
+			// served, unless the journal is older than the world: a state
+			// file restored from a backup taken mid-rotation, whose key
+			// a later run published. Vault's versions since tell.
+			if maySupersede, err = r.publishedSince(ctx, j, journaled(keys, j)); err != nil {
+				return false, err
 			}
-			supersede(recordCreated(st, k, j.RotationID, now), now.Add(r.t.Grace))
-			st.Journal = nil
-			return nil
-		})
+		}
+		if maySupersede {
+			return false, r.supersedeJournaled(j, journaled(keys, j))
+		}
 	}
 
 	k, found, err := r.findJournaled(ctx, j.Name, j.NewKeyID)
@@ -113,6 +108,72 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		return false, err
 	}
 	return true, nil
+}
+
+// journaled returns the keys at Codat the journal's rotation made: by id
+// when it is known, else by its name.
+func journaled(keys []Key, j store.Journal) []Key {
+	var out []Key
+	for _, k := range keys {
+		if (j.NewKeyID != "" && k.ID == j.NewKeyID) || (j.NewKeyID == "" && j.Name != "" && k.Name == j.Name) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// publishedSince reports whether any of keys may have been published in
+// a version of the secret after the journal's: a version names it, or
+// names no key at all (written by hand) when its raw value cannot be
+// compared, or a version since is gone (deleted, pruned), so nobody can
+// tell.
+func (r *run) publishedSince(ctx context.Context, j store.Journal, keys []Key) (bool, error) {
+	if len(keys) == 0 {
+		return false, nil
+	}
+	history, err := r.e.Vault.History(ctx, r.t.Vault)
+	if err != nil {
+		return false, fmt.Errorf("read the versions of %s: %w", r.t.Vault, err)
+	}
+	seen := 0
+	for _, v := range history {
+		if v.Version <= j.VaultVersion || v.Secret == nil {
+			continue
+		}
+		seen++
+		for _, k := range keys {
+			switch {
+			case v.Secret.KeyID == k.ID:
+				return true, nil
+			case v.Secret.KeyID == "" && (k.APIKey.Empty() || k.APIKey == v.Secret.APIKey):
+				return true, nil
+			}
+		}
+	}
+	return seen < r.version-j.VaultVersion, nil
+}
+
+// supersedeJournaled retires the keys of an interrupted rotation that
+// may have been served with the full grace instead of deleting them
+// (I4), and clears the journal: a fresh rotation follows.
+func (r *run) supersedeJournaled(j store.Journal, keys []Key) error {
+	log := r.log.With("step", string(j.Step), "journal_rotation", j.RotationID)
+	if len(keys) == 0 {
+		log.Info("the journaled key is gone from codat", "key_id", j.NewKeyID, "name", j.Name)
+		return r.forget(j)
+	}
+	now := r.e.now()
+	for _, k := range keys {
+		log.Warn("vault changed after the rotation's key may have been published; retiring it with grace", "key_id", k.ID,
+			"journal_version", j.VaultVersion, "vault_version", r.version)
+	}
+	return r.update(func(st *store.Target) error {
+		for _, k := range keys {
+			supersede(recordCreated(st, k, j.RotationID, now), now.Add(r.t.Grace))
+		}
+		st.Journal = nil
+		return nil
+	})
 }
 
 // forget clears the journal and marks its key, if recorded, deleted: it

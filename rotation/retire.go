@@ -33,6 +33,10 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 	if err != nil {
 		return nil, fmt.Errorf("retire: %w", err)
 	}
+	if err := e.checkOwner(t, cur); err != nil {
+		e.recordBlocked(t, err)
+		return nil, fmt.Errorf("retire: %w", err)
+	}
 	if cur.Secret == nil {
 		return nil, fmt.Errorf("retire: %s holds no secret; nothing is deleted while no key is served", t.Vault)
 	}
@@ -41,13 +45,14 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 	if err != nil {
 		return nil, fmt.Errorf("retire: %w", err)
 	}
+	e.noteListing(t.Name, keys)
 	seen := See(keys, cur.Secret, cur.Version)
 	served := seen.Served
 	if served.Known {
 		err := e.Store.Update(t.Name, func(st *store.Target) error {
 			// Orphans are left to the next rotation, which deletes them
 			// under its journal.
-			_ = Reconcile(st, seen, t.Prefix, t.Grace, now, "")
+			_ = Reconcile(st, seen, NamesOf(t), t.Grace, now, "")
 			due, _ = Due(*st, now)
 			return nil
 		})

@@ -34,6 +34,7 @@ func TestRetryable(t *testing.T) {
 		{"ErrNoRoom", fmt.Errorf("%w: 10 of 10", ErrNoRoom), false},
 		{"ErrServedKeyRejected", ErrServedKeyRejected, false},
 		{"ErrNoBootstrap", ErrNoBootstrap, false},
+		{"ErrBootstrapRejected", ErrBootstrapRejected, false},
 		{"ErrHalted", ErrHalted, false},
 		{"ErrBusy", ErrBusy, false},
 		{"errRevoke", fmt.Errorf("%w %q: no such key", errRevoke, "k1"), false},

@@ -35,6 +35,7 @@ type run struct {
 	// keys.
 	secret  Published
 	version int
+	meta    map[string]string // the secret's custom metadata
 	served  Served
 	client  Codat
 	keys    []Key
@@ -80,8 +81,26 @@ func (r *run) rotate(ctx context.Context) (Result, error) {
 		r.res = Result{RotationID: id, Deleted: r.res.Deleted}
 		r.log = r.e.log().With("target", r.t.Name, "rotation", id)
 	}
-	if err := r.plan(ctx); err != nil {
+	// From the look at Codat's keys to the create, no other target on
+	// the same Codat client is between those steps (clients.go).
+	hold, err := r.e.holdSlots(ctx, r.t.Name)
+	if err != nil {
 		return r.res, fmt.Errorf("plan: %w", err)
+	}
+	defer func() { hold.release() }()
+	for {
+		if err := r.plan(ctx); err != nil {
+			return r.res, fmt.Errorf("plan: %w", err)
+		}
+		if hold.covers(r.t.Name) {
+			break
+		}
+		// The listing showed a target on the same client this rotation
+		// did not hold: hold it too and look again.
+		hold.release()
+		if hold, err = r.e.holdSlots(ctx, r.t.Name); err != nil {
+			return r.res, fmt.Errorf("plan: %w", err)
+		}
 	}
 	if err := r.checkRevoke(); err != nil {
 		return r.res, err
@@ -94,6 +113,7 @@ func (r *run) rotate(ctx context.Context) (Result, error) {
 		return r.res, fmt.Errorf("make room: %w", err)
 	}
 	k, err := r.create(ctx)
+	hold.release()
 	if err != nil {
 		return r.res, fmt.Errorf("create key: %w", err)
 	}
@@ -129,6 +149,10 @@ func (r *run) plan(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := r.e.checkOwner(r.t, cur); err != nil {
+		return err
+	}
+	r.meta = cur.CustomMetadata
 	if cur.Secret == nil {
 		if cur, err = r.bootstrap(ctx, cur); err != nil {
 			return fmt.Errorf("bootstrap: %w", err)
@@ -138,12 +162,13 @@ func (r *run) plan(ctx context.Context) error {
 	r.client = r.e.Codat(r.t.Name, r.secret.APIKey)
 	keys, err := r.client.List(ctx)
 	if errors.Is(err, ErrKeyRejected) {
-		return fmt.Errorf("%w: the key at %s (id %q): %w", ErrServedKeyRejected, r.t.Vault, r.secret.KeyID, err)
+		return fmt.Errorf("%w: the key at %s (id %q): %w; was it deleted at Codat? Put a working key of this Codat client there (`vault kv put %s api_key=<key>`) and rotate again", ErrServedKeyRejected, r.t.Vault, r.secret.KeyID, err, r.t.Vault)
 	}
 	if err != nil {
 		return err
 	}
 	r.keys = keys
+	r.e.noteListing(r.t.Name, keys)
 	r.served = FindServed(keys, &r.secret)
 	if !r.served.Known {
 		return servedUnknown(r.t, false, len(keys))
@@ -167,7 +192,7 @@ func (r *run) bootstrap(ctx context.Context, cur Current) (Current, error) {
 	keys, err := r.e.Codat(r.t.Name, key).List(ctx)
 	if err != nil {
 		if errors.Is(err, ErrKeyRejected) {
-			return cur, fmt.Errorf("%w: codat rejects the bootstrap key: %w", ErrServedKeyRejected, err)
+			return cur, bootstrapRejected(r.t, err)
 		}
 		return cur, err
 	}
@@ -183,7 +208,7 @@ func (r *run) bootstrap(ctx context.Context, cur Current) (Current, error) {
 	}
 	now := r.e.now()
 	s := Published{APIKey: key, KeyID: k.ID, KeyName: k.Name, CreatedAt: k.Created, RotatedAt: now, NextRotationAt: r.nextRotation(now)}
-	if _, err := r.e.Vault.Write(ctx, r.t.Vault, s, cur.Version, r.metadata()); err != nil && !errors.Is(err, ErrMetadataNotSet) {
+	if _, err := r.e.Vault.Write(ctx, r.t.Vault, s, cur.Version, r.metadata(now)); err != nil && !errors.Is(err, ErrMetadataNotSet) {
 		return cur, fmt.Errorf("publish bootstrap key: %w", err)
 	}
 	after, err := r.e.Vault.Read(ctx, r.t.Vault)
@@ -206,6 +231,16 @@ func (r *run) bootstrap(ctx context.Context, cur Current) (Current, error) {
 	return after, nil
 }
 
+// bootstrapRejected is Codat's refusal of the bootstrap key, naming
+// where the key came from.
+func bootstrapRejected(t Target, err error) error {
+	from := t.BootstrapFrom
+	if from == "" {
+		from = "the configured bootstrap key"
+	}
+	return fmt.Errorf("%w from %s: %w; set %s to a working key of this Codat client (one made in the Codat Portal, say)", ErrBootstrapRejected, from, err, from)
+}
+
 // reconcile applies Reconcile to the state and deletes the orphans it
 // finds (I5).
 func (r *run) reconcile(ctx context.Context) error {
@@ -213,7 +248,7 @@ func (r *run) reconcile(ctx context.Context) error {
 	now := r.e.now()
 	var orphans []Key
 	err := r.update(func(st *store.Target) error {
-		orphans = Reconcile(st, Seen{Keys: r.keys, Secret: &r.secret, Version: r.version, Served: r.served}, r.t.Prefix, r.t.Grace, now, r.id)
+		orphans = Reconcile(st, Seen{Keys: r.keys, Secret: &r.secret, Version: r.version, Served: r.served}, NamesOf(r.t), r.t.Grace, now, r.id)
 		return nil
 	})
 	if err != nil {
@@ -312,7 +347,7 @@ func (r *run) makeRoom(ctx context.Context) error {
 func (r *run) create(ctx context.Context) (Key, error) {
 	log := r.step(store.StepCreate)
 	now := r.e.now()
-	name := NewKeyName(r.t.Prefix, now)
+	name := NamesOf(r.t).New(now)
 	err := r.update(func(st *store.Target) error {
 		st.Journal = &store.Journal{RotationID: r.id, Step: store.StepCreate, Started: now, Updated: now,
 			Emergency: r.opts.Emergency, Revoke: r.opts.Revoke, Name: name, PrevKeyID: r.served.ID, VaultVersion: r.version}
@@ -326,13 +361,14 @@ func (r *run) create(ctx context.Context) (Key, error) {
 		log.Warn("create outcome unknown; looking the key up by name", "name", name, "error", err)
 		found, ok, lerr := r.findJournaled(ctx, name, "")
 		if lerr != nil {
-			return Key{}, fmt.Errorf("%w; and the lookup by name failed: %w", err, lerr) // the journal stays for recovery
+			// The journal stays for recovery.
+			return Key{}, fmt.Errorf("%w; and listing codat's keys to look for it failed too: %w; a key named %q may be left at codat: its name is journaled, and the next run looks for it first and uses or deletes it", err, lerr, name)
 		}
 		if !ok {
 			if cerr := r.clearJournal(); cerr != nil {
 				return Key{}, cerr
 			}
-			return Key{}, err
+			return Key{}, fmt.Errorf("%w; codat lists no key of that name, so none was made and none is left behind; another attempt creates a new one", err)
 		}
 		k, err = found, nil
 	}
@@ -479,8 +515,8 @@ func (r *run) nextRotation(now time.Time) time.Time {
 	return r.t.NextRotation(now)
 }
 
-func (r *run) metadata() map[string]string {
-	return map[string]string{MetadataManagedBy: ManagedByValue, MetadataTarget: r.t.Name}
+func (r *run) metadata(now time.Time) map[string]string {
+	return r.e.metadata(r.t, r.meta, now)
 }
 
 // publish writes the new key to Vault with check-and-set on the version
@@ -506,7 +542,7 @@ func (r *run) publish(ctx context.Context, k Key) error {
 				break
 			}
 		}
-		_, err := r.e.Vault.Write(ctx, r.t.Vault, s, r.version, r.metadata())
+		_, err := r.e.Vault.Write(ctx, r.t.Vault, s, r.version, r.metadata(now))
 		if errors.Is(err, ErrMetadataNotSet) {
 			log.Warn("published, but custom metadata not set", "error", err)
 			err = nil

@@ -174,13 +174,16 @@ type loop struct {
 }
 
 type request struct {
-	opts  Options
-	reply chan reply // buffered: the loop never blocks on it
+	opts Options
+	// takeover asks for a takeover instead of a rotation.
+	takeover bool
+	reply    chan reply // buffered: the loop never blocks on it
 }
 
 type reply struct {
-	res Result
-	err error
+	res      Result
+	takeover Takeover
+	err      error
 }
 
 // Start begins scheduling: one loop per target. A target with an
@@ -260,8 +263,7 @@ func (s *Scheduler) Apply(schedules []Schedule) error {
 			if (sc.Spec != old.Spec || sc.Jitter != old.Jitter) && !l.tick.IsZero() {
 				// A changed schedule replans the next tick; a catch-up or
 				// an unfinished journal stays due.
-				l.tick = l.sched.Next(now)
-				l.runAt = l.tick.Add(s.jitter(sc.Jitter))
+				s.planTick(l, now)
 			}
 			s.unpark(l, true)
 		}
@@ -284,15 +286,13 @@ func (s *Scheduler) plan(l *loop, now time.Time) {
 	}
 	switch {
 	case err != nil:
-		l.tick = l.sched.Next(now)
-		l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
+		s.planTick(l, now)
 	case st.Journal != nil && !st.Halted:
 		log.Warn("an interrupted rotation is in the journal; finishing it now", "target", l.name, "step", string(st.Journal.Step))
 		l.tick, l.runAt = time.Time{}, now
 	case st.Halted:
 		log.Warn("target is halted; no scheduled rotation until `codat-rotator resume`", "target", l.name, "reason", st.HaltReason)
-		l.tick = l.sched.Next(now)
-		l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
+		s.planTick(l, now)
 	case !l.sched.Next(st.LastSuccess).After(now):
 		// A scheduled run was missed while the daemon was down (or it
 		// never rotated): catch up soon.
@@ -300,8 +300,7 @@ func (s *Scheduler) plan(l *loop, now time.Time) {
 		log.Info("a scheduled rotation was missed; catching up", "target", l.name, "last_success", st.LastSuccess, "in", delay)
 		l.tick, l.runAt = time.Time{}, now.Add(delay)
 	default:
-		l.tick = l.sched.Next(now)
-		l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
+		s.planTick(l, now)
 	}
 	l.planned, l.recheck = true, err != nil || st.Halted || st.Journal != nil
 	if !l.recheck {
@@ -496,37 +495,44 @@ func (s *Scheduler) nextRetire(name string, now time.Time, rs *retireState, log 
 	return now, false
 }
 
-// tick runs the scheduled rotation and plans the next one.
+// tick runs the scheduled rotation. It plans the following run first,
+// so that the rotation publishes, as next_rotation_at, the run the loop
+// will really make, and status shows it while this one runs.
 func (s *Scheduler) tick(l *loop, log *slog.Logger) {
-	s.mu.Lock()
-	tick, runAt, gen := l.tick, l.runAt, l.gen
-	s.mu.Unlock()
 	started := s.now()
-	s.rotate(l, log, Options{})
-	now := s.now()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l.gen != gen && !l.tick.Equal(tick) {
-		return // Apply replanned while it ran
-	}
 	// This run covers every tick due when it started, less its jitter:
 	// one run for ticks missed while the target was busy. A catch-up goes
 	// on from when it ran.
 	base := started
-	if !tick.IsZero() {
-		base = started.Add(-runAt.Sub(tick))
-		if base.Before(tick) {
-			base = tick
+	if !l.tick.IsZero() {
+		base = started.Add(-l.runAt.Sub(l.tick))
+		if base.Before(l.tick) {
+			base = l.tick
 		}
 	}
-	l.tick = l.sched.Next(base)
-	if !l.tick.After(now) {
-		// Ticks came due while the rotation ran: one more run, now, for
-		// all of them, never a silent drop.
-		log.Info("a scheduled rotation came due while the target was busy; running it now", "due", l.tick)
-		l.tick, l.runAt = now, now
-		return
+	s.planTick(l, base)
+	s.mu.Unlock()
+	s.rotate(l, log, Options{})
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l.runAt.After(now) {
+		return // the planned run, or the one Apply planned meanwhile
 	}
+	// The following run came due while the rotation ran: one more run,
+	// now, for every tick that passed, never a silent drop.
+	log.Info("a scheduled rotation came due while the target was busy; running it now", "due", l.runAt)
+	l.tick, l.runAt = now, now
+}
+
+// planTick sets the loop's next scheduled run: the schedule's first tick
+// after base, delayed by a fresh jitter. It is the one place that
+// decides when the target next rotates on schedule; Next reads what it
+// set, for status, the next_rotation metric and the next_rotation_at a
+// rotation publishes (docs/design.md#scheduling). The caller holds mu.
+func (s *Scheduler) planTick(l *loop, base time.Time) {
+	l.tick = l.sched.Next(base)
 	l.runAt = l.tick.Add(s.jitter(l.def.Jitter))
 }
 
@@ -541,6 +547,14 @@ func (s *Scheduler) serve(l *loop, log *slog.Logger, req request) {
 		r.err = errors.New("the daemon is shutting down")
 		return
 	}
+	if req.takeover {
+		s.mu.Lock()
+		t := l.def.Target
+		s.mu.Unlock()
+		s.busy(l, log, "a takeover", func() { r.takeover, r.err = s.Engine.Takeover(s.ctx, t) })
+		l.rs = retireState{} // rebuilt keys retire on their own times
+		return
+	}
 	r.res, r.err = s.rotate(l, log, req.opts)
 }
 
@@ -550,6 +564,9 @@ func (s *Scheduler) rotate(l *loop, log *slog.Logger, opts Options) (res Result,
 	s.mu.Lock()
 	t := l.def.Target
 	s.mu.Unlock()
+	// The secret's next_rotation_at is the loop's own next run, as
+	// planned when the rotation publishes.
+	t.NextRotation = func(time.Time) time.Time { return s.Next(l.name) }
 	start := s.now()
 	err = errors.New("rotation panicked")
 	s.busy(l, log, "a rotation", func() { res, err = s.Engine.Rotate(s.ctx, t, opts) })
@@ -661,6 +678,20 @@ func (s *Scheduler) guard(log *slog.Logger, what string, fn func()) {
 // scheduler's lifetime, not the caller's: a client that hangs up does
 // not cut a rotation short.
 func (s *Scheduler) RotateNow(name string, opts Options) (Result, error) {
+	r := s.ask(name, request{opts: opts})
+	return r.res, r.err
+}
+
+// TakeoverNow queues a takeover of the target to its loop and waits for
+// its result; the loop then retires the keys it rebuilt when they fall
+// due.
+func (s *Scheduler) TakeoverNow(name string) (Takeover, error) {
+	r := s.ask(name, request{takeover: true})
+	return r.takeover, r.err
+}
+
+// ask queues req to the named target's loop and waits for the reply.
+func (s *Scheduler) ask(name string, req request) reply {
 	s.mu.Lock()
 	l, ok := s.loops[name]
 	closing := s.closing || !s.started
@@ -668,19 +699,18 @@ func (s *Scheduler) RotateNow(name string, opts Options) (Result, error) {
 	switch {
 	case closing:
 		s.mu.Unlock()
-		return Result{}, errors.New("the daemon is shutting down")
+		return reply{err: errors.New("the daemon is shutting down")}
 	case !ok:
 		s.mu.Unlock()
-		return Result{}, fmt.Errorf("no target %q", name)
+		return reply{err: fmt.Errorf("no target %q", name)}
 	}
 	// The loop answers every request it takes: it serves it, or refuses
 	// it when it leaves (a removal, a stop).
-	req := request{opts: opts, reply: make(chan reply, 1)}
+	req.reply = make(chan reply, 1)
 	l.requests = append(l.requests, req)
 	s.unpark(l, true)
 	s.mu.Unlock()
-	r := <-req.reply
-	return r.res, r.err
+	return <-req.reply
 }
 
 // Target returns the named target's current definition.
@@ -861,7 +891,13 @@ func (s *Scheduler) jitter(max time.Duration) time.Duration {
 	if s.Jitter != nil {
 		return s.Jitter(max)
 	}
-	return rand.N(max)
+	d := rand.N(max)
+	if max >= time.Second {
+		// Whole seconds, as next_rotation_at is published: the secret,
+		// status and the metric then show the very instant of the run.
+		d = d.Truncate(time.Second)
+	}
+	return d
 }
 
 func (s *Scheduler) catchUpDelay(max time.Duration) time.Duration {

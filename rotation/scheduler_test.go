@@ -203,6 +203,35 @@ func (v *memVault) Write(_ context.Context, loc vault.Location, s vault.Secret, 
 	return len(d.versions), nil
 }
 
+func (v *memVault) History(_ context.Context, loc vault.Location) ([]vault.Version, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.fail != nil {
+		return nil, v.fail
+	}
+	var out []vault.Version
+	if d := v.docs[loc]; d != nil {
+		for i, s := range d.versions {
+			out = append(out, vault.Version{Version: i + 1, Secret: s})
+		}
+	}
+	return out, nil
+}
+
+func (v *memVault) PatchMetadata(_ context.Context, loc vault.Location, md map[string]string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.fail != nil {
+		return v.fail
+	}
+	if d := v.docs[loc]; d != nil {
+		for k, val := range md {
+			d.md[k] = val
+		}
+	}
+	return nil
+}
+
 // gate holds a target's Codat calls of one operation until released, and
 // counts the target's calls in flight to catch overlapping runs.
 type gate struct {
@@ -662,6 +691,97 @@ func TestSchedulerNextIsThePlannedRun(t *testing.T) {
 	defer mu.Unlock()
 	if len(asked) < 2 || asked[0] != 10*time.Minute {
 		t.Errorf("jitter drawn with %v, want the schedule's 10m once per tick", asked)
+	}
+}
+
+// TestNextRotationAtIsTheLoopsRun (issue 16): for cron and @every
+// schedules, with jitter, the next_rotation_at a scheduled or manual
+// rotation publishes is what Next says (status and the metric read
+// Next), and the loop's next rotation starts exactly then, however long
+// the rotation that published it took.
+func TestNextRotationAtIsTheLoopsRun(t *testing.T) {
+	t.Parallel()
+	for _, spec := range []string{"@every 1h", "20 * * * *"} {
+		t.Run(spec, func(t *testing.T) {
+			t.Parallel()
+			e := newSchedEnv(t, "prod")
+			e.rotate("prod") // rotated just now: no catch-up
+			s := e.newScheduler()
+			var mu sync.Mutex
+			draws := 0
+			s.Jitter = func(max time.Duration) time.Duration {
+				mu.Lock()
+				defer mu.Unlock()
+				draws++
+				return time.Duration(draws*7%11) * time.Minute // 7m, 3m, 10m, 6m...
+			}
+			// The target's own NextRotation, as cmd sets it for rotations
+			// outside a daemon: the scheduler's runs must not use it.
+			sched, err := rotation.ParseSchedule(spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			target := e.target("prod")
+			target.NextRotation = sched.Next
+			e.start(s, rotation.Schedule{Target: target, Spec: spec, Jitter: 15 * time.Minute})
+			e.clock.waitParked(t, 1)
+
+			published := func() time.Time {
+				t.Helper()
+				cur, err := e.vault.Read(context.Background(), adapt.VaultLocation(e.target("prod").Vault))
+				if err != nil || cur.Secret == nil {
+					t.Fatalf("read the secret: %v", err)
+				}
+				return cur.Secret.NextRotationAt
+			}
+			for round := 1; round <= 3; round++ {
+				next := s.Next("prod")
+				if !next.After(e.clock.Now()) {
+					t.Fatalf("round %d: Next = %s, not after now %s", round, next, e.clock.Now())
+				}
+				// The rotation takes 90 s on the clock: a next run computed
+				// from the publish would land 90 s late.
+				release := e.gate.hold("create")
+				e.clock.Advance(next.Sub(e.clock.Now()))
+				e.gate.waitEntered(t, "create")
+				calls := e.rec.rotationsOf("prod")
+				e.clock.Advance(90 * time.Second)
+				release()
+				calls = e.rec.waitRotations(t, "prod", len(calls)+1)
+				e.clock.waitParked(t, 1)
+				c := calls[len(calls)-1]
+				if c.err != nil {
+					t.Fatalf("round %d: rotation: %v", round, c.err)
+				}
+				if !c.started.Equal(next) {
+					t.Errorf("round %d: the rotation started at %s, want %s, the Next planned before it", round, c.started, next)
+				}
+				if got, want := published(), s.Next("prod"); !got.Equal(want) {
+					t.Errorf("round %d: next_rotation_at = %s, want Next = %s", round, got, want)
+				}
+			}
+
+			// A manual rotation publishes the loop's next run too, and
+			// leaves it where it was.
+			next := s.Next("prod")
+			e.clock.Advance(5 * time.Minute)
+			if _, err := s.RotateNow("prod", rotation.Options{Manual: true}); err != nil {
+				t.Fatalf("manual rotation: %v", err)
+			}
+			e.clock.waitParked(t, 1)
+			if got := published(); !got.Equal(next) {
+				t.Errorf("manual rotation published next_rotation_at = %s, want the loop's next run %s", got, next)
+			}
+			if got := s.Next("prod"); !got.Equal(next) {
+				t.Errorf("after the manual rotation Next = %s, want it unchanged at %s", got, next)
+			}
+			n := len(e.rec.rotationsOf("prod"))
+			e.clock.Advance(next.Sub(e.clock.Now()))
+			calls := e.rec.waitRotations(t, "prod", n+1)
+			if got := calls[len(calls)-1].started; !got.Equal(next) {
+				t.Errorf("the scheduled run after the manual one started at %s, want %s", got, next)
+			}
+		})
 	}
 }
 

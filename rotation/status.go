@@ -50,9 +50,10 @@ type ClassifiedKey struct {
 // state and the secret Vault serves (nil when none), in the listing's
 // order: the same Classify a rotation acts on, so `keys` shows what the
 // next rotation would do with each.
-func ClassifyKeys(t Target, st store.Target, listing []Key, secret *Published) []ClassifiedKey {
-	served := FindServed(listing, secret)
-	classes := Classify(st, listing, served, secret, t.Prefix)
+func ClassifyKeys(t Target, st store.Target, listing []Key, cur Current) []ClassifiedKey {
+	seen := See(listing, cur.Secret, cur.Version)
+	served := seen.Served
+	classes := Classify(st, seen, NamesOf(t))
 	out := make([]ClassifiedKey, 0, len(listing))
 	for _, k := range listing {
 		c := ClassifiedKey{Key: k, Class: classes[k.ID], Served: served.May(k.ID)}

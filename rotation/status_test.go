@@ -44,18 +44,20 @@ func TestTargetStatus(t *testing.T) {
 
 func TestClassifyKeys(t *testing.T) {
 	target := rotation.Target{Name: targetName, Prefix: prefix}
-	st := store.Target{Keys: []store.Key{
+	st := store.Target{VaultVersion: 1, Keys: []store.Key{
 		{ID: "made", Origin: store.OriginCreated, State: store.KeyActive},
 		{ID: "boot", Origin: store.OriginAdopted, State: store.KeyRetiring},
 		{ID: "seen", Origin: store.OriginForeign, State: store.KeyForeign},
 	}}
+	names := rotation.NamesOf(target)
 	listing := []rotation.Key{
-		{ID: "made", Name: prefix + "20260302T030000Z-abc123"},
+		{ID: "made", Name: names.New(time.Now())},
 		{ID: "boot", Name: "bootstrap"},
 		{ID: "seen", Name: "a person's key"},
 		{ID: "portal", Name: "made-by-a-person"},
 		{ID: "lookalike", Name: prefix + "by-hand"},
-		{ID: "orphan", Name: prefix + "20260302T040000Z-zz9zz9"},
+		{ID: "orphan", Name: names.New(time.Now())},
+		{ID: "sibling", Name: rotation.NamesOf(rotation.Target{Name: "other", Prefix: prefix}).New(time.Now())},
 	}
 	tests := []struct {
 		id    string
@@ -68,8 +70,9 @@ func TestClassifyKeys(t *testing.T) {
 		{"portal", rotation.ClassForeign, ""},
 		{"lookalike", rotation.ClassForeign, ""},
 		{"orphan", rotation.ClassOrphan, ""},
+		{"sibling", rotation.ClassForeign, ""},
 	}
-	got := rotation.ClassifyKeys(target, st, listing, &rotation.Published{KeyID: "made"})
+	got := rotation.ClassifyKeys(target, st, listing, rotation.Current{Secret: &rotation.Published{KeyID: "made"}, Version: 1})
 	if len(got) != len(tests) {
 		t.Fatalf("got %d keys, want %d", len(got), len(tests))
 	}
@@ -88,7 +91,7 @@ func TestClassifyKeys(t *testing.T) {
 		})
 	}
 
-	for _, c := range rotation.ClassifyKeys(target, st, listing, nil) {
+	for _, c := range rotation.ClassifyKeys(target, st, listing, rotation.Current{}) {
 		if c.Served {
 			t.Errorf("no served secret, yet %s is marked served", c.Key.ID)
 		}

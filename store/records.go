@@ -102,6 +102,12 @@ type Target struct {
 	HaltReason string    `json:"halt_reason,omitempty"`
 	HaltedAt   time.Time `json:"halted_at,omitzero"`
 
+	// Blocked says which other state file owns the target's secret, when
+	// a look at Vault found one: the target rotates nothing until that
+	// changes (a takeover). Empty when not blocked.
+	Blocked   string    `json:"blocked,omitempty"`
+	BlockedAt time.Time `json:"blocked_at,omitzero"`
+
 	// CodatKeys is how many keys Codat held when last looked at (foreign
 	// ones included), for status and the free-slots metric.
 	CodatKeys int `json:"codat_keys,omitempty"`

@@ -5,7 +5,9 @@ package store
 
 import (
 	"bufio"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,6 +54,7 @@ var (
 	bucketHistory = []byte("history")
 	keySchema     = []byte("schema")
 	keyCreated    = []byte("created")
+	keyIdentity   = []byte("identity")
 	keyState      = []byte("state")
 )
 
@@ -127,9 +130,9 @@ func openBolt(path string, timeout time.Duration, readOnly bool) (db *bolt.DB, e
 	case errors.Is(err, berrors.ErrTimeout):
 		holder := ""
 		if pid := lockHolder(path); pid > 0 {
-			holder = fmt.Sprintf(" (pid %d)", pid)
+			holder = fmt.Sprintf(" (pid %d%s)", pid, commandOf(pid))
 		}
-		return nil, fmt.Errorf("%w%s: %s is locked; stop it, or use `rotate` and `status` through its admin socket", ErrLocked, holder, path)
+		return nil, fmt.Errorf("%w%s: %s is locked", ErrLocked, holder, path)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum),
 		strings.HasPrefix(err.Error(), "file size too small"): // bbolt has no sentinel for it
 		return nil, fmt.Errorf("%w: %s: %v (the file was left untouched)", ErrCorrupt, path, err)
@@ -190,7 +193,7 @@ func (db *DB) init() error {
 	ready := false
 	_ = db.bolt.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		ready = meta != nil && meta.Get(keySchema) != nil && tx.Bucket(bucketTargets) != nil
+		ready = meta != nil && meta.Get(keySchema) != nil && meta.Get(keyIdentity) != nil && tx.Bucket(bucketTargets) != nil
 		return nil
 	})
 	if ready {
@@ -209,11 +212,36 @@ func (db *DB) init() error {
 				return fmt.Errorf("init state file: %w", err)
 			}
 		}
+		if meta.Get(keyIdentity) == nil {
+			// The identity that owns targets in Vault (docs/design.md#ownership);
+			// a file from before ownership gets one on its first open.
+			var b [8]byte
+			if _, err := rand.Read(b[:]); err != nil {
+				return fmt.Errorf("init state file: %w", err)
+			}
+			if err := meta.Put(keyIdentity, []byte(hex.EncodeToString(b[:]))); err != nil {
+				return fmt.Errorf("init state file: %w", err)
+			}
+		}
 		if _, err := tx.CreateBucketIfNotExists(bucketTargets); err != nil {
 			return fmt.Errorf("init state file: %w", err)
 		}
 		return nil
 	})
+}
+
+// Identity returns the state file's identity: the owner it records in
+// the secrets it publishes. Empty only in a file opened read-only that
+// no release with ownership has opened for writing.
+func (db *DB) Identity() (string, error) {
+	var id string
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			id = string(meta.Get(keyIdentity))
+		}
+		return nil
+	})
+	return id, err
 }
 
 // Path returns the file's path.
@@ -418,6 +446,16 @@ func seqKey(n uint64) []byte {
 	b := make([]byte, 8)
 	binary.BigEndian.PutUint64(b, n)
 	return b
+}
+
+// commandOf is ": " and pid's command line, so that an operator can tell
+// a daemon from a rotate in progress; empty when it cannot be read.
+func commandOf(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	return ": " + strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
 }
 
 // lockHolder finds the pid holding a lock on path in /proc/locks, or 0.

@@ -507,7 +507,9 @@ func TestLocked(t *testing.T) {
 		if !errors.Is(err, store.ErrLocked) {
 			t.Fatalf("open: got %v, want %v", err, store.ErrLocked)
 		}
-		if want := fmt.Sprintf("(pid %d)", holder.Process.Pid); !strings.Contains(err.Error(), want) {
+		// Its pid, and its command line, so an operator can tell a
+		// daemon from a rotate in progress.
+		if want := fmt.Sprintf("(pid %d: %s", holder.Process.Pid, holder.Path); !strings.Contains(err.Error(), want) {
 			t.Errorf("open: %q does not name the holder %s", err, want)
 		}
 

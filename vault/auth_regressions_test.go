@@ -75,7 +75,7 @@ func TestRegressionKubernetesRefusalReason(t *testing.T) {
 	srv := vaulttest.Shared(t)
 	root := srv.Client(t)
 	mount := enableAuth(t, root, "kubernetes")
-	tr := newTokenReviewer(t)
+	tr := vaulttest.NewTokenReviewer(t)
 	if _, err := root.Logical().Write("auth/"+mount+"/config", map[string]any{"kubernetes_host": tr.URL, "disable_local_ca_jwt": true}); err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestRegressionKubernetesRefusalReason(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	file := writeFile(t, t.TempDir(), "token", signJWT(t, saClaims("codat-rotator", "default", "uid-1")))
+	file := writeFile(t, t.TempDir(), "token", vaulttest.ServiceAccountJWT(t, "codat-rotator", "default", "uid-1"))
 	c, err := vault.New(vault.Config{Address: srv.Addr, Auth: vault.KubernetesAuth{Mount: mount, Role: "codat-rotator", TokenFile: file}})
 	if err != nil {
 		t.Fatal(err)

@@ -3,20 +3,13 @@ package vault_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -457,116 +450,13 @@ path "%[1]s/metadata/*" { capabilities = ["read", "patch"] }`, loc.Mount)
 	})
 }
 
-// saClaims are the claims of a legacy Kubernetes service-account token
-// for the codat-rotator service account in namespace ns.
-func saClaims(name, ns, uid string) map[string]any {
-	return map[string]any{
-		"iss":                                    "kubernetes/serviceaccount",
-		"sub":                                    "system:serviceaccount:" + ns + ":" + name,
-		"kubernetes.io/serviceaccount/namespace": ns,
-		"kubernetes.io/serviceaccount/secret.name":          name + "-token",
-		"kubernetes.io/serviceaccount/service-account.name": name,
-		"kubernetes.io/serviceaccount/service-account.uid":  uid,
-	}
-}
-
-// signJWT returns claims as an ES256 JWT signed with a throwaway key:
-// Vault configured with no pemkeys checks the shape and algorithm, and
-// leaves the signature to the TokenReview API.
-func signJWT(tb testing.TB, claims map[string]any) string {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	enc := base64.RawURLEncoding
-	h, _ := json.Marshal(map[string]string{"alg": "ES256", "typ": "JWT", "kid": "test"})
-	c, err := json.Marshal(claims)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	input := enc.EncodeToString(h) + "." + enc.EncodeToString(c)
-	sum := sha256.Sum256([]byte(input))
-	r, s, err := ecdsa.Sign(rand.Reader, key, sum[:])
-	if err != nil {
-		tb.Fatal(err)
-	}
-	sig := make([]byte, 64)
-	r.FillBytes(sig[:32])
-	s.FillBytes(sig[32:])
-	return input + "." + enc.EncodeToString(sig)
-}
-
-// tokenReviewer stands in for the Kubernetes API server's TokenReview
-// endpoint: it authenticates the JWTs it knows, as their service account.
-type tokenReviewer struct {
-	*httptest.Server
-	mu      sync.Mutex
-	known   map[string]string // JWT → uid
-	reviews int
-	bearers []string
-}
-
-func newTokenReviewer(tb testing.TB) *tokenReviewer {
-	tb.Helper()
-	tr := &tokenReviewer{known: map[string]string{}}
-	tr.Server = httptest.NewTLSServer(http.HandlerFunc(tr.serve))
-	tb.Cleanup(tr.Close)
-	return tr
-}
-
-func (tr *tokenReviewer) serve(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost || r.URL.Path != "/apis/authentication.k8s.io/v1/tokenreviews" {
-		http.Error(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}`, http.StatusNotFound)
-		return
-	}
-	var review struct {
-		Spec struct {
-			Token string `json:"token"`
-		} `json:"spec"`
-	}
-	if err := json.NewDecoder(r.Body).Decode(&review); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	tr.mu.Lock()
-	tr.reviews++
-	tr.bearers = append(tr.bearers, r.Header.Get("Authorization"))
-	uid, ok := tr.known[review.Spec.Token]
-	tr.mu.Unlock()
-	status := map[string]any{"authenticated": false}
-	if ok {
-		status = map[string]any{
-			"authenticated": true,
-			"user": map[string]any{
-				"username": "system:serviceaccount:codat-rotator:codat-rotator",
-				"uid":      uid,
-				"groups":   []string{"system:serviceaccounts", "system:serviceaccounts:codat-rotator", "system:authenticated"},
-			},
-		}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusCreated)
-	_ = json.NewEncoder(w).Encode(map[string]any{
-		"apiVersion": "authentication.k8s.io/v1",
-		"kind":       "TokenReview",
-		"status":     status,
-	})
-}
-
-func (tr *tokenReviewer) count() (int, []string) {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	return tr.reviews, append([]string(nil), tr.bearers...)
-}
-
 func TestKubernetesAuth(t *testing.T) {
 	srv := vaulttest.Shared(t)
 	root := srv.Client(t)
 	loc := newLocation(t, srv)
 	policy := kvPolicy(t, root, loc.Mount)
 	mount := enableAuth(t, root, "kubernetes")
-	tr := newTokenReviewer(t)
+	tr := vaulttest.NewTokenReviewer(t)
 	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tr.Certificate().Raw})
 	if _, err := root.Logical().Write("auth/"+mount+"/config", map[string]any{
 		"kubernetes_host":      tr.URL,
@@ -584,10 +474,8 @@ func TestKubernetesAuth(t *testing.T) {
 		t.Fatalf("create kubernetes role: %v", err)
 	}
 	const uid = "4d2ad3f5-8a3c-4e0b-9a55-0c1d2e3f4a5b"
-	jwt := signJWT(t, saClaims("codat-rotator", "codat-rotator", uid))
-	tr.mu.Lock()
-	tr.known[jwt] = uid
-	tr.mu.Unlock()
+	jwt := vaulttest.ServiceAccountJWT(t, "codat-rotator", "codat-rotator", uid)
+	tr.Know(jwt, uid)
 	dir := t.TempDir()
 	// Kubelet writes projected tokens with no trailing newline.
 	tokenFile := writeFile(t, dir, "token", jwt)
@@ -608,7 +496,7 @@ func TestKubernetesAuth(t *testing.T) {
 	if got, want := seen.String(), "kubernetes"; got != want {
 		t.Errorf("OnLogin calls = %q, want %q", got, want)
 	}
-	reviews, bearers := tr.count()
+	reviews, bearers := tr.Count()
 	if reviews != 1 || bearers[0] != "Bearer "+jwt {
 		t.Errorf("token reviews = %d with bearers %q, want 1 with the pod's own JWT (no token_reviewer_jwt set)", reviews, bearers)
 	}
@@ -642,13 +530,13 @@ func TestKubernetesAuth(t *testing.T) {
 		// Vault answers a login at a path with no auth method 403.
 		{name: "no such mount", role: "codat-rotator", mount: "kubernetes-nope", want: []string{"auth/kubernetes-nope/login"}, is: vault.ErrLoginRefused},
 		{name: "service account not bound", role: "codat-rotator",
-			jwt:  signJWT(t, saClaims("someone-else", "codat-rotator", uid)),
+			jwt:  vaulttest.ServiceAccountJWT(t, "someone-else", "codat-rotator", uid),
 			want: []string{"auth/" + mount + "/login", "service account name not authorized"}, is: vault.ErrLoginRefused},
 		{name: "namespace not bound", role: "codat-rotator",
-			jwt:  signJWT(t, saClaims("codat-rotator", "default", uid)),
+			jwt:  vaulttest.ServiceAccountJWT(t, "codat-rotator", "default", uid),
 			want: []string{"auth/" + mount + "/login", "namespace not authorized"}, is: vault.ErrLoginRefused},
 		{name: "token review refuses", role: "codat-rotator",
-			jwt:  signJWT(t, saClaims("codat-rotator", "codat-rotator", uid)), // well-formed, unknown to the API server
+			jwt:  vaulttest.ServiceAccountJWT(t, "codat-rotator", "codat-rotator", uid), // well-formed, unknown to the API server
 			want: []string{"auth/" + mount + "/login"}, is: vault.ErrLoginRefused},
 		{name: "not a JWT", role: "codat-rotator", jwt: "not-a-jwt", want: []string{"auth/" + mount + "/login"}, is: vault.ErrLoginRefused},
 	} {
@@ -666,7 +554,7 @@ func TestKubernetesAuth(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			reviews, _ := tr.count()
+			reviews, _ := tr.Count()
 			err = c.Login(ctx)
 			assertErrorIs(t, err, tc.is, jwt, tc.jwt)
 			assertContains(t, err.Error(), tc.want...)
@@ -677,7 +565,7 @@ func TestKubernetesAuth(t *testing.T) {
 				t.Errorf("OnLogin called after a failed login: %s", seen.String())
 			}
 			// Only a JWT that passes the role's bindings reaches the API server.
-			after, _ := tr.count()
+			after, _ := tr.Count()
 			if got, want := after-reviews, map[bool]int{true: 1}[tc.name == "token review refuses"]; got != want {
 				t.Errorf("token reviews = %d, want %d", got, want)
 			}
@@ -697,10 +585,8 @@ func TestKubernetesAuth(t *testing.T) {
 
 	t.Run("token file read at every login", func(t *testing.T) {
 		// A projected token rotates on disk; the next login sends the new one.
-		rotated := signJWT(t, saClaims("codat-rotator", "codat-rotator", uid))
-		tr.mu.Lock()
-		tr.known[rotated] = uid
-		tr.mu.Unlock()
+		rotated := vaulttest.ServiceAccountJWT(t, "codat-rotator", "codat-rotator", uid)
+		tr.Know(rotated, uid)
 		file := writeFile(t, t.TempDir(), "token", jwt)
 		c, err := vault.New(vault.Config{Address: srv.Addr, Auth: vault.KubernetesAuth{Mount: mount, Role: "codat-rotator", TokenFile: file}})
 		if err != nil {
@@ -713,7 +599,7 @@ func TestKubernetesAuth(t *testing.T) {
 		if err := c.Login(ctx); err != nil {
 			t.Fatalf("Login with the rotated token: %v", err)
 		}
-		_, bearers := tr.count()
+		_, bearers := tr.Count()
 		if got := bearers[len(bearers)-1]; got != "Bearer "+rotated {
 			t.Errorf("the second login sent an old JWT to the token review")
 		}

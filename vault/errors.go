@@ -72,15 +72,18 @@ func (e *Error) Error() string {
 	case ErrPermissionDenied:
 		return fmt.Sprintf("vault %s %s: permission denied: the token's policies must grant %q on %q", e.Op, e.Path, e.Capability, e.Path)
 	case ErrTokenInvalid:
-		return fmt.Sprintf("vault %s %s: the token is invalid or expired (%s)", e.Op, e.Path, e.Detail)
+		return fmt.Sprintf("vault %s %s: the token is invalid or expired (%s): give the daemon a valid token (`vault token lookup` shows what Vault thinks of one)", e.Op, e.Path, e.Detail)
 	case ErrSealed:
 		return fmt.Sprintf("vault %s %s: vault is sealed", e.Op, e.Path)
 	case ErrLoginRefused:
 		return fmt.Sprintf("vault login %s: refused: %d %s: %s", e.Path, e.Status, http.StatusText(e.Status), e.Detail)
 	case ErrMountMissing:
+		if e.Op == "check mount" {
+			return fmt.Sprintf("vault %s %s: no secrets engine is mounted there (%s): fix the target's vault.mount, or mount one with `vault secrets enable -path=%s kv-v2`", e.Op, e.Path, e.Detail, e.Path)
+		}
 		return fmt.Sprintf("vault %s %s: no secrets engine is mounted there (%s)", e.Op, e.Path, e.Detail)
 	case ErrUnreachable:
-		return fmt.Sprintf("vault %s %s: vault unreachable: %s", e.Op, e.Path, e.Detail)
+		return fmt.Sprintf("vault %s %s: vault unreachable: %s (is Vault up, and vault.address or VAULT_ADDR right?)", e.Op, e.Path, e.Detail)
 	}
 	if e.Status != 0 {
 		return fmt.Sprintf("vault %s %s: %d %s: %s", e.Op, e.Path, e.Status, http.StatusText(e.Status), e.Detail)

@@ -199,9 +199,9 @@ func (c *Client) checkMount(ctx context.Context, loc Location) error {
 			version = "1"
 		}
 		if typ != "kv" {
-			return fmt.Errorf("%w: %s is a %q engine, want kv version 2", ErrNotKVv2, loc.Mount, typ)
+			return fmt.Errorf("%w: %s is a %q engine, want kv version 2: point the target's vault.mount at a kv-v2 mount", ErrNotKVv2, loc.Mount, typ)
 		}
-		return fmt.Errorf("%w: %s is kv version %s; enable a kv-v2 engine (vault secrets enable -version=2 -path=%s kv)", ErrNotKVv2, loc.Mount, version, loc.Mount)
+		return fmt.Errorf("%w: %s is kv version %s: upgrade it in place with `vault kv enable-versioning %s/` (its secrets are kept), or point the target's vault.mount at a kv-v2 mount", ErrNotKVv2, loc.Mount, version, loc.Mount)
 	}
 	return nil
 }
@@ -332,6 +332,57 @@ func (c *Client) write(ctx context.Context, loc Location, s Secret, cas int, met
 		}
 	}
 	return version, nil
+}
+
+// History returns every version of the secret at loc that can still
+// be read and decoded, oldest first, with its version number. Versions
+// deleted, destroyed or pruned by max_versions are left out, as are
+// versions that are not a secret of this layout (written by hand).
+func (c *Client) History(ctx context.Context, loc Location) ([]Version, error) {
+	var out []Version
+	err := c.call(ctx, func() error {
+		out = nil
+		kv := c.api.KVv2(loc.Mount)
+		start := time.Now()
+		list, err := kv.GetVersionsAsList(ctx, loc.Path)
+		c.observe("read metadata", err, start)
+		if errors.Is(err, api.ErrSecretNotFound) {
+			return nil
+		}
+		if err != nil {
+			return classify("read metadata", loc.metadataPath(), "read", err)
+		}
+		for _, v := range list {
+			if v.Destroyed || !v.DeletionTime.IsZero() {
+				continue
+			}
+			start := time.Now()
+			sec, err := kv.GetVersion(ctx, loc.Path, v.Version)
+			c.observe("read", err, start)
+			if errors.Is(err, api.ErrSecretNotFound) {
+				continue
+			}
+			if err != nil {
+				return classify("read", loc.dataPath(), "read", err)
+			}
+			if sec.Data == nil {
+				continue
+			}
+			s, err := decodeSecret(sec.Data)
+			if err != nil {
+				continue
+			}
+			out = append(out, Version{Version: v.Version, Secret: s})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Version is one version of a secret.
+type Version struct {
+	Version int
+	Secret  Secret
 }
 
 // PatchMetadata merges custom metadata into the secret's metadata.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -56,7 +58,7 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 	for _, w := range insecureHTTPWarnings(cfg, getenv) {
 		log.Warn(w)
 	}
-	vcl, err := vault.New(vc)
+	vcl, err := newVault(vc)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +88,24 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 		Logger: log,
 		Codat:  a.codat,
 	}
+	if db != nil {
+		if a.engine.Owner, err = owner(db); err != nil {
+			a.Close()
+			return nil, err
+		}
+	}
 	return a, nil
+}
+
+// owner is the identity this process claims targets with: the state
+// file's, and the host it runs on.
+func owner(db *store.DB) (rotation.Owner, error) {
+	id, err := db.Identity()
+	if err != nil {
+		return rotation.Owner{}, fmt.Errorf("read the state file's identity: %w", err)
+	}
+	host, _ := os.Hostname()
+	return rotation.Owner{ID: id, Host: host}, nil
 }
 
 // codat is the engine's CodatFactory: the target's client with key.
@@ -206,6 +225,7 @@ func rotationTarget(tc TargetConfig, getenv func(string) string, log *slog.Logge
 	switch {
 	case tc.Codat.BootstrapKeyFile != "":
 		path := tc.Codat.BootstrapKeyFile
+		t.BootstrapFrom = "bootstrap_key_file " + path
 		t.Bootstrap = func() (codat.Secret, error) {
 			b, warnings, err := secretfile.File{Field: "bootstrap_key_file", Path: path, Holds: "the Codat key"}.Read()
 			for _, w := range warnings {
@@ -216,16 +236,17 @@ func rotationTarget(tc TargetConfig, getenv func(string) string, log *slog.Logge
 			}
 			key := strings.TrimSpace(string(b))
 			if key == "" {
-				return "", fmt.Errorf("bootstrap_key_file %s is empty", path)
+				return "", fmt.Errorf("bootstrap_key_file %s is empty: write a key of this Codat client in it for the first run", path)
 			}
 			return codat.Secret(key), nil
 		}
 	case tc.Codat.BootstrapKeyEnv != "":
 		name := tc.Codat.BootstrapKeyEnv
+		t.BootstrapFrom = "$" + name
 		t.Bootstrap = func() (codat.Secret, error) {
 			key := strings.TrimSpace(getenv(name))
 			if key == "" {
-				return "", fmt.Errorf("bootstrap_key_env: $%s is not set", name)
+				return "", fmt.Errorf("bootstrap_key_env names $%s, which is not set: for the first run, set it to a key of this Codat client (under systemd, in /etc/codat-rotator/env); it is read only while Vault holds no key", name)
 			}
 			return codat.Secret(key), nil
 		}
@@ -245,7 +266,8 @@ func webhooks(tcs []TargetConfig) map[string][]notify.Hook {
 }
 
 // vaultConfig merges vault: with the VAULT_* environment, as the Vault
-// CLI reads it: the file wins where it sets a value.
+// CLI reads it: the file wins where it sets a value. Every error is a
+// usage error: the settings, not Vault, are wrong.
 func vaultConfig(vc VaultConfig, getenv func(string) string) (vault.Config, error) {
 	pick := func(v, env string) string {
 		if v != "" {
@@ -262,42 +284,69 @@ func vaultConfig(vc VaultConfig, getenv func(string) string) (vault.Config, erro
 		ClientKey:     pick(vc.TLS.ClientKey, "VAULT_CLIENT_KEY"),
 		TLSServerName: pick(vc.TLS.ServerName, "VAULT_TLS_SERVER_NAME"),
 	}
-	if v := getenv("VAULT_SKIP_VERIFY"); v != "" {
-		skip, err := strconv.ParseBool(v)
-		if err != nil {
-			return c, fmt.Errorf("VAULT_SKIP_VERIFY=%q: want true or false", v)
-		}
-		c.Insecure = skip
+	if err := checkVaultEnv(vc, getenv); err != nil {
+		return c, err
 	}
+	c.Insecure, _ = strconv.ParseBool(getenv("VAULT_SKIP_VERIFY")) // checked above
 	switch vc.Auth.Method {
 	case "token":
 		c.TokenFile = vc.Auth.TokenFile
 		if c.TokenFile == "" {
 			c.Token = codat.Secret(getenv("VAULT_TOKEN"))
+			if c.Token.Empty() {
+				return c, usage("vault.auth.method is token, but VAULT_TOKEN is empty and vault.auth.token_file is not set: set VAULT_TOKEN in the environment (under systemd, in /etc/codat-rotator/env), or token_file, or use the approle or kubernetes method")
+			}
 		}
 	case "approle":
 		ar := vc.Auth.AppRole
-		if ar.RoleIDFile == "" || ar.SecretIDFile == "" {
-			return c, errors.New("vault.auth.approle: role_id_file and secret_id_file must both be set")
+		var missing []string
+		if ar.RoleIDFile == "" {
+			missing = append(missing, "role_id_file")
+		}
+		if ar.SecretIDFile == "" {
+			missing = append(missing, "secret_id_file")
+		}
+		if len(missing) > 0 {
+			return c, usage("vault.auth.method is approle, but vault.auth.approle.%s is not set: AppRole logs in with a role id and a secret id, each read from its file", strings.Join(missing, " and "))
 		}
 		c.Auth = vault.AppRoleAuth{Mount: ar.Mount, RoleIDFile: ar.RoleIDFile, SecretIDFile: ar.SecretIDFile}
 	case "kubernetes":
 		k := vc.Auth.Kubernetes
 		if k.Role == "" {
-			return c, errors.New("vault.auth.kubernetes.role: must be set")
+			return c, usage("vault.auth.method is kubernetes, but vault.auth.kubernetes.role is not set: name the Vault role bound to this service account (deploy/kubernetes/vault-setup.sh makes codat-rotator)")
 		}
 		c.Auth = vault.KubernetesAuth{Mount: k.Mount, Role: k.Role, TokenFile: k.TokenFile}
 	default:
-		return c, fmt.Errorf("vault.auth.method %q: want token, approle or kubernetes", vc.Auth.Method)
+		return c, usage("vault.auth.method %q: want token, approle or kubernetes", vc.Auth.Method)
 	}
 	if c.Address == "" {
-		return c, errors.New("vault.address: not set, and VAULT_ADDR is empty")
+		return c, usage("vault.address is not set and VAULT_ADDR is empty: set VAULT_ADDR (such as https://vault.example:8200) in the environment (under systemd, in /etc/codat-rotator/env), or vault.address in the config")
 	}
 	if vc.Address == "" {
 		// Validate saw only the file; the address came from $VAULT_ADDR.
+		if u, err := url.Parse(c.Address); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return c, usage("VAULT_ADDR=%q: want an http(s) URL such as https://vault.example:8200", c.Address)
+		}
 		if err := vaultInClear("vault.address ($VAULT_ADDR)", c.Address, vc.AllowInsecureHTTP); err != nil {
-			return c, err
+			return c, &usageError{err}
 		}
 	}
 	return c, nil
+}
+
+// newVault builds the Vault client of c. It contacts nothing, so what
+// fails is the configuration, a usage error; but for a token file that
+// does not exist yet, which a Vault Agent or systemd's LoadCredential
+// may still write: a restart may find it.
+func newVault(c vault.Config) (*vault.Client, error) {
+	if c.TokenFile != "" {
+		if _, err := os.Stat(c.TokenFile); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("vault.auth.token_file %s does not exist (yet?): start the Vault Agent (or whatever writes it) first", c.TokenFile)
+		}
+	}
+	cl, err := vault.New(c)
+	if err != nil {
+		return nil, &usageError{err}
+	}
+	return cl, nil
 }

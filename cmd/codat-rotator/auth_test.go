@@ -2,16 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/hashicorp/vault/api"
 )
 
 // shippedPolicy returns configs/vault-policy.hcl rewritten for mount, as
@@ -222,34 +218,10 @@ func TestAuthPolicyRotation(t *testing.T) {
 // policy hcl, and returns the mount and the role id and secret id files.
 func enableAppRole(t *testing.T, e *crashEnv, hcl string) (mount, roleIDFile, secretIDFile string) {
 	t.Helper()
-	root := e.vault.Client(t)
-	b := make([]byte, 5)
-	_, _ = rand.Read(b)
-	mount = "approle-" + hex.EncodeToString(b)
-	if err := root.Sys().EnableAuthWithOptions(mount, &api.EnableAuthOptions{Type: "approle"}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = root.Sys().DisableAuth(mount) })
-	policy := "codat-rotator-" + hex.EncodeToString(b)
-	if err := root.Sys().PutPolicy(policy, hcl); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = root.Sys().DeletePolicy(policy) })
-	role := "auth/" + mount + "/role/codat-rotator"
-	if _, err := root.Logical().Write(role, map[string]any{"token_policies": []string{policy}, "token_ttl": "1m", "token_no_default_policy": true}); err != nil {
-		t.Fatal(err)
-	}
-	rid, err := root.Logical().Read(role + "/role-id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sid, err := root.Logical().Write(role+"/secret-id", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mount, roleID, secretID := e.vault.AppRole(t, hcl, "1m")
 	roleIDFile, secretIDFile = filepath.Join(e.dir, "role-id"), filepath.Join(e.dir, "secret-id")
-	for file, v := range map[string]any{roleIDFile: rid.Data["role_id"], secretIDFile: sid.Data["secret_id"]} {
-		if err := os.WriteFile(file, []byte(v.(string)+"\n"), 0o600); err != nil {
+	for file, v := range map[string]string{roleIDFile: roleID, secretIDFile: secretID} {
+		if err := os.WriteFile(file, []byte(v+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}

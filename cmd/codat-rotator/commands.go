@@ -18,7 +18,6 @@ import (
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
-	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // The operator commands that work through a running daemon's admin
@@ -72,7 +71,8 @@ func (c *opsCommand) service(ctx context.Context, cfg Config, write bool) (admin
 	if err != nil {
 		return nil, explainLocked(err, cfg.Listen.AdminSocket)
 	}
-	l := &admin.Local{Engine: c.app.engine, Targets: c.app.allTargets, Next: scheduledNext(cfg), Logger: log}
+	// No daemon, no planned run: status shows none (Next nil).
+	l := &admin.Local{Engine: c.app.engine, Targets: c.app.allTargets, Logger: log}
 	if c.notify {
 		c.hooks = notify.New(log, "codat-rotator/"+version, webhooks(cfg.Targets))
 		l.RotateTarget = c.rotateAndNotify
@@ -97,22 +97,10 @@ func adminHandler(a *app, sched *rotation.Scheduler, reload admin.Reload) http.H
 		RotateTarget: func(_ context.Context, t rotation.Target, opts rotation.Options) (rotation.Result, error) {
 			return sched.RotateNow(t.Name, opts)
 		},
+		TakeoverTarget: func(_ context.Context, t rotation.Target) (rotation.Takeover, error) {
+			return sched.TakeoverNow(t.Name)
+		},
 	}, reload, version)
-}
-
-// scheduledNext gives a target's next rotation from the config, for a
-// status read without the daemon.
-func scheduledNext(cfg Config) func(string) time.Time {
-	return func(name string) time.Time {
-		for _, tc := range cfg.Targets {
-			if tc.Name == name {
-				if s, err := rotation.ParseSchedule(tc.Schedule); err == nil {
-					return s.Next(time.Now())
-				}
-			}
-		}
-		return time.Time{}
-	}
 }
 
 // explainLocked turns "state file locked" into what the operator needs:
@@ -122,9 +110,9 @@ func explainLocked(err error, socket string) error {
 		return err
 	}
 	if socket == "" {
-		return fmt.Errorf("%w; the admin socket is disabled (listen.admin_socket), so this command cannot reach the daemon", err)
+		return fmt.Errorf("%w; the admin socket is disabled (listen.admin_socket), so this command cannot go through a daemon: wait for that process to end, or stop it", err)
 	}
-	return fmt.Errorf("%w; its admin socket %s does not answer (is listen.admin_socket the same for both?)", err, socket)
+	return fmt.Errorf("%w; no daemon answers on the admin socket %s: if that process is the daemon, is its listen.admin_socket the same as this config's? Otherwise wait for it to end", err, socket)
 }
 
 // targetErr makes an unknown target asked of this process a usage
@@ -258,10 +246,58 @@ func (c *resumeCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := svc.Resume(ctx, c.target); err != nil {
+	rep, err := svc.Resume(ctx, c.target)
+	if err != nil {
 		return targetErr(err)
 	}
+	if rep.WasHalted != nil && !*rep.WasHalted {
+		fmt.Fprintf(c.stdout, "%s: not halted; nothing to resume (its scheduled rotations run)\n", c.target)
+		return nil
+	}
 	fmt.Fprintf(c.stdout, "%s: resumed; scheduled rotations run again\n", c.target)
+	return nil
+}
+
+// takeoverCommand is `codat-rotator takeover --target T`: this state
+// file becomes the owner of T's secret, and its state is rebuilt from
+// Vault's history and Codat's keys (docs/design.md#ownership).
+type takeoverCommand struct {
+	opsCommand
+	target string
+	json   bool
+}
+
+func (c *takeoverCommand) ParseFlags(args []string) error {
+	fs := c.flags("takeover", "--target NAME [--json]")
+	fs.StringVar(&c.target, "target", "", "the `target` to take over (required); stop the daemon that owned it first")
+	fs.BoolVar(&c.json, "json", false, "print the report as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if c.target == "" {
+		fs.Usage()
+		return errors.New("--target is required")
+	}
+	return noArgs(fs)
+}
+
+func (c *takeoverCommand) Run(ctx context.Context) error {
+	cfg, err := LoadConfig(c.configPath, c.getenv)
+	if err != nil {
+		return &usageError{err}
+	}
+	svc, err := c.service(ctx, cfg, true)
+	if err != nil {
+		return err
+	}
+	rep, err := svc.Takeover(ctx, c.target)
+	if err != nil {
+		return targetErr(err)
+	}
+	if c.json {
+		return printJSON(c.stdout, rep)
+	}
+	rep.WriteText(c.stdout)
 	return nil
 }
 
@@ -304,10 +340,14 @@ func (c *checkCommand) Run(ctx context.Context) error {
 	vc.OnWarning = warn
 	if err == nil {
 		c.app = &app{cfg: cfg, log: slog.New(slog.DiscardHandler), getenv: c.getenv}
-		c.app.vault, err = vault.New(vc)
+		c.app.vault, err = newVault(vc)
 	}
 	if err != nil {
 		line(false, "vault", err.Error())
+		var u *usageError
+		if errors.As(err, &u) {
+			return usage("the vault settings are not valid")
+		}
 		return fmt.Errorf("%d check(s) failed", failed)
 	}
 	if err := c.app.setTargets(cfg.Targets); err != nil {
@@ -322,9 +362,15 @@ func (c *checkCommand) Run(ctx context.Context) error {
 	}
 	line(true, "vault", "reachable at "+c.app.vault.Address()+", token valid")
 
+	eng := &rotation.Engine{Vault: adapt.Vault(c.app.vault), Codat: c.app.codat}
 	switch db, err := store.Open(cfg.StatePath, store.Options{ReadOnly: true}); {
 	case err == nil:
+		eng.Owner, err = owner(db)
 		db.Close()
+		if err != nil {
+			line(false, "state file", err.Error())
+			break
+		}
 		line(true, "state file", cfg.StatePath)
 	case errors.Is(err, os.ErrNotExist):
 		line(true, "state file", cfg.StatePath+" (not created yet)")
@@ -334,7 +380,7 @@ func (c *checkCommand) Run(ctx context.Context) error {
 		line(false, "state file", err.Error())
 	}
 
-	eng := &rotation.Engine{Vault: adapt.Vault(c.app.vault), Codat: c.app.codat}
+	listed := map[string]store.Target{}
 	for _, t := range c.app.allTargets() {
 		for _, ch := range eng.CheckTarget(pctx, t) {
 			if ch.Err != nil {
@@ -342,6 +388,17 @@ func (c *checkCommand) Run(ctx context.Context) error {
 			} else {
 				line(true, "target "+t.Name+": "+ch.What, ch.Detail)
 			}
+			for _, id := range ch.Keys {
+				st := listed[t.Name]
+				st.Keys = append(st.Keys, store.Key{ID: id})
+				listed[t.Name] = st
+			}
+		}
+	}
+	shared := rotation.SharedClients(listed)
+	for _, t := range c.app.allTargets() {
+		if others := shared[t.Name]; len(others) > 0 {
+			warn(fmt.Sprintf("target %s: %s", t.Name, admin.SharedClientText(others, t.MaxKeys, t.ReserveSlots)))
 		}
 	}
 	if failed > 0 {

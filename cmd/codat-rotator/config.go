@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -111,7 +112,8 @@ type WebhookConfig struct {
 	URL string `yaml:"url"`
 	// Format is json (a generic document) or slack (a {"text": ...} body).
 	Format string `yaml:"format"`
-	// Events: failure, halt, low_slots, success (success is opt-in).
+	// Events: failure, halt, low_slots, blocked, success (success is
+	// opt-in).
 	Events  []string `yaml:"events"`
 	Timeout Duration `yaml:"timeout"`
 }
@@ -140,7 +142,8 @@ type Duration time.Duration
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := parseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
+		// A TypeError: decoding goes on and reports every mistake.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
 	}
 	*d = Duration(v)
 	return nil
@@ -223,7 +226,7 @@ func applyTargetDefaults(t *TargetConfig) {
 			w.Format = "json"
 		}
 		if w.Events == nil {
-			w.Events = []string{notify.EventFailure, notify.EventHalt, notify.EventLowSlots}
+			w.Events = []string{notify.EventFailure, notify.EventHalt, notify.EventLowSlots, notify.EventBlocked}
 		}
 		if w.Timeout == 0 {
 			w.Timeout = Duration(10 * time.Second)
@@ -234,6 +237,9 @@ func applyTargetDefaults(t *TargetConfig) {
 // LoadConfig reads, expands, defaults and validates the file at path.
 func LoadConfig(path string, getenv func(string) string) (Config, error) {
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Config{}, fmt.Errorf("config %s: no such file: name yours with --config FILE (configs/codat-rotator.yaml in the source lists every field)", path)
+	}
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
@@ -260,7 +266,7 @@ func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, yamlError(err)
+		return Config{}, yamlError(err, expanded)
 	}
 	for i := range cfg.Targets {
 		applyTargetDefaults(&cfg.Targets[i])
@@ -269,22 +275,6 @@ func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	return cfg, nil
-}
-
-var unknownField = regexp.MustCompile(`field (\S+) not found in type main\.\w+`)
-
-// yamlError words the YAML decoder's errors for an operator: one line per
-// problem, with its line number, and no Go type names.
-func yamlError(err error) error {
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		msgs := make([]string, len(te.Errors))
-		for i, m := range te.Errors {
-			msgs[i] = unknownField.ReplaceAllString(m, "unknown field $1")
-		}
-		return errors.New(strings.Join(msgs, "\n"))
-	}
-	return errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
 }
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
@@ -380,7 +370,7 @@ func (c Config) Validate() error {
 			paths[p] = i
 		}
 		if len(t.KeyNamePrefix) > rotation.MaxPrefixLen {
-			bad(f("key_name_prefix"), "%q is %d characters; Codat names hold 50 and the daemon appends %d, so at most %d",
+			bad(f("key_name_prefix"), "%q is %d characters; Codat names hold 50 and the daemon appends %d (the target's tag, a timestamp and a random part), so at most %d; shorten it",
 				t.KeyNamePrefix, len(t.KeyNamePrefix), rotation.NameSuffixLen, rotation.MaxPrefixLen)
 		}
 		if t.MaxKeys < 2 || t.MaxKeys > 10 {
@@ -412,9 +402,9 @@ func (c Config) Validate() error {
 			}
 			for _, e := range w.Events {
 				switch e {
-				case notify.EventFailure, notify.EventHalt, notify.EventLowSlots, notify.EventSuccess:
+				case notify.EventFailure, notify.EventHalt, notify.EventLowSlots, notify.EventSuccess, notify.EventBlocked:
 				default:
-					bad(wf("events"), "%q: want failure, halt, low_slots or success", e)
+					bad(wf("events"), "%q: want failure, halt, low_slots, blocked or success", e)
 				}
 			}
 		}

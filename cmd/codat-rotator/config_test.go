@@ -80,9 +80,21 @@ func TestBadConfigs(t *testing.T) {
 		name, yaml, want string
 	}{
 		{"no targets", "state_path: /x\n", "targets: at least one target is needed"},
-		{"unknown field", "stat_path: /x\n" + target, "line 1: unknown field stat_path"},
-		{"unknown target field", "targets:\n  - name: a\n    vault: {path: codat/a}\n    graze: 1h\n", "line 4: unknown field graze"},
-		{"bad duration", "targets:\n  - name: a\n    vault: {path: codat/a}\n    grace: soon\n", `line 4: "soon" is not a duration (such as 30s, 10m, 24h or 7d)`},
+		{"unknown field", "stat_path: /x\n" + target, "line 1: top level: unknown field stat_path (did you mean state_path?)"},
+		{"unknown target field", "targets:\n  - name: a\n    vault: {path: codat/a}\n    graze: 1h\n", "line 4: targets[0]: unknown field graze (did you mean grace?)"},
+		{"unknown field, nothing close", "targets:\n  - name: a\n    vault: {path: codat/a, secret: x}\n", "line 3: targets[0].vault: unknown field secret (the fields here: mount, path)"},
+		{"bad duration", "targets:\n  - name: a\n    vault: {path: codat/a}\n    grace: soon\n", `line 4: targets[0].grace: "soon" is not a duration (such as 30s, 10m, 24h or 7d)`},
+		{"every mistake at once", "targets:\n  - name: a\n    vault: {path: codat/a}\n    grace: soon\n    max_keys: ten\n",
+			"line 4: targets[0].grace: \"soon\" is not a duration (such as 30s, 10m, 24h or 7d)\nline 5: targets[0].max_keys: want a whole number, got \"ten\""},
+		// issue 16: YAML mistakes show no Go type names, and the right line.
+		{"targets as a mapping", "targets:\n  name: a\n", "line 2: targets: want a list, got a mapping"},
+		{"a target as text", "targets: [a]\n", `line 1: targets[0]: want a mapping of fields, got "a"`},
+		{"auth as text", "vault:\n  auth: token\n" + target, `line 2: vault.auth: want a mapping of fields, got "token"`},
+		{"webhooks as text", target + "    notify:\n      webhooks: https://hooks.example/x\n", `line 5: targets[0].notify.webhooks: want a list, got "https://hooks.example/x"`},
+		{"a flag as text", "vault: {allow_insecure_http: sometimes}\n" + target, `line 1: vault.allow_insecure_http: want true or false, got "sometimes"`},
+		{"indentation", "targets:\n  - name: a\n   vault: {path: codat/a}\n", "line 3: did not find expected '-' indicator, in: vault: {path: codat/a}"},
+		{"a tab", target + "\tgrace: 1h\n", "line 4: found character that cannot start any token (a tab: YAML indents with spaces only), in: grace: 1h"},
+		{"an unclosed quote", "targets:\n  - name: \"a\n    vault: {path: codat/a}\n", "line 2: found unexpected end of stream, in: - name: \"a"},
 		{"bad cron", "targets:\n  - name: a\n    vault: {path: codat/a}\n    schedule: \"61 * * * *\"\n", `targets[0].schedule: "61 * * * *": end of range (61) above maximum (59): 61`},
 		{"grace longer than the interval", "targets:\n  - name: a\n    vault: {path: codat/a}\n    schedule: \"0 3 * * *\"\n    grace: 48h\n",
 			`targets[0].grace: 48h0m0s is longer than the 24h0m0s between runs of "0 3 * * *"`},
@@ -93,7 +105,7 @@ func TestBadConfigs(t *testing.T) {
 		{"missing vault path", "targets:\n  - name: a\n", "targets[0].vault.path: must be set (the secret's path under the mount, such as codat/production)"},
 		{"bad name", "targets:\n  - name: a b\n    vault: {path: codat/a}\n", `targets[0].name: "a b": want 1-63 letters, digits, '.', '_' or '-'`},
 		{"prefix too long", target + "    key_name_prefix: this-prefix-is-far-too-long-\n",
-			`targets[0].key_name_prefix: "this-prefix-is-far-too-long-" is 28 characters; Codat names hold 50 and the daemon appends 23, so at most 27`},
+			`targets[0].key_name_prefix: "this-prefix-is-far-too-long-" is 28 characters; Codat names hold 50 and the daemon appends 30 (the target's tag, a timestamp and a random part), so at most 20; shorten it`},
 		{"reserve equals max", target + "    max_keys: 5\n    reserve_slots: 5\n", "targets[0].reserve_slots: 5 leaves no slot of max_keys 5 for rotations"},
 		{"reserve leaves one slot", target + "    max_keys: 5\n    reserve_slots: 4\n", "targets[0].reserve_slots: 4 leaves 1 slot of max_keys 5; a rotation needs 2 (the served key and its successor)"},
 		{"superseded key in grace fills the slots", target + "    schedule: \"@every 24h\"\n    grace: 24h\n    max_keys: 2\n    reserve_slots: 0\n",
@@ -225,6 +237,9 @@ func TestPlainHTTPAccepted(t *testing.T) {
 			if _, err := vaultConfig(cfg.Vault, func(k string) string {
 				if k == "VAULT_ADDR" && tt.env == nil {
 					return "http://127.0.0.1:8200"
+				}
+				if k == "VAULT_TOKEN" && tt.env == nil {
+					return "t"
 				}
 				return getenv(k)
 			}); err != nil {

@@ -251,7 +251,7 @@ func (e *crashEnv) checkInvariants(t *testing.T) {
 		t.Errorf("the served key %s is not active in the state: %+v", servedID, rec)
 	}
 	for _, k := range keys {
-		if !rotation.OwnName(crashPrefix, k.Name) {
+		if !rotation.NamesOf(rotation.Target{Name: "crash", Prefix: crashPrefix}).Own(k.Name) {
 			continue
 		}
 		if rec := st.Key(k.ID); rec == nil || rec.State == store.KeyDeleted {
@@ -259,7 +259,14 @@ func (e *crashEnv) checkInvariants(t *testing.T) {
 		}
 	}
 
-	// I7: no raw key or header in any output or in the state file.
+	e.checkNoSecrets(t)
+}
+
+// checkNoSecrets checks I7 from the outside: no raw key Vault ever held,
+// nor its header, in any output of the runs or in the state file.
+func (e *crashEnv) checkNoSecrets(t *testing.T) {
+	t.Helper()
+	api := e.vault.Client(t)
 	secrets := []string{e.emu.InitialKey()}
 	md, err := api.KVv2(e.mount).GetMetadata(context.Background(), "codat/crash")
 	if err != nil {

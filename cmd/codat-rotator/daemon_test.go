@@ -707,11 +707,15 @@ func TestDaemonAdminSocket(t *testing.T) {
 	})
 
 	t.Run("resume", func(t *testing.T) {
+		// The target is not halted: resume says so, and nothing is
+		// logged as resumed (issue 16).
 		code, stdout, stderr := e.cli(t, nil, "resume", "--target", "crash")
-		if code != 0 || !strings.Contains(stdout, "crash: resumed") {
+		if code != 0 || stdout != "crash: not halted; nothing to resume (its scheduled rotations run)\n" {
 			t.Fatalf("resume: exit %d\n%s%s", code, stdout, stderr)
 		}
-		d.waitLog(t, 5*time.Second, 1, "of the resume", msgIs("target resumed by an operator"))
+		if n := d.count(msgIs("target resumed by an operator")); n != 0 {
+			t.Errorf("the daemon logged a resume of a target that was not halted")
+		}
 	})
 
 	t.Run("second daemon", func(t *testing.T) {
@@ -721,7 +725,7 @@ func TestDaemonAdminSocket(t *testing.T) {
 		if code == 0 {
 			t.Fatalf("a second daemon on the same config: exit 0\n%s", out)
 		}
-		want := fmt.Sprintf("state file is in use by another codat-rotator (pid %d)", d.cmd.Process.Pid)
+		want := fmt.Sprintf("state file is in use by another codat-rotator (pid %d: %s run --config %s)", d.cmd.Process.Pid, binary, e.config)
 		if !strings.Contains(out, want) {
 			t.Errorf("second daemon's error lacks %q:\n%s", want, out)
 		}
@@ -826,8 +830,11 @@ func TestStatusThroughDaemonAndInProcess(t *testing.T) {
 		if got, want := ts.KeysUsed, e.emu.ActiveKeys(); got != want {
 			t.Errorf("keys_used: got %d, want %d (the emulator's active keys)", got, want)
 		}
-		if ts.NextRotation == nil || !ts.NextRotation.After(time.Now()) {
+		switch {
+		case wantDaemon && (ts.NextRotation == nil || !ts.NextRotation.After(time.Now())):
 			t.Errorf("next_rotation: got %v, want a time in the future", ts.NextRotation)
+		case !wantDaemon && ts.NextRotation != nil:
+			t.Errorf("next_rotation: got %v with no daemon running, want none", ts.NextRotation)
 		}
 		if ts.Halted || ts.Journal != nil || ts.LastResult != "success" {
 			t.Errorf("halted %v, journal %+v, last result %q: want a settled success", ts.Halted, ts.Journal, ts.LastResult)
@@ -836,13 +843,13 @@ func TestStatusThroughDaemonAndInProcess(t *testing.T) {
 			t.Errorf("max_keys %d, reserve_slots %d: want 10 and 1", ts.MaxKeys, ts.ReserveSlots)
 		}
 	}
-	statusText := func(t *testing.T) {
+	statusText := func(t *testing.T, next string) {
 		t.Helper()
 		code, stdout, stderr := e.cli(t, nil, "status")
 		if code != 0 {
 			t.Fatalf("status: exit %d\n%s%s", code, stdout, stderr)
 		}
-		for _, want := range []string{"crash  (" + e.mount + "/codat/crash)", "state:          ok", "current key:    " + served, "next rotation:  20", "keys:           1 of 10 used"} {
+		for _, want := range []string{"crash  (" + e.mount + "/codat/crash)", "state:          ok", "current key:    " + served, "next rotation:  " + next, "keys:           1 of 10 used"} {
 			if !strings.Contains(stdout, want) {
 				t.Errorf("status lacks %q:\n%s", want, stdout)
 			}
@@ -850,10 +857,10 @@ func TestStatusThroughDaemonAndInProcess(t *testing.T) {
 	}
 
 	t.Run("daemon json", func(t *testing.T) { statusJSON(t, true) })
-	t.Run("daemon text", statusText)
+	t.Run("daemon text", func(t *testing.T) { statusText(t, "20") })
 	d.stop(t)
 	t.Run("in-process json", func(t *testing.T) { statusJSON(t, false) })
-	t.Run("in-process text", statusText)
+	t.Run("in-process text", func(t *testing.T) { statusText(t, "none: no daemon is running") })
 }
 
 // TestDaemonSIGTERMDuringRotationLeavesJournal: a SIGTERM while a create
@@ -1257,9 +1264,26 @@ func TestKeysCommand(t *testing.T) {
 func TestResumeCommand(t *testing.T) {
 	e := newDaemonEnv(t, "@every 1h", "1s")
 	e.rotate(t)
+	db, err := store.Open(e.statePath(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update("crash", func(st *store.Target) error {
+		st.Halted, st.HaltReason, st.HaltedAt = true, "a test halted it", time.Now()
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	code, stdout, stderr := e.cli(t, nil, "resume", "--target", "crash")
-	if code != 0 || !strings.Contains(stdout, "crash: resumed") {
+	if code != 0 || stdout != "crash: resumed; scheduled rotations run again\n" {
 		t.Errorf("resume --target crash: exit %d\n%s%s", code, stdout, stderr)
+	}
+	// Resuming again finds nothing halted, and says so (issue 16).
+	code, stdout, stderr = e.cli(t, nil, "resume", "--target", "crash")
+	if code != 0 || stdout != "crash: not halted; nothing to resume (its scheduled rotations run)\n" {
+		t.Errorf("resume of a target not halted: exit %d\n%s%s", code, stdout, stderr)
 	}
 	code, _, stderr = e.cli(t, nil, "resume")
 	if code != exitUsage || !strings.Contains(stderr, "--target is required") {
@@ -1269,7 +1293,7 @@ func TestResumeCommand(t *testing.T) {
 	if code != exitUsage || !strings.Contains(stderr, `--target "nope": no such target`) {
 		t.Errorf("resume --target nope: exit %d, want %d\n%s", code, exitUsage, stderr)
 	}
-	db, err := store.Open(e.statePath(), store.Options{ReadOnly: true})
+	db, err = store.Open(e.statePath(), store.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}

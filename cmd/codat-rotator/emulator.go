@@ -39,6 +39,7 @@ func newEmulatorCommand(stdout, stderr io.Writer) *emulatorCommand {
 
 func (c *emulatorCommand) ParseFlags(args []string) error {
 	fs := newFlagSet("emulator", "[flags]", c.stderr)
+	fs.String("config", DefaultConfigPath, "config `file`: not read (the emulator is configured by its flags); accepted as every command takes it")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8484", "`address` to serve on; port 0 picks a free one (logged)")
 	fs.StringVar(&c.initialKey, "initial-key", "", "raw value of the client's first `key`; empty generates one and prints it as stdout's only line")
 	fs.StringVar(&c.faults, "faults", "", "faults at start, as the JSON of POST /_emulator/faults, or @file")

@@ -64,6 +64,7 @@ var commands = []struct {
 	{"keys", "the keys at Codat, marked managed, adopted or foreign (never raw values)", true, func(o, e io.Writer) command { return &keysCommand{opsCommand: newOps(o, e)} }},
 	{"resume", "clear a halted target", true, func(o, e io.Writer) command { return &resumeCommand{opsCommand: newOps(o, e)} }},
 	{"reload", "make the running daemon re-read its config; fails, the old config still running, when the new one is refused", true, func(o, e io.Writer) command { return newReloadCommand(o, e) }},
+	{"takeover", "make this state file the owner of a target another daemon ran, and rebuild its state", true, func(o, e io.Writer) command { return &takeoverCommand{opsCommand: newOps(o, e)} }},
 	{"check", "validate the config and reach Codat and Vault with the configured credentials", true, func(o, e io.Writer) command { return &checkCommand{opsCommand: newOps(o, e)} }},
 	{"emulator", "run a local Codat API emulator for demos and tests", false, func(o, e io.Writer) command { return newEmulatorCommand(o, e) }},
 	{"version", "print version and build information", false, func(o, e io.Writer) command { return &versionCommand{stdout: o} }},
@@ -140,8 +141,13 @@ func newOps(stdout, stderr io.Writer) opsCommand {
 	return opsCommand{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 }
 
-// usageError is bad input found after flag parsing (an address that
-// cannot be listened on, say); it exits with the usage code.
+// usageError is the one kind of error that exits with the usage code
+// (2), decided in Main alone: input the operator must fix before
+// anything can work, found after flag parsing. Every configuration
+// error is one, in the file or in the environment (VAULT_*, ${NAME},
+// the bootstrap key's variable), wherever it is found; so are an unknown
+// --target and an address that cannot be listened on. systemd does not
+// restart after it (RestartPreventExitStatus=2).
 type usageError struct{ err error }
 
 func (e *usageError) Error() string { return e.err.Error() }

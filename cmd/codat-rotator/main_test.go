@@ -115,6 +115,33 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// TestEveryCommandTakesConfig: the README says all commands take
+// --config; version and the emulator accept it and read nothing.
+func TestEveryCommandTakesConfig(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "none.yaml")
+	if code, stdout, stderr := run(t, "version", "--config", missing); code != 0 || !strings.HasPrefix(stdout, "codat-rotator ") {
+		t.Errorf("version --config: exit %d\n%s%s", code, stdout, stderr)
+	}
+	cmd := exec.Command(binary, "emulator", "--config", missing, "--listen", "127.0.0.1:0", "--initial-key", "abcdefgh12345678")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("emulator --config exited early: %v\n%s", err, out.String())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("emulator --config: %v\n%s", err, out.String())
+	}
+	for _, c := range commands {
+		if code, stdout, stderr := run(t, c.name, "-h"); code != 0 || !strings.Contains(stdout+stderr, "-config file") {
+			t.Errorf("%s -h: exit %d, no -config in:\n%s%s", c.name, code, stdout, stderr)
+		}
+	}
+}
+
 func TestEmulatorCommand(t *testing.T) {
 	cmd := exec.Command(binary, "emulator", "--listen", "127.0.0.1:0", "--log-format", "json")
 	stdout, err := cmd.StdoutPipe()

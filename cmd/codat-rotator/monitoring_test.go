@@ -30,9 +30,7 @@ const (
 // daemon exports them, each with the reason. Delete an entry when its
 // metric comes: TestMonitoringMetricsExported fails while an entry names
 // a metric the daemon exports.
-var notYetExported = map[string]string{
-	"codat_rotator_target_blocked": "the blocked state of a target another instance owns (docs/design.md#i8) is being added in parallel",
-}
+var notYetExported = map[string]string{}
 
 // promtool finds promtool; its absence fails the test (Debian: apt-get
 // install prometheus).

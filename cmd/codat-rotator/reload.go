@@ -92,7 +92,7 @@ func adminSocketIn(path string, getenv func(string) string) (string, error) {
 		} `yaml:"listen"`
 	}
 	if err := yaml.NewDecoder(bytes.NewReader(raw)).Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return DefaultAdminSocket, yamlError(err)
+		return DefaultAdminSocket, yamlError(err, raw)
 	}
 	if cfg.Listen.AdminSocket == nil {
 		return DefaultAdminSocket, nil

@@ -64,13 +64,20 @@ func (c *rotateCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rep, err := svc.Rotate(ctx, admin.RotateRequest{Target: c.target, Emergency: c.emergency, Revoke: c.revoke, DryRun: c.dryRun})
+	// A line per retry, terminal or not: a manual rotation may wait
+	// minutes between attempts, and silence looks like a hang.
+	progress := func(p admin.Progress) { fmt.Fprintf(c.stderr, "codat-rotator rotate: %s\n", p) }
+	rep, err := svc.Rotate(ctx, admin.RotateRequest{Target: c.target, Emergency: c.emergency, Revoke: c.revoke, DryRun: c.dryRun, Progress: progress})
 	if err != nil {
 		return targetErr(err)
 	}
 	rep.WriteText(c.stdout)
 	if failed := rep.Failed(); len(failed) > 0 {
-		return fmt.Errorf("failed: %s", strings.Join(failed, ", "))
+		err := fmt.Errorf("failed: %s", strings.Join(failed, ", "))
+		if rep.ConfigError() {
+			return &usageError{err}
+		}
+		return err
 	}
 	return nil
 }

@@ -124,7 +124,7 @@ func TestRotateErrors(t *testing.T) {
 	})
 	t.Run("missing config", func(t *testing.T) {
 		code, _, stderr := run(t, "rotate", "--config", filepath.Join(t.TempDir(), "none.yaml"))
-		if code != exitUsage || !strings.Contains(stderr, "no such file or directory") {
+		if code != exitUsage || !strings.Contains(stderr, "none.yaml: no such file: name yours with --config FILE") {
 			t.Errorf("exit %d:\n%s", code, stderr)
 		}
 	})
@@ -146,7 +146,7 @@ func TestRotateErrors(t *testing.T) {
 		}
 		defer db.Close()
 		code, out := e.runRotate(t)
-		want := fmt.Sprintf("state file is in use by another codat-rotator (pid %d)", os.Getpid())
+		want := fmt.Sprintf("state file is in use by another codat-rotator (pid %d: %s", os.Getpid(), os.Args[0])
 		if code != exitError || !strings.Contains(out, want) {
 			t.Errorf("exit %d, want %q in:\n%s", code, want, out)
 		}
@@ -159,7 +159,8 @@ func TestRotateErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		code, out := e.runRotate(t, "--config", path)
-		if code != exitError || !strings.Contains(out, "holds no secret; set bootstrap_key_file or bootstrap_key_env") {
+		// A configuration error: exit 2 (issue 16).
+		if code != exitUsage || !strings.Contains(out, "holds no secret; set bootstrap_key_file or bootstrap_key_env") {
 			t.Errorf("exit %d:\n%s", code, out)
 		}
 	})

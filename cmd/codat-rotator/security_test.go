@@ -251,3 +251,23 @@ func TestAdminSocketPeerCheck(t *testing.T) {
 		t.Errorf("the daemon refused %d peers, want 1 (the other user's)", n)
 	}
 }
+
+// TestAdminSocketPermissionDenied (issue 16): with the socket as shipped
+// (0600, the daemon's), another user's status, keys and rotate are told
+// that the socket refused them and how to run instead, not that the
+// state file cannot be opened.
+func TestAdminSocketPermissionDenied(t *testing.T) {
+	w := newUserWorld(t)
+	d := w.startCmd(t, w.command(daemonUID, "run"))
+	d.waitRunning(t)
+	for _, args := range [][]string{{"status"}, {"keys"}, {"rotate", "--target", "crash"}, {"resume", "--target", "crash"}} {
+		cmd := w.command(otherUID, args...)
+		b, _ := cmd.CombinedOutput()
+		w.output.Write(b)
+		want := fmt.Sprintf("codat-rotator %s: admin socket %s: permission denied: it accepts only the daemon's user (uid %d) and root; run this command as that user or with sudo\n",
+			args[0], w.sock, daemonUID)
+		if code := cmd.ProcessState.ExitCode(); code != exitError || string(b) != want {
+			t.Errorf("%s as uid %d: exit %d\ngot  %q\nwant %q", args[0], otherUID, code, b, want)
+		}
+	}
+}

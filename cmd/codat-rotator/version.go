@@ -20,7 +20,8 @@ type versionCommand struct {
 }
 
 func (c *versionCommand) ParseFlags(args []string) error {
-	fs := newFlagSet("version", "", c.stdout)
+	fs := newFlagSet("version", "[--config FILE]", c.stdout)
+	fs.String("config", DefaultConfigPath, "config `file`: not read (version needs none); accepted as every command takes it")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

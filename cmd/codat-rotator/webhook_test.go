@@ -53,7 +53,7 @@ func TestWebhookSuccessIsOptIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := cfg.Targets[0].Notify.Webhooks[0].Events; strings.Join(got, ",") != "failure,halt,low_slots" {
+	if got := cfg.Targets[0].Notify.Webhooks[0].Events; strings.Join(got, ",") != "failure,halt,low_slots,blocked" {
 		t.Errorf("default events: got %v", got)
 	}
 	w := notify.New(slog.New(slog.DiscardHandler), "codat-rotator/test", webhooks(cfg.Targets))
@@ -69,7 +69,7 @@ func TestWebhookConfigErrors(t *testing.T) {
 	for yaml, want := range map[string]string{
 		"        - url: ftp://x\n":                        "targets[0].notify.webhooks[0].url: not an http(s) URL",
 		"        - {url: https://x, format: xml}\n":       `targets[0].notify.webhooks[0].format: "xml": want json or slack`,
-		"        - {url: https://x, events: [explode]}\n": `targets[0].notify.webhooks[0].events: "explode": want failure, halt, low_slots or success`,
+		"        - {url: https://x, events: [explode]}\n": `targets[0].notify.webhooks[0].events: "explode": want failure, halt, low_slots, blocked or success`,
 	} {
 		_, err := ParseConfig(strings.NewReader(base+yaml), noEnv)
 		if err == nil || err.Error() != want {

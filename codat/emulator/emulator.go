@@ -1,7 +1,8 @@
 // Package emulator is a local stand-in for Codat's API-key endpoints,
 // faithful to the facts in docs/design.md#codat-api: GET/POST /apiKeys and
 // DELETE /apiKeys/{id} with Codat's statuses, bodies, 10-key cap, Basic
-// authentication and rate-limit headers. It injects faults on demand and
+// authentication and rate-limit headers, and GET/POST /companies for the
+// applications that use the keys. It injects faults on demand and
 // records what it saw, under /_emulator/, so that tests can check a
 // client's behaviour from the outside.
 //
@@ -67,6 +68,7 @@ type Server struct {
 	rng        *mrand.Rand
 	faults     Faults
 	keys       []*key // every key ever made, in order
+	companies  []company
 	events     []Event
 	violations []Violation
 	quotaDay   time.Time

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -105,7 +106,7 @@ func (s *Server) serveCodat(w http.ResponseWriter, r *http.Request) {
 	case authKey == nil:
 		resp = errorResponse(http.StatusUnauthorized, msgUnauthorized, nil)
 	default:
-		resp = s.perform(op, id, body, bodyErr)
+		resp = s.perform(op, id, r.URL.Query(), body, bodyErr)
 	}
 
 	if v.lose {
@@ -138,12 +139,16 @@ func route(method, path string) (op, id string, known bool) {
 	case strings.HasPrefix(path, "/apiKeys/") && method == http.MethodDelete:
 		id = strings.TrimPrefix(path, "/apiKeys/")
 		return OpDelete, id, id != "" && !strings.Contains(id, "/")
+	case path == companiesPath && method == http.MethodGet:
+		return OpListCompanies, "", true
+	case path == companiesPath && method == http.MethodPost:
+		return OpCreateCompany, "", true
 	}
 	return "", "", false
 }
 
 func (s *Server) noRoute(method, path string) response {
-	if path == "/apiKeys" || strings.HasPrefix(path, "/apiKeys/") && method != http.MethodDelete {
+	if path == "/apiKeys" || path == companiesPath || strings.HasPrefix(path, "/apiKeys/") && method != http.MethodDelete {
 		return errorResponse(http.StatusMethodNotAllowed, msgBadMethod, nil)
 	}
 	return errorResponse(http.StatusNotFound, msgNoRoute, nil)
@@ -175,7 +180,7 @@ func (s *Server) authenticate(r *http.Request) *key {
 }
 
 // perform runs an authenticated Codat operation.
-func (s *Server) perform(op, id string, body []byte, bodyErr error) response {
+func (s *Server) perform(op, id string, query url.Values, body []byte, bodyErr error) response {
 	switch op {
 	case OpList:
 		return s.list()
@@ -184,6 +189,13 @@ func (s *Server) perform(op, id string, body []byte, bodyErr error) response {
 			return errorResponse(http.StatusBadRequest, msgBadBody, nil)
 		}
 		return s.create(body)
+	case OpListCompanies:
+		return s.listCompanies(query)
+	case OpCreateCompany:
+		if bodyErr != nil {
+			return errorResponse(http.StatusBadRequest, msgBadBody, nil)
+		}
+		return s.createCompany(body)
 	default:
 		return s.delete(id)
 	}

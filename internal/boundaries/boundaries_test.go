@@ -2,6 +2,7 @@ package boundaries
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -24,6 +25,13 @@ var engineNeverImports = []string{"codat", "vault"}
 
 // leaves are shared by the adapters, so they import nothing of the module.
 var leaves = []string{"secret", "internal/clock", "internal/isotime", "internal/sentinel", "internal/secretfile"}
+
+// consumers is the package applications import to call Codat with the
+// key the daemon keeps current: it knows the daemon only through the
+// secret's layout, so of this module it imports the secret type alone.
+const consumers = "codatauth"
+
+var consumersMayImport = []string{"secret"}
 
 // under reports whether the import path pkg is dir or below it.
 func under(pkg, dir string) bool {
@@ -66,6 +74,9 @@ func violations(graph map[string][]string) []string {
 					bad = append(bad, pkg+" imports "+d+" (a shared leaf imports nothing of the module)")
 				}
 			}
+			if under(pkg, consumers) && !slices.ContainsFunc(consumersMayImport, func(dir string) bool { return under(d, dir) }) {
+				bad = append(bad, pkg+" imports "+d+" (the consumers' package knows the daemon only through secret/ and the secret's layout)")
+			}
 			if pkg == module+"/"+engine {
 				for _, a := range engineNeverImports {
 					if under(d, a) {
@@ -90,7 +101,7 @@ func violations(graph map[string][]string) []string {
 
 func TestAdaptersDoNotImportEachOther(t *testing.T) {
 	graph := deps(t)
-	for _, dir := range append(append([]string(nil), adapters...), leaves...) {
+	for _, dir := range append(append([]string{consumers}, adapters...), leaves...) {
 		if _, ok := graph[module+"/"+dir]; !ok {
 			t.Fatalf("go list did not report %s/%s: the layout this test guards has changed", module, dir)
 		}
@@ -113,6 +124,7 @@ func TestViolationsCatches(t *testing.T) {
 		module + "/rotation/adapt":  {module + "/rotation", module + "/codat", module + "/vault"},
 		module + "/codat":           {module + "/secret", module + "/internal/isotime"},
 		module + "/vault/vaulttest": {module + "/rotation/adapt"},
+		module + "/codatauth":       {module + "/secret", module + "/vault"},
 	}
 	got := violations(graph)
 	want := []string{
@@ -123,6 +135,7 @@ func TestViolationsCatches(t *testing.T) {
 		module + "/rotation imports " + module + "/codat",
 		module + "/rotation imports " + module + "/vault",
 		module + "/vault/vaulttest imports " + module + "/rotation/adapt",
+		module + "/codatauth imports " + module + "/vault",
 	}
 	if len(got) != len(want) {
 		t.Errorf("got %d violations, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))

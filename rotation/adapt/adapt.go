@@ -32,6 +32,8 @@ type VaultClient interface {
 	CheckMount(ctx context.Context, loc vault.Location) error
 	Read(ctx context.Context, loc vault.Location) (vault.Current, error)
 	Write(ctx context.Context, loc vault.Location, s vault.Secret, cas int, metadata map[string]string) (int, error)
+	History(ctx context.Context, loc vault.Location) ([]vault.Version, error)
+	PatchMetadata(ctx context.Context, loc vault.Location, metadata map[string]string) error
 }
 
 // Codat returns c as the engine's Codat.
@@ -83,6 +85,23 @@ func (a vaultAdapter) Read(ctx context.Context, loc rotation.Location) (rotation
 func (a vaultAdapter) Write(ctx context.Context, loc rotation.Location, s rotation.Published, cas int, metadata map[string]string) (int, error) {
 	v, err := a.c.Write(ctx, VaultLocation(loc), vault.Secret(s), cas, metadata)
 	return v, VaultError(err)
+}
+
+func (a vaultAdapter) History(ctx context.Context, loc rotation.Location) ([]rotation.Current, error) {
+	vs, err := a.c.History(ctx, VaultLocation(loc))
+	if err != nil {
+		return nil, VaultError(err)
+	}
+	out := make([]rotation.Current, 0, len(vs))
+	for _, v := range vs {
+		p := rotation.Published(v.Secret)
+		out = append(out, rotation.Current{Version: v.Version, Secret: &p})
+	}
+	return out, nil
+}
+
+func (a vaultAdapter) SetMetadata(ctx context.Context, loc rotation.Location, metadata map[string]string) error {
+	return VaultError(a.c.PatchMetadata(ctx, VaultLocation(loc), metadata))
 }
 
 // Key converts a Codat key. CreatedRaw, kept by codat/ for diagnostics,

@@ -277,3 +277,35 @@ func (w *lockedWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	return w.buf.Write(p)
 }
+
+// AppRole enables AppRole auth at a fresh path with one role whose
+// tokens hold exactly the policy hcl and live ttl (such as "1m"), and
+// returns the mount, the role id and a secret id. Disabling the mount
+// when the test ends revokes its tokens.
+func (s *Server) AppRole(tb testing.TB, hcl, ttl string) (mount, roleID, secretID string) {
+	tb.Helper()
+	c := s.Client(tb)
+	mount = "approle-" + randomHex(5)
+	if err := c.Sys().EnableAuthWithOptions(mount, &api.EnableAuthOptions{Type: "approle"}); err != nil {
+		tb.Fatalf("enable approle: %v", err)
+	}
+	tb.Cleanup(func() { _ = c.Sys().DisableAuth(mount) })
+	policy := "p-" + randomHex(6)
+	if err := c.Sys().PutPolicy(policy, hcl); err != nil {
+		tb.Fatalf("put policy: %v", err)
+	}
+	tb.Cleanup(func() { _ = c.Sys().DeletePolicy(policy) })
+	role := "auth/" + mount + "/role/codat-rotator"
+	if _, err := c.Logical().Write(role, map[string]any{"token_policies": []string{policy}, "token_ttl": ttl, "token_no_default_policy": true}); err != nil {
+		tb.Fatalf("create approle role: %v", err)
+	}
+	rid, err := c.Logical().Read(role + "/role-id")
+	if err != nil {
+		tb.Fatalf("read role id: %v", err)
+	}
+	sid, err := c.Logical().Write(role+"/secret-id", nil)
+	if err != nil {
+		tb.Fatalf("make secret id: %v", err)
+	}
+	return mount, rid.Data["role_id"].(string), sid.Data["secret_id"].(string)
+}

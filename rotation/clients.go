@@ -1,0 +1,196 @@
+package rotation
+
+import (
+	"context"
+	"slices"
+	"sort"
+
+	"github.com/codat-rotator/codat-rotator/store"
+)
+
+// Targets that share a Codat client (docs/design.md#shared-clients).
+// Two targets share a client when their listings hold the same key: no
+// setting says so, Codat's listings do. Each target counts the other's
+// keys as foreign toward the one cap, and a rotation's look at the keys,
+// the room it makes and its create run while no other target on the
+// same client is between those steps, so that rotations of all of them
+// together never take the reserve.
+
+// SharedClients returns, for each target that shares its Codat client
+// with others, those others in name order: targets whose recorded keys
+// (any origin, not deleted) have an id in common.
+func SharedClients(states map[string]store.Target) map[string][]string {
+	holders := map[string][]string{}
+	for name, st := range states {
+		for _, k := range st.Keys {
+			if k.State != store.KeyDeleted {
+				holders[k.ID] = append(holders[k.ID], name)
+			}
+		}
+	}
+	links := map[string]map[string]bool{}
+	for _, names := range holders {
+		for _, a := range names {
+			for _, b := range names {
+				if a == b {
+					continue
+				}
+				if links[a] == nil {
+					links[a] = map[string]bool{}
+				}
+				links[a][b] = true
+			}
+		}
+	}
+	out := make(map[string][]string, len(links))
+	for a, bs := range links {
+		for b := range bs {
+			out[a] = append(out[a], b)
+		}
+		sort.Strings(out[a])
+	}
+	return out
+}
+
+// slots tracks which targets share a client, from the keys each last
+// saw, and serialises their slot-taking steps.
+type slots struct {
+	holders map[string]map[string]bool // key id -> targets that saw it
+	seen    map[string][]string        // target -> key ids it last saw
+	lock    map[string]chan struct{}   // target -> its slot lock
+}
+
+// noteKeys records the key ids a target saw (a listing, or its state).
+// The caller holds e.mu.
+func (s *slots) noteKeys(target string, ids []string) {
+	if s.holders == nil {
+		s.holders, s.seen, s.lock = map[string]map[string]bool{}, map[string][]string{}, map[string]chan struct{}{}
+	}
+	for _, id := range s.seen[target] {
+		delete(s.holders[id], target)
+		if len(s.holders[id]) == 0 {
+			delete(s.holders, id)
+		}
+	}
+	s.seen[target] = ids
+	for _, id := range ids {
+		if s.holders[id] == nil {
+			s.holders[id] = map[string]bool{}
+		}
+		s.holders[id][target] = true
+	}
+}
+
+// group returns target and every target sharing its client, in name
+// order. The caller holds e.mu.
+func (s *slots) group(target string) []string {
+	g := map[string]bool{target: true}
+	for _, id := range s.seen[target] {
+		for other := range s.holders[id] {
+			g[other] = true
+		}
+	}
+	out := make([]string, 0, len(g))
+	for t := range g {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// noteListing records what a target's listing showed.
+func (e *Engine) noteListing(target string, keys []Key) {
+	ids := make([]string, 0, len(keys))
+	for _, k := range keys {
+		ids = append(ids, k.ID)
+	}
+	e.mu.Lock()
+	e.slots.noteKeys(target, ids)
+	e.mu.Unlock()
+}
+
+// SharesClient returns the targets this engine has seen share target's
+// Codat client, from the latest listings.
+func (e *Engine) SharesClient(target string) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.DeleteFunc(e.slots.group(target), func(t string) bool { return t == target })
+}
+
+// slotHold is a held set of slot locks.
+type slotHold struct {
+	e    *Engine
+	held []string
+}
+
+// holdSlots takes the slot locks of target and of every target known to
+// share its client, in name order (so two holders never wait on each
+// other). Before the target's first listing since start, what its state
+// recorded stands for one.
+func (e *Engine) holdSlots(ctx context.Context, target string) (*slotHold, error) {
+	e.mu.Lock()
+	if _, ok := e.slots.seen[target]; !ok {
+		e.mu.Unlock()
+		st, err := e.Store.Load(target)
+		if err != nil {
+			return nil, err
+		}
+		var ids []string
+		for _, k := range st.Keys {
+			if k.State != store.KeyDeleted {
+				ids = append(ids, k.ID)
+			}
+		}
+		e.mu.Lock()
+		if _, ok := e.slots.seen[target]; !ok {
+			e.slots.noteKeys(target, ids)
+		}
+	}
+	group := e.slots.group(target)
+	locks := make([]chan struct{}, len(group))
+	for i, t := range group {
+		if e.slots.lock[t] == nil {
+			e.slots.lock[t] = make(chan struct{}, 1)
+		}
+		locks[i] = e.slots.lock[t]
+	}
+	e.mu.Unlock()
+	h := &slotHold{e: e}
+	for i, l := range locks {
+		select {
+		case l <- struct{}{}:
+			h.held = append(h.held, group[i])
+		case <-ctx.Done():
+			h.release()
+			return nil, ctx.Err()
+		}
+	}
+	return h, nil
+}
+
+// covers reports whether the hold covers every target now known to
+// share target's client; when not, the caller releases, holds again and
+// looks at the keys again.
+func (h *slotHold) covers(target string) bool {
+	h.e.mu.Lock()
+	defer h.e.mu.Unlock()
+	for _, t := range h.e.slots.group(target) {
+		if !slices.Contains(h.held, t) {
+			return false
+		}
+	}
+	return true
+}
+
+// release frees the locks; it may be called more than once.
+func (h *slotHold) release() {
+	if h == nil {
+		return
+	}
+	h.e.mu.Lock()
+	for _, t := range h.held {
+		<-h.e.slots.lock[t]
+	}
+	h.e.mu.Unlock()
+	h.held = nil
+}
