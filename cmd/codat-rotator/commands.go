@@ -227,22 +227,33 @@ type resumeCommand struct {
 func (c *resumeCommand) ParseFlags(args []string) error {
 	fs := c.flags("resume", "--target NAME")
 	fs.StringVar(&c.target, "target", "", "the halted `target` to resume (required)")
+	return parseOneTarget(fs, args, &c.target)
+}
+
+// parseOneTarget parses the flags of a command that acts on the one
+// target --target names.
+func parseOneTarget(fs *flag.FlagSet, args []string, target *string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if c.target == "" {
+	if *target == "" {
 		fs.Usage()
 		return errors.New("--target is required")
 	}
 	return noArgs(fs)
 }
 
-func (c *resumeCommand) Run(ctx context.Context) error {
+// writer is the service of a command that changes a target's state.
+func (c *opsCommand) writer(ctx context.Context) (admin.Service, error) {
 	cfg, err := LoadConfig(c.configPath, c.getenv)
 	if err != nil {
-		return &usageError{err}
+		return nil, &usageError{err}
 	}
-	svc, err := c.service(ctx, cfg, true)
+	return c.service(ctx, cfg, true)
+}
+
+func (c *resumeCommand) Run(ctx context.Context) error {
+	svc, err := c.writer(ctx)
 	if err != nil {
 		return err
 	}
@@ -271,22 +282,11 @@ func (c *takeoverCommand) ParseFlags(args []string) error {
 	fs := c.flags("takeover", "--target NAME [--json]")
 	fs.StringVar(&c.target, "target", "", "the `target` to take over (required); stop the daemon that owned it first")
 	fs.BoolVar(&c.json, "json", false, "print the report as JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if c.target == "" {
-		fs.Usage()
-		return errors.New("--target is required")
-	}
-	return noArgs(fs)
+	return parseOneTarget(fs, args, &c.target)
 }
 
 func (c *takeoverCommand) Run(ctx context.Context) error {
-	cfg, err := LoadConfig(c.configPath, c.getenv)
-	if err != nil {
-		return &usageError{err}
-	}
-	svc, err := c.service(ctx, cfg, true)
+	svc, err := c.writer(ctx)
 	if err != nil {
 		return err
 	}
