@@ -35,6 +35,7 @@ type run struct {
 	// keys.
 	secret  Published
 	version int
+	written time.Time         // when Vault wrote that version
 	meta    map[string]string // the secret's custom metadata
 	served  Served
 	client  Codat
@@ -158,7 +159,7 @@ func (r *run) plan(ctx context.Context) error {
 			return fmt.Errorf("bootstrap: %w", err)
 		}
 	}
-	r.secret, r.version = *cur.Secret, cur.Version
+	r.secret, r.version, r.written = *cur.Secret, cur.Version, cur.Written
 	r.client = r.e.Codat(r.t.Name, r.secret.APIKey)
 	keys, err := r.client.List(ctx)
 	if errors.Is(err, ErrKeyRejected) {
@@ -248,7 +249,7 @@ func (r *run) reconcile(ctx context.Context) error {
 	now := r.e.now()
 	var orphans []Key
 	err := r.update(func(st *store.Target) error {
-		orphans = Reconcile(st, Seen{Keys: r.keys, Secret: &r.secret, Version: r.version, Served: r.served}, NamesOf(r.t), r.t.Grace, now, r.id)
+		orphans = Reconcile(st, Seen{Keys: r.keys, Secret: &r.secret, Version: r.version, Written: r.written, Served: r.served}, NamesOf(r.t), r.t.Grace, now, r.id)
 		return nil
 	})
 	if err != nil {
