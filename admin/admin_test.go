@@ -116,12 +116,18 @@ func canned() *fakeService {
 // returns the socket's path.
 func serve(tb testing.TB, svc admin.Service) string {
 	tb.Helper()
+	return serveReload(tb, svc, nil)
+}
+
+// serveReload is serve with a daemon's reload behind POST /v1/reload.
+func serveReload(tb testing.TB, svc admin.Service, reload admin.Reload) string {
+	tb.Helper()
 	path := filepath.Join(tb.TempDir(), "run", "admin.sock")
 	l, err := admin.Listen(path)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := admin.NewServer(admin.NewHandler(svc, "v-test"), slog.New(slog.DiscardHandler))
+	srv := admin.NewServer(admin.NewHandler(svc, reload, "v-test"), slog.New(slog.DiscardHandler))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -258,6 +264,45 @@ func TestClientRoundTrip(t *testing.T) {
 	}
 	if got := svc.lastCall(t); got != "resume prod" {
 		t.Errorf("resume reached the service as %q", got)
+	}
+}
+
+// TestClientReload: a reload's report comes back whole, and a refused
+// reload is an error in the daemon's words; a server without a reload
+// says so rather than pretending.
+func TestClientReload(t *testing.T) {
+	var refuse error
+	calls := 0
+	reload := func(context.Context) (admin.ReloadReport, error) {
+		calls++
+		if refuse != nil {
+			return admin.ReloadReport{}, refuse
+		}
+		return admin.ReloadReport{Targets: []string{"dev", "prod"}, NeedRestart: []string{"listen"}}, nil
+	}
+	c := dial(t, serveReload(t, canned(), reload))
+	ctx := context.Background()
+
+	rep, err := c.Reload(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (admin.ReloadReport{Targets: []string{"dev", "prod"}, NeedRestart: []string{"listen"}}); !reflect.DeepEqual(rep, want) {
+		t.Errorf("reload: got %+v, want %+v", rep, want)
+	}
+
+	refuse = errors.New("config reload failed; keeping the running config: targets[0].grace: 48h0m0s is too long")
+	_, err = c.Reload(ctx)
+	if err == nil || !strings.Contains(err.Error(), "daemon: config reload failed; keeping the running config: targets[0].grace") {
+		t.Errorf("refused reload: got %v, want the daemon's reason", err)
+	}
+	if calls != 2 {
+		t.Errorf("reload called %d times, want 2", calls)
+	}
+
+	_, err = dial(t, serve(t, canned())).Reload(ctx)
+	if err == nil || !strings.Contains(err.Error(), "cannot reload") {
+		t.Errorf("reload of a server without one: got %v, want it to say it cannot", err)
 	}
 }
 

@@ -139,6 +139,14 @@ func (c *Client) Takeover(ctx context.Context, target string) (TakeoverReport, e
 	return rep, err
 }
 
+// Reload asks the daemon to re-read its config file and apply it; the
+// error is the daemon's reason for keeping its running config.
+func (c *Client) Reload(ctx context.Context) (ReloadReport, error) {
+	var rep ReloadReport
+	err := c.call(ctx, http.MethodPost, "/v1/reload", nil, &rep)
+	return rep, err
+}
+
 // Close releases the client's idle connections.
 func (c *Client) Close() error {
 	c.http.CloseIdleConnections()

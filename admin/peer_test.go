@@ -25,7 +25,7 @@ func servePeer(tb testing.TB, self uint32, peer admin.Peer, credErr error) (stri
 	}
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	srv := admin.NewServerFor(admin.NewHandler(canned(), "v-test"), log, self,
+	srv := admin.NewServerFor(admin.NewHandler(canned(), nil, "v-test"), log, self,
 		func(net.Conn) (admin.Peer, error) { return peer, credErr })
 	done := make(chan struct{})
 	go func() {

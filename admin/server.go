@@ -18,8 +18,8 @@ import (
 // The admin socket: HTTP over a unix socket (mode 0600), never TCP.
 
 // NewHandler serves svc as the admin API of a running daemon of the
-// given version.
-func NewHandler(svc Service, version string) http.Handler {
+// given version; reload, when not nil, serves POST /v1/reload.
+func NewHandler(svc Service, reload Reload, version string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
 		write(w, http.StatusOK, Ping{PID: os.Getpid(), Version: version})
@@ -91,6 +91,18 @@ func NewHandler(svc Service, version string) http.Handler {
 			return
 		}
 		rep, err := svc.Takeover(r.Context(), req.Target)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		write(w, http.StatusOK, rep)
+	})
+	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+		if reload == nil {
+			write(w, http.StatusNotImplemented, errorReport{Error: "this server cannot reload a config"})
+			return
+		}
+		rep, err := reload(r.Context())
 		if err != nil {
 			writeError(w, err)
 			return

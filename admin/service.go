@@ -34,6 +34,12 @@ type Service interface {
 	Takeover(ctx context.Context, target string) (TakeoverReport, error)
 }
 
+// Reload asks the running daemon to re-read its config file and apply
+// it (what SIGHUP does), and answers once it is applied or refused. An
+// error means the daemon kept its running config. Only a daemon
+// reloads: there is no in-process Reload.
+type Reload func(ctx context.Context) (ReloadReport, error)
+
 var (
 	// ErrNoSuchTarget: a request names a target that is not configured.
 	ErrNoSuchTarget = errors.New("no such target")

@@ -254,6 +254,16 @@ type TakeoverReport struct {
 	Foreign       []string    `json:"foreign"`
 }
 
+// ReloadReport is the answer to POST /v1/reload: the config the daemon
+// now runs with.
+type ReloadReport struct {
+	// Targets are the targets scheduled after the reload, sorted.
+	Targets []string `json:"targets"`
+	// NeedRestart names changed settings that keep their running values
+	// until a restart (state_path, listen, vault, log).
+	NeedRestart []string `json:"need_restart,omitempty"`
+}
+
 // Ping is GET /v1/ping: a daemon answers.
 type Ping struct {
 	PID     int    `json:"pid"`

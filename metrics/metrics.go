@@ -115,6 +115,22 @@ func (m *Metrics) WatchConcurrency(look func() rotation.Concurrency) {
 	)
 }
 
+// Track starts each target's counters at zero: a series born at 1 on
+// the first failure has no earlier sample, so Prometheus's increase()
+// would not see that failure (nor an alert on it). Call it with the
+// configured targets at start and after every reload.
+func (m *Metrics) Track(targets []string) {
+	for _, t := range targets {
+		for _, result := range []string{"success", "recovered", "failed"} {
+			m.rotations.WithLabelValues(t, result)
+		}
+		m.retirements.WithLabelValues(t)
+		for _, gaveUp := range []string{"false", "true"} {
+			m.retireFailed.WithLabelValues(t, gaveUp)
+		}
+	}
+}
+
 // ObserveCodat counts a Codat API call (codat.Options.Observe).
 func (m *Metrics) ObserveCodat(x codat.Exchange) {
 	status := "error"
@@ -163,7 +179,7 @@ type stateCollector struct {
 	targets func() []rotation.Target
 	next    func(target string) time.Time
 
-	lastSuccess, nextRotation, keys, freeSlots, halted, blocked, journal *prometheus.Desc
+	lastSuccess, nextRotation, keys, maxKeys, freeSlots, halted, blocked, journal, interval *prometheus.Desc
 }
 
 func newStateCollector(load func(string) (store.Target, error), targets func() []rotation.Target, next func(string) time.Time) *stateCollector {
@@ -175,15 +191,17 @@ func newStateCollector(load func(string) (store.Target, error), targets func() [
 		lastSuccess:  d("last_success_timestamp_seconds", "When the target last rotated successfully (unix seconds, 0 never)."),
 		nextRotation: d("next_rotation_timestamp_seconds", "When the target next rotates on schedule (unix seconds)."),
 		keys:         d("keys", "Keys the state file knows at Codat, by state (active, retiring, pending, foreign).", "state"),
+		maxKeys:      d("max_keys", "Codat's key cap for the target (max_keys): every key at Codat counts against it."),
 		freeSlots:    d("free_slots", "Codat key slots left for routine rotations (max_keys - reserve_slots - keys held)."),
 		halted:       d("halted", "1 when the target is halted and waits for `codat-rotator resume`."),
 		blocked:      d("blocked", "1 when another codat-rotator's state file owns the target: it rotates nothing until `codat-rotator takeover`."),
 		journal:      d("rotation_in_flight", "1 while a rotation's journal is open (a crash left one if it stays)."),
+		interval:     d("schedule_interval_seconds", "Shortest time between two scheduled rotations: no success for twice this means runs were missed."),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.lastSuccess, c.nextRotation, c.keys, c.freeSlots, c.halted, c.blocked, c.journal} {
+	for _, d := range []*prometheus.Desc{c.lastSuccess, c.nextRotation, c.keys, c.maxKeys, c.freeSlots, c.halted, c.blocked, c.journal, c.interval} {
 		ch <- d
 	}
 }
@@ -210,6 +228,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for state, n := range counts {
 			ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(n), t.Name, string(state))
+		}
+		ch <- prometheus.MustNewConstMetric(c.maxKeys, prometheus.GaugeValue, float64(t.MaxKeys), t.Name)
+		if t.Interval > 0 {
+			ch <- prometheus.MustNewConstMetric(c.interval, prometheus.GaugeValue, t.Interval.Seconds(), t.Name)
 		}
 		held := st.CodatKeys
 		ch <- prometheus.MustNewConstMetric(c.freeSlots, prometheus.GaugeValue, float64(max(t.MaxKeys-t.ReserveSlots-held, 0)), t.Name)

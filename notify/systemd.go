@@ -3,6 +3,7 @@ package notify
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -26,8 +27,18 @@ func (n Systemd) Ready(status string) { n.send(daemon.SdNotifyReady + "\nSTATUS=
 // Stopping tells systemd that shutdown began.
 func (n Systemd) Stopping() { n.send(daemon.SdNotifyStopping + "\nSTATUS=stopping") }
 
-// Reloading brackets a config reload.
-func (n Systemd) Reloading() { n.send(daemon.SdNotifyReloading) }
+// Reloading opens a config reload; Ready closes it. MONOTONIC_USEC is
+// the time of the request on CLOCK_MONOTONIC: systemd ≥ 253 wants it
+// with RELOADING=1 (and Type=notify-reload needs it), 252 ignores it.
+// The unit's ExecReload (`codat-rotator reload`) waits for the daemon's
+// answer, so `systemctl reload` ends when the reload does on both.
+func (n Systemd) Reloading() {
+	msg := daemon.SdNotifyReloading
+	if usec, ok := monotonicUsec(); ok {
+		msg += "\nMONOTONIC_USEC=" + strconv.FormatUint(usec, 10)
+	}
+	n.send(msg + "\nSTATUS=reloading the config")
+}
 
 // Watchdog feeds systemd's watchdog (WatchdogSec=) at half its
 // interval, the one timer it keeps, while check answers nil within

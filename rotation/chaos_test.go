@@ -74,7 +74,7 @@ func TestChaos(t *testing.T) {
 		t.Fatalf("-chaos.steps=%d: want at least 4", *chaosSteps)
 	}
 	vsrv := vaulttest.Shared(t)
-	sh := &chaosShared{vsrv: vsrv, root: vsrv.Client(t), mount: vsrv.NewKV(t), dir: t.TempDir()}
+	sh := &chaosShared{vsrv: vsrv, root: vsrv.Client(t), mount: vsrv.NewKV(t), dir: t.TempDir(), start: time.Now().UTC().Truncate(time.Second)}
 	up, err := url.Parse(vsrv.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -146,6 +146,9 @@ type chaosShared struct {
 	upstream *url.URL
 	mount    string
 	dir      string
+	// start is where every schedule's fake clock begins: the real time,
+	// since Vault stamps each version it writes with its own clock.
+	start time.Time
 }
 
 // Step kinds.
@@ -276,13 +279,13 @@ func newChaosRun(sh *chaosShared, seed uint64) *chaosRun {
 	return &chaosRun{
 		sh: sh, seed: seed,
 		rng:   rand.New(rand.NewPCG(seed, 0x636f646174)),
-		clock: &fakeClock{t: epoch},
+		clock: &fakeClock{t: sh.start},
 		path:  fmt.Sprintf("chaos/s%d", seed),
 		logs:  &syncBuffer{},
 		raw:   &rawKeys{},
 		stats: map[string]int{}, reported: map[string]bool{},
 		portal: map[string]bool{}, portalRaw: map[string]string{}, adopted: map[string]bool{}, portalDeleted: map[string]bool{}, revoked: map[string]bool{}, exempt: map[string]bool{},
-		opWrites: map[int]chaosVersion{}, graces: []chaosGrace{{from: epoch, grace: grace}},
+		opWrites: map[int]chaosVersion{}, graces: []chaosGrace{{from: sh.start, grace: grace}},
 	}
 }
 

@@ -77,6 +77,10 @@ type Target struct {
 	// NextRotation returns the next scheduled rotation after t, for the
 	// secret's next_rotation_at; nil when unknown.
 	NextRotation func(t time.Time) time.Time
+	// Interval is the shortest time between two scheduled runs
+	// (ShortestInterval), zero when unknown: the metrics export it, so
+	// an alert can ask for a success within twice of it.
+	Interval time.Duration
 }
 
 // Options shape one rotation.

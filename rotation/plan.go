@@ -89,7 +89,7 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 		}
 		return p, err
 	}
-	seen := See(keys, secret, cur.Version)
+	seen := See(keys, Current{Secret: secret, Version: cur.Version, Written: cur.Written})
 	served := seen.Served
 	if !served.Known {
 		return p, servedUnknown(t, p.Bootstrap, len(keys))

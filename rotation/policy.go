@@ -138,8 +138,8 @@ func attribute(st store.Target, k Key, seen Seen, names Names, grace time.Durati
 		return ClassAdopted, time.Time{}
 	}
 	if secret != nil && secret.PreviousKeyID != "" && k.ID == secret.PreviousKeyID {
-		if !secret.PreviousExpiresAt.IsZero() {
-			return ClassAdopted, recordedEnd(secret.PreviousExpiresAt)
+		if at, ok := supersededUntil(*secret, seen.Written, k.ID, grace); ok {
+			return ClassAdopted, at
 		}
 		return ClassAdopted, now.Add(grace)
 	}
@@ -161,28 +161,61 @@ func attribute(st store.Target, k Key, seen Seen, names Names, grace time.Durati
 // superseded it says (its previous_expires_at), else a grace after that
 // version's rotated_at; a key whose successor is not recorded gets a
 // full grace from now.
-func servedBefore(history []Published, k Key, grace time.Duration, now time.Time) (time.Time, bool) {
+func servedBefore(history []Current, k Key, grace time.Duration, now time.Time) (time.Time, bool) {
 	id := k.ID
 	last := -1
 	for i, v := range history {
-		if v.KeyID == id || (v.KeyID == "" && !k.APIKey.Empty() && v.APIKey == k.APIKey) {
+		if v.Secret != nil && (v.Secret.KeyID == id || (v.Secret.KeyID == "" && !k.APIKey.Empty() && v.Secret.APIKey == k.APIKey)) {
 			last = i
 		}
 	}
 	if last < 0 {
 		return time.Time{}, false
 	}
-	if last+1 >= len(history) {
+	if last+1 >= len(history) || history[last+1].Secret == nil {
 		return now.Add(grace), true
 	}
 	next := history[last+1]
-	switch {
-	case next.PreviousKeyID == id && !next.PreviousExpiresAt.IsZero():
-		return recordedEnd(next.PreviousExpiresAt), true
-	case !next.RotatedAt.IsZero():
-		return recordedEnd(next.RotatedAt).Add(grace), true
+	if at, ok := supersededUntil(*next.Secret, next.Written, id, grace); ok {
+		return at, true
 	}
 	return now.Add(grace), true
+}
+
+// supersededUntil is when a key that version s superseded may go, from
+// s's records and written, when Vault wrote s (zero if unknown):
+// previous_expires_at when s names the key, else grace after s's
+// rotated_at. Consumers could read s only once it was written, which
+// is after rotated_at was taken: the grace counts from the write when
+// that is later. Vault's write time only ever lengthens a grace. ok is
+// false when s records no time of its own.
+func supersededUntil(s Published, written time.Time, id string, grace time.Duration) (time.Time, bool) {
+	var at time.Time
+	switch {
+	case s.PreviousKeyID == id && !s.PreviousExpiresAt.IsZero():
+		at = recordedEnd(s.PreviousExpiresAt)
+		if !written.IsZero() && !s.RotatedAt.IsZero() {
+			// The grace s granted, at most a second more than exactly.
+			at = later(at, written.Add(at.Sub(s.RotatedAt.Truncate(time.Second))))
+		}
+	case !s.RotatedAt.IsZero():
+		at = recordedEnd(s.RotatedAt).Add(grace)
+		if !written.IsZero() {
+			at = later(at, written.Add(grace))
+		}
+	default:
+		// Written by hand with no times: Vault's clock alone is not
+		// trusted to shorten a grace (it may run behind ours).
+		return time.Time{}, false
+	}
+	return at, true
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // recordedEnd is the latest instant a time in the secret may stand for.
@@ -206,14 +239,16 @@ type Seen struct {
 	Version int
 	// Served is FindServed(Keys, Secret); it must be known.
 	Served Served
-	// History holds the secret's earlier versions, oldest first, when
+	// Written is when Vault wrote that version, zero when unknown.
+	Written time.Time
+	// History holds the secret's versions Vault keeps, oldest first, when
 	// they were read (a takeover reads them); nil otherwise.
-	History []Published
+	History []Current
 }
 
-// See makes a Seen from a listing and a secret.
-func See(keys []Key, secret *Published, version int) Seen {
-	return Seen{Keys: keys, Secret: secret, Version: version, Served: FindServed(keys, secret)}
+// See makes a Seen from a listing and what Vault holds.
+func See(keys []Key, cur Current) Seen {
+	return Seen{Keys: keys, Secret: cur.Secret, Version: cur.Version, Written: cur.Written, Served: FindServed(keys, cur.Secret)}
 }
 
 // Reconcile brings st in line with Codat's listing and the served

@@ -81,8 +81,8 @@ func TestClassify(t *testing.T) {
 		{ID: "served-once", Name: "rot-20261101T120000Z-abc123"}, // named by an earlier version
 	}
 	secret := &rotation.Published{KeyID: "served", PreviousKeyID: "prev"}
-	seen := rotation.See(keys, secret, 4)
-	seen.History = []rotation.Published{{KeyID: "served-once"}, {KeyID: "prev"}, {KeyID: "served"}}
+	seen := rotation.See(keys, rotation.Current{Secret: secret, Version: 4})
+	seen.History = []rotation.Current{{Secret: &rotation.Published{KeyID: "served-once"}}, {Secret: &rotation.Published{KeyID: "prev"}}, {Secret: secret}}
 	got := rotation.Classify(st, seen, names)
 	want := map[string]rotation.Class{
 		"made": rotation.ClassManaged, "boot": rotation.ClassAdopted, "portal": rotation.ClassForeign,
@@ -114,15 +114,19 @@ func TestReconcileRebuildsFromHistory(t *testing.T) {
 		{ID: "boot", Name: ""}, {ID: "k2", Name: names.New(t0)}, {ID: "k3", Name: names.New(t0)}, {ID: "k4", Name: names.New(t0)},
 		{ID: "pruned", Name: names.New(t0)}, {ID: "portal", Name: "portal"},
 	}
-	// Whole seconds, as the secret holds them.
-	history := []rotation.Published{
-		{KeyID: "boot", RotatedAt: t0.Add(-72 * time.Hour)},
-		{KeyID: "k2", RotatedAt: t0.Add(-48 * time.Hour), PreviousKeyID: "boot", PreviousExpiresAt: t0.Add(-24 * time.Hour)},
-		{KeyID: "k3", RotatedAt: t0.Add(-2 * time.Hour)}, // written without previous_*: a grace after rotated_at
-		{KeyID: "k4", RotatedAt: t0.Add(-time.Hour), PreviousKeyID: "k3", PreviousExpiresAt: t0.Add(23 * time.Hour)},
+	// Whole seconds, as the secret holds them; Vault's own write times
+	// are exact, and a write lands after rotated_at was taken.
+	history := []rotation.Current{
+		{Version: 1, Secret: &rotation.Published{KeyID: "boot", RotatedAt: t0.Add(-72 * time.Hour)}},
+		{Version: 2, Secret: &rotation.Published{KeyID: "k2", RotatedAt: t0.Add(-48 * time.Hour), PreviousKeyID: "boot", PreviousExpiresAt: t0.Add(-24 * time.Hour)}},
+		// Written without previous_*: a grace after rotated_at.
+		{Version: 3, Secret: &rotation.Published{KeyID: "k3", RotatedAt: t0.Add(-2 * time.Hour)}},
+		// Written 1.5 s after its rotated_at (a slow write across a
+		// second's end): the grace it granted counts from the write.
+		{Version: 4, Secret: &rotation.Published{KeyID: "k4", RotatedAt: t0.Add(-time.Hour), PreviousKeyID: "k3", PreviousExpiresAt: t0.Add(23 * time.Hour)},
+			Written: t0.Add(-time.Hour + 1500*time.Millisecond)},
 	}
-	secret := history[3]
-	seen := rotation.See(keys, &secret, 4)
+	seen := rotation.See(keys, history[3])
 	seen.History = history
 	var st store.Target
 	orphans := rotation.Reconcile(&st, seen, names, g, t0, "takeover")
@@ -139,7 +143,7 @@ func TestReconcileRebuildsFromHistory(t *testing.T) {
 		// them waits for the end of that second (I4).
 		{"boot", store.OriginAdopted, store.KeyRetiring, t0.Add(-24*time.Hour + time.Second)},
 		{"k2", store.OriginAdopted, store.KeyRetiring, t0.Add(-2*time.Hour + time.Second + g)},
-		{"k3", store.OriginAdopted, store.KeyRetiring, t0.Add(23*time.Hour + time.Second)},
+		{"k3", store.OriginAdopted, store.KeyRetiring, t0.Add(23*time.Hour + 2500*time.Millisecond)},
 		{"k4", store.OriginAdopted, store.KeyActive, time.Time{}},
 		{"pruned", store.OriginAdopted, store.KeyRetiring, t0.Add(g)},
 		{"portal", store.OriginForeign, store.KeyForeign, time.Time{}},
@@ -171,7 +175,7 @@ func TestReconcile(t *testing.T) {
 		{ID: "orphan", Name: names.New(t0)}, {ID: "portal", Name: "rot-mine"},
 	}
 	secret := &rotation.Published{KeyID: "new", RotatedAt: t0.Add(-time.Minute)}
-	orphans := rotation.Reconcile(&st, rotation.See(keys, secret, 1), names, time.Hour, t0, "r-1")
+	orphans := rotation.Reconcile(&st, rotation.See(keys, rotation.Current{Secret: secret, Version: 1}), names, time.Hour, t0, "r-1")
 	var ids []string
 	for _, k := range orphans {
 		ids = append(ids, k.ID)

@@ -48,7 +48,7 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 		return nil, fmt.Errorf("retire: %w", err)
 	}
 	e.noteListing(t.Name, keys)
-	seen := See(keys, cur.Secret, cur.Version)
+	seen := See(keys, cur)
 	served := seen.Served
 	if served.Known {
 		err := e.Store.Update(t.Name, func(st *store.Target) error {

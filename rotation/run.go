@@ -35,6 +35,7 @@ type run struct {
 	// keys.
 	secret  Published
 	version int
+	written time.Time         // when Vault wrote that version
 	meta    map[string]string // the secret's custom metadata
 	served  Served
 	client  Codat
@@ -167,7 +168,7 @@ func (r *run) plan(ctx context.Context) error {
 			return fmt.Errorf("bootstrap: %w", err)
 		}
 	}
-	r.secret, r.version = *cur.Secret, cur.Version
+	r.secret, r.version, r.written = *cur.Secret, cur.Version, cur.Written
 	r.e.remember(r.t.Name, r.secret.APIKey)
 	var keys []Key
 	r.client, keys, err = r.e.list(ctx, r.t, x, r.secret.APIKey)
@@ -258,7 +259,7 @@ func (r *run) reconcile(ctx context.Context) error {
 	now := r.e.now()
 	var orphans []Key
 	err := r.update(func(st *store.Target) error {
-		orphans = Reconcile(st, Seen{Keys: r.keys, Secret: &r.secret, Version: r.version, Served: r.served}, NamesOf(r.t), r.t.Grace, now, r.id)
+		orphans = Reconcile(st, Seen{Keys: r.keys, Secret: &r.secret, Version: r.version, Written: r.written, Served: r.served}, NamesOf(r.t), r.t.Grace, now, r.id)
 		return nil
 	})
 	if err != nil {

@@ -51,7 +51,7 @@ type ClassifiedKey struct {
 // order: the same Classify a rotation acts on, so `keys` shows what the
 // next rotation would do with each.
 func ClassifyKeys(t Target, st store.Target, listing []Key, cur Current) []ClassifiedKey {
-	seen := See(listing, cur.Secret, cur.Version)
+	seen := See(listing, cur)
 	served := seen.Served
 	classes := Classify(st, seen, NamesOf(t))
 	out := make([]ClassifiedKey, 0, len(listing))

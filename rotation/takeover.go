@@ -67,13 +67,11 @@ func (e *Engine) Takeover(ctx context.Context, t Target) (Takeover, error) {
 		return out, err
 	}
 	e.noteListing(t.Name, keys)
-	seen := See(keys, cur.Secret, cur.Version)
+	seen := See(keys, cur)
 	if !seen.Served.Known {
 		return out, servedUnknown(t, false, len(keys))
 	}
-	for _, v := range history {
-		seen.History = append(seen.History, *v.Secret)
-	}
+	seen.History = history
 	if md := e.metadata(t, cur.CustomMetadata, e.now()); md != nil {
 		if err := e.Vault.SetMetadata(ctx, t.Vault, md); err != nil {
 			return out, fmt.Errorf("takeover: record the owner in %s's custom metadata: %w", t.Vault, err)

@@ -58,6 +58,9 @@ type Current struct {
 	Version int
 	// CustomMetadata is the secret's custom metadata.
 	CustomMetadata map[string]string
+	// Written is when Vault wrote this version, zero when unknown: the
+	// moment consumers could first read it.
+	Written time.Time
 }
 
 // The kinds of Codat and Vault failure the engine acts on. An adapter's

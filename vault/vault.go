@@ -151,6 +151,8 @@ type Current struct {
 	Version int
 	// CustomMetadata is the secret's custom metadata.
 	CustomMetadata map[string]string
+	// Written is when Vault wrote the latest version, zero when unknown.
+	Written time.Time
 }
 
 // Field names in the secret.
@@ -254,7 +256,7 @@ func (c *Client) read(ctx context.Context, loc Location) (Current, error) {
 	}
 	cur := Current{CustomMetadata: stringMap(kv.CustomMetadata)}
 	if kv.VersionMetadata != nil {
-		cur.Version = kv.VersionMetadata.Version
+		cur.Version, cur.Written = kv.VersionMetadata.Version, kv.VersionMetadata.CreatedTime
 	}
 	if kv.Data == nil {
 		return cur, nil // latest version deleted
@@ -372,17 +374,18 @@ func (c *Client) History(ctx context.Context, loc Location) ([]Version, error) {
 			if err != nil {
 				continue
 			}
-			out = append(out, Version{Version: v.Version, Secret: s})
+			out = append(out, Version{Version: v.Version, Secret: s, Written: v.CreatedTime})
 		}
 		return nil
 	})
 	return out, err
 }
 
-// Version is one version of a secret.
+// Version is one version of a secret, and when Vault wrote it.
 type Version struct {
 	Version int
 	Secret  Secret
+	Written time.Time
 }
 
 // PatchMetadata merges custom metadata into the secret's metadata.

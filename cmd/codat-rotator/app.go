@@ -221,6 +221,7 @@ func rotationTarget(tc TargetConfig, getenv func(string) string, log *slog.Logge
 	}
 	if sched, err := rotation.ParseSchedule(tc.Schedule); err == nil {
 		t.NextRotation = func(now time.Time) time.Time { return sched.Next(now) }
+		t.Interval = rotation.ShortestInterval(sched)
 	}
 	switch {
 	case tc.Codat.BootstrapKeyFile != "":

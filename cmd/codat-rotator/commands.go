@@ -90,8 +90,8 @@ func (c *opsCommand) rotateAndNotify(ctx context.Context, t rotation.Target, opt
 }
 
 // adminHandler serves the admin socket of the running daemon, whose
-// rotations go through its scheduler.
-func adminHandler(a *app, sched *rotation.Scheduler) http.Handler {
+// rotations go through its scheduler and whose reloads through reload.
+func adminHandler(a *app, sched *rotation.Scheduler, reload admin.Reload) http.Handler {
 	return admin.NewHandler(&admin.Local{
 		Engine: a.engine, Targets: a.allTargets, Next: sched.Next, Logger: a.log,
 		RotateTarget: func(_ context.Context, t rotation.Target, opts rotation.Options) (rotation.Result, error) {
@@ -100,7 +100,7 @@ func adminHandler(a *app, sched *rotation.Scheduler) http.Handler {
 		TakeoverTarget: func(_ context.Context, t rotation.Target) (rotation.Takeover, error) {
 			return sched.TakeoverNow(t.Name)
 		},
-	}, version)
+	}, reload, version)
 }
 
 // explainLocked turns "state file locked" into what the operator needs:
@@ -227,22 +227,33 @@ type resumeCommand struct {
 func (c *resumeCommand) ParseFlags(args []string) error {
 	fs := c.flags("resume", "--target NAME")
 	fs.StringVar(&c.target, "target", "", "the halted `target` to resume (required)")
+	return parseOneTarget(fs, args, &c.target)
+}
+
+// parseOneTarget parses the flags of a command that acts on the one
+// target --target names.
+func parseOneTarget(fs *flag.FlagSet, args []string, target *string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if c.target == "" {
+	if *target == "" {
 		fs.Usage()
 		return errors.New("--target is required")
 	}
 	return noArgs(fs)
 }
 
-func (c *resumeCommand) Run(ctx context.Context) error {
+// writer is the service of a command that changes a target's state.
+func (c *opsCommand) writer(ctx context.Context) (admin.Service, error) {
 	cfg, err := LoadConfig(c.configPath, c.getenv)
 	if err != nil {
-		return &usageError{err}
+		return nil, &usageError{err}
 	}
-	svc, err := c.service(ctx, cfg, true)
+	return c.service(ctx, cfg, true)
+}
+
+func (c *resumeCommand) Run(ctx context.Context) error {
+	svc, err := c.writer(ctx)
 	if err != nil {
 		return err
 	}
@@ -271,22 +282,11 @@ func (c *takeoverCommand) ParseFlags(args []string) error {
 	fs := c.flags("takeover", "--target NAME [--json]")
 	fs.StringVar(&c.target, "target", "", "the `target` to take over (required); stop the daemon that owned it first")
 	fs.BoolVar(&c.json, "json", false, "print the report as JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if c.target == "" {
-		fs.Usage()
-		return errors.New("--target is required")
-	}
-	return noArgs(fs)
+	return parseOneTarget(fs, args, &c.target)
 }
 
 func (c *takeoverCommand) Run(ctx context.Context) error {
-	cfg, err := LoadConfig(c.configPath, c.getenv)
-	if err != nil {
-		return &usageError{err}
-	}
-	svc, err := c.service(ctx, cfg, true)
+	svc, err := c.writer(ctx)
 	if err != nil {
 		return err
 	}

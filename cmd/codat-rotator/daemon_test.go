@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"golang.org/x/sys/unix"
 
 	"github.com/codat-rotator/codat-rotator/admin"
 	"github.com/codat-rotator/codat-rotator/codat"
@@ -566,6 +567,13 @@ func TestDaemonRotatesOnSchedule(t *testing.T) {
 	if v, ok := metricValue(second, "codat_rotator_halted", `target="crash"`); !ok || v != 0 {
 		t.Errorf("halted: got %v (present %v), want 0", v, ok)
 	}
+	// The alert on missed rotations and the dashboard's cap read these.
+	if v, ok := metricValue(second, "codat_rotator_schedule_interval_seconds", `target="crash"`); !ok || v != 2 {
+		t.Errorf("schedule_interval_seconds of @every 2s: got %v (present %v), want 2", v, ok)
+	}
+	if v, ok := metricValue(second, "codat_rotator_max_keys", `target="crash"`); !ok || v != DefaultMaxKeys {
+		t.Errorf("max_keys: got %v (present %v), want %d", v, ok, DefaultMaxKeys)
+	}
 
 	d.stop(t)
 	distinct := map[string]bool{}
@@ -1076,6 +1084,40 @@ func TestSdNotify(t *testing.T) {
 		}
 		return n >= 3
 	})
+
+	// A reload through the admin socket (the unit's ExecReload) is
+	// bracketed by RELOADING=1, with MONOTONIC_USEC on CLOCK_MONOTONIC
+	// for systemd ≥ 253, and READY=1, both before the command returns;
+	// a refused reload too.
+	for _, tt := range []struct {
+		grace, status string
+		code          int
+	}{{"1s", "STATUS=config reloaded", exitOK}, {"2h", "STATUS=config reload failed; running with the previous config", exitError}} {
+		e.writeConfig(t, "@every 1h", tt.grace)
+		from := len(datagrams())
+		before := monotonicNow(t)
+		if code, _, stderr := e.cli(t, nil, "reload"); code != tt.code {
+			t.Fatalf("reload with grace %s: exit %d, want %d; stderr %q", tt.grace, code, tt.code, stderr)
+		}
+		after := monotonicNow(t)
+		reloading, ready := index("RELOADING=1", from), index("READY=1", from)
+		if reloading < 0 || ready < reloading {
+			t.Fatalf("reload with grace %s: want RELOADING=1 then READY=1 before the command returned; datagrams: %q", tt.grace, datagrams()[from:])
+		}
+		var usec uint64
+		for _, field := range strings.Split(datagrams()[reloading], "\n") {
+			if v, ok := strings.CutPrefix(field, "MONOTONIC_USEC="); ok {
+				usec, _ = strconv.ParseUint(v, 10, 64)
+			}
+		}
+		if usec < before || usec > after {
+			t.Errorf("RELOADING=1 datagram %q: want MONOTONIC_USEC between %d and %d", datagrams()[reloading], before, after)
+		}
+		if !slices.Contains(strings.Split(datagrams()[ready], "\n"), tt.status) {
+			t.Errorf("READY=1 after the reload: got %q, want %s in it", datagrams()[ready], tt.status)
+		}
+	}
+
 	stopFrom := len(datagrams())
 	d.stop(t)
 	deadline := time.Now().Add(5 * time.Second)
@@ -1091,6 +1133,17 @@ func TestSdNotify(t *testing.T) {
 	if n := d.count(msgIs("sd_notify failed")); n != 0 {
 		t.Errorf("sd_notify failed %d times", n)
 	}
+}
+
+// monotonicNow is CLOCK_MONOTONIC in microseconds, as MONOTONIC_USEC=
+// carries it.
+func monotonicNow(t *testing.T) uint64 {
+	t.Helper()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	return uint64(ts.Nano() / 1000)
 }
 
 // TestDaemonSecondSignalExitsAtOnce: a second SIGTERM during a long

@@ -63,6 +63,7 @@ var commands = []struct {
 	{"status", "per target: current key, retiring keys, next rotation, last result, keys used, halted", true, func(o, e io.Writer) command { return &statusCommand{opsCommand: newOps(o, e)} }},
 	{"keys", "the keys at Codat, marked managed, adopted or foreign (never raw values)", true, func(o, e io.Writer) command { return &keysCommand{opsCommand: newOps(o, e)} }},
 	{"resume", "clear a halted target", true, func(o, e io.Writer) command { return &resumeCommand{opsCommand: newOps(o, e)} }},
+	{"reload", "make the running daemon re-read its config; fails, the old config still running, when the new one is refused", true, func(o, e io.Writer) command { return newReloadCommand(o, e) }},
 	{"takeover", "make this state file the owner of a target another daemon ran, and rebuild its state", true, func(o, e io.Writer) command { return &takeoverCommand{opsCommand: newOps(o, e)} }},
 	{"check", "validate the config and reach Codat and Vault with the configured credentials", true, func(o, e io.Writer) command { return &checkCommand{opsCommand: newOps(o, e)} }},
 	{"emulator", "run a local Codat API emulator for demos and tests", false, func(o, e io.Writer) command { return newEmulatorCommand(o, e) }},

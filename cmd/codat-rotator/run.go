@@ -42,10 +42,28 @@ type runCommand struct {
 	systemd notify.Systemd
 	hooks   *notify.Webhooks
 	wg      sync.WaitGroup
+
+	// reloads carries the admin socket's reload requests to Run's loop,
+	// which applies them one at a time, SIGHUPs included; looping is
+	// closed when that loop ends.
+	reloads chan reloadRequest
+	looping chan struct{}
+}
+
+// reloadRequest is a reload asked over the admin socket, with where its
+// answer goes.
+type reloadRequest struct {
+	reply chan reloadReply // buffered: the loop never blocks on it
+}
+
+type reloadReply struct {
+	rep admin.ReloadReport
+	err error
 }
 
 func newRunCommand(stdout, stderr io.Writer) *runCommand {
-	return &runCommand{stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	return &runCommand{stdout: stdout, stderr: stderr, getenv: os.Getenv,
+		reloads: make(chan reloadRequest), looping: make(chan struct{})}
 }
 
 func (c *runCommand) ParseFlags(args []string) error {
@@ -114,6 +132,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 	c.m.WatchState(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next)
 	c.m.WatchScheduler(c.sched.Wakeups)
 	c.m.WatchConcurrency(c.app.engine.Concurrency)
+	c.m.Track(targetNames(cfg.Targets))
 
 	var adminL net.Listener
 	if cfg.Listen.AdminSocket != "" {
@@ -135,7 +154,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 	}
 	serveErr := make(chan error, 2)
 	if adminL != nil {
-		c.serve(adminL, admin.NewServer(adminHandler(c.app, c.sched), log), serveErr)
+		c.serve(adminL, admin.NewServer(adminHandler(c.app, c.sched, c.requestReload), log), serveErr)
 		log.Info("admin socket listening", "path", cfg.Listen.AdminSocket)
 	}
 	if metricsL != nil {
@@ -153,6 +172,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 	// Renew the Vault token while it can be, log in again when not.
 	go c.app.vault.KeepAlive(wdCtx, log.With("component", "vault"))
 
+	defer close(c.looping)
 	for {
 		select {
 		case <-ctx.Done():
@@ -161,8 +181,31 @@ func (c *runCommand) Run(ctx context.Context) error {
 		case err := <-serveErr:
 			return err
 		case <-c.reload:
-			c.reloadConfig()
+			_, _ = c.reloadConfig()
+		case req := <-c.reloads:
+			rep, err := c.reloadConfig()
+			req.reply <- reloadReply{rep, err}
 		}
+	}
+}
+
+// requestReload is the admin socket's reload (`codat-rotator reload`,
+// the unit's ExecReload): Run's loop applies it as it applies a SIGHUP,
+// and the answer says whether the new config runs.
+func (c *runCommand) requestReload(ctx context.Context) (admin.ReloadReport, error) {
+	req := reloadRequest{reply: make(chan reloadReply, 1)}
+	select {
+	case c.reloads <- req:
+	case <-c.looping:
+		return admin.ReloadReport{}, errors.New("the daemon is shutting down")
+	case <-ctx.Done():
+		return admin.ReloadReport{}, ctx.Err()
+	}
+	select {
+	case r := <-req.reply:
+		return r.rep, r.err
+	case <-ctx.Done():
+		return admin.ReloadReport{}, ctx.Err()
 	}
 }
 
@@ -266,16 +309,21 @@ func (r *readiness) probe(ctx context.Context) error {
 	return nil
 }
 
-// reloadConfig applies a changed config (SIGHUP), or logs why it cannot
-// and keeps the old one.
-func (c *runCommand) reloadConfig() {
+// reloadConfig applies a changed config (SIGHUP, or `codat-rotator
+// reload` over the admin socket), or logs why it cannot and keeps the
+// old one; the error says so too. systemd hears RELOADING=1 before and
+// READY=1 after, either way.
+func (c *runCommand) reloadConfig() (admin.ReloadReport, error) {
 	c.systemd.Reloading()
 	outcome := "config reload failed; running with the previous config"
 	defer func() { c.systemd.Ready(outcome) }()
+	failed := func(err error) (admin.ReloadReport, error) {
+		c.log.Error("config reload failed; keeping the running config", "error", err)
+		return admin.ReloadReport{}, fmt.Errorf("config reload failed; keeping the running config: %w", err)
+	}
 	cfg, _, err := c.loadConfig()
 	if err != nil {
-		c.log.Error("config reload failed; keeping the running config", "error", err)
-		return
+		return failed(err)
 	}
 	for _, w := range insecureHTTPWarnings(cfg, c.getenv) {
 		c.log.Warn(w)
@@ -298,8 +346,7 @@ func (c *runCommand) reloadConfig() {
 	}
 	targets, clients, err := c.app.buildTargets(cfg.Targets)
 	if err != nil {
-		c.log.Error("config reload failed; keeping the running config", "error", err)
-		return
+		return failed(err)
 	}
 	// Each target's loop installs its new Codat client between two runs:
 	// a rotation in flight, of a changed or removed target, finishes with
@@ -310,8 +357,7 @@ func (c *runCommand) reloadConfig() {
 		scheds[i].Activate = func() { c.app.useClient(name, client) }
 	}
 	if err := c.sched.Apply(scheds); err != nil {
-		c.log.Error("config reload failed; keeping the running config", "error", err)
-		return
+		return failed(err)
 	}
 	if cfg.MaxConcurrentRotations != c.cfg.MaxConcurrentRotations {
 		c.app.engine.SetMaxConcurrent(cfg.MaxConcurrentRotations)
@@ -321,8 +367,10 @@ func (c *runCommand) reloadConfig() {
 	c.app.setTargetList(targets)
 	c.hooks.Set(webhooks(cfg.Targets))
 	c.cfg.Targets = cfg.Targets
+	c.m.Track(targetNames(cfg.Targets))
 	outcome = "config reloaded"
 	c.log.Info("config reloaded", "targets", len(cfg.Targets))
+	return admin.ReloadReport{Targets: c.sched.Names(), NeedRestart: restart}, nil
 }
 
 // Close stops scheduling, lets a running rotation finish (or cancels it
@@ -355,6 +403,15 @@ func (c *runCommand) Close() error {
 		c.log.Info("stopped")
 	}
 	return err
+}
+
+// targetNames lists the configured targets' names.
+func targetNames(tcs []TargetConfig) []string {
+	names := make([]string, len(tcs))
+	for i, tc := range tcs {
+		names[i] = tc.Name
+	}
+	return names
 }
 
 // schedules pairs each target with its schedule from the config.

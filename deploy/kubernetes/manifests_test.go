@@ -18,6 +18,7 @@ import (
 	"strings"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -50,7 +51,7 @@ const (
 // scheme knows the kinds the manifests may hold.
 var scheme = func() *runtime.Scheme {
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, monitoringv1.AddToScheme} {
 		if err := add(s); err != nil {
 			panic(err)
 		}
@@ -246,6 +247,7 @@ type built struct {
 	cm          *corev1.ConfigMap
 	svc         *corev1.Service
 	sts         *appsv1.StatefulSet
+	rules       *monitoringv1.PrometheusRule
 	namespaced  []metav1.Object
 	objectCount int
 }
@@ -284,12 +286,14 @@ func build(tb testing.TB) built {
 			b.svc, b.namespaced = o, append(b.namespaced, o)
 		case *appsv1.StatefulSet:
 			b.sts, b.namespaced = o, append(b.namespaced, o)
+		case *monitoringv1.PrometheusRule:
+			b.rules, b.namespaced = o, append(b.namespaced, o)
 		default:
 			tb.Fatalf("kustomize output: unexpected %T", obj)
 		}
 	}
-	if b.ns == nil || b.sa == nil || b.cm == nil || b.svc == nil || b.sts == nil || b.objectCount != 5 {
-		tb.Fatalf("kustomize output: got %d objects, want one each of Namespace, ServiceAccount, ConfigMap, Service, StatefulSet", b.objectCount)
+	if b.ns == nil || b.sa == nil || b.cm == nil || b.svc == nil || b.sts == nil || b.rules == nil || b.objectCount != 6 {
+		tb.Fatalf("kustomize output: got %d objects, want one each of Namespace, ServiceAccount, ConfigMap, Service, StatefulSet, PrometheusRule", b.objectCount)
 	}
 	return b
 }
@@ -304,8 +308,8 @@ func TestKustomizeBuild(t *testing.T) {
 			t.Errorf("%s: namespace %q, want %q", o.GetName(), o.GetNamespace(), namespace)
 		}
 	}
-	if b.sa.Name != name || b.svc.Name != name || b.sts.Name != name {
-		t.Errorf("names: ServiceAccount %q, Service %q, StatefulSet %q; want %q", b.sa.Name, b.svc.Name, b.sts.Name, name)
+	if b.sa.Name != name || b.svc.Name != name || b.sts.Name != name || b.rules.Name != name {
+		t.Errorf("names: ServiceAccount %q, Service %q, StatefulSet %q, PrometheusRule %q; want %q", b.sa.Name, b.svc.Name, b.sts.Name, b.rules.Name, name)
 	}
 	if !strings.HasPrefix(b.cm.Name, name+"-") {
 		t.Errorf("ConfigMap: got %q, want %s-<content hash>", b.cm.Name, name)

@@ -95,7 +95,7 @@ func (a vaultAdapter) History(ctx context.Context, loc rotation.Location) ([]rot
 	out := make([]rotation.Current, 0, len(vs))
 	for _, v := range vs {
 		p := rotation.Published(v.Secret)
-		out = append(out, rotation.Current{Version: v.Version, Secret: &p})
+		out = append(out, rotation.Current{Version: v.Version, Secret: &p, Written: v.Written})
 	}
 	return out, nil
 }
@@ -118,7 +118,7 @@ func VaultLocation(l rotation.Location) vault.Location { return vault.Location(l
 
 // Current converts what Vault holds for a target.
 func Current(c vault.Current) rotation.Current {
-	out := rotation.Current{Version: c.Version, CustomMetadata: c.CustomMetadata}
+	out := rotation.Current{Version: c.Version, CustomMetadata: c.CustomMetadata, Written: c.Written}
 	if c.Secret != nil {
 		p := rotation.Published(*c.Secret)
 		out.Secret = &p
