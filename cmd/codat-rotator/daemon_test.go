@@ -109,16 +109,24 @@ func (e *daemonEnv) env(extra ...string) []string {
 // returns its exit code and output. env overrides e's environment.
 func (e *daemonEnv) cli(t *testing.T, env []string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	return runCLI(t, 30*time.Second, e.config, e.env(env...), func(b []byte) { e.output.Write(b) }, args...)
+}
+
+// runCLI runs the command args[0] of the binary with --config config and
+// env, within timeout, hands its stdout then its stderr to keep, and
+// returns its exit code and output.
+func runCLI(t *testing.T, timeout time.Duration, config string, env []string, keep func([]byte), args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	args = append(args[:1:1], append([]string{"--config", e.config}, args[1:]...)...)
+	args = append(args[:1:1], append([]string{"--config", config}, args[1:]...)...)
 	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = e.env(env...)
+	cmd.Env = env
 	var o, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &se
 	err := cmd.Run()
-	e.output.Write(o.Bytes())
-	e.output.Write(se.Bytes())
+	keep(o.Bytes())
+	keep(se.Bytes())
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		return ee.ExitCode(), o.String(), se.String()

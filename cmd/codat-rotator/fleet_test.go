@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -120,23 +119,7 @@ func (e *fleetEnv) env() []string {
 // and stderr.
 func (e *fleetEnv) cli(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, append([]string{args[0], "--config", e.config}, args[1:]...)...)
-	cmd.Env = e.env()
-	var o, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &se
-	err := cmd.Run()
-	e.output.Write(o.Bytes())
-	e.output.Write(se.Bytes())
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), o.String(), se.String()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return 0, o.String(), se.String()
+	return runCLI(t, time.Minute, e.config, e.env(), func(b []byte) { e.output.Write(b) }, args...)
 }
 
 // checkFleetOutput checks a fleet rotate's text: one block per target,

@@ -168,26 +168,11 @@ func (w *ownWorld) run(t *testing.T, c ownConfig, extraEnv ...string) *daemonPro
 // cli runs a command of the binary on config c to the end.
 func (w *ownWorld) cli(t *testing.T, c ownConfig, extraEnv []string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	args = append(args[:1:1], append([]string{"--config", c.path}, args[1:]...)...)
-	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = w.env(extraEnv...)
-	var o, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &se
-	err := cmd.Run()
-	w.mu.Lock()
-	w.output.Write(o.Bytes())
-	w.output.Write(se.Bytes())
-	w.mu.Unlock()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), o.String(), se.String()
-	}
-	if err != nil {
-		t.Fatalf("%s: %v", strings.Join(args, " "), err)
-	}
-	return 0, o.String(), se.String()
+	return runCLI(t, 30*time.Second, c.path, w.env(extraEnv...), func(b []byte) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.output.Write(b)
+	}, args...)
 }
 
 // kill SIGKILLs the daemon and waits for it to be gone.
