@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/store"
 )
@@ -36,6 +38,16 @@ func TestRetireFailuresCounted(t *testing.T) {
 // it was never set.
 func counterValue(t *testing.T, m *Metrics, name string, labels map[string]string) float64 {
 	t.Helper()
+	if mm := findMetric(t, m, name, labels); mm != nil {
+		return mm.GetCounter().GetValue()
+	}
+	return 0
+}
+
+// findMetric returns the series name{labels} from m's registry, nil when
+// there is none.
+func findMetric(t *testing.T, m *Metrics, name string, labels map[string]string) *dto.Metric {
+	t.Helper()
 	families, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -51,10 +63,10 @@ func counterValue(t *testing.T, m *Metrics, name string, labels map[string]strin
 					continue metrics
 				}
 			}
-			return mm.GetCounter().GetValue()
+			return mm
 		}
 	}
-	return 0
+	return nil
 }
 
 // TestSchedulerWakeups: the counter reads the scheduler's count at
@@ -123,23 +135,8 @@ func TestStateGauges(t *testing.T) {
 // gaugeValue reads the gauge name{labels} from m's registry.
 func gaugeValue(t *testing.T, m *Metrics, name string, labels map[string]string) (float64, bool) {
 	t.Helper()
-	families, err := m.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, mm := range f.GetMetric() {
-			for _, l := range mm.GetLabel() {
-				if labels[l.GetName()] != l.GetValue() {
-					continue metrics
-				}
-			}
-			return mm.GetGauge().GetValue(), true
-		}
+	if mm := findMetric(t, m, name, labels); mm != nil {
+		return mm.GetGauge().GetValue(), true
 	}
 	return 0, false
 }
