@@ -54,6 +54,11 @@ type Key struct {
 	Deleted     time.Time `json:"deleted,omitzero"`
 	// RotationID is the rotation that made or adopted the key.
 	RotationID string `json:"rotation_id,omitempty"`
+	// Fingerprint is a salted one-way hash of the raw key, known for
+	// every key the daemon made, published or saw listed with its value:
+	// how the served key is told by value when Codat's listing leaves
+	// raw keys out (docs/design.md#served-by-value). Never the key.
+	Fingerprint string `json:"fingerprint,omitempty"`
 }
 
 // Step is a step of the rotation (docs/design.md#step-table).
@@ -98,6 +103,18 @@ type Target struct {
 	Keys    []Key    `json:"keys"`
 	Journal *Journal `json:"journal,omitempty"`
 
+	// Vault is the secret's location ("mount/path") the target last
+	// looked at: a target renamed in the config keeps its location, so
+	// the state under its old name is not another target's
+	// (docs/design.md#shared-keys).
+	Vault string `json:"vault,omitempty"`
+
+	// Tag marks the names of the keys this target makes: random, made
+	// once per target in this state file and kept in the secret's
+	// custom metadata, so no other target or daemon has the same shape
+	// (docs/design.md#key-names). Empty until the first rotation.
+	Tag string `json:"tag,omitempty"`
+
 	Halted     bool      `json:"halted,omitempty"`
 	HaltReason string    `json:"halt_reason,omitempty"`
 	HaltedAt   time.Time `json:"halted_at,omitzero"`
@@ -115,6 +132,26 @@ type Target struct {
 	// wrote. A newer one at the next look means someone else wrote to
 	// Vault in between and may have served any key meanwhile.
 	VaultVersion int `json:"vault_version,omitempty"`
+	// VaultWritten is when Vault wrote that version: versions restart at
+	// 1 after `vault kv metadata delete`, so a number alone cannot tell
+	// that the secret moved on.
+	VaultWritten time.Time `json:"vault_written,omitzero"`
+	// SharedKey is a key this target's secret serves that another target
+	// of this state file records as its own (a secret copied from the
+	// other's path, a key given to both): the target refuses to take it
+	// on, and the other target must not delete it while this one serves
+	// it (docs/design.md#shared-keys). Empty when there is none.
+	SharedKey string `json:"shared_key,omitempty"`
+	// ServedDoubt says why the key Vault serves cannot be told for sure
+	// (key_id and api_key disagree, or api_key matches no key the daemon
+	// knows), as the last look found it; every key that may be the
+	// served one is kept. Empty when it is certain.
+	ServedDoubt string `json:"served_doubt,omitempty"`
+	// Unclaimed says why this state file could not record itself as the
+	// secret's owner at the last publish (the Vault policy lacks patch on
+	// the metadata path, say): the protection against a second daemon is
+	// off until it can. Empty when the claim is recorded.
+	Unclaimed string `json:"unclaimed,omitempty"`
 
 	LastAttempt         time.Time `json:"last_attempt,omitzero"`
 	LastSuccess         time.Time `json:"last_success,omitzero"`

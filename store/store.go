@@ -14,9 +14,11 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -25,8 +27,16 @@ import (
 )
 
 // SchemaVersion is the layout this build writes. A file with a newer
-// version is refused, never rewritten.
-const SchemaVersion = 1
+// version is refused, never rewritten. Version 2 added the per-target
+// key tag, key fingerprints, the fingerprint salt and the incarnations
+// (docs/design.md#key-names, #served-by-value, #ownership); a version 1
+// file is read as is and marked 2 at its first open for writing, since a
+// release that knows only 1 would refuse the new fields.
+const SchemaVersion = 2
+
+// IncarnationsKept is how many of the latest processes that opened the
+// file for writing it remembers (docs/design.md#ownership).
+const IncarnationsKept = 64
 
 // Limits that keep the file small however long the daemon runs.
 const (
@@ -53,10 +63,15 @@ var (
 	bucketMeta    = []byte("meta")
 	bucketTargets = []byte("targets")
 	bucketHistory = []byte("history")
-	keySchema     = []byte("schema")
-	keyCreated    = []byte("created")
-	keyIdentity   = []byte("identity")
-	keyState      = []byte("state")
+	// bucketKeyIndex maps a key id to the targets whose state mentions
+	// it, so that Claims reads those few states, not every target's.
+	bucketKeyIndex = []byte("key-index")
+	keySchema      = []byte("schema")
+	keyCreated     = []byte("created")
+	keyIdentity    = []byte("identity")
+	keySalt        = []byte("fingerprint-salt")
+	keyIncarn      = []byte("incarnations")
+	keyState       = []byte("state")
 )
 
 // Options tune Open.
@@ -70,9 +85,14 @@ type Options struct {
 
 // DB is an open state file.
 type DB struct {
-	bolt    *bolt.DB
-	path    string
-	commits committer
+	bolt     *bolt.DB
+	path     string
+	commits  committer
+	readOnly bool
+	// incarnation is this process's own, recorded at its first use.
+	incarnation     string
+	incarnationErr  error
+	incarnationOnce sync.Once
 }
 
 // Open opens or creates the state file at path. It checks the file before
@@ -104,7 +124,7 @@ func Open(path string, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := &DB{bolt: b, path: path}
+	db := &DB{bolt: b, path: path, readOnly: opts.ReadOnly}
 	if !opts.ReadOnly {
 		if err := db.init(); err != nil {
 			b.Close()
@@ -195,7 +215,8 @@ func (db *DB) init() error {
 	ready := false
 	_ = db.bolt.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		ready = meta != nil && meta.Get(keySchema) != nil && meta.Get(keyIdentity) != nil && tx.Bucket(bucketTargets) != nil
+		ready = meta != nil && string(meta.Get(keySchema)) == strconv.Itoa(SchemaVersion) && meta.Get(keyIdentity) != nil &&
+			meta.Get(keySalt) != nil && tx.Bucket(bucketTargets) != nil && tx.Bucket(bucketKeyIndex) != nil
 		return nil
 	})
 	if ready {
@@ -207,10 +228,23 @@ func (db *DB) init() error {
 			return fmt.Errorf("init state file: %w", err)
 		}
 		if meta.Get(keySchema) == nil {
-			if err := meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion))); err != nil {
+			if err := meta.Put(keyCreated, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
 				return fmt.Errorf("init state file: %w", err)
 			}
-			if err := meta.Put(keyCreated, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+		}
+		// verify refused a newer schema before this: an older one is
+		// upgraded in place (its records read as they are).
+		if err := meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion))); err != nil {
+			return fmt.Errorf("init state file: %w", err)
+		}
+		if meta.Get(keySalt) == nil {
+			// The salt of the key fingerprints (docs/design.md#served-by-value):
+			// a fingerprint is never comparable across state files.
+			var b [32]byte
+			if _, err := rand.Read(b[:]); err != nil {
+				return fmt.Errorf("init state file: %w", err)
+			}
+			if err := meta.Put(keySalt, []byte(hex.EncodeToString(b[:]))); err != nil {
 				return fmt.Errorf("init state file: %w", err)
 			}
 		}
@@ -228,8 +262,97 @@ func (db *DB) init() error {
 		if _, err := tx.CreateBucketIfNotExists(bucketTargets); err != nil {
 			return fmt.Errorf("init state file: %w", err)
 		}
+		if tx.Bucket(bucketKeyIndex) == nil {
+			if err := buildKeyIndex(tx); err != nil {
+				return fmt.Errorf("init state file: index the keys: %w", err)
+			}
+		}
 		return nil
 	})
+}
+
+// buildKeyIndex indexes every target's keys: a file from before the
+// index gets it at its first open for writing.
+func buildKeyIndex(tx *bolt.Tx) error {
+	if _, err := tx.CreateBucket(bucketKeyIndex); err != nil {
+		return err
+	}
+	root := tx.Bucket(bucketTargets)
+	return root.ForEach(func(name, v []byte) error {
+		if v != nil {
+			return nil
+		}
+		raw := root.Bucket(name).Get(keyState)
+		if raw == nil {
+			return nil
+		}
+		t, err := DecodeTarget(raw)
+		if err != nil {
+			return fmt.Errorf("state of %q: %w", name, err)
+		}
+		return reindex(tx, string(name), nil, mentioned(t))
+	})
+}
+
+// mentioned is the set of key ids a target's state names.
+func mentioned(t Target) map[string]bool {
+	out := make(map[string]bool, len(t.Keys)+1)
+	for _, k := range t.Keys {
+		out[k.ID] = true
+	}
+	if t.SharedKey != "" {
+		out[t.SharedKey] = true
+	}
+	return out
+}
+
+// reindex moves target's entries in the key index from the ids before
+// to the ids after.
+func reindex(tx *bolt.Tx, target string, before, after map[string]bool) error {
+	idx := tx.Bucket(bucketKeyIndex)
+	if idx == nil {
+		return nil // a file opened before the index: built at the next open
+	}
+	edit := func(id string, add bool) error {
+		names := indexed(idx, id)
+		i := slices.Index(names, target)
+		switch {
+		case add && i < 0:
+			names = append(names, target)
+			sort.Strings(names)
+		case !add && i >= 0:
+			names = slices.Delete(names, i, i+1)
+		default:
+			return nil
+		}
+		if len(names) == 0 {
+			return idx.Delete([]byte(id))
+		}
+		return idx.Put([]byte(id), []byte(strings.Join(names, "\n")))
+	}
+	for id := range before {
+		if !after[id] {
+			if err := edit(id, false); err != nil {
+				return err
+			}
+		}
+	}
+	for id := range after {
+		if !before[id] {
+			if err := edit(id, true); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func indexed(idx *bolt.Bucket, id string) []string {
+	raw := idx.Get([]byte(id))
+	if len(raw) == 0 {
+		return nil
+	}
+	return strings.Split(string(raw), "\n")
 }
 
 // Identity returns the state file's identity: the owner it records in
@@ -244,6 +367,197 @@ func (db *DB) Identity() (string, error) {
 		return nil
 	})
 	return id, err
+}
+
+// incarnate records a new incarnation for this process: each process
+// that opens the file for writing is one, and the file remembers the
+// latest IncarnationsKept. A copy of the file (a backup restored, a
+// volume cloned) remembers only the incarnations before the copy, so a
+// process on the original that publishes after the copy was made is
+// recognisably not its own past (docs/design.md#ownership).
+func (db *DB) incarnate() error {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Errorf("init state file: %w", err)
+	}
+	inc := hex.EncodeToString(b[:])
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		list := incarnations(meta)
+		list = append(list, inc)
+		if len(list) > IncarnationsKept {
+			list = list[len(list)-IncarnationsKept:]
+		}
+		raw, err := json.Marshal(list)
+		if err != nil {
+			return err
+		}
+		return meta.Put(keyIncarn, raw)
+	})
+	if err != nil {
+		return fmt.Errorf("init state file: record this process: %w", err)
+	}
+	db.incarnation = inc
+	return nil
+}
+
+func incarnations(meta *bolt.Bucket) []string {
+	var list []string
+	if raw := meta.Get(keyIncarn); raw != nil {
+		_ = json.Unmarshal(raw, &list) // unreadable: as if none were recorded
+	}
+	return list
+}
+
+// Incarnation returns this process's incarnation, recording it in the
+// file at the first call (so that opening a file writes nothing): empty
+// when the file was opened read-only.
+func (db *DB) Incarnation() (string, error) {
+	if db.readOnly {
+		return "", nil
+	}
+	db.incarnationOnce.Do(func() { db.incarnationErr = db.incarnate() })
+	return db.incarnation, db.incarnationErr
+}
+
+// KnownIncarnation reports whether inc is one of the processes this
+// file remembers having opened it for writing.
+func (db *DB) KnownIncarnation(inc string) bool {
+	known := false
+	_ = db.bolt.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			for _, i := range incarnations(meta) {
+				known = known || i == inc
+			}
+		}
+		return nil
+	})
+	return known
+}
+
+// Salt returns the salt of this file's key fingerprints; nil in a file
+// opened read-only that no release with fingerprints has written.
+func (db *DB) Salt() []byte {
+	var salt []byte
+	_ = db.bolt.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			salt = bytes.Clone(meta.Get(keySalt))
+		}
+		return nil
+	})
+	return salt
+}
+
+// Claims are what the targets of a state file hold of some keys.
+type Claims struct {
+	// Own maps a key id to the target that records it as its own (made
+	// or adopted, not deleted).
+	Own map[string]string
+	// Serve maps a key id to a target whose secret serves it: its active
+	// key, or the other target's key its secret was found serving
+	// (SharedKey).
+	Serve map[string]string
+	// Keep maps a key id to the target that records it retiring the
+	// longest, with when that target may delete it: no other target
+	// deletes it sooner (its consumers may hold it until then).
+	Keep map[string]Keep
+}
+
+// Keep is a target that keeps a key until a time.
+type Keep struct {
+	Target string
+	Until  time.Time
+}
+
+// Claims returns what the targets other than except hold of ids: one
+// read of every target's state, for the moments a target is about to
+// take on a key it did not make or to delete one. A target whose state
+// records the Vault location vault (except's own) is except under an
+// older name, and left out too.
+func (db *DB) Claims(except, vault string, ids []string) (Claims, error) {
+	out := Claims{Own: map[string]string{}, Serve: map[string]string{}, Keep: map[string]Keep{}}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketTargets)
+		if root == nil {
+			return nil
+		}
+		// The targets to read: those the key index names, or, in a file
+		// no release with the index has opened for writing, every one.
+		var names [][]byte
+		if idx := tx.Bucket(bucketKeyIndex); idx != nil {
+			seen := map[string]bool{}
+			for _, id := range ids {
+				for _, n := range indexed(idx, id) {
+					if !seen[n] {
+						seen[n] = true
+						names = append(names, []byte(n))
+					}
+				}
+			}
+		} else {
+			_ = root.ForEach(func(name, v []byte) error {
+				if v == nil {
+					names = append(names, bytes.Clone(name))
+				}
+				return nil
+			})
+		}
+		for _, name := range names {
+			if string(name) == except {
+				continue
+			}
+			b := root.Bucket(name)
+			if b == nil {
+				continue
+			}
+			raw := b.Get(keyState)
+			if raw == nil || !mentions(raw, ids) {
+				continue
+			}
+			t, err := DecodeTarget(raw)
+			if err != nil {
+				return fmt.Errorf("state of %q: %w", name, err)
+			}
+			if vault != "" && t.Vault == vault {
+				continue
+			}
+			if want[t.SharedKey] {
+				out.Serve[t.SharedKey] = string(name)
+			}
+			for _, k := range t.Keys {
+				if !want[k.ID] || k.State == KeyDeleted {
+					continue
+				}
+				if k.Origin.Managed() {
+					out.Own[k.ID] = string(name)
+				}
+				if k.State == KeyActive {
+					out.Serve[k.ID] = string(name)
+				}
+				if k.State == KeyRetiring && k.Origin.Managed() && k.DeleteAfter.After(out.Keep[k.ID].Until) {
+					out.Keep[k.ID] = Keep{Target: string(name), Until: k.DeleteAfter}
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func mentions(raw []byte, ids []string) bool {
+	for _, id := range ids {
+		if bytes.Contains(raw, []byte(id)) {
+			return true
+		}
+	}
+	return false
 }
 
 // Path returns the file's path.
@@ -304,6 +618,7 @@ func updateTarget(tx *bolt.Tx, target string, fn func(*Target) error) (bool, err
 			return false, err
 		}
 	}
+	before := mentioned(t)
 	if err := fn(&t); err != nil {
 		return false, err
 	}
@@ -314,6 +629,9 @@ func updateTarget(tx *bolt.Tx, target string, fn func(*Target) error) (bool, err
 	}
 	if bytes.Equal(raw, old) {
 		return false, nil
+	}
+	if err := reindex(tx, target, before, mentioned(t)); err != nil {
+		return false, err
 	}
 	return true, b.Put(keyState, raw)
 }

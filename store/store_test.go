@@ -568,7 +568,7 @@ func TestCorruptFiles(t *testing.T) {
 		{"short text file", writeText, store.ErrCorrupt},
 		{"inconsistent freelist", writeLostFreelist, store.ErrCorrupt},
 		{"foreign bbolt file", writeForeign, store.ErrForeign},
-		{"newer schema", setSchema("2"), store.ErrNewerSchema},
+		{"newer schema", setSchema(strconv.Itoa(store.SchemaVersion + 1)), store.ErrNewerSchema},
 		{"unreadable schema", setSchema("one"), store.ErrCorrupt},
 	}
 	for _, tt := range tests {
