@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-
-	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // Check is one finding of CheckTarget: what was reached (vault,
@@ -26,43 +24,41 @@ type Check struct {
 // which is then the last Check. It needs only the engine's Vault and
 // Codat.
 func (e *Engine) CheckTarget(ctx context.Context, t Target) []Check {
-	if err := e.Vault.CheckMount(ctx, t.Vault); err != nil {
+	e.noteTarget(t)
+	v, err := e.look(ctx, t, lookOpts{anyOwner: true, pretend: true, noHistory: true})
+	if err != nil && stageOf(err) == "vault" {
 		return []Check{{What: "vault", Err: err}}
 	}
-	cur, err := e.Vault.Read(ctx, t.Vault)
-	if err != nil {
-		return []Check{{What: "vault", Err: err}}
-	}
-	owner := e.ownerCheck(t, cur)
+	owner := e.ownerCheck(t, v.Cur)
 	if owner.Err != nil {
 		return []Check{owner}
 	}
-	var found Check
-	var key secret.Value
-	switch {
-	case cur.Secret != nil:
-		key = cur.Secret.APIKey
-		found = Check{What: "vault", Detail: fmt.Sprintf("%s serves key %s (version %d)", t.Vault, cur.Secret.KeyID, cur.Version)}
-	case t.Bootstrap == nil:
-		return []Check{owner, {What: "vault", Err: fmt.Errorf("%s holds no secret and no bootstrap key is configured (bootstrap_key_file or bootstrap_key_env)", t.Vault)}}
-	default:
-		if key, err = t.Bootstrap(); err != nil {
-			return []Check{owner, {What: "bootstrap", Err: err}}
-		}
-		found = Check{What: "vault", Detail: fmt.Sprintf("%s holds no secret yet; the bootstrap key will be published", t.Vault)}
+	found := Check{What: "vault", Detail: fmt.Sprintf("%s holds no secret yet; the bootstrap key will be published", t.Vault)}
+	if v.Cur.Secret != nil {
+		found.Detail = fmt.Sprintf("%s serves key %s (version %d)", t.Vault, v.Cur.Secret.KeyID, v.Cur.Version)
 	}
-	keys, err := e.Codat(t.Name, key).List(ctx)
-	if err != nil {
-		if cur.Secret == nil && errors.Is(err, ErrKeyRejected) {
-			err = bootstrapRejected(t, err)
+	switch {
+	case err != nil && errors.Is(err, ErrNoBootstrap) && t.Bootstrap == nil:
+		return []Check{owner, {What: "vault", Err: fmt.Errorf("%s holds no secret and no bootstrap key is configured (bootstrap_key_file or bootstrap_key_env)", t.Vault)}}
+	case err != nil && stageOf(err) == "bootstrap":
+		if _, berr := t.Bootstrap(); berr != nil {
+			err = berr // what the operator set wrong, without the wrapping
 		}
+		return []Check{owner, {What: "bootstrap", Err: err}}
+	case err != nil:
 		return []Check{owner, found, {What: "codat", Err: err}}
 	}
-	ids := make([]string, 0, len(keys))
-	for _, k := range keys {
+	ids := make([]string, 0, len(v.Keys))
+	for _, k := range v.Keys {
 		ids = append(ids, k.ID)
 	}
-	return []Check{owner, found, {What: "codat", Detail: fmt.Sprintf("key accepted; %d of %d keys used", len(keys), t.MaxKeys), Keys: ids}}
+	out := []Check{owner, found, {What: "codat", Detail: fmt.Sprintf("key accepted; %d of %d keys used", len(v.Keys), t.MaxKeys), Keys: ids}}
+	if v.Served.Doubt != "" && e.Store != nil {
+		// Without the state file (the daemon holds it) the fingerprints
+		// are not at hand, and a doubt would be a guess.
+		out = append(out, Check{What: "served key", Err: fmt.Errorf("%s", v.Served.Doubt)})
+	}
+	return out
 }
 
 // ownerCheck says who owns the target's secret, and fails when another

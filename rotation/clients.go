@@ -194,3 +194,92 @@ func (h *slotHold) release() {
 	h.e.mu.Unlock()
 	h.held = nil
 }
+
+// Know tells the engine every configured target: their caps, and the
+// keys their states record, so that targets sharing a Codat client
+// agree on the cap (strictest) from the first rotation of any of them,
+// before this process has listed the others' keys.
+func (e *Engine) Know(ts ...Target) error {
+	for _, t := range ts {
+		e.noteTarget(t)
+		e.mu.Lock()
+		_, seen := e.slots.seen[t.Name]
+		e.mu.Unlock()
+		if seen || e.Store == nil {
+			continue
+		}
+		st, err := e.Store.Load(t.Name)
+		if err != nil {
+			return err
+		}
+		var ids []string
+		for _, k := range st.Keys {
+			if k.State != store.KeyDeleted {
+				ids = append(ids, k.ID)
+			}
+		}
+		e.mu.Lock()
+		if _, ok := e.slots.seen[t.Name]; !ok {
+			e.slots.noteKeys(t.Name, ids)
+		}
+		e.mu.Unlock()
+	}
+	return nil
+}
+
+// noteTarget records t's definition, so that targets sharing its client
+// agree on the cap (strictest).
+func (e *Engine) noteTarget(t Target) {
+	e.mu.Lock()
+	if e.defs == nil {
+		e.defs = map[string]Target{}
+	}
+	e.defs[t.Name] = t
+	e.mu.Unlock()
+}
+
+// strictest returns t with the strictest cap of the targets this engine
+// knows to share its Codat client (docs/design.md#shared-clients): the
+// lowest max_keys, and the reserve that leaves routine rotations the
+// fewest slots. Targets on one client share one cap, so an emergency of
+// any of them finds the reserve the strictest of them keeps, whatever
+// the others were configured with.
+func (e *Engine) strictest(t Target) Target {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return strictestOf(t, e.slots.group(t.Name), e.defs)
+}
+
+// Strictest is strictest for callers outside a rotation (status, check):
+// t with the cap that applies, and whether another target made it
+// stricter than t's own.
+func (e *Engine) Strictest(t Target) (Target, bool) {
+	s := e.strictest(t)
+	return s, s.MaxKeys != t.MaxKeys || s.ReserveSlots != t.ReserveSlots
+}
+
+// StrictestCap returns t with the strictest cap of t and others, the
+// targets that share its Codat client.
+func StrictestCap(t Target, others []Target) Target {
+	defs := make(map[string]Target, len(others))
+	group := make([]string, 0, len(others))
+	for _, o := range others {
+		defs[o.Name] = o
+		group = append(group, o.Name)
+	}
+	return strictestOf(t, group, defs)
+}
+
+func strictestOf(t Target, group []string, defs map[string]Target) Target {
+	maxKeys, routine := t.MaxKeys, t.MaxKeys-t.ReserveSlots
+	for _, name := range group {
+		d, ok := defs[name]
+		if !ok || name == t.Name {
+			continue
+		}
+		maxKeys = min(maxKeys, d.MaxKeys)
+		routine = min(routine, d.MaxKeys-d.ReserveSlots)
+	}
+	t.MaxKeys, t.ReserveSlots = maxKeys, maxKeys-min(routine, maxKeys)
+	return t
+}

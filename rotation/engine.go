@@ -50,6 +50,10 @@ type Vault interface {
 // Store is what the engine needs from the state file.
 type Store interface {
 	Load(target string) (store.Target, error)
+	// Claims returns what the targets other than except hold of ids:
+	// which record them as their own, and whose secrets serve them
+	// (store.DB.Claims).
+	Claims(except, vault string, ids []string) (store.Claims, error)
 	Update(target string, fn func(*store.Target) error) error
 	// Finish applies fn and adds r to the target's history, in one
 	// transaction.
@@ -181,6 +185,9 @@ type Engine struct {
 	// Owner is this engine's state file identity and host, checked
 	// against and recorded in each secret's custom metadata.
 	Owner Owner
+	// Salt is the state file's fingerprint salt (store.DB.Salt): the
+	// served key is told by value through it (fingerprint.go).
+	Salt []byte
 	// MaxConcurrent bounds the rotations and retire passes running at
 	// once, across targets (default DefaultMaxConcurrent; bound.go).
 	MaxConcurrent int
@@ -191,6 +198,7 @@ type Engine struct {
 	running map[string]bool
 	mounts  map[Location]bool       // mounts checked to be KV v2
 	slots   slots                   // which targets share a Codat client
+	defs    map[string]Target       // the targets seen, for the shared cap (clients.go)
 	served  map[string]secret.Value // per target, the key last seen served (early.go)
 }
 
@@ -276,6 +284,7 @@ func (e *Engine) acquire(target string) (release func(), err error) {
 // journal is resumed or rolled back first; when it completes a rotation,
 // that is the rotation and no second one starts.
 func (e *Engine) Rotate(ctx context.Context, t Target, opts Options) (Result, error) {
+	e.noteTarget(t)
 	release, err := e.acquire(t.Name)
 	if err != nil {
 		return Result{}, err
@@ -360,6 +369,7 @@ func (e *Engine) Rotate(ctx context.Context, t Target, opts Options) (Result, er
 // managed keys) again right before each delete. It returns the ids
 // deleted.
 func (e *Engine) RetireDue(ctx context.Context, t Target) ([]string, error) {
+	e.noteTarget(t)
 	release, err := e.acquire(t.Name)
 	if err != nil {
 		return nil, err
@@ -413,6 +423,7 @@ func (e *Engine) recordSuccess(t Target, res Result, started time.Time, opts Opt
 // recordBlocked marks the target blocked by another owner: not a
 // failure of the target, and never a halt, since nothing was tried.
 func (e *Engine) recordBlocked(t Target, rerr error) {
+	e.forget(t.Name)
 	now := e.now()
 	err := e.Store.Update(t.Name, func(st *store.Target) error {
 		st.LastAttempt = now

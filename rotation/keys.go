@@ -82,3 +82,27 @@ func markDeletedID(st *store.Target, id string, now time.Time) {
 	}
 	markDeleted(rec, now)
 }
+
+// recordForeign records a key the daemon did not make and may not touch
+// (I6): a person's key, another target's.
+func recordForeign(st *store.Target, k Key) *store.Key {
+	if rec := st.Key(k.ID); rec != nil {
+		return rec
+	}
+	st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginForeign, State: store.KeyForeign, Created: k.Created})
+	return &st.Keys[len(st.Keys)-1]
+}
+
+// disown leaves a key that another target records as its own foreign
+// here: it is that target's to retire (docs/design.md#shared-keys).
+func disown(k *store.Key) {
+	k.Origin, k.State, k.DeleteAfter = store.OriginForeign, store.KeyForeign, time.Time{}
+}
+
+// notePrint records the fingerprint of a key's raw value, once known
+// (docs/design.md#served-by-value); an empty one changes nothing.
+func notePrint(k *store.Key, print string) {
+	if print != "" {
+		k.Fingerprint = print
+	}
+}

@@ -1,9 +1,9 @@
 package rotation
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base32"
 	"regexp"
 	"strings"
 	"time"
@@ -30,22 +30,42 @@ const MaxPrefixLen = MaxNameLen - NameSuffixLen
 const nameAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 // Names is how one target names its keys:
-// <prefix><tag>-<timestamp>-<random>. The tag is derived from the
-// target's name, so targets that share a Codat client, and so see each
-// other's keys, each recognise only their own (docs/design.md#key-names).
+// <prefix><tag>-<timestamp>-<random>. The tag is random, made once per
+// target in a state file (store.Target.Tag) and kept in the secret's
+// custom metadata, so that no other target, of this daemon or of
+// another one with a target of the same name, makes keys of the same
+// shape: each recognises only its own (docs/design.md#key-names).
 type Names struct {
 	Prefix string
 	Tag    string
 }
 
-// NamesOf returns the naming of t's keys.
-func NamesOf(t Target) Names { return Names{Prefix: t.Prefix, Tag: NameTag(t.Name)} }
+// NamesOf returns the naming of t's keys under tag, the target's tag in
+// its state. With no tag yet (a target that never rotated), no name is
+// its own.
+func NamesOf(t Target, tag string) Names { return Names{Prefix: t.Prefix, Tag: tag} }
 
-// NameTag is the short tag of a target in its keys' names: six
-// characters of a hash of the target's name.
-func NameTag(target string) string {
-	sum := sha256.Sum256([]byte(target))
-	return strings.ToLower(base32.StdEncoding.EncodeToString(sum[:5]))[:tagLen]
+// NewTag returns the tag a target named name gets in a state file
+// with fingerprint salt salt: six characters of an HMAC of the name
+// under the state file's random salt. Unpredictable, and different in
+// every state file (so two deployments' targets of one name differ),
+// yet the same each time this state file asks (so a dry run shows the
+// name the run will make).
+func NewTag(salt []byte, name string) string {
+	m := hmac.New(sha256.New, salt)
+	m.Write([]byte("key-name-tag\x00" + name))
+	sum := m.Sum(nil)
+	var b [tagLen]byte
+	for i := range b {
+		b[i] = nameAlphabet[int(sum[i])%len(nameAlphabet)]
+	}
+	return string(b[:])
+}
+
+// ValidTag reports whether tag has the shape NewTag makes: a tag read
+// from a secret's metadata is taken only then.
+func ValidTag(tag string) bool {
+	return len(tag) == tagLen && strings.Trim(tag, nameAlphabet) == ""
 }
 
 // New returns a new key name. The random part keeps names unique when
@@ -72,6 +92,9 @@ var suffixPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$`)
 // the shape of older releases (prefix, timestamp, random, no tag) are
 // not (I6); the state and Vault's history vouch for those.
 func (n Names) Own(name string) bool {
+	if n.Tag == "" {
+		return false
+	}
 	rest, ok := strings.CutPrefix(name, n.Prefix+n.Tag+"-")
 	return ok && suffixPattern.MatchString(rest)
 }

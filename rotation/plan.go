@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/codat-rotator/codat-rotator/store"
 )
@@ -21,6 +22,8 @@ type Plan struct {
 	Bootstrap bool
 	// ServedKeyID is the key Vault serves (or the bootstrap key).
 	ServedKeyID string
+	// ServedDoubt says why that is not certain (see Served.Doubt).
+	ServedDoubt string
 	// CodatKeys, Foreign and Limit: keys at Codat, how many are not the
 	// daemon's, and how many this rotation may hold.
 	CodatKeys, Foreign, Limit int
@@ -46,8 +49,9 @@ type Plan struct {
 // (FindServed, Reconcile, Room, Activate, Due, Retirement) applied to a
 // copy of the state, so the dry run and the run cannot disagree.
 func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error) {
+	e.noteTarget(t)
 	now := e.now()
-	p := Plan{Target: t.Name, Revoke: opts.Revoke, NewKeyName: NamesOf(t).Example(now)}
+	p := Plan{Target: t.Name, Revoke: opts.Revoke}
 	st, err := e.Store.Load(t.Name)
 	if err != nil {
 		return p, err
@@ -56,55 +60,46 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 	if st.Halted && !opts.Manual {
 		p.Blocked = fmt.Sprintf("target is halted: %s", st.HaltReason)
 	}
-	if err := e.Vault.CheckMount(ctx, t.Vault); err != nil {
-		return p, err
-	}
-	cur, err := e.Vault.Read(ctx, t.Vault)
-	if err != nil {
-		return p, err
-	}
-	if err := e.checkOwner(t, cur); err != nil {
+	v, err := e.look(ctx, t, lookOpts{pretend: true})
+	if errors.Is(err, ErrNotOwner) {
 		p.Blocked = err.Error()
 		return p, nil
 	}
-	secret := cur.Secret
-	if secret == nil {
-		if t.Bootstrap == nil {
-			return p, fmt.Errorf("%w: %s holds no secret; set bootstrap_key_file or bootstrap_key_env", ErrNoBootstrap, t.Vault)
-		}
-		key, err := t.Bootstrap()
-		if err != nil {
-			return p, fmt.Errorf("%w: %w", ErrNoBootstrap, err)
-		}
-		secret = &Published{APIKey: key}
-		p.Bootstrap = true
-	}
-	keys, err := e.Codat(t.Name, secret.APIKey).List(ctx)
 	if err != nil {
-		if errors.Is(err, ErrKeyRejected) && p.Bootstrap {
-			return p, bootstrapRejected(t, err)
-		}
-		if errors.Is(err, ErrKeyRejected) {
-			return p, fmt.Errorf("%w: %w", ErrServedKeyRejected, err)
-		}
 		return p, err
 	}
-	seen := See(keys, Current{Secret: secret, Version: cur.Version, Written: cur.Written})
-	served := seen.Served
-	if !served.Known {
-		return p, servedUnknown(t, p.Bootstrap, len(keys))
+	p.Bootstrap = v.Bootstrap
+	served := v.Served
+	if !served.Known || (p.Bootstrap && served.Doubt != "") {
+		return p, servedUnknown(t, p.Bootstrap, len(v.Keys), served)
 	}
-	p.ServedKeyID = served.ID
+	p.ServedKeyID, p.ServedDoubt = served.ID, served.Doubt
 	if p.Bootstrap {
 		// The run publishes it with its id before it plans.
-		seen.Secret = &Published{APIKey: secret.APIKey, KeyID: served.ID, RotatedAt: now}
-		seen.Version++
-		st.VaultVersion = seen.Version
+		v.Secret = &Published{APIKey: v.Secret.APIKey, KeyID: served.ID, RotatedAt: now}
+		v.Version++
+		st.VaultVersion, st.VaultWritten = v.Version, v.Written
+		notePrint(adopt(&st, Key{ID: served.ID}, store.KeyActive, now, time.Time{}, "dry-run"), v.SecretPrint)
+		if claims, err := e.allClaims(t, []string{served.ID}); err != nil {
+			return p, err
+		} else if other, ok := claims.Serve[served.ID]; ok {
+			p.Blocked = sharedKey(t, &v, served.ID, other).Error()
+			return p, nil
+		}
 	}
-
-	orphans := Reconcile(&st, seen, NamesOf(t), t.Grace, now, "dry-run")
+	keys := v.Keys
+	apply, err := e.settle(ctx, t, &v, st, "dry-run", true)
+	if errors.Is(err, ErrKeyShared) {
+		p.Blocked = err.Error()
+		return p, nil
+	}
+	if err != nil {
+		return p, err
+	}
+	out := apply(&st)
+	p.NewKeyName = out.Names.Example(now)
 	gone := map[string]bool{}
-	for _, k := range orphans {
+	for _, k := range out.Orphans {
 		p.Orphans = append(p.Orphans, k.ID)
 		gone[k.ID] = true
 		if rec := st.Key(k.ID); rec != nil {
@@ -113,7 +108,8 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 	}
 	kept := slices.DeleteFunc(slices.Clone(keys), func(k Key) bool { return gone[k.ID] })
 	p.CodatKeys = len(keys)
-	p.Limit, _ = Limit(t, opts.Emergency)
+	cap := e.strictest(t)
+	p.Limit, _ = Limit(cap, opts.Emergency)
 	if opts.Revoke != "" {
 		if err := checkRevoke(st, kept, opts.Revoke); err != nil {
 			p.Blocked = err.Error()
@@ -121,7 +117,11 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 			p.Revoke = "" // a rerun: the daemon deleted it already
 		}
 	}
-	room, foreign, err := Room(st, kept, served, t, opts.Emergency, now)
+	held, err := e.heldElsewhere(t, st, now)
+	if err != nil {
+		return p, err
+	}
+	room, foreign, err := Room(st, kept, served, cap, opts.Emergency, now, held)
 	p.Foreign = foreign
 	if err != nil {
 		p.Blocked = err.Error()
@@ -145,7 +145,7 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 		}
 	}
 	due, _ := Due(st, now)
-	del, _, _ := Retirement(due, after, FindServed(after, &Published{KeyID: newID}))
+	del, _, _ := Retirement(due, after, FindServed(after, &Published{KeyID: newID}, nil, ""))
 	for _, k := range del {
 		p.RetireNow = append(p.RetireNow, k.ID)
 	}
@@ -154,9 +154,13 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 
 // servedUnknown is the error of a rotation that cannot tell which key
 // Vault serves (or which key is the bootstrap key).
-func servedUnknown(t Target, bootstrap bool, n int) error {
+func servedUnknown(t Target, bootstrap bool, n int, served Served) error {
 	if bootstrap {
 		return fmt.Errorf("%w: cannot tell which of codat's %d keys is the bootstrap key: the listing shows no raw keys", ErrServedUnknown, n)
+	}
+	if served.Doubt != "" {
+		return fmt.Errorf("%w: %s; check which key %s serves (its api_key), then publish it whole with its key_id (`vault kv put %s api_key=<key> key_id=<id>`)",
+			ErrServedUnknown, served.Doubt, t.Vault, t.Vault)
 	}
 	return fmt.Errorf("%w: the secret at %s has no key_id and codat's listing shows no raw keys, so which of its keys vault serves cannot be told; add it with `vault kv patch %s key_id=<id>`",
 		ErrServedUnknown, t.Vault, t.Vault)

@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -15,21 +16,47 @@ import (
 
 // Served is what is known of the key Vault serves.
 type Served struct {
-	// ID is the served key's id: the secret's key_id, else the key whose
-	// raw value the secret holds. Empty when it cannot be told.
+	// ID is the served key's id: the key whose raw value the secret
+	// holds, else the secret's key_id, else the one key it can be.
+	// Empty when it cannot be told.
 	ID string
 	// Known is false when the served key could not be identified: the
-	// secret has no key_id and Codat's listing omits raw keys. Then every
-	// listed key without a raw value may be the served one, and none of
-	// them is deleted (I3).
+	// secret has no key_id (or one its api_key contradicts), its api_key
+	// matches no key the daemon knows, and several listed keys may be
+	// it. A rotation refuses to start then; every key that may be it is
+	// kept (I3).
 	Known bool
+	// Doubt says why the served key is not certain, empty when it is:
+	// the secret's key_id and api_key name different keys, or its
+	// api_key matches no key the daemon knows. Every key that may be the
+	// served one is kept, and status, check and the logs say so.
+	Doubt string
 	// maybe holds every id that may be the served key.
 	maybe map[string]bool
+	// certain: ID was told by value or by elimination, so the secret's
+	// api_key is that key's value (its fingerprint may be recorded).
+	certain bool
 }
 
 // May reports whether id may be the key Vault serves: such a key is
 // never deleted (I3).
 func (s Served) May(id string) bool { return id != "" && s.maybe[id] }
+
+// Is reports whether id is the key taken as served: the one the state
+// records active. Other keys that May be it are kept, not taken on.
+func (s Served) Is(id string) bool { return id != "" && s.Known && id == s.ID }
+
+// Maybe returns the ids that may be the served key, sorted.
+func (s Served) Maybe() []string {
+	out := make([]string, 0, len(s.maybe))
+	for id, ok := range s.maybe {
+		if ok {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
 
 // NeverPublished returns s knowing that id, a key the daemon made and
 // never published, is not the served key.
@@ -45,46 +72,100 @@ func (s Served) NeverPublished(id string) Served {
 	return s
 }
 
-// FindServed identifies the key the secret serves among Codat's keys:
-// by key_id, else by raw value, else, when the listing was made with the
-// served key and shows one key without a raw value, that key. Otherwise
-// it is unknown. A secret whose key_id and raw value name different keys
-// (edited by hand) protects both.
-func FindServed(keys []Key, s *Published) Served {
+// FindServed identifies the key the secret serves among Codat's keys
+// (docs/design.md#served-by-value), by value first, since the raw value
+// is what consumers send: the listed key with the secret's raw value,
+// else the key whose recorded fingerprint is fp (the fingerprint of the
+// secret's api_key). Else by elimination: a listed key can be the
+// served one only if its raw value is neither shown nor fingerprinted
+// (a listing is made with the served key, so the served key is listed);
+// one such key is it; among several, the secret's key_id names it but
+// cannot be checked, and every one of them is kept. A key_id that the
+// value contradicts is a doubt: both keys are kept, and the value
+// decides which key is served.
+func FindServed(keys []Key, s *Published, prints Prints, fp string) Served {
 	out := Served{Known: true, maybe: map[string]bool{}}
 	if s == nil {
 		return out
 	}
-	if s.KeyID != "" {
-		out.ID = s.KeyID
-		out.maybe[s.KeyID] = true
-	}
-	var blind []string // listed without a raw value
+	byValue := ""
 	for _, k := range keys {
-		switch {
-		case !s.APIKey.Empty() && k.APIKey == s.APIKey:
-			if out.ID == "" {
-				out.ID = k.ID
-			}
-			out.maybe[k.ID] = true
-			return out
-		case k.APIKey.Empty():
-			blind = append(blind, k.ID)
+		if !s.APIKey.Empty() && k.APIKey == s.APIKey {
+			byValue = k.ID
+			break
 		}
 	}
-	if out.ID != "" {
+	if byValue == "" && fp != "" {
+		for _, k := range keys {
+			if prints[k.ID] == fp {
+				byValue = k.ID
+				break
+			}
+		}
+	}
+	if byValue != "" {
+		out.ID, out.certain = byValue, true
+		out.maybe[byValue] = true
+		if s.KeyID != "" && s.KeyID != byValue {
+			out.maybe[s.KeyID] = true
+			out.Doubt = fmt.Sprintf("the secret's key_id names key %s, but its api_key is the value of key %s: both are kept, and %s is taken as served", s.KeyID, byValue, byValue)
+		}
 		return out
 	}
-	if len(blind) == 1 {
-		out.ID = blind[0]
-		out.maybe[blind[0]] = true
-		return out
+	// Not told by value: the keys that may be it.
+	var open []string
+	for _, k := range keys {
+		if k.APIKey.Empty() && prints[k.ID] == "" {
+			open = append(open, k.ID)
+		}
 	}
-	out.Known = false
-	for _, id := range blind {
+	for _, id := range open {
 		out.maybe[id] = true
 	}
+	idOpen := s.KeyID != "" && slices.Contains(open, s.KeyID)
+	switch {
+	case len(open) == 1:
+		// The one key it can be.
+		out.ID, out.certain = open[0], true
+		if s.KeyID != "" && s.KeyID != open[0] {
+			out.maybe[s.KeyID] = true
+			out.Doubt = fmt.Sprintf("the secret's key_id names key %s, whose value is known and is not the secret's api_key; the api_key can only be key %s: both are kept", s.KeyID, open[0])
+		}
+	case idOpen:
+		out.ID = s.KeyID
+		out.Doubt = fmt.Sprintf("the secret's api_key matches no key this daemon made or published, and codat's listing shows no raw keys: key_id %s is taken as served, and every key that may be it is kept (%d keys)", s.KeyID, len(open))
+	case s.KeyID != "" && len(open) == 0:
+		// Every listed key's value is known and none is the api_key:
+		// the listing lists the served key, so the key_id is all there is.
+		out.ID = s.KeyID
+		out.maybe[s.KeyID] = true
+	default:
+		out.Known = false
+		if s.KeyID != "" {
+			out.maybe[s.KeyID] = true
+			out.Doubt = fmt.Sprintf("the secret's key_id names key %s, whose value is known and is not the secret's api_key, and codat's listing shows no raw keys: any of %d keys may be the one served, and all are kept", s.KeyID, len(open))
+		} else {
+			out.Doubt = fmt.Sprintf("the secret has no key_id, its api_key matches no key this daemon made or published, and codat's listing shows no raw keys: any of %d keys may be the one served, and all are kept", len(open))
+		}
+	}
 	return out
+}
+
+// Stale reports whether Vault moved past the version of the secret the
+// state last saw (I4, I5): someone else wrote it (an operator, a copy of
+// the state file, a run the state never recorded), perhaps more than
+// once, and may have served any key meanwhile. Versions restart at 1
+// after `vault kv metadata delete`, so the time Vault wrote the version
+// counts as well as its number; a state that never saw the secret is
+// behind any secret that exists.
+func Stale(st store.Target, cur Current) bool {
+	if cur.Version == 0 {
+		return false
+	}
+	if st.VaultVersion == 0 || st.VaultVersion != cur.Version {
+		return true
+	}
+	return !st.VaultWritten.IsZero() && !cur.Written.IsZero() && !st.VaultWritten.Equal(cur.Written)
 }
 
 // Class is how the daemon sees a key at Codat.
@@ -129,12 +210,12 @@ func attribute(st store.Target, k Key, seen Seen, names Names, grace time.Durati
 		switch {
 		case rec.Origin == store.OriginCreated:
 			return ClassManaged, time.Time{}
-		case rec.Origin == store.OriginAdopted, served.May(k.ID):
+		case rec.Origin == store.OriginAdopted, served.Is(k.ID):
 			return ClassAdopted, time.Time{}
 		}
 		return ClassForeign, time.Time{}
 	}
-	if served.May(k.ID) {
+	if served.Is(k.ID) {
 		return ClassAdopted, time.Time{}
 	}
 	if secret != nil && secret.PreviousKeyID != "" && k.ID == secret.PreviousKeyID {
@@ -143,11 +224,11 @@ func attribute(st store.Target, k Key, seen Seen, names Names, grace time.Durati
 		}
 		return ClassAdopted, now.Add(grace)
 	}
-	if at, ok := servedBefore(seen.History, k, grace, now); ok {
+	if at, ok := servedBefore(seen, k, printOf(st, seen, k.ID), grace, now); ok {
 		return ClassAdopted, at
 	}
 	if names.Own(k.Name) {
-		if st.VaultVersion != 0 && st.VaultVersion == seen.Version {
+		if !Stale(st, Current{Version: seen.Version, Written: seen.Written}) && !seen.named(k, st) {
 			return ClassOrphan, time.Time{}
 		}
 		return ClassAdopted, now.Add(grace)
@@ -156,16 +237,33 @@ func attribute(st store.Target, k Key, seen Seen, names Names, grace time.Durati
 }
 
 // servedBefore looks k up in the secret's earlier versions (oldest
-// first): by key_id, or by raw value in a version written without one.
-// When a version served it, the key retires when the version that
-// superseded it says (its previous_expires_at), else a grace after that
-// version's rotated_at; a key whose successor is not recorded gets a
-// full grace from now.
-func servedBefore(history []Current, k Key, grace time.Duration, now time.Time) (time.Time, bool) {
-	id := k.ID
+// first), by the raw value they served (docs/design.md#served-by-value):
+// k's listed raw value, else its fingerprint, and only when neither is
+// known by the version's key_id label. When a version served it, the
+// key retires when the version that superseded it says (its
+// previous_expires_at), else a grace after that version's rotated_at;
+// a key whose successor is not recorded gets a full grace from now.
+func servedBefore(seen Seen, k Key, kprint string, grace time.Duration, now time.Time) (time.Time, bool) {
+	history, id := seen.History, k.ID
 	last := -1
 	for i, v := range history {
-		if v.Secret != nil && (v.Secret.KeyID == id || (v.Secret.KeyID == "" && !k.APIKey.Empty() && v.Secret.APIKey == k.APIKey)) {
+		if v.Secret == nil {
+			continue
+		}
+		var hprint string
+		if i < len(seen.HistoryPrints) {
+			hprint = seen.HistoryPrints[i]
+		}
+		var served bool
+		switch {
+		case !k.APIKey.Empty() && !v.Secret.APIKey.Empty():
+			served = v.Secret.APIKey == k.APIKey
+		case kprint != "" && hprint != "":
+			served = hprint == kprint
+		default:
+			served = v.Secret.KeyID == id
+		}
+		if served {
 			last = i
 		}
 	}
@@ -176,10 +274,25 @@ func servedBefore(history []Current, k Key, grace time.Duration, now time.Time) 
 		return now.Add(grace), true
 	}
 	next := history[last+1]
+	if r := history[last].Secret.RotatedAt; !r.IsZero() && next.Secret.RotatedAt.Equal(r) && next.Secret.PreviousKeyID != id {
+		// The version that superseded it carries the same rotated_at: a
+		// hand patch (`vault kv patch` keeps the fields it is not
+		// given), whose records say nothing of this supersede.
+		return now.Add(grace), true
+	}
 	if at, ok := supersededUntil(*next.Secret, next.Written, id, grace); ok {
 		return at, true
 	}
 	return now.Add(grace), true
+}
+
+// printOf is the fingerprint of key id's raw value, if known: recorded
+// in the state, or seen in the listing.
+func printOf(st store.Target, seen Seen, id string) string {
+	if rec := st.Key(id); rec != nil && rec.Fingerprint != "" {
+		return rec.Fingerprint
+	}
+	return seen.Prints[id]
 }
 
 // supersededUntil is when a key that version s superseded may go, from
@@ -242,13 +355,40 @@ type Seen struct {
 	// Written is when Vault wrote that version, zero when unknown.
 	Written time.Time
 	// History holds the secret's versions Vault keeps, oldest first, when
-	// they were read (a takeover reads them); nil otherwise.
+	// they were read (a takeover reads them, and every look that finds
+	// Vault ahead of the state, or an orphan to sweep); nil otherwise.
 	History []Current
+	// Prints are the fingerprints of the raw values the look saw: of the
+	// listed keys that show one, of the secret's api_key (SecretPrint),
+	// and of each version's api_key in History (HistoryPrints, in order).
+	Prints        Prints
+	SecretPrint   string
+	HistoryPrints []string
+	// Metadata is the secret's custom metadata.
+	Metadata map[string]string
 }
 
-// See makes a Seen from a listing and what Vault holds.
-func See(keys []Key, cur Current) Seen {
-	return Seen{Keys: keys, Secret: cur.Secret, Version: cur.Version, Written: cur.Written, Served: FindServed(keys, cur.Secret)}
+// named reports whether a version of the secret in History served k:
+// such a key is never a crash's orphan (I5).
+func (s Seen) named(k Key, st store.Target) bool {
+	_, ok := servedBefore(s, k, printOf(st, s, k.ID), 0, time.Time{})
+	return ok
+}
+
+// See makes a Seen from a listing and what Vault holds, telling the
+// served key with the fingerprints st records; salt is the state file's.
+func See(keys []Key, cur Current, st store.Target, salt []byte) Seen {
+	seen := Seen{Keys: keys, Secret: cur.Secret, Version: cur.Version, Written: cur.Written, Metadata: cur.CustomMetadata, Prints: Prints{}}
+	for _, k := range keys {
+		if !k.APIKey.Empty() {
+			seen.Prints[k.ID] = Fingerprint(salt, k.APIKey)
+		}
+	}
+	if cur.Secret != nil {
+		seen.SecretPrint = Fingerprint(salt, cur.Secret.APIKey)
+	}
+	seen.Served = FindServed(keys, cur.Secret, PrintsOf(st), seen.SecretPrint)
+	return seen
 }
 
 // Reconcile brings st in line with Codat's listing and the served
@@ -267,9 +407,10 @@ func See(keys []Key, cur Current) Seen {
 // rotation refuses to start otherwise).
 func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, now time.Time, rotationID string) (orphans []Key) {
 	keys, served, secret := seen.Keys, seen.Served, seen.Secret
-	unseen := st.VaultVersion != 0 && seen.Version != st.VaultVersion
+	unseen := Stale(*st, Current{Version: seen.Version, Written: seen.Written})
 	st.CodatKeys = len(keys)
 	live := make(map[string]bool, len(keys))
+	fresh := map[string]bool{} // taken on now: their times come from the records
 	for _, k := range keys {
 		live[k.ID] = true
 		if rec := st.Key(k.ID); rec != nil {
@@ -285,15 +426,16 @@ func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, no
 		class, after := attribute(*st, k, seen, names, grace, now)
 		switch class {
 		case ClassAdopted:
-			if served.May(k.ID) {
+			if served.Is(k.ID) {
 				adopt(st, k, store.KeyActive, secret.RotatedAt, time.Time{}, rotationID)
 				continue
 			}
 			adopt(st, k, store.KeyRetiring, time.Time{}, after, rotationID)
+			fresh[k.ID] = true
 		case ClassOrphan:
 			orphans = append(orphans, k)
 		default:
-			st.Keys = append(st.Keys, store.Key{ID: k.ID, Name: k.Name, Origin: store.OriginForeign, State: store.KeyForeign, Created: k.Created})
+			recordForeign(st, k)
 		}
 	}
 	listed := make(map[string]Key, len(keys))
@@ -306,7 +448,7 @@ func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, no
 		case rec.State == store.KeyDeleted:
 		case !live[rec.ID]:
 			markDeleted(rec, now)
-		case served.May(rec.ID):
+		case served.Is(rec.ID):
 			if rec.Origin == store.OriginForeign {
 				claim(rec) // someone published it: the daemon's now
 			}
@@ -322,18 +464,33 @@ func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, no
 		case rec.State == store.KeyPending:
 			// Created, never published, and no journal names it.
 			orphans = append(orphans, Key{ID: rec.ID, Name: rec.Name})
-		case rec.State == store.KeyRetiring && unseen && rec.DeleteAfter.Before(now.Add(grace)):
+		case rec.State == store.KeyRetiring && unseen && !fresh[rec.ID] && rec.DeleteAfter.Before(now.Add(grace)):
 			supersede(rec, now.Add(grace))
 		case rec.State == store.KeyForeign && rec.Origin == store.OriginForeign && seen.History != nil:
 			// A takeover reads the secret's history: a key recorded as
 			// foreign that an earlier version served is the daemon's.
-			if after, ok := servedBefore(seen.History, listed[rec.ID], grace, now); ok {
+			if after, ok := servedBefore(seen, listed[rec.ID], printOf(*st, seen, rec.ID), grace, now); ok {
 				claim(rec)
 				supersede(rec, after)
 			}
 		}
 	}
-	st.VaultVersion = seen.Version
+	// What the look learnt of raw values, as fingerprints (never the
+	// values): the listed keys that showed theirs, and the served key
+	// when the secret's api_key is surely its value.
+	for i := range st.Keys {
+		rec := &st.Keys[i]
+		if rec.Fingerprint != "" || rec.State == store.KeyDeleted || !rec.Origin.Managed() {
+			continue
+		}
+		if p := seen.Prints[rec.ID]; p != "" {
+			notePrint(rec, p)
+		} else if served.certain && rec.ID == served.ID {
+			notePrint(rec, seen.SecretPrint)
+		}
+	}
+	st.VaultVersion, st.VaultWritten = seen.Version, seen.Written
+	st.ServedDoubt = served.Doubt
 	return orphans
 }
 
@@ -342,7 +499,7 @@ func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, no
 // their grace (any retiring key in an emergency), oldest delete-after
 // first. It also counts the foreign keys. When there are not enough
 // candidates it returns ErrNoRoom with the counts.
-func Room(st store.Target, keys []Key, served Served, t Target, emergency bool, now time.Time) (del []store.Key, foreign int, err error) {
+func Room(st store.Target, keys []Key, served Served, t Target, emergency bool, now time.Time, held map[string]bool) (del []store.Key, foreign int, err error) {
 	limit, kind := Limit(t, emergency)
 	live := make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -357,7 +514,7 @@ func Room(st store.Target, keys []Key, served Served, t Target, emergency bool, 
 			foreign++
 			continue
 		}
-		if k.State == store.KeyRetiring && !served.May(k.ID) && (emergency || !k.DeleteAfter.After(now)) {
+		if k.State == store.KeyRetiring && !served.May(k.ID) && !held[k.ID] && (emergency || !k.DeleteAfter.After(now)) {
 			candidates = append(candidates, k)
 		}
 	}
@@ -451,8 +608,10 @@ func Retirement(due []store.Key, keys []Key, served Served) (del, gone []store.K
 	n := len(live)
 	for _, k := range due {
 		switch {
-		case served.May(k.ID) && served.Known:
+		case served.Is(k.ID):
 			held = append(held, Hold{k, "vault serves it"})
+		case served.May(k.ID) && served.Doubt != "":
+			held = append(held, Hold{k, "it may be the key vault serves: " + served.Doubt})
 		case served.May(k.ID):
 			held = append(held, Hold{k, "it may be the key vault serves: the secret has no key_id and codat's listing shows no raw keys"})
 		case !live[k.ID]:
@@ -473,4 +632,76 @@ func Retirement(due []store.Key, keys []Key, served Served) (del, gone []store.K
 // with the full grace instead of going at once (I4).
 func MaySupersede(j store.Journal) bool {
 	return j.NewKeyID != "" && (j.Step == store.StepPublish || j.Step == store.StepActivate || j.Step == store.StepRetire)
+}
+
+// DeleteKind is why a key is deleted; every delete at Codat names one
+// and goes through MayDelete (docs/design.md#delete-path).
+type DeleteKind string
+
+const (
+	DeleteRoom     DeleteKind = "make-room"
+	DeleteRetire   DeleteKind = "retire"
+	DeleteOrphan   DeleteKind = "orphan"
+	DeleteRollback DeleteKind = "rollback"
+	DeleteRevoke   DeleteKind = "revoke"
+)
+
+// MayDelete is the one check before every delete at Codat: never a key
+// that is or may be the one Vault serves (I3), never the last key (I2),
+// and only keys the daemon may touch for that kind of delete (I6): its
+// own retiring keys to make room or retire, an unknown key of its own
+// name shape or an unpublished key of its own as an orphan, a key it
+// just made in a rollback, and any key an operator names to revoke.
+func MayDelete(kind DeleteKind, id string, st store.Target, keys []Key, served Served) error {
+	if served.May(id) {
+		return fmt.Errorf("refusing to delete %s: it is, or may be, the key vault serves", id)
+	}
+	others := 0
+	for _, k := range keys {
+		if k.ID != id {
+			others++
+		}
+	}
+	if others == 0 {
+		return fmt.Errorf("refusing to delete %s: it is the last key", id)
+	}
+	rec := st.Key(id)
+	switch kind {
+	case DeleteRevoke:
+		return nil
+	case DeleteOrphan:
+		if rec == nil || (rec.Origin == store.OriginCreated && rec.State == store.KeyPending) {
+			return nil
+		}
+	case DeleteRollback:
+		if rec == nil || rec.Origin == store.OriginCreated {
+			return nil
+		}
+	case DeleteRoom, DeleteRetire:
+		if rec != nil && rec.Origin.Managed() && rec.State != store.KeyActive {
+			return nil
+		}
+	}
+	state := "unknown to the state"
+	if rec != nil {
+		state = fmt.Sprintf("%s and %s", rec.Origin, rec.State)
+	}
+	return fmt.Errorf("refusing to delete %s (%s): the key is %s", id, kind, state)
+}
+
+// Adoptions returns the keys after takes on that before did not hold as
+// its own: keys it did not make, that a look at Vault made its own
+// (served, named by the secret or its history). Before such a key is
+// taken on, no other target may record it (docs/design.md#shared-keys).
+func Adoptions(before, after store.Target) []string {
+	var out []string
+	for _, k := range after.Keys {
+		if !k.Origin.Managed() || k.Origin == store.OriginCreated || k.State == store.KeyDeleted {
+			continue
+		}
+		if rec := before.Key(k.ID); rec == nil || !rec.Origin.Managed() || rec.State == store.KeyDeleted {
+			out = append(out, k.ID)
+		}
+	}
+	return out
 }

@@ -25,37 +25,23 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		return false, r.clearJournal()
 	}
 
-	if err := r.e.checkMount(ctx, r.t.Vault); err != nil {
-		return false, err
-	}
-	x := r.e.listEarly(ctx, r.t) // early.go
-	defer x.drop()
-	cur, err := r.e.Vault.Read(ctx, r.t.Vault)
+	v, err := r.e.look(ctx, r.t, lookOpts{early: true,
+		noSecret: fmt.Sprintf("%s holds no secret, so no key can reach codat to finish the rotation", r.t.Vault)})
 	if err != nil {
 		return false, err
 	}
-	if err := r.e.checkOwner(r.t, cur); err != nil {
-		return false, err
-	}
-	r.meta = cur.CustomMetadata
-	if cur.Secret == nil {
-		return false, fmt.Errorf("%s holds no secret, so no key can reach codat to finish the rotation", r.t.Vault)
-	}
-	r.secret, r.version = *cur.Secret, cur.Version
-	r.e.remember(r.t.Name, r.secret.APIKey)
-	var keys []Key
-	r.client, keys, err = r.e.list(ctx, r.t, x, r.secret.APIKey)
-	if errors.Is(err, ErrKeyRejected) {
-		return false, fmt.Errorf("%w: the key at %s: %w", ErrServedKeyRejected, r.t.Vault, err)
-	}
+	cur := v.Cur
+	r.view, r.meta = v, v.Metadata
+	r.secret, r.version, r.written = *cur.Secret, cur.Version, cur.Written
+	r.client, r.keys, r.served = v.Client, v.Keys, v.Served
+	st, err := r.e.Store.Load(r.t.Name)
 	if err != nil {
 		return false, err
 	}
-	r.keys = keys
-	r.e.noteListing(r.t.Name, keys)
-	r.served = FindServed(keys, &r.secret)
+	r.names = NamesOf(r.t, r.e.tagFor(r.t, st, v.Metadata))
+	keys := r.keys
 
-	if j.NewKeyID != "" && r.secret.KeyID == j.NewKeyID {
+	if j.NewKeyID != "" && r.served.Is(j.NewKeyID) && r.secret.KeyID == j.NewKeyID {
 		// The publish landed before the crash: finish from activate.
 		log.Info("vault already serves the new key; activating", "key_id", j.NewKeyID)
 		k := Key{ID: j.NewKeyID, APIKey: cur.Secret.APIKey, Name: cur.Secret.KeyName, Created: cur.Secret.CreatedAt}

@@ -29,32 +29,24 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 	if len(due) == 0 {
 		return nil, nil
 	}
-	x := e.listEarly(ctx, t) // early.go
-	defer x.drop()
-	cur, err := e.Vault.Read(ctx, t.Vault)
-	if err != nil {
-		return nil, fmt.Errorf("retire: %w", err)
-	}
-	if err := e.checkOwner(t, cur); err != nil {
+	v, err := e.look(ctx, t, lookOpts{early: true,
+		noSecret: fmt.Sprintf("%s holds no secret; nothing is deleted while no key is served", t.Vault)})
+	if errors.Is(err, ErrNotOwner) {
 		e.recordBlocked(t, err)
-		return nil, fmt.Errorf("retire: %w", err)
 	}
-	if cur.Secret == nil {
-		return nil, fmt.Errorf("retire: %s holds no secret; nothing is deleted while no key is served", t.Vault)
-	}
-	e.remember(t.Name, cur.Secret.APIKey)
-	client, keys, err := e.list(ctx, t, x, cur.Secret.APIKey)
 	if err != nil {
 		return nil, fmt.Errorf("retire: %w", err)
 	}
-	e.noteListing(t.Name, keys)
-	seen := See(keys, cur)
-	served := seen.Served
+	served := v.Served
 	if served.Known {
-		err := e.Store.Update(t.Name, func(st *store.Target) error {
+		apply, err := e.settle(ctx, t, &v, st, "", false)
+		if err != nil {
+			return nil, fmt.Errorf("retire: %w", err)
+		}
+		err = e.Store.Update(t.Name, func(st *store.Target) error {
 			// Orphans are left to the next rotation, which deletes them
 			// under its journal.
-			_ = Reconcile(st, seen, NamesOf(t), t.Grace, now, "")
+			_ = apply(st)
 			due, _ = Due(*st, now)
 			return nil
 		})
@@ -62,23 +54,23 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 			return nil, err
 		}
 	}
+	keys := v.Keys
 	del, gone, held := Retirement(due, keys, served)
 	var errs []error
 	for _, h := range held {
 		log.Warn("not retiring a due key", "key_id", h.Key.ID, "reason", h.Reason)
-		if !served.May(h.Key.ID) || !served.Known {
+		if !served.Is(h.Key.ID) {
 			errs = append(errs, fmt.Errorf("%w: not retiring key %s: %s", ErrRetireHeld, h.Key.ID, h.Reason))
 		}
 	}
 	var deleted []string
 	for _, k := range del {
 		log.Info("deleting retired key", "key_id", k.ID, "delete_after", k.DeleteAfter)
-		if err := client.Delete(ctx, k.ID); err != nil && !errors.Is(err, ErrKeyNotFound) {
-			errs = append(errs, fmt.Errorf("delete key %s: %w", k.ID, err))
+		if keys, err = e.deleteKey(ctx, t, v.Client, DeleteRetire, k.ID, keys, served); err != nil {
+			errs = append(errs, err)
 			continue
 		}
 		deleted = append(deleted, k.ID)
-		gone = append(gone, k)
 	}
 	if len(gone) > 0 {
 		now := e.now()
@@ -88,7 +80,7 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 					markDeleted(rec, now)
 				}
 			}
-			st.CodatKeys = len(keys) - len(deleted)
+			st.CodatKeys = len(keys)
 			return nil
 		})
 		if err != nil {

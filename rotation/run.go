@@ -40,6 +40,13 @@ type run struct {
 	served  Served
 	client  Codat
 	keys    []Key
+	// view is the plan's look; names the target's naming, with its tag.
+	view  view
+	names Names
+	// published: this run wrote the secret; unclaimed says why its owner
+	// claim could not be recorded, empty when it was.
+	published bool
+	unclaimed string
 	// verifying is the verify step's first listing, started with the
 	// new key while its record commits (a listing is no side effect).
 	verifying *early
@@ -143,48 +150,22 @@ func (r *run) finish(ctx context.Context, k Key) error {
 	return nil
 }
 
-// plan reads what Vault serves (publishing the bootstrap key on the very
-// first run), lists Codat's keys with it and reconciles the state.
+// plan looks at Vault and Codat (publishing the bootstrap key on the
+// very first run) and brings the state in line with what it saw.
 func (r *run) plan(ctx context.Context) error {
 	log := r.step(store.StepPlan)
-	if err := r.e.checkMount(ctx, r.t.Vault); err != nil {
-		return err
-	}
-	// The listing starts beside the read when the engine knows the key
-	// Vault served last (early.go); it is used only if Vault still
-	// serves that key.
-	x := r.e.listEarly(ctx, r.t)
-	defer x.drop()
-	cur, err := r.e.Vault.Read(ctx, r.t.Vault)
+	v, err := r.e.look(ctx, r.t, lookOpts{early: true, publish: r.bootstrap})
 	if err != nil {
 		return err
 	}
-	if err := r.e.checkOwner(r.t, cur); err != nil {
-		return err
-	}
-	r.meta = cur.CustomMetadata
-	if cur.Secret == nil {
-		if cur, err = r.bootstrap(ctx, cur); err != nil {
-			return fmt.Errorf("bootstrap: %w", err)
-		}
-	}
-	r.secret, r.version, r.written = *cur.Secret, cur.Version, cur.Written
-	r.e.remember(r.t.Name, r.secret.APIKey)
-	var keys []Key
-	r.client, keys, err = r.e.list(ctx, r.t, x, r.secret.APIKey)
-	if errors.Is(err, ErrKeyRejected) {
-		return fmt.Errorf("%w: the key at %s (id %q): %w; was it deleted at Codat? Put a working key of this Codat client there (`vault kv put %s api_key=<key>`) and rotate again", ErrServedKeyRejected, r.t.Vault, r.secret.KeyID, err, r.t.Vault)
-	}
-	if err != nil {
-		return err
-	}
-	r.keys = keys
-	r.e.noteListing(r.t.Name, keys)
-	r.served = FindServed(keys, &r.secret)
+	r.view = v
+	r.secret, r.version, r.written = *v.Secret, v.Version, v.Written
+	r.meta = v.Metadata
+	r.client, r.keys, r.served = v.Client, v.Keys, v.Served
 	if !r.served.Known {
-		return servedUnknown(r.t, false, len(keys))
+		return servedUnknown(r.t, false, len(r.keys), r.served)
 	}
-	log.Debug("planned", "served_key_id", r.served.ID, "vault_version", r.version, "codat_keys", len(keys))
+	log.Debug("planned", "served_key_id", r.served.ID, "vault_version", r.version, "codat_keys", len(r.keys))
 	return r.reconcile(ctx)
 }
 
@@ -193,12 +174,9 @@ func (r *run) plan(ctx context.Context) error {
 // finds the key in Vault and adopts it then.
 func (r *run) bootstrap(ctx context.Context, cur Current) (Current, error) {
 	log := r.step(store.StepPlan)
-	if r.t.Bootstrap == nil {
-		return cur, fmt.Errorf("%w: %s holds no secret; set bootstrap_key_file or bootstrap_key_env", ErrNoBootstrap, r.t.Vault)
-	}
-	key, err := r.t.Bootstrap()
+	key, err := bootstrapKey(r.t)
 	if err != nil {
-		return cur, fmt.Errorf("%w: %w", ErrNoBootstrap, err)
+		return cur, err
 	}
 	keys, err := r.e.Codat(r.t.Name, key).List(ctx)
 	if err != nil {
@@ -207,9 +185,22 @@ func (r *run) bootstrap(ctx context.Context, cur Current) (Current, error) {
 		}
 		return cur, err
 	}
-	served := FindServed(keys, &Published{APIKey: key})
-	if !served.Known {
-		return cur, servedUnknown(r.t, true, len(keys))
+	st, err := r.e.Store.Load(r.t.Name)
+	if err != nil {
+		return cur, err
+	}
+	print := r.e.fingerprint(key)
+	served := FindServed(keys, &Published{APIKey: key}, PrintsOf(st), print)
+	if !served.Known || served.Doubt != "" {
+		return cur, servedUnknown(r.t, true, len(keys), served)
+	}
+	// Never another target's key (docs/design.md#shared-keys).
+	claims, err := r.e.allClaims(r.t, []string{served.ID})
+	if err != nil {
+		return cur, err
+	}
+	if other, ok := claims.Serve[served.ID]; ok {
+		return cur, sharedKey(r.t, &view{Bootstrap: true}, served.ID, other)
 	}
 	k := Key{ID: served.ID}
 	for _, l := range keys {
@@ -219,7 +210,14 @@ func (r *run) bootstrap(ctx context.Context, cur Current) (Current, error) {
 	}
 	now := r.e.now()
 	s := Published{APIKey: key, KeyID: k.ID, KeyName: k.Name, CreatedAt: k.Created, RotatedAt: now, NextRotationAt: r.nextRotation(now)}
-	if _, err := r.e.Vault.Write(ctx, r.t.Vault, s, cur.Version, r.metadata(now)); err != nil && !errors.Is(err, ErrMetadataNotSet) {
+	tag := r.e.tagFor(r.t, st, cur.CustomMetadata)
+	_, err = r.e.Vault.Write(ctx, r.t.Vault, s, cur.Version, r.e.metadata(r.t, cur.CustomMetadata, tag, now))
+	r.unclaimed = ""
+	if errors.Is(err, ErrMetadataNotSet) {
+		log.Warn("published, but the owner claim could not be recorded", "error", err)
+		r.unclaimed, err = err.Error(), nil
+	}
+	if err != nil {
 		return cur, fmt.Errorf("publish bootstrap key: %w", err)
 	}
 	after, err := r.e.Vault.Read(ctx, r.t.Vault)
@@ -230,8 +228,12 @@ func (r *run) bootstrap(ctx context.Context, cur Current) (Current, error) {
 		return cur, fmt.Errorf("read back bootstrap key: %s does not hold key %s", r.t.Vault, k.ID)
 	}
 	err = r.update(func(st *store.Target) error {
-		adopt(st, k, store.KeyActive, now, time.Time{}, r.id)
-		st.VaultVersion = after.Version
+		notePrint(adopt(st, k, store.KeyActive, now, time.Time{}, r.id), print)
+		if st.Tag == "" {
+			st.Tag = tag
+		}
+		st.VaultVersion, st.VaultWritten = after.Version, after.Written
+		st.Unclaimed = r.unclaimed
 		return nil
 	})
 	if err != nil {
@@ -252,22 +254,30 @@ func bootstrapRejected(t Target, err error) error {
 	return fmt.Errorf("%w from %s: %w; set %s to a working key of this Codat client (one made in the Codat Portal, say)", ErrBootstrapRejected, from, err, from)
 }
 
-// reconcile applies Reconcile to the state and deletes the orphans it
-// finds (I5).
+// reconcile brings the state in line with the plan's look (settle)
+// and deletes the orphans it finds (I5).
 func (r *run) reconcile(ctx context.Context) error {
 	log := r.step(store.StepPlan)
-	now := r.e.now()
-	var orphans []Key
-	err := r.update(func(st *store.Target) error {
-		orphans = Reconcile(st, Seen{Keys: r.keys, Secret: &r.secret, Version: r.version, Written: r.written, Served: r.served}, NamesOf(r.t), r.t.Grace, now, r.id)
+	st, err := r.e.Store.Load(r.t.Name)
+	if err != nil {
+		return err
+	}
+	apply, err := r.e.settle(ctx, r.t, &r.view, st, r.id, false)
+	if err != nil {
+		return err
+	}
+	var out settled
+	err = r.update(func(st *store.Target) error {
+		out = apply(st)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	for _, k := range orphans {
+	r.names = out.Names
+	for _, k := range out.Orphans {
 		log.Warn("deleting orphan key", "key_id", k.ID, "name", k.Name)
-		if err := r.deleteKey(ctx, r.client, k.ID); err != nil {
+		if err := r.deleteKey(ctx, DeleteOrphan, k.ID); err != nil {
 			return fmt.Errorf("delete orphan key %s: %w", k.ID, err)
 		}
 		r.res.Deleted = append(r.res.Deleted, k.ID)
@@ -275,42 +285,11 @@ func (r *run) reconcile(ctx context.Context) error {
 	return nil
 }
 
-// deleteKey deletes a key at Codat (a 404 counts as done) and marks it
-// deleted in the state. It refuses the served key and the last key.
-func (r *run) deleteKey(ctx context.Context, c Codat, id string) error {
-	if r.served.May(id) {
-		return fmt.Errorf("refusing to delete %s: it is, or may be, the key vault serves", id)
-	}
-	live := 0
-	for _, k := range r.keys {
-		if k.ID != id {
-			live++
-		}
-	}
-	if live == 0 {
-		return fmt.Errorf("refusing to delete %s: it is the last key", id)
-	}
-	if err := c.Delete(ctx, id); err != nil && !errors.Is(err, ErrKeyNotFound) {
-		return err
-	}
-	kept := r.keys[:0]
-	for _, k := range r.keys {
-		if k.ID != id {
-			kept = append(kept, k)
-		}
-	}
-	r.keys = kept
-	now := r.e.now()
-	return r.update(func(st *store.Target) error {
-		if rec := st.Key(id); rec != nil {
-			markDeleted(rec, now)
-		}
-		st.CodatKeys = len(r.keys)
-		if st.Journal != nil && st.Journal.Step == store.StepMakeRoom {
-			st.Journal = nil
-		}
-		return nil
-	})
+// deleteKey deletes a key through the one delete path (delete.go).
+func (r *run) deleteKey(ctx context.Context, kind DeleteKind, id string) error {
+	keys, err := r.e.deleteKey(ctx, r.t, r.client, kind, id, r.keys, r.served)
+	r.keys = keys
+	return err
 }
 
 // checkRevoke refuses a --revoke that names no key at Codat, before
@@ -332,7 +311,11 @@ func (r *run) makeRoom(ctx context.Context) error {
 		return err
 	}
 	now := r.e.now()
-	del, _, err := Room(st, r.keys, r.served, r.t, r.opts.Emergency, now)
+	held, err := r.e.heldElsewhere(r.t, st, now)
+	if err != nil {
+		return err
+	}
+	del, _, err := Room(st, r.keys, r.served, r.e.strictest(r.t), r.opts.Emergency, now, held)
 	if err != nil {
 		return err
 	}
@@ -345,7 +328,7 @@ func (r *run) makeRoom(ctx context.Context) error {
 			return err
 		}
 		log.Info("deleting a key past its grace to make room", "key_id", k.ID)
-		if err := r.deleteKey(ctx, r.client, k.ID); err != nil {
+		if err := r.deleteKey(ctx, DeleteRoom, k.ID); err != nil {
 			return fmt.Errorf("delete key %s: %w", k.ID, err)
 		}
 		r.res.Deleted = append(r.res.Deleted, k.ID)
@@ -358,7 +341,7 @@ func (r *run) makeRoom(ctx context.Context) error {
 func (r *run) create(ctx context.Context) (Key, error) {
 	log := r.step(store.StepCreate)
 	now := r.e.now()
-	name := NamesOf(r.t).New(now)
+	name := r.names.New(now)
 	err := r.update(func(st *store.Target) error {
 		st.Journal = &store.Journal{RotationID: r.id, Step: store.StepCreate, Started: now, Updated: now,
 			Emergency: r.opts.Emergency, Revoke: r.opts.Revoke, Name: name, PrevKeyID: r.served.ID, VaultVersion: r.version}
@@ -412,7 +395,7 @@ func (r *run) recordNewKey(k Key) error {
 		if !slices.ContainsFunc(r.keys, func(c Key) bool { return c.ID == k.ID }) {
 			st.CodatKeys++
 		}
-		recordCreated(st, k, r.id, now)
+		notePrint(recordCreated(st, k, r.id, now), r.e.fingerprint(k.APIKey))
 		return nil
 	})
 }
@@ -447,7 +430,7 @@ func (r *run) findJournaled(ctx context.Context, name, id string) (Key, bool, er
 		// A duplicate, or a key whose raw value cannot be had: it was
 		// made by this rotation and is of no use, so it goes (I5).
 		r.log.Warn("deleting a key made by this rotation that cannot be used", "key_id", k.ID, "name", k.Name)
-		if err := r.deleteKey(ctx, r.client, k.ID); err != nil {
+		if err := r.deleteKey(ctx, DeleteRollback, k.ID); err != nil {
 			return Key{}, false, fmt.Errorf("delete unusable key %s: %w", k.ID, err)
 		}
 		r.res.Deleted = append(r.res.Deleted, k.ID)
@@ -522,7 +505,7 @@ func (r *run) verify(ctx context.Context, k Key) error {
 // next attempt's recovery finishes the job.
 func (r *run) rollback(ctx context.Context, k Key, cause error) error {
 	r.log.Warn("rolling back the new key", "key_id", k.ID, "error", cause)
-	if err := r.deleteKey(ctx, r.client, k.ID); err != nil {
+	if err := r.deleteKey(ctx, DeleteRollback, k.ID); err != nil {
 		return fmt.Errorf("%w; rolling back, deleting new key %s failed: %v", cause, k.ID, err)
 	}
 	if err := r.clearJournal(); err != nil {
@@ -540,7 +523,7 @@ func (r *run) nextRotation(now time.Time) time.Time {
 }
 
 func (r *run) metadata(now time.Time) map[string]string {
-	return r.e.metadata(r.t, r.meta, now)
+	return r.e.metadata(r.t, r.meta, r.names.Tag, now)
 }
 
 // publish writes the new key to Vault with check-and-set on the version
@@ -567,14 +550,23 @@ func (r *run) publish(ctx context.Context, k Key) error {
 			}
 		}
 		_, err := r.e.Vault.Write(ctx, r.t.Vault, s, r.version, r.metadata(now))
+		if err == nil {
+			r.unclaimed = ""
+		}
 		if errors.Is(err, ErrMetadataNotSet) {
-			log.Warn("published, but custom metadata not set", "error", err)
-			err = nil
+			// The protection against a second daemon is off until a
+			// publish records the owner: a state of the target, shown by
+			// status and a metric (docs/design.md#ownership).
+			log.Warn("published, but the owner claim could not be recorded", "error", err)
+			r.unclaimed, err = err.Error(), nil
+		}
+		if err == nil {
+			r.published = true
 		}
 		if err == nil || errors.Is(err, ErrCASConflict) {
 			// A conflict may be our own earlier write whose answer was
 			// lost: the read-back tells.
-			served, rerr := r.readBack(ctx, k.ID)
+			served, rerr := r.readBack(ctx, k)
 			if rerr == nil && served == k.ID {
 				log.Info("published and read back", "key_id", k.ID)
 				return nil
@@ -596,7 +588,7 @@ func (r *run) publish(ctx context.Context, k Key) error {
 		}
 	}
 	// Roll back only when Vault is known not to serve the new key.
-	served, rerr := r.readBack(ctx, k.ID)
+	served, rerr := r.readBack(ctx, k)
 	if rerr != nil {
 		return fmt.Errorf("%w; vault cannot be read to decide, so the new key stays for recovery: %v", last, rerr)
 	}
@@ -608,7 +600,9 @@ func (r *run) publish(ctx context.Context, k Key) error {
 
 // readBack returns the id of the key Vault serves; when it is the new
 // key, its version is the one the daemon has now seen.
-func (r *run) readBack(ctx context.Context, newID string) (string, error) {
+// The new key is served only when the secret holds its raw value, not
+// merely its id (docs/design.md#served-by-value).
+func (r *run) readBack(ctx context.Context, k Key) (string, error) {
 	cur, err := r.e.Vault.Read(ctx, r.t.Vault)
 	if err != nil {
 		return "", err
@@ -616,8 +610,12 @@ func (r *run) readBack(ctx context.Context, newID string) (string, error) {
 	if cur.Secret == nil {
 		return "", nil
 	}
-	if cur.Secret.KeyID == newID {
-		r.version = cur.Version
+	if cur.Secret.KeyID == k.ID && cur.Secret.APIKey == k.APIKey {
+		r.version, r.written = cur.Version, cur.Written
+		return k.ID, nil
+	}
+	if cur.Secret.KeyID == k.ID {
+		return "another key under the new key's id", nil
 	}
 	return cur.Secret.KeyID, nil
 }
@@ -635,8 +633,14 @@ func (r *run) activate(k Key) error {
 			recordCreated(st, k, r.id, now)
 		}
 		retiring = Activate(st, k.ID, now, deleteAfter)
-		active = *st.Key(k.ID)
-		st.VaultVersion = r.version
+		rec := st.Key(k.ID)
+		notePrint(rec, r.e.fingerprint(k.APIKey))
+		active = *rec
+		st.VaultVersion, st.VaultWritten = r.version, r.written
+		st.ServedDoubt = ""
+		if r.published {
+			st.Unclaimed = r.unclaimed
+		}
 		if r.opts.Revoke != "" && st.Journal != nil {
 			st.Journal.Step, st.Journal.NewKeyID, st.Journal.Updated = store.StepRetire, k.ID, now
 		} else {
@@ -650,7 +654,7 @@ func (r *run) activate(k Key) error {
 	r.step(store.StepActivate).Info("new key active", "key_id", k.ID, "retiring", len(retiring), "delete_after", deleteAfter)
 	r.res.NewKey, r.res.Retiring = active, retiring
 	r.secret = Published{APIKey: k.APIKey, KeyID: k.ID, KeyName: k.Name}
-	r.served = FindServed(nil, &r.secret)
+	r.served = FindServed(nil, &r.secret, nil, "")
 	r.client = r.e.Codat(r.t.Name, k.APIKey)
 	r.e.remember(r.t.Name, k.APIKey)
 	return nil
@@ -681,14 +685,9 @@ func (r *run) revoke(ctx context.Context) error {
 		r.keys = keys
 	}
 	r.log.Warn("revoking key", "step", string(store.StepRetire), "key_id", id)
-	if err := r.deleteKey(ctx, r.client, id); err != nil {
+	if err := r.deleteKey(ctx, DeleteRevoke, id); err != nil {
 		return err
 	}
 	r.res.Deleted = append(r.res.Deleted, id)
-	now := r.e.now()
-	return r.update(func(st *store.Target) error {
-		markDeletedID(st, id, now)
-		st.Journal = nil
-		return nil
-	})
+	return r.clearJournal()
 }

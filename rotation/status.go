@@ -1,6 +1,8 @@
 package rotation
 
 import (
+	"context"
+	"fmt"
 	"sort"
 	"time"
 
@@ -46,21 +48,28 @@ type ClassifiedKey struct {
 	Served bool
 }
 
-// ClassifyKeys classes each key of a Codat listing against the target's
-// state and the secret Vault serves (nil when none), in the listing's
-// order: the same Classify a rotation acts on, so `keys` shows what the
-// next rotation would do with each.
-func ClassifyKeys(t Target, st store.Target, listing []Key, cur Current) []ClassifiedKey {
-	seen := See(listing, cur)
-	served := seen.Served
-	classes := Classify(st, seen, NamesOf(t))
-	out := make([]ClassifiedKey, 0, len(listing))
-	for _, k := range listing {
-		c := ClassifiedKey{Key: k, Class: classes[k.ID], Served: served.May(k.ID)}
+// Keys looks at t's keys as a rotation would (one look, no change) and
+// classes each of Codat's keys against the state: the same Classify a
+// rotation acts on, so `keys` shows what the next rotation would do with
+// each, in the listing's order.
+func (e *Engine) Keys(ctx context.Context, t Target) ([]ClassifiedKey, Served, error) {
+	e.noteTarget(t)
+	v, err := e.look(ctx, t, lookOpts{anyOwner: true, noSecret: fmt.Sprintf("%s holds no secret yet, so there is no key to list Codat's keys with: the first rotation publishes the bootstrap key (`codat-rotator rotate --target %s`, or start the daemon)", t.Vault, t.Name)})
+	if err != nil {
+		return nil, Served{}, err
+	}
+	st, err := e.load(t.Name)
+	if err != nil {
+		return nil, Served{}, err
+	}
+	classes := Classify(st, v.Seen, NamesOf(t, st.Tag))
+	out := make([]ClassifiedKey, 0, len(v.Keys))
+	for _, k := range v.Keys {
+		c := ClassifiedKey{Key: k, Class: classes[k.ID], Served: v.Served.May(k.ID)}
 		if rec := st.Key(k.ID); rec != nil {
 			c.State = rec.State
 		}
 		out = append(out, c)
 	}
-	return out
+	return out, v.Served, nil
 }

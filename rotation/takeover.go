@@ -35,6 +35,7 @@ type Takeover struct {
 // at its next look at Vault, but a publish already in flight could land.
 func (e *Engine) Takeover(ctx context.Context, t Target) (Takeover, error) {
 	out := Takeover{Target: t.Name}
+	e.noteTarget(t)
 	if e.Owner.ID == "" {
 		return out, errors.New("takeover: this engine has no state file identity")
 	}
@@ -43,41 +44,30 @@ func (e *Engine) Takeover(ctx context.Context, t Target) (Takeover, error) {
 		return out, err
 	}
 	defer release()
-	if err := e.Vault.CheckMount(ctx, t.Vault); err != nil {
-		return out, err
-	}
-	cur, err := e.Vault.Read(ctx, t.Vault)
+	v, err := e.look(ctx, t, lookOpts{anyOwner: true, history: true,
+		noSecret: fmt.Sprintf("takeover: %s holds no secret, so there is nothing to take over; the first rotation publishes the bootstrap key and claims the target", t.Vault)})
+	out.Previous = ClaimOf(v.Cur.CustomMetadata)
 	if err != nil {
 		return out, err
 	}
-	out.Previous = ClaimOf(cur.CustomMetadata)
-	if cur.Secret == nil {
-		return out, fmt.Errorf("takeover: %s holds no secret, so there is nothing to take over; the first rotation publishes the bootstrap key and claims the target", t.Vault)
+	out.Versions = len(v.History)
+	if !v.Served.Known {
+		return out, servedUnknown(t, false, len(v.Keys), v.Served)
 	}
-	history, err := e.Vault.History(ctx, t.Vault)
-	if err != nil {
-		return out, fmt.Errorf("takeover: read the versions of %s: %w", t.Vault, err)
-	}
-	out.Versions = len(history)
-	keys, err := e.Codat(t.Name, cur.Secret.APIKey).List(ctx)
-	if errors.Is(err, ErrKeyRejected) {
-		return out, fmt.Errorf("%w: the key at %s: %w", ErrServedKeyRejected, t.Vault, err)
-	}
+	st, err := e.Store.Load(t.Name)
 	if err != nil {
 		return out, err
 	}
-	e.noteListing(t.Name, keys)
-	seen := See(keys, cur)
-	if !seen.Served.Known {
-		return out, servedUnknown(t, false, len(keys))
+	apply, err := e.settle(ctx, t, &v, st, "takeover", false)
+	if err != nil {
+		return out, fmt.Errorf("takeover: %w", err)
 	}
-	seen.History = history
-	if md := e.metadata(t, cur.CustomMetadata, e.now()); md != nil {
+	tag := e.tagFor(t, st, v.Metadata)
+	if md := e.metadata(t, v.Cur.CustomMetadata, tag, e.now()); md != nil {
 		if err := e.Vault.SetMetadata(ctx, t.Vault, md); err != nil {
 			return out, fmt.Errorf("takeover: record the owner in %s's custom metadata: %w", t.Vault, err)
 		}
 	}
-	now := e.now()
 	err = e.Store.Update(t.Name, func(st *store.Target) error {
 		out.Foreign, out.Rebuilt = nil, nil // fn may run again (store.Update)
 		known := map[string]bool{}
@@ -88,7 +78,11 @@ func (e *Engine) Takeover(ctx context.Context, t Target) (Takeover, error) {
 		}
 		// Orphans are left to the next rotation, which deletes them
 		// under its journal.
-		_ = Reconcile(st, seen, NamesOf(t), t.Grace, now, "takeover")
+		if st.Tag == "" {
+			st.Tag = tag
+		}
+		_ = apply(st)
+		st.Unclaimed = ""
 		for _, k := range st.Keys {
 			switch {
 			case k.State == store.KeyDeleted:
