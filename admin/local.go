@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -110,6 +111,7 @@ func (l *Local) Status(ctx context.Context) (StatusReport, error) {
 		}
 		ts := targetStatusOf(t, states[t.Name], next, now)
 		ts.SharesClientWith = shared[t.Name]
+		ts.MaxKeys, ts.ReserveSlots, ts.CapNote = sharedCap(t, shared[t.Name], targets)
 		if since, ok := c.WaitingSince[t.Name]; ok {
 			ts.WaitingSince = timePtr(since)
 		}
@@ -146,34 +148,33 @@ func (l *Local) Keys(ctx context.Context, target string) (KeysReport, error) {
 	}
 	shared := rotation.SharedClients(states)
 	for _, t := range targets {
-		tk := TargetKeys{Name: t.Name, Keys: []KeyEntry{}, SharesClientWith: shared[t.Name], MaxKeys: t.MaxKeys, ReserveSlots: t.ReserveSlots}
-		if keys, err := l.keys(ctx, t); err != nil {
+		tk := TargetKeys{Name: t.Name, Keys: []KeyEntry{}, SharesClientWith: shared[t.Name]}
+		tk.MaxKeys, tk.ReserveSlots, _ = sharedCap(t, shared[t.Name], l.Targets())
+		if keys, served, err := l.Engine.Keys(ctx, t); err != nil {
 			tk.Error = err.Error()
 		} else {
-			tk.Keys = keys
+			tk.Keys, tk.ServedDoubt = keyEntriesOf(keys), served.Doubt
 		}
 		rep.Targets = append(rep.Targets, tk)
 	}
 	return rep, nil
 }
 
-func (l *Local) keys(ctx context.Context, t rotation.Target) ([]KeyEntry, error) {
-	cur, err := l.Engine.Vault.Read(ctx, t.Vault)
-	if err != nil {
-		return nil, err
+// sharedCap is the cap that applies to t: the strictest of the targets
+// on its Codat client (docs/design.md#shared-clients), and a note when
+// that is not t's own.
+func sharedCap(t rotation.Target, shared []string, all []rotation.Target) (maxKeys, reserve int, note string) {
+	var others []rotation.Target
+	for _, o := range all {
+		if slices.Contains(shared, o.Name) {
+			others = append(others, o)
+		}
 	}
-	if cur.Secret == nil {
-		return nil, fmt.Errorf("%s holds no secret yet, so there is no key to list Codat's keys with: the first rotation publishes the bootstrap key (`codat-rotator rotate --target %s`, or start the daemon)", t.Vault, t.Name)
+	c := rotation.StrictestCap(t, others)
+	if c.MaxKeys != t.MaxKeys || c.ReserveSlots != t.ReserveSlots {
+		note = fmt.Sprintf("its own max_keys %d and reserve_slots %d are less strict than another target's on the same client: the strictest applies to all", t.MaxKeys, t.ReserveSlots)
 	}
-	listing, err := l.Engine.Codat(t.Name, cur.Secret.APIKey).List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	st, err := l.Engine.Store.Load(t.Name)
-	if err != nil {
-		return nil, err
-	}
-	return keyEntriesOf(rotation.ClassifyKeys(t, st, listing, cur)), nil
+	return c.MaxKeys, c.ReserveSlots, note
 }
 
 // Resume clears the halt of the named target, and says whether there

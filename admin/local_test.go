@@ -36,8 +36,12 @@ func (v fakeVault) Read(_ context.Context, loc rotation.Location) (rotation.Curr
 func (v fakeVault) Write(context.Context, rotation.Location, rotation.Published, int, map[string]string) (int, error) {
 	return 0, errors.New("fake vault: read-only")
 }
-func (v fakeVault) History(context.Context, rotation.Location) ([]rotation.Current, error) {
-	return nil, errors.New("fake vault: no history")
+func (v fakeVault) History(ctx context.Context, loc rotation.Location) ([]rotation.Current, error) {
+	cur, err := v.Read(ctx, loc)
+	if cur.Secret == nil {
+		return nil, err
+	}
+	return []rotation.Current{cur}, err // one version, the current one
 }
 func (v fakeVault) SetMetadata(context.Context, rotation.Location, map[string]string) error {
 	return errors.New("fake vault: read-only")
@@ -65,7 +69,8 @@ func newLocal(tb testing.TB) (*admin.Local, *store.DB, *bytes.Buffer) {
 	err := db.Update("prod", func(st *store.Target) error {
 		st.Keys = []store.Key{
 			{ID: "k1", Name: "bootstrap", Origin: store.OriginAdopted, State: store.KeyRetiring, DeleteAfter: t0.Add(time.Hour)},
-			{ID: "k2", Name: "cr-20260302T030000Z-abc123", Origin: store.OriginCreated, State: store.KeyActive, Created: t0, Published: t0},
+			{ID: "k2", Name: "cr-20260302T030000Z-abc123", Origin: store.OriginCreated, State: store.KeyActive, Created: t0, Published: t0,
+				Fingerprint: rotation.Fingerprint(nil, rawKey)}, // the daemon published it: its value is known
 		}
 		st.CodatKeys, st.LastResult, st.LastSuccess = 3, "success", t0
 		st.Halted, st.HaltReason, st.HaltedAt = true, "vault is sealed", t0

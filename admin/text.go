@@ -52,6 +52,15 @@ func (r StatusReport) WriteText(w io.Writer) {
 		if len(t.SharesClientWith) > 0 {
 			fmt.Fprintf(w, "  shared client:  %s\n", SharedClientText(t.SharesClientWith, t.MaxKeys, t.ReserveSlots))
 		}
+		if t.CapNote != "" {
+			fmt.Fprintf(w, "  cap:            %s\n", t.CapNote)
+		}
+		if t.ServedDoubt != "" {
+			fmt.Fprintf(w, "  served key:     IN DOUBT: %s\n", t.ServedDoubt)
+		}
+		if t.Unclaimed != "" {
+			fmt.Fprintf(w, "  owner:          NOT RECORDED, so nothing stops a second daemon on this target: %s (give the Vault policy patch on the metadata path)\n", t.Unclaimed)
+		}
 	}
 }
 
@@ -72,6 +81,9 @@ func (r KeysReport) WriteText(w io.Writer) {
 		if t.Error != "" {
 			fmt.Fprintf(w, "  error: %s\n", t.Error)
 			continue
+		}
+		if t.ServedDoubt != "" {
+			fmt.Fprintf(w, "  served key in doubt: %s\n", t.ServedDoubt)
 		}
 		for _, k := range t.Keys {
 			served := ""

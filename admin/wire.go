@@ -117,6 +117,8 @@ type RotationPlan struct {
 	RetireNow []string `json:"retire_now,omitempty"`
 	// Blocked says why the rotation could not proceed.
 	Blocked string `json:"blocked,omitempty"`
+	// ServedDoubt says why the served key is not certain.
+	ServedDoubt string `json:"served_doubt,omitempty"`
 }
 
 // Key is a key the state file knows, never its raw value.
@@ -178,6 +180,16 @@ type TargetStatus struct {
 	// SharesClientWith names the targets on the same Codat client, as
 	// the keys recorded for each show.
 	SharesClientWith []string `json:"shares_client_with,omitempty"`
+	// CapNote says that max_keys and reserve_slots above are another
+	// target's, stricter than this one's own (targets on one client
+	// share the strictest cap).
+	CapNote string `json:"cap_note,omitempty"`
+	// ServedDoubt says why the key Vault serves is not certain: every
+	// key that may be it is kept.
+	ServedDoubt string `json:"served_doubt,omitempty"`
+	// Unclaimed says why the owner could not be recorded in the secret's
+	// metadata: the protection against a second daemon is off.
+	Unclaimed string `json:"owner_unrecorded,omitempty"`
 	// WaitingSince is when the target, due, began to wait for a slot of
 	// max_concurrent_rotations; nil when it is not waiting.
 	WaitingSince *time.Time `json:"waiting_for_slot_since,omitempty"`
@@ -210,6 +222,8 @@ type TargetKeys struct {
 	SharesClientWith []string `json:"shares_client_with,omitempty"`
 	MaxKeys          int      `json:"max_keys,omitempty"`
 	ReserveSlots     int      `json:"reserve_slots,omitempty"`
+	// ServedDoubt says why the key Vault serves is not certain.
+	ServedDoubt string `json:"served_doubt,omitempty"`
 }
 
 // KeyEntry is one key at Codat.
@@ -321,7 +335,7 @@ func planOf(p rotation.Plan) *RotationPlan {
 	return &RotationPlan{Journal: journalOf(p.Journal), Bootstrap: p.Bootstrap, ServedKeyID: p.ServedKeyID,
 		CodatKeys: p.CodatKeys, Foreign: p.Foreign, Limit: p.Limit, NewKeyName: p.NewKeyName,
 		Orphans: append([]string{}, p.Orphans...), MakeRoom: keysOf(p.MakeRoom), Retire: keysOf(p.Retire),
-		Revoke: p.Revoke, RetireNow: p.RetireNow, Blocked: p.Blocked}
+		Revoke: p.Revoke, RetireNow: p.RetireNow, Blocked: p.Blocked, ServedDoubt: p.ServedDoubt}
 }
 
 func keyStatusOf(k store.Key) KeyStatus {
@@ -340,6 +354,7 @@ func targetStatusOf(t rotation.Target, st store.Target, next, now time.Time) Tar
 		KeysUsed: st.CodatKeys, MaxKeys: t.MaxKeys, ReserveSlots: t.ReserveSlots,
 		Halted: st.Halted, HaltReason: st.HaltReason, Journal: journalOf(st.Journal),
 		Blocked: st.Blocked, BlockedSince: timePtr(st.BlockedAt),
+		ServedDoubt: st.ServedDoubt, Unclaimed: st.Unclaimed,
 	}
 	if s.Current != nil {
 		k := keyStatusOf(*s.Current)

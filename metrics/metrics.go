@@ -180,6 +180,7 @@ type stateCollector struct {
 	next    func(target string) time.Time
 
 	lastSuccess, nextRotation, keys, maxKeys, freeSlots, halted, blocked, journal, interval *prometheus.Desc
+	unclaimed, doubt                                                                        *prometheus.Desc
 }
 
 func newStateCollector(load func(string) (store.Target, error), targets func() []rotation.Target, next func(string) time.Time) *stateCollector {
@@ -197,11 +198,13 @@ func newStateCollector(load func(string) (store.Target, error), targets func() [
 		blocked:      d("blocked", "1 when another codat-rotator's state file owns the target: it rotates nothing until `codat-rotator takeover`."),
 		journal:      d("rotation_in_flight", "1 while a rotation's journal is open (a crash left one if it stays)."),
 		interval:     d("schedule_interval_seconds", "Shortest time between two scheduled rotations: no success for twice this means runs were missed."),
+		unclaimed:    d("owner_unrecorded", "1 when the last publish could not record this state file as the secret's owner (no patch on the metadata path): nothing stops a second daemon on the target."),
+		doubt:        d("served_key_in_doubt", "1 when the key Vault serves cannot be told for sure (key_id and api_key disagree, or api_key matches no known key): every key that may be it is kept."),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.lastSuccess, c.nextRotation, c.keys, c.maxKeys, c.freeSlots, c.halted, c.blocked, c.journal, c.interval} {
+	for _, d := range []*prometheus.Desc{c.lastSuccess, c.nextRotation, c.keys, c.maxKeys, c.freeSlots, c.halted, c.blocked, c.journal, c.interval, c.unclaimed, c.doubt} {
 		ch <- d
 	}
 }
@@ -238,6 +241,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.halted, prometheus.GaugeValue, b2f(st.Halted), t.Name)
 		ch <- prometheus.MustNewConstMetric(c.blocked, prometheus.GaugeValue, b2f(st.Blocked != ""), t.Name)
 		ch <- prometheus.MustNewConstMetric(c.journal, prometheus.GaugeValue, b2f(st.Journal != nil), t.Name)
+		ch <- prometheus.MustNewConstMetric(c.unclaimed, prometheus.GaugeValue, b2f(st.Unclaimed != ""), t.Name)
+		ch <- prometheus.MustNewConstMetric(c.doubt, prometheus.GaugeValue, b2f(st.ServedDoubt != ""), t.Name)
 	}
 }
 

@@ -94,6 +94,13 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 			a.Close()
 			return nil, err
 		}
+		a.engine.Salt = db.Salt()
+	}
+	// Every target's cap and recorded keys, so targets sharing a Codat
+	// client agree on the strictest cap from the first rotation.
+	if err := a.engine.Know(a.allTargets()...); err != nil {
+		a.Close()
+		return nil, err
 	}
 	return a, nil
 }
@@ -105,8 +112,12 @@ func owner(db *store.DB) (rotation.Owner, error) {
 	if err != nil {
 		return rotation.Owner{}, fmt.Errorf("read the state file's identity: %w", err)
 	}
+	inc, err := db.Incarnation()
+	if err != nil {
+		return rotation.Owner{}, err
+	}
 	host, _ := os.Hostname()
-	return rotation.Owner{ID: id, Host: host}, nil
+	return rotation.Owner{ID: id, Host: host, Incarnation: inc, Known: db.KnownIncarnation}, nil
 }
 
 // codat is the engine's CodatFactory: the target's client with key.
@@ -158,6 +169,11 @@ func (a *app) setTargetList(targets []rotation.Target) {
 	a.mu.Lock()
 	a.targets = targets
 	a.mu.Unlock()
+	if a.engine != nil {
+		if err := a.engine.Know(targets...); err != nil {
+			a.log.Warn("read the reloaded targets' recorded keys", "error", err)
+		}
+	}
 }
 
 // useClient installs the Codat client the named target's next runs use.
@@ -199,6 +215,9 @@ func (noState) Update(string, func(*store.Target) error) error {
 }
 func (noState) Finish(string, func(*store.Target) error, store.Rotation) error {
 	return errors.New("no state file: read-only")
+}
+func (noState) Claims(string, string, []string) (store.Claims, error) {
+	return store.Claims{}, nil
 }
 
 func (a *app) Close() error {

@@ -365,8 +365,11 @@ func (c *checkCommand) Run(ctx context.Context) error {
 	eng := &rotation.Engine{Vault: adapt.Vault(c.app.vault), Codat: c.app.codat}
 	switch db, err := store.Open(cfg.StatePath, store.Options{ReadOnly: true}); {
 	case err == nil:
+		// The state file, read-only, tells the served key by its
+		// fingerprints (and the owner): kept open for the checks.
+		defer db.Close()
 		eng.Owner, err = owner(db)
-		db.Close()
+		eng.Store, eng.Salt = db, db.Salt()
 		if err != nil {
 			line(false, "state file", err.Error())
 			break
