@@ -174,6 +174,20 @@ const (
 	stepMigrate   = "migrate"
 	stepStateLoss = "state-loss"
 	stepRestore   = "state-restore"
+	// The identity families (docs/design.md#key-names, #served-by-value,
+	// #shared-keys): a second deployment (its own state file and path)
+	// on the same client, with the same target name or another; one
+	// target's secret copied into the other's path, and fixed later; an
+	// operator's patch of api_key alone (a hand rollback) or with a wrong
+	// key_id; the target renamed in the config; the secret's metadata
+	// deleted and rewritten by hand (versions restart); a copy of the
+	// state file running beside the original.
+	stepNeighbour  = "neighbour"
+	stepCopySecret = "secret-copy"
+	stepPatch      = "operator-patch"
+	stepRename     = "rename"
+	stepMetaDelete = "metadata-delete"
+	stepStateCopy  = "state-copy"
 )
 
 // chaosRun is one schedule.
@@ -230,6 +244,30 @@ type chaosRun struct {
 	recoverable map[string]bool // keys the last takeover could attribute to the target
 	nevents     int             // emulator events already attributed
 	initial     string          // the emulator's initial key: the target's bootstrap key
+
+	vbase  int             // versions of the secret before its metadata was last deleted
+	nb     *chaosNeighbour // a second deployment on the same client, in some schedules
+	copied *chaosCopy      // a secret copied into another target's path, not yet fixed
+	tags   map[string]bool // every tag the target's keys were made with
+}
+
+// chaosNeighbour is a second deployment: its own state file, its own
+// path, its own target (named as the first one, or not), on the same
+// Codat client. It starts from a key made in the Portal.
+type chaosNeighbour struct {
+	target   rotation.Target
+	db       *store.DB
+	dbPath   string
+	bootID   string
+	versions []chaosVersion
+}
+
+// chaosCopy is a secret an operator copied from one target's path into
+// the other's: the victim's path serves the other target's key.
+type chaosCopy struct {
+	victim rotation.Target
+	// before is what the victim's path served before the copy.
+	before chaosVersion
 }
 
 // chaosSibling is a second target on the same Codat client: another
@@ -240,11 +278,17 @@ type chaosSibling struct {
 	path     string
 	bootID   string
 	versions []chaosVersion
+	opWrites map[int]chaosVersion
 }
 
 type chaosVersion struct {
 	keyID, apiKey string
 	rotatedAt     time.Time
+	// copied: an operator copied another target's secret here. The
+	// daemon keeps the key while the copy is served, but the copy's
+	// consumers are the operator's to move: no grace is owed to them
+	// once the copy is replaced, and the key stays its owner's.
+	copied bool
 }
 
 // chaosGrace is a grace in force from a time on (a reload changes it).
@@ -285,7 +329,7 @@ func newChaosRun(sh *chaosShared, seed uint64) *chaosRun {
 		raw:   &rawKeys{},
 		stats: map[string]int{}, reported: map[string]bool{},
 		portal: map[string]bool{}, portalRaw: map[string]string{}, adopted: map[string]bool{}, portalDeleted: map[string]bool{}, revoked: map[string]bool{}, exempt: map[string]bool{},
-		opWrites: map[int]chaosVersion{}, graces: []chaosGrace{{from: sh.start, grace: grace}},
+		opWrites: map[int]chaosVersion{}, graces: []chaosGrace{{from: sh.start, grace: grace}}, tags: map[string]bool{},
 	}
 }
 
@@ -366,13 +410,36 @@ func (s *chaosRun) setup() error {
 		}
 		s.raw.add(raw)
 		s.adopted[id] = true // published by its own target, not a person's spare
-		sib := &chaosSibling{target: s.target, path: s.path + "-b", bootID: id}
+		sib := &chaosSibling{target: s.target, path: s.path + "-b", bootID: id, opWrites: map[int]chaosVersion{}}
 		sib.target.Name, sib.target.Vault.Path = chaosTarget+"-b", sib.path
 		sib.target.Bootstrap = func() (codat.Secret, error) { return codat.Secret(raw), nil }
 		s.sib = sib
 		s.stats["shared-client"]++
 	}
 	s.otherPath = filepath.Join(s.sh.dir, fmt.Sprintf("s%d-other.db", s.seed))
+	if s.rng.IntN(3) == 0 {
+		// A second deployment on the same client: half the time with the
+		// same target name (two clusters from one base, a migration).
+		id, raw, err := emu.AddPortalKey("given to the second deployment")
+		if err != nil {
+			return err
+		}
+		s.raw.add(raw)
+		s.adopted[id] = true
+		nb := &chaosNeighbour{target: s.target, bootID: id, dbPath: filepath.Join(s.sh.dir, fmt.Sprintf("s%d-nb.db", s.seed))}
+		nb.target.Vault.Path = s.path + "-n"
+		if s.rng.IntN(2) == 0 {
+			nb.target.Name = chaosTarget + "-n"
+		} else {
+			s.stats["neighbour-same-name"]++
+		}
+		nb.target.Bootstrap = func() (codat.Secret, error) { return codat.Secret(raw), nil }
+		if nb.db, err = store.Open(nb.dbPath, store.Options{}); err != nil {
+			return err
+		}
+		s.nb = nb
+		s.stats["neighbour"]++
+	}
 	return nil
 }
 
@@ -405,6 +472,13 @@ func (s *chaosRun) teardown() {
 		_ = s.otherDB.Close()
 	}
 	_ = os.Remove(s.otherPath)
+	if s.nb != nil {
+		if s.nb.db != nil {
+			_ = s.nb.db.Close()
+		}
+		_ = os.Remove(s.nb.dbPath)
+		_ = s.sh.root.KVv2(s.sh.mount).DeleteMetadata(context.Background(), s.nb.target.Vault.Path)
+	}
 	if s.sib != nil {
 		_ = s.sh.root.KVv2(s.sh.mount).DeleteMetadata(context.Background(), s.sib.path)
 	}
@@ -435,8 +509,10 @@ func (s *chaosRun) newEngine(c *crasher) *rotation.Engine {
 func (s *chaosRun) engineOn(db *store.DB, c *crasher) *rotation.Engine {
 	sleeps := &sleepRecorder{}
 	id, _ := db.Identity()
+	inc, _ := db.Incarnation()
 	eng := &rotation.Engine{
-		Owner:  rotation.Owner{ID: id, Host: "chaos"},
+		Owner:  rotation.Owner{ID: id, Host: "chaos", Incarnation: inc, Known: db.KnownIncarnation},
+		Salt:   db.Salt(),
 		Store:  db,
 		Vault:  adapt.Vault(s.vault),
 		Codat:  func(_ string, key codat.Secret) rotation.Codat { return adapt.Codat(s.client.WithKey(key)) },
@@ -456,7 +532,54 @@ func (s *chaosRun) engineOn(db *store.DB, c *crasher) *rotation.Engine {
 		}
 		eng.Vault = &crashingVault{inner: adapt.Vault(s.vault), c: c}
 	}
+	// A process knows every target of its config (the daemon, a CLI).
+	if db != nil && (s.nb == nil || db != s.nb.db) {
+		_ = eng.Know(s.targets()...)
+	}
 	return eng
+}
+
+// names is how the named target names its keys: with the tag its state
+// holds, or the one its secret's metadata records (a state file that
+// lost it takes that one back).
+func (s *chaosRun) names(target string) rotation.Names {
+	tg := s.target
+	path := s.path
+	if s.sib != nil && target == s.sib.target.Name {
+		tg, path = s.sib.target, s.sib.path
+	}
+	tags := map[string]bool{}
+	if s.db != nil {
+		if st, err := s.db.Load(target); err == nil && st.Tag != "" {
+			tags[st.Tag] = true
+		}
+	}
+	if md, err := s.sh.root.KVv2(s.sh.mount).GetMetadata(context.Background(), path); err == nil {
+		if tag, _ := md.CustomMetadata[rotation.MetadataKeyTag].(string); tag != "" {
+			tags[tag] = true
+		}
+	}
+	if target == s.target.Name {
+		for tag := range tags {
+			s.tags[tag] = true
+		}
+	}
+	for tag := range tags {
+		return rotation.NamesOf(tg, tag)
+	}
+	return rotation.NamesOf(tg, "")
+}
+
+// own reports whether name is in the shape of a key the target made,
+// under any tag it has had (a lost state file's, a renamed target's).
+func (s *chaosRun) own(name string) bool {
+	s.names(s.target.Name) // picks up the current tag
+	for tag := range s.tags {
+		if rotation.NamesOf(s.target, tag).Own(name) {
+			return true
+		}
+	}
+	return false
 }
 
 // restart reopens the state file, as a new process would after a crash.
@@ -492,9 +615,24 @@ func (s *chaosRun) run() {
 		}
 	}
 	// Convergence: with the faults gone, an operator's manual rotation
-	// finishes whatever is left and leaves no journal and no orphan.
+	// finishes whatever is left and leaves no journal and no orphan. A
+	// secret copied into another target's path is fixed first, as the
+	// refusal told the operator to.
 	s.step, s.stepDesc = steps+1, "final clean rotate"
+	if s.copied != nil {
+		victim := s.copied.victim
+		if err := s.fixCopy(context.Background()); err != nil {
+			s.violations = append(s.violations, "harness: fix the copied secret: "+err.Error())
+			return
+		}
+		// The victim's next look sees its own key again and lets the
+		// other target's go (after a grace).
+		vres, verr := s.newEngine(nil).Rotate(context.Background(), victim, rotation.Options{Manual: true})
+		s.record(vres, verr)
+		s.note("  after fixing the copy, %s: err=%v", victim.Name, verr)
+	}
 	s.stepBegin(false)
+	s.front.setRoutine(true, s.reserve())
 	res, err := s.newEngine(nil).Rotate(context.Background(), s.target, rotation.Options{Manual: true})
 	s.record(res, err)
 	s.note("step %d: %s: err=%v", s.step, s.stepDesc, err)
@@ -536,6 +674,17 @@ func (s *chaosRun) run() {
 			s.violate("a clean manual rotation of %s after the chaos failed: %v", s.sib.target.Name, serr)
 		}
 	}
+	if s.nb != nil {
+		s.front.setRoutine(true, s.nb.target.ReserveSlots)
+		eng := s.engineOn(s.nb.db, nil)
+		_ = eng.Know(s.nb.target)
+		nres, nerr := eng.Rotate(context.Background(), s.nb.target, rotation.Options{Manual: true})
+		s.record(nres, nerr)
+		s.note("  neighbour %s: err=%v", s.nb.target.Name, nerr)
+		if nerr != nil && !errors.Is(nerr, rotation.ErrNoRoom) && !(len(s.nb.versions) == 0 && s.omitRaw) {
+			s.violate("a clean manual rotation of the neighbour after the chaos failed: %v", nerr)
+		}
+	}
 	s.stepEnd()
 	s.check(err == nil, false)
 	if err == nil || errors.Is(err, rotation.ErrNoRoom) {
@@ -547,13 +696,13 @@ func (s *chaosRun) run() {
 // checkNothingForeign: after the final rotation, no key the target made,
 // nor one a takeover could attribute to it, is left foreign in its state.
 func (s *chaosRun) checkNothingForeign() {
-	st, err := s.db.Load(chaosTarget)
+	st, err := s.db.Load(s.target.Name)
 	if err != nil {
 		s.violations = append(s.violations, "harness: load state: "+err.Error())
 		return
 	}
 	for _, k := range s.emu.Keys() {
-		if k.Deleted != nil || !(s.recoverable[k.ID] || rotation.NamesOf(s.target).Own(k.Name)) {
+		if k.Deleted != nil || !(s.recoverable[k.ID] || s.own(k.Name)) {
 			continue
 		}
 		if rec := st.Key(k.ID); rec == nil || !rec.Origin.Managed() {
@@ -567,13 +716,18 @@ func (s *chaosRun) checkNothingForeign() {
 func (s *chaosRun) runStep() bool {
 	ctx := context.Background()
 	r := s.rng
-	sibW := 0
+	sibW, nbW := 0, 0
 	if s.sib != nil {
 		sibW = 1
 	}
+	if s.nb != nil {
+		nbW = 1
+	}
 	kind := chaosPick(r, []string{stepRotate, stepEmergency, stepRetire, stepJump, stepPortalAdd, stepPortalDel, stepResume, stepOperator, stepRollback, stepReload,
-		stepSibling, stepConcurrent, stepInstance, stepMigrate, stepStateLoss, stepRestore},
-		[]int{30, 9, 14, 20, 10, 7, 4, 5, 4, 4, 14 * sibW, 6 * sibW, 4, 2, 3, 6})
+		stepSibling, stepConcurrent, stepInstance, stepMigrate, stepStateLoss, stepRestore,
+		stepNeighbour, stepCopySecret, stepPatch, stepRename, stepMetaDelete, stepStateCopy},
+		[]int{30, 9, 14, 20, 10, 7, 4, 5, 4, 4, 14 * sibW, 6 * sibW, 4, 2, 3, 6,
+			12 * nbW, 4 * sibW, 5, 2, 2, 3})
 	s.stepDesc = kind
 	s.stats["step:"+kind]++
 	switch kind {
@@ -694,8 +848,12 @@ func (s *chaosRun) runStep() bool {
 		s.target.Grace = g
 		s.target.ReserveSlots = 1 + r.IntN(2)
 		if s.sib != nil {
-			// Targets on one client share the cap: they get one reserve.
-			s.sib.target.Grace, s.sib.target.ReserveSlots = g, s.target.ReserveSlots
+			// Targets on one client share the cap; their reserves may
+			// differ, and the strictest applies to both.
+			s.sib.target.Grace, s.sib.target.ReserveSlots = g, 1+r.IntN(2)
+			if s.sib.target.ReserveSlots != s.target.ReserveSlots {
+				s.stats["unequal-reserves"]++
+			}
 		}
 		s.graces = append(s.graces, chaosGrace{from: s.clock.Now(), grace: g})
 		s.stepDesc = fmt.Sprintf("%s grace=%s reserve=%d", kind, g, s.target.ReserveSlots)
@@ -713,6 +871,18 @@ func (s *chaosRun) runStep() bool {
 		return s.instanceStep(ctx)
 	case stepMigrate, stepStateLoss, stepRestore:
 		return s.stateStep(ctx, kind)
+	case stepNeighbour:
+		return s.neighbourStep(ctx)
+	case stepCopySecret:
+		return s.copySecretStep(ctx)
+	case stepPatch:
+		return s.patchStep(ctx)
+	case stepRename:
+		return s.renameStep()
+	case stepMetaDelete:
+		return s.metaDeleteStep(ctx)
+	case stepStateCopy:
+		return s.stateCopyStep(ctx)
 	}
 
 	// An action: draw its options, faults and crash point.
@@ -762,7 +932,7 @@ func (s *chaosRun) runStep() bool {
 		return false
 	}
 	s.proxy.arm(vrate, vkinds, casBump)
-	s.front.setRoutine(!opts.Emergency)
+	s.front.setRoutine(!opts.Emergency, s.reserve())
 
 	var err error
 	crashed := false
@@ -827,8 +997,9 @@ func (s *chaosRun) runStep() bool {
 	}
 
 	// A backup taken now may hold the journal a crash left: restoring it
-	// later brings back a rotation the world has moved past.
-	if crashed && s.snapshot == nil && r.IntN(3) == 0 {
+	// later brings back a rotation the world has moved past. Backups are
+	// also taken at any other point.
+	if s.snapshot == nil && ((crashed && r.IntN(3) == 0) || r.IntN(10) == 0) {
 		if err := s.takeSnapshot(); err != nil {
 			s.violations = append(s.violations, "harness: snapshot: "+err.Error())
 			return false
@@ -849,7 +1020,7 @@ func (s *chaosRun) runStep() bool {
 func (s *chaosRun) concurrentStep(ctx context.Context) bool {
 	s.note("step %d: %s", s.step, s.stepDesc)
 	s.stepBegin(false)
-	s.front.setRoutine(true)
+	s.front.setRoutine(true, s.reserve())
 	eng := s.newEngine(nil)
 	targets := []rotation.Target{s.target, s.sib.target}
 	results := make([]rotation.Result, len(targets))
@@ -890,6 +1061,20 @@ func (s *chaosRun) owner(ctx context.Context, path string) (string, error) {
 	}
 	id, _ := md.CustomMetadata[rotation.MetadataOwner].(string)
 	return id, nil
+}
+
+// ownerInc is the owner and incarnation recorded in the secret at path.
+func (s *chaosRun) ownerInc(ctx context.Context, path string) (string, string, error) {
+	md, err := s.sh.root.KVv2(s.sh.mount).GetMetadata(ctx, path)
+	if errors.Is(err, api.ErrSecretNotFound) {
+		return "", "", nil
+	}
+	if err != nil {
+		return "", "", err
+	}
+	id, _ := md.CustomMetadata[rotation.MetadataOwner].(string)
+	inc, _ := md.CustomMetadata[rotation.MetadataIncarnation].(string)
+	return id, inc, nil
 }
 
 // openOther opens the second instance's state file.
@@ -943,7 +1128,7 @@ func (s *chaosRun) instanceStep(ctx context.Context) bool {
 		ids, err = eng.RetireDue(ctx, s.target)
 		s.record(ids, err)
 		if err == nil && len(ids) == 0 {
-			st, _ := s.otherDB.Load(chaosTarget)
+			st, _ := s.otherDB.Load(s.target.Name)
 			if due, _ := rotation.Due(st, s.clock.Now()); len(due) == 0 {
 				err = rotation.ErrNotOwner // nothing due: it reads nothing and changes nothing
 			}
@@ -957,7 +1142,10 @@ func (s *chaosRun) instanceStep(ctx context.Context) bool {
 		}
 	}
 	s.note("  err=%v", err)
-	if !errors.Is(err, rotation.ErrNotOwner) {
+	// Its own state may stop it sooner (halted, or a journal of a run
+	// from before a migration): a refusal too; what it changed is
+	// checked below.
+	if !errors.Is(err, rotation.ErrNotOwner) && !errors.Is(err, rotation.ErrHalted) && !(err != nil && strings.Contains(err.Error(), "rotate first")) {
 		s.violate("a second instance was not refused the target another state file owns: %s: %v", what, err)
 	}
 	for _, ev := range s.emu.Events(seq + 1) {
@@ -1001,6 +1189,12 @@ func (s *chaosRun) stateStep(ctx context.Context, kind string) bool {
 			return fail(err)
 		}
 		s.db = db
+		if md, err := s.sh.root.KVv2(s.sh.mount).GetMetadata(ctx, s.path); err != nil || md.CustomMetadata[rotation.MetadataKeyTag] == nil {
+			// The state and the metadata that held the tag are both
+			// gone (a metadata delete before): keys of the old tag
+			// cannot be told apart from anyone's, and stay foreign.
+			s.tags = map[string]bool{}
+		}
 	case stepRestore:
 		if err := s.db.Close(); err != nil {
 			return fail(err)
@@ -1030,17 +1224,19 @@ func (s *chaosRun) stateStep(ctx context.Context, kind string) bool {
 	mine, _ := s.db.Identity()
 	eng := s.newEngine(nil)
 	for _, tg := range s.targets() {
-		owner, err := s.owner(ctx, tg.Vault.Path)
+		owner, inc, err := s.ownerInc(ctx, tg.Vault.Path)
 		if err != nil {
 			return fail(err)
 		}
-		if owner == "" || owner == mine {
+		// Another state file's, or a process this file never was (a
+		// backup restored): the error says to run takeover.
+		if owner == "" || (owner == mine && (inc == "" || s.db.KnownIncarnation(inc))) {
 			continue
 		}
 		tk, err := eng.Takeover(ctx, tg)
 		s.record(tk, err)
 		s.note("  takeover %s: rebuilt %d, foreign %d, err=%v", tg.Name, len(tk.Rebuilt), len(tk.Foreign), err)
-		if errors.Is(err, rotation.ErrServedUnknown) && tg.Name == chaosTarget && len(s.versions) > 0 {
+		if errors.Is(err, rotation.ErrServedUnknown) && tg.Name == s.target.Name && len(s.versions) > 0 {
 			// A secret written by hand without key_id, and a listing
 			// without raw keys: the error says to add the key_id.
 			cur := s.versions[len(s.versions)-1]
@@ -1052,12 +1248,29 @@ func (s *chaosRun) stateStep(ctx context.Context, kind string) bool {
 			s.record(tk, err)
 			s.note("  after adding key_id: takeover %s: err=%v", tg.Name, err)
 		}
+		if errors.Is(err, rotation.ErrKeyShared) && s.copied != nil {
+			// One of the two secrets is a copy of the other: the error
+			// says to give the copy's target a key of its own. When the
+			// copy's target was taken over first, it looks again once
+			// fixed, and lets the key go.
+			victim := s.copied.victim
+			if ferr := s.fixCopy(ctx); ferr != nil {
+				return fail(ferr)
+			}
+			if victim.Name != tg.Name {
+				_, verr := eng.Takeover(ctx, victim)
+				s.note("  after fixing the copy: takeover %s again: err=%v", victim.Name, verr)
+			}
+			tk, err = eng.Takeover(ctx, tg)
+			s.record(tk, err)
+			s.note("  after fixing the copy: takeover %s: err=%v", tg.Name, err)
+		}
 		if err != nil {
 			s.violate("takeover of %s failed with every fault off: %v", tg.Name, err)
 			continue
 		}
 		s.stats["takeover"]++
-		if tg.Name == chaosTarget {
+		if tg.Name == s.target.Name {
 			s.recoverable = s.attributable(ctx)
 		}
 	}
@@ -1079,6 +1292,20 @@ func (s *chaosRun) takeSnapshot() error {
 	return rerr
 }
 
+// reserve is the reserve the daemon keeps on the client: the strictest
+// of its targets there (docs/design.md#shared-clients).
+func (s *chaosRun) reserve() int {
+	r := s.target.ReserveSlots
+	if s.sib != nil {
+		// Once the sibling has a state, the daemon knows it shares the
+		// client (its recorded keys are among the target's listing).
+		if st, err := s.db.Load(s.sib.target.Name); err == nil && len(st.Keys) > 0 {
+			r = max(r, s.sib.target.ReserveSlots)
+		}
+	}
+	return r
+}
+
 // targets are the targets of this schedule.
 func (s *chaosRun) targets() []rotation.Target {
 	if s.sib != nil {
@@ -1095,7 +1322,7 @@ func (s *chaosRun) attributable(ctx context.Context) map[string]bool {
 	kv := s.sh.root.KVv2(s.sh.mount)
 	if list, err := kv.GetVersionsAsList(ctx, s.path); err == nil {
 		for _, v := range list {
-			if v.Destroyed || !v.DeletionTime.IsZero() || v.Version > len(s.versions) {
+			if v.Destroyed || !v.DeletionTime.IsZero() || s.vbase+v.Version > len(s.versions) {
 				continue
 			}
 			// A version written by hand without key_id names its key
@@ -1105,12 +1332,12 @@ func (s *chaosRun) attributable(ctx context.Context) map[string]bool {
 				continue
 			}
 			if id, _ := sec.Data[vault.FieldKeyID].(string); id != "" || !s.omitRaw {
-				out[s.versions[v.Version-1].keyID] = true
+				out[s.versions[s.vbase+v.Version-1].keyID] = true
 			}
 		}
 	}
 	for _, k := range s.emu.Keys() {
-		if rotation.NamesOf(s.target).Own(k.Name) {
+		if s.own(k.Name) {
 			out[k.ID] = true
 		}
 	}
@@ -1273,8 +1500,8 @@ func (s *chaosRun) check(clean, passive bool) {
 		}
 		if c.before >= chaosMaxKeys {
 			s.violate("I1: a key was created while codat held %d keys", c.before)
-		} else if c.routine && c.before >= chaosMaxKeys-s.target.ReserveSlots {
-			s.violate("I1: a routine rotation created a key while codat held %d keys (max %d, reserve %d)", c.before, chaosMaxKeys, s.target.ReserveSlots)
+		} else if c.routine && c.before >= chaosMaxKeys-c.reserve {
+			s.violate("I1: a routine rotation created a key while codat held %d keys (max %d, reserve %d)", c.before, chaosMaxKeys, c.reserve)
 		}
 	}
 
@@ -1298,6 +1525,9 @@ func (s *chaosRun) check(clean, passive bool) {
 	if s.sib != nil {
 		s.checkSecret(ctx, s.sib.target.Name+": ", s.sib.versions, keys, active)
 	}
+	if s.nb != nil {
+		s.checkSecret(ctx, "neighbour "+s.nb.target.Name+": ", s.nb.versions, keys, active)
+	}
 	s.checkOwnKeys(keys)
 
 	// I6: Portal keys go only by the harness or an explicit revoke.
@@ -1307,7 +1537,7 @@ func (s *chaosRun) check(clean, passive bool) {
 		}
 	}
 
-	st, err := s.db.Load(chaosTarget)
+	st, err := s.db.Load(s.target.Name)
 	if err != nil {
 		s.violations = append(s.violations, fmt.Sprintf("step %d: harness: load state: %v", s.step, err))
 		return
@@ -1327,7 +1557,7 @@ func (s *chaosRun) check(clean, passive bool) {
 			}
 		}
 		for id, k := range active {
-			if rotation.NamesOf(s.target).Own(k.Name) && !known[id] {
+			if s.own(k.Name) && !known[id] {
 				s.violate("I5: codat holds key %s named %q, unknown to the state", id, k.Name)
 			}
 		}
@@ -1377,6 +1607,9 @@ func (s *chaosRun) checkSecret(ctx context.Context, label string, versions []cha
 			s.violate("%sI3: key %s was deleted at %s while vault still served it", label, k.ID, rfc3339(*k.Deleted))
 			continue
 		}
+		if versions[last].copied {
+			continue
+		}
 		succ := versions[last+1]
 		g := s.graceBetween(succ.rotatedAt, *k.Deleted)
 		if k.Deleted.Before(succ.rotatedAt.Add(g)) {
@@ -1389,16 +1622,37 @@ func (s *chaosRun) checkSecret(ctx context.Context, label string, versions []cha
 // keyOwner says which target a key belongs to: one whose name carries
 // its tag, its bootstrap key, or one its secret served; "" for others.
 func (s *chaosRun) keyOwner(id, name string) string {
-	served := func(vs []chaosVersion) bool {
-		return slices.ContainsFunc(vs, func(v chaosVersion) bool { return v.keyID == id })
-	}
-	switch {
-	case s.sib != nil && (rotation.NamesOf(s.sib.target).Own(name) || id == s.sib.bootID || served(s.sib.versions)):
-		return s.sib.target.Name
-	case rotation.NamesOf(s.target).Own(name) || (s.initial != "" && id == s.initial) || served(s.versions):
-		return s.target.Name
+	if o := s.keyOwners(id, name, false); len(o) > 0 {
+		return o[0]
 	}
 	return ""
+}
+
+// keyOwners says which targets a key belongs to: those whose name shape
+// or bootstrap key it is, or whose secret served it; with copies, also
+// those whose secret served it as a copy of another's (the key then
+// authenticates as that target's credential too).
+func (s *chaosRun) keyOwners(id, name string, copies bool) []string {
+	served := func(vs []chaosVersion) bool {
+		return slices.ContainsFunc(vs, func(v chaosVersion) bool { return v.keyID == id && (copies || !v.copied) })
+	}
+	var out []string
+	if s.nb != nil && (s.nbOwn(name) || id == s.nb.bootID || served(s.nb.versions)) {
+		out = append(out, "neighbour "+s.nb.target.Name)
+	}
+	if s.sib != nil && (s.names(s.sib.target.Name).Own(name) || id == s.sib.bootID || served(s.sib.versions)) {
+		out = append(out, s.sib.target.Name)
+	}
+	if s.own(name) || (s.initial != "" && id == s.initial) || served(s.versions) {
+		out = append(out, s.target.Name)
+	}
+	return out
+}
+
+// nbOwn reports whether name is in the neighbour's own shape.
+func (s *chaosRun) nbOwn(name string) bool {
+	st, err := s.nb.db.Load(s.nb.target.Name)
+	return err == nil && rotation.NamesOf(s.nb.target, st.Tag).Own(name)
 }
 
 // checkOwnKeys: a delete at Codat is made with a credential of the
@@ -1419,9 +1673,9 @@ func (s *chaosRun) checkOwnKeys(keys []emulator.KeyRecord) {
 			continue
 		}
 		id := ev.Path[strings.LastIndex(ev.Path, "/")+1:]
-		owner, by := s.keyOwner(id, names[id]), s.keyOwner(ev.KeyID, names[ev.KeyID])
-		if owner != "" && by != "" && owner != by {
-			s.violate("target %s deleted key %s (%q), which belongs to target %s", by, id, names[id], owner)
+		owners, by := s.keyOwners(id, names[id], true), s.keyOwners(ev.KeyID, names[ev.KeyID], true)
+		if len(owners) > 0 && len(by) > 0 && !slices.ContainsFunc(by, func(b string) bool { return slices.Contains(owners, b) }) {
+			s.violate("target %v deleted key %s (%q), which belongs to target %v", by, id, names[id], owners)
 		}
 	}
 }
@@ -1429,16 +1683,24 @@ func (s *chaosRun) checkOwnKeys(keys []emulator.KeyRecord) {
 // readVersions reads the versions of the secrets written since the last call.
 func (s *chaosRun) readVersions(ctx context.Context) error {
 	if s.sib != nil {
-		if err := s.readVersionsOf(ctx, s.sib.path, &s.sib.versions, nil); err != nil {
+		if err := s.readVersionsOf(ctx, s.sib.path, &s.sib.versions, s.sib.opWrites, 0); err != nil {
 			return fmt.Errorf("%s: %w", s.sib.path, err)
 		}
 	}
-	return s.readVersionsOf(ctx, s.path, &s.versions, s.opWrites)
+	if s.nb != nil {
+		if err := s.readVersionsOf(ctx, s.nb.target.Vault.Path, &s.nb.versions, nil, 0); err != nil {
+			return fmt.Errorf("%s: %w", s.nb.target.Vault.Path, err)
+		}
+	}
+	return s.readVersionsOf(ctx, s.path, &s.versions, s.opWrites, s.vbase)
 }
 
 // readVersionsOf appends the versions of the secret at path written
-// since the last call to *versions; opWrites are those an operator wrote.
-func (s *chaosRun) readVersionsOf(ctx context.Context, path string, versions *[]chaosVersion, opWrites map[int]chaosVersion) error {
+// since the last call to *versions; opWrites are those an operator wrote,
+// by their place in *versions (from 1). base is how many versions the
+// path had before its metadata was last deleted: Vault's version v is
+// the base+v-th.
+func (s *chaosRun) readVersionsOf(ctx context.Context, path string, versions *[]chaosVersion, opWrites map[int]chaosVersion, base int) error {
 	kv := s.sh.root.KVv2(s.sh.mount)
 	md, err := kv.GetMetadata(ctx, path)
 	if errors.Is(err, api.ErrSecretNotFound) {
@@ -1447,12 +1709,12 @@ func (s *chaosRun) readVersionsOf(ctx context.Context, path string, versions *[]
 	if err != nil {
 		return err
 	}
-	for v := len(*versions) + 1; v <= md.CurrentVersion; v++ {
+	for v := len(*versions) - base + 1; v <= md.CurrentVersion; v++ {
 		sec, err := kv.GetVersion(ctx, path, v)
 		if err != nil {
 			return fmt.Errorf("version %d: %w", v, err)
 		}
-		if cv, ok := opWrites[v]; ok {
+		if cv, ok := opWrites[base+v]; ok {
 			// Written by hand: perhaps without key_id or rotated_at; the
 			// harness knows what it wrote and when.
 			*versions = append(*versions, cv)
@@ -1529,6 +1791,7 @@ type chaosFront struct {
 
 	mu      sync.Mutex
 	routine bool
+	reserve int
 	creates []chaosCreate
 }
 
@@ -1536,12 +1799,16 @@ type chaosCreate struct {
 	before  int
 	made    bool
 	routine bool
+	reserve int
 }
 
-func (f *chaosFront) setRoutine(routine bool) {
+// setRoutine says whether the creates to come are routine, and the
+// reserve the acting daemon keeps: the strictest of the targets it
+// knows on this client.
+func (f *chaosFront) setRoutine(routine bool, reserve int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.routine = routine
+	f.routine, f.reserve = routine, reserve
 }
 
 func (f *chaosFront) since(n int) []chaosCreate {
@@ -1554,11 +1821,11 @@ func (f *chaosFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost && r.URL.Path == "/apiKeys" {
 		before, made := f.emu.ActiveKeys(), len(f.emu.Keys())
 		f.mu.Lock()
-		routine := f.routine
+		routine, reserve := f.routine, f.reserve
 		f.mu.Unlock()
 		// Deferred: a lost response ends the handler with a panic.
 		defer func() {
-			c := chaosCreate{before: before, made: len(f.emu.Keys()) > made, routine: routine}
+			c := chaosCreate{before: before, made: len(f.emu.Keys()) > made, routine: routine, reserve: reserve}
 			f.mu.Lock()
 			f.creates = append(f.creates, c)
 			f.mu.Unlock()
@@ -1763,6 +2030,6 @@ func (s *chaosRun) operatorWrite(raw, id string, withID bool) error {
 	if sec.VersionMetadata == nil {
 		return fmt.Errorf("vault kv put %s: no version in the answer", s.path)
 	}
-	s.opWrites[sec.VersionMetadata.Version] = chaosVersion{keyID: id, apiKey: raw, rotatedAt: s.clock.Now()}
+	s.opWrites[s.vbase+sec.VersionMetadata.Version] = chaosVersion{keyID: id, apiKey: raw, rotatedAt: s.clock.Now()}
 	return s.readVersions(context.Background())
 }

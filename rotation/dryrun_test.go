@@ -44,7 +44,7 @@ func TestDryRunPredictsTheRotation(t *testing.T) {
 					// that the state does not know.
 					if len(e.activeKeys()) < 9 {
 						raw := codat.Secret(e.mustServe().Data[vault.FieldAPIKey])
-						k, err := e.client.WithKey(raw).Create(context.Background(), rotation.NamesOf(e.target).New(e.clock.Now()))
+						k, err := e.client.WithKey(raw).Create(context.Background(), e.names().New(e.clock.Now()))
 						if err != nil {
 							t.Fatalf("create an orphan: %v", err)
 						}

@@ -212,6 +212,9 @@ const (
 	proxyFailAllAfterWrite
 	// proxyFailAll answers 503 to everything.
 	proxyFailAll
+	// proxyFailMetadata refuses writes of custom metadata with 403, as a
+	// policy without patch on the metadata path does.
+	proxyFailMetadata
 )
 
 // vaultProxy is a reverse proxy in front of the real dev server that
@@ -259,6 +262,15 @@ func (p *vaultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	case proxyFailAll:
 		fail = true
+	case proxyFailMetadata:
+		if r.Method != http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/"+p.mount+"/metadata/") {
+			p.failed++
+			p.mu.Unlock()
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"errors":["1 error occurred:\n\t* permission denied\n\n"]}`))
+			return
+		}
 	}
 	if fail {
 		p.failed++
@@ -379,8 +391,13 @@ func (e *env) newEngine(c *crasher) *rotation.Engine {
 	if err != nil {
 		e.t.Fatalf("state file identity: %v", err)
 	}
+	inc, err := e.db.Incarnation()
+	if err != nil {
+		e.t.Fatalf("state file incarnation: %v", err)
+	}
 	eng := &rotation.Engine{
-		Owner:  rotation.Owner{ID: id, Host: "test-host"},
+		Owner:  rotation.Owner{ID: id, Host: "test-host", Incarnation: inc, Known: e.db.KnownIncarnation},
+		Salt:   e.db.Salt(),
 		Store:  e.db,
 		Vault:  adapt.Vault(e.vault),
 		Codat:  func(_ string, key codat.Secret) rotation.Codat { return adapt.Codat(e.client.WithKey(key)) },
@@ -401,6 +418,16 @@ func (e *env) newEngine(c *crasher) *rotation.Engine {
 		eng.Vault = &crashingVault{inner: adapt.Vault(e.vault), c: c}
 	}
 	return eng
+}
+
+// names is how the target names its keys now: with the tag its state
+// holds (none before its first rotation).
+func (e *env) names() rotation.Names {
+	st, err := e.db.Load(e.target.Name)
+	if err != nil {
+		e.t.Fatalf("load state: %v", err)
+	}
+	return rotation.NamesOf(e.target, st.Tag)
 }
 
 // record keeps what the engine said, for the secrets scan.
@@ -670,7 +697,7 @@ func (e *env) checkInvariants() {
 		e.t.Errorf("state's active keys = %v, want exactly the served key [%s]", activeIDs, servedID)
 	}
 	for id, k := range active {
-		if rotation.NamesOf(e.target).Own(k.Name) && !known[id] {
+		if e.names().Own(k.Name) && !known[id] {
 			e.t.Errorf("I5: codat holds key %s named %q, unknown to the state", id, k.Name)
 		}
 	}

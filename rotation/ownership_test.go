@@ -25,8 +25,13 @@ func (e *env) otherInstance() (*rotation.Engine, *store.DB) {
 	if err != nil || id == "" {
 		e.t.Fatalf("identity of a new state file: %q, %v", id, err)
 	}
+	inc, err := db.Incarnation()
+	if err != nil {
+		e.t.Fatalf("incarnation of a new state file: %v", err)
+	}
 	eng := e.newEngine(nil)
-	eng.Store, eng.Owner = db, rotation.Owner{ID: id, Host: "host-b"}
+	eng.Store, eng.Salt = db, db.Salt()
+	eng.Owner = rotation.Owner{ID: id, Host: "host-b", Incarnation: inc, Known: db.KnownIncarnation}
 	return eng, db
 }
 
@@ -346,6 +351,15 @@ func TestRestoredBackupKeepsAPublishedKey(t *testing.T) {
 	}
 	supersededAt := e.clock.Now()
 	e.clock.Advance(time.Minute)
+	// The process that published after the backup was taken is one the
+	// restored file never was: it is blocked as a copy until the
+	// operator runs takeover, which rebuilds the state from Vault.
+	if _, err := e.rotate(rotation.Options{}); !errors.Is(err, rotation.ErrNotOwner) {
+		t.Fatalf("a restored backup behind a later process's publish: %v, want ErrNotOwner", err)
+	}
+	if _, err := e.engine.Takeover(context.Background(), e.target); err != nil {
+		t.Fatalf("takeover: %v", err)
+	}
 	e.mustRotate(rotation.Options{})
 	if r := e.keyRecord(published); r.Deleted != nil && r.Deleted.Before(supersededAt.Add(grace)) {
 		t.Fatalf("I4: key %s, served until %s, was deleted at %s", published, supersededAt, r.Deleted)

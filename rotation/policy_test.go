@@ -28,28 +28,55 @@ func listing(raw bool, ids ...string) []rotation.Key {
 	return out
 }
 
+// withRaw gives each key its raw value in the listing, as Codat shows
+// them by default.
+func withRaw(keys []rotation.Key) []rotation.Key {
+	for i := range keys {
+		keys[i].APIKey = secret.Value("raw-" + keys[i].ID)
+	}
+	return keys
+}
+
+func rawOf(id string) secret.Value { return secret.Value("raw-" + id) }
+
 func TestFindServed(t *testing.T) {
+	salt := []byte("salt")
+	fp := func(raw string) string { return rotation.Fingerprint(salt, secret.Value(raw)) }
+	// What the daemon knows of the values of a and b: it made or
+	// published them. c is a key made in the Portal.
+	known := rotation.Prints{"a": fp("raw-a"), "b": fp("raw-b")}
 	tests := []struct {
 		name      string
 		keys      []rotation.Key
 		secret    *rotation.Published
+		prints    rotation.Prints
 		wantID    string
 		wantKnown bool
+		doubt     bool
 		may, not  []string
 	}{
-		{"no secret", listing(true, "a"), nil, "", true, nil, []string{"a"}},
-		{"by key_id", listing(true, "a", "b"), &rotation.Published{KeyID: "b", APIKey: "raw-b"}, "b", true, []string{"b"}, []string{"a"}},
-		{"by raw value: a secret written by hand", listing(true, "a", "b"), &rotation.Published{APIKey: "raw-a"}, "a", true, []string{"a"}, []string{"b"}},
-		{"key_id and raw value disagree: both protected", listing(true, "a", "b"), &rotation.Published{KeyID: "b", APIKey: "raw-a"}, "b", true, []string{"a", "b"}, nil},
-		{"no key_id, listing without raw keys, one key", listing(false, "a"), &rotation.Published{APIKey: "raw-a"}, "a", true, []string{"a"}, nil},
-		{"no key_id, listing without raw keys: unknown, every key may be it", listing(false, "a", "b"), &rotation.Published{APIKey: "raw-a"}, "", false, []string{"a", "b"}, nil},
-		{"key_id, listing without raw keys", listing(false, "a", "b"), &rotation.Published{KeyID: "a", APIKey: "raw-a"}, "a", true, []string{"a"}, []string{"b"}},
+		{"no secret", listing(true, "a"), nil, nil, "", true, false, nil, []string{"a"}},
+		{"by key_id and value", listing(true, "a", "b"), &rotation.Published{KeyID: "b", APIKey: "raw-b"}, nil, "b", true, false, []string{"b"}, []string{"a"}},
+		{"by raw value: a secret written by hand", listing(true, "a", "b"), &rotation.Published{APIKey: "raw-a"}, nil, "a", true, false, []string{"a"}, []string{"b"}},
+		{"key_id and raw value disagree: the value is served, both kept", listing(true, "a", "b"), &rotation.Published{KeyID: "b", APIKey: "raw-a"}, nil, "a", true, true, []string{"a", "b"}, nil},
+		{"no key_id, listing without raw keys, one key", listing(false, "a"), &rotation.Published{APIKey: "raw-a"}, nil, "a", true, false, []string{"a"}, nil},
+		{"no key_id, listing without raw keys: unknown, every key may be it", listing(false, "a", "b"), &rotation.Published{APIKey: "raw-a"}, nil, "", false, true, []string{"a", "b"}, nil},
+		{"key_id, blind listing, no fingerprints: key_id taken, every key kept", listing(false, "a", "b"), &rotation.Published{KeyID: "a", APIKey: "raw-a"}, nil, "a", true, true, []string{"a", "b"}, nil},
+		{"blind listing, told by fingerprint", listing(false, "a", "b"), &rotation.Published{KeyID: "a", APIKey: "raw-a"}, known, "a", true, false, []string{"a"}, []string{"b"}},
+		{"blind listing, no key_id, told by fingerprint", listing(false, "a", "b", "c"), &rotation.Published{APIKey: "raw-b"}, known, "b", true, false, []string{"b"}, []string{"a", "c"}},
+		{"hand rollback: key_id b, api_key a's value", listing(false, "a", "b"), &rotation.Published{KeyID: "b", APIKey: "raw-a"}, known, "a", true, true, []string{"a", "b"}, nil},
+		{"wrong key_id added: api_key is a Portal key's", listing(false, "a", "b", "c"), &rotation.Published{KeyID: "a", APIKey: "raw-c"}, known, "c", true, true, []string{"a", "c"}, []string{"b"}},
+		{"wrong key_id, several unknown keys: unknown", listing(false, "a", "b", "c", "d"), &rotation.Published{KeyID: "a", APIKey: "raw-c"}, known, "", false, true, []string{"a", "c", "d"}, []string{"b"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := rotation.FindServed(tt.keys, tt.secret)
-			if got.ID != tt.wantID || got.Known != tt.wantKnown {
-				t.Errorf("FindServed = {ID:%q Known:%v}, want {ID:%q Known:%v}", got.ID, got.Known, tt.wantID, tt.wantKnown)
+			print := ""
+			if tt.secret != nil {
+				print = fp(tt.secret.APIKey.Reveal())
+			}
+			got := rotation.FindServed(tt.keys, tt.secret, tt.prints, print)
+			if got.ID != tt.wantID || got.Known != tt.wantKnown || (got.Doubt != "") != tt.doubt {
+				t.Errorf("FindServed = {ID:%q Known:%v Doubt:%q}, want {ID:%q Known:%v doubt:%v}", got.ID, got.Known, got.Doubt, tt.wantID, tt.wantKnown, tt.doubt)
 			}
 			for _, id := range tt.may {
 				if !got.May(id) {
@@ -66,8 +93,8 @@ func TestFindServed(t *testing.T) {
 }
 
 func TestClassify(t *testing.T) {
-	names := rotation.Names{Prefix: "rot-", Tag: rotation.NameTag("a")}
-	other := rotation.Names{Prefix: "rot-", Tag: rotation.NameTag("b")}
+	names := rotation.Names{Prefix: "rot-", Tag: "aaaaaa"}
+	other := rotation.Names{Prefix: "rot-", Tag: "bbbbbb"}
 	st := store.Target{VaultVersion: 4, Keys: []store.Key{
 		{ID: "made", Origin: store.OriginCreated, State: store.KeyRetiring},
 		{ID: "boot", Origin: store.OriginAdopted, State: store.KeyActive},
@@ -80,8 +107,9 @@ func TestClassify(t *testing.T) {
 		{ID: "legacy", Name: "rot-20261130T120000Z-abc123"},      // the shape before tags: only the state vouches
 		{ID: "served-once", Name: "rot-20261101T120000Z-abc123"}, // named by an earlier version
 	}
-	secret := &rotation.Published{KeyID: "served", PreviousKeyID: "prev"}
-	seen := rotation.See(keys, rotation.Current{Secret: secret, Version: 4})
+	keys = withRaw(keys)
+	secret := &rotation.Published{KeyID: "served", APIKey: rawOf("served"), PreviousKeyID: "prev"}
+	seen := rotation.See(keys, rotation.Current{Secret: secret, Version: 4}, st, nil)
 	seen.History = []rotation.Current{{Secret: &rotation.Published{KeyID: "served-once"}}, {Secret: &rotation.Published{KeyID: "prev"}}, {Secret: secret}}
 	got := rotation.Classify(st, seen, names)
 	want := map[string]rotation.Class{
@@ -108,12 +136,13 @@ func TestClassify(t *testing.T) {
 // key in the target's own shape that no version names may have been
 // served in a version pruned since, so it gets a full grace from now.
 func TestReconcileRebuildsFromHistory(t *testing.T) {
-	names := rotation.Names{Prefix: "rot-", Tag: rotation.NameTag("a")}
+	names := rotation.Names{Prefix: "rot-", Tag: "aaaaaa"}
 	g := 24 * time.Hour
 	keys := []rotation.Key{
 		{ID: "boot", Name: ""}, {ID: "k2", Name: names.New(t0)}, {ID: "k3", Name: names.New(t0)}, {ID: "k4", Name: names.New(t0)},
 		{ID: "pruned", Name: names.New(t0)}, {ID: "portal", Name: "portal"},
 	}
+	keys = withRaw(keys)
 	// Whole seconds, as the secret holds them; Vault's own write times
 	// are exact, and a write lands after rotated_at was taken.
 	history := []rotation.Current{
@@ -123,10 +152,10 @@ func TestReconcileRebuildsFromHistory(t *testing.T) {
 		{Version: 3, Secret: &rotation.Published{KeyID: "k3", RotatedAt: t0.Add(-2 * time.Hour)}},
 		// Written 1.5 s after its rotated_at (a slow write across a
 		// second's end): the grace it granted counts from the write.
-		{Version: 4, Secret: &rotation.Published{KeyID: "k4", RotatedAt: t0.Add(-time.Hour), PreviousKeyID: "k3", PreviousExpiresAt: t0.Add(23 * time.Hour)},
+		{Version: 4, Secret: &rotation.Published{KeyID: "k4", APIKey: rawOf("k4"), RotatedAt: t0.Add(-time.Hour), PreviousKeyID: "k3", PreviousExpiresAt: t0.Add(23 * time.Hour)},
 			Written: t0.Add(-time.Hour + 1500*time.Millisecond)},
 	}
-	seen := rotation.See(keys, history[3])
+	seen := rotation.See(keys, history[3], store.Target{}, nil)
 	seen.History = history
 	var st store.Target
 	orphans := rotation.Reconcile(&st, seen, names, g, t0, "takeover")
@@ -163,7 +192,7 @@ func TestReconcileRebuildsFromHistory(t *testing.T) {
 }
 
 func TestReconcile(t *testing.T) {
-	names := rotation.Names{Prefix: "rot-", Tag: rotation.NameTag("a")}
+	names := rotation.Names{Prefix: "rot-", Tag: "aaaaaa"}
 	st := store.Target{VaultVersion: 1, Keys: []store.Key{
 		{ID: "old", Origin: store.OriginCreated, State: store.KeyActive},
 		{ID: "gone", Origin: store.OriginCreated, State: store.KeyRetiring, DeleteAfter: t0},
@@ -174,8 +203,9 @@ func TestReconcile(t *testing.T) {
 		{ID: "old"}, {ID: "pend"}, {ID: "back"}, {ID: "new", Name: "x"},
 		{ID: "orphan", Name: names.New(t0)}, {ID: "portal", Name: "rot-mine"},
 	}
-	secret := &rotation.Published{KeyID: "new", RotatedAt: t0.Add(-time.Minute)}
-	orphans := rotation.Reconcile(&st, rotation.See(keys, rotation.Current{Secret: secret, Version: 1}), names, time.Hour, t0, "r-1")
+	keys = withRaw(keys)
+	secret := &rotation.Published{KeyID: "new", APIKey: rawOf("new"), RotatedAt: t0.Add(-time.Minute)}
+	orphans := rotation.Reconcile(&st, rotation.See(keys, rotation.Current{Secret: secret, Version: 1}, st, nil), names, time.Hour, t0, "r-1")
 	var ids []string
 	for _, k := range orphans {
 		ids = append(ids, k.ID)
@@ -216,7 +246,7 @@ func TestRoom(t *testing.T) {
 		{ID: "grace", Origin: store.OriginCreated, State: store.KeyRetiring, DeleteAfter: t0.Add(time.Hour)},
 		{ID: "portal", Origin: store.OriginForeign, State: store.KeyForeign},
 	}}
-	served := rotation.FindServed(nil, &rotation.Published{KeyID: "served"})
+	served := rotation.FindServed(nil, &rotation.Published{KeyID: "served"}, nil, "")
 	tests := []struct {
 		name      string
 		ids       []string
@@ -232,7 +262,7 @@ func TestRoom(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			del, foreign, err := rotation.Room(st, listing(true, tt.ids...), served, tg, tt.emergency, t0)
+			del, foreign, err := rotation.Room(st, listing(true, tt.ids...), served, tg, tt.emergency, t0, nil)
 			var got []string
 			for _, k := range del {
 				got = append(got, k.ID)
@@ -294,7 +324,7 @@ func TestRetirement(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			del, gone, held := rotation.Retirement(due, tt.keys, rotation.FindServed(tt.keys, tt.secret))
+			del, gone, held := rotation.Retirement(due, tt.keys, rotation.FindServed(tt.keys, tt.secret, nil, ""))
 			ids := func(ks []store.Key) []string {
 				var out []string
 				for _, k := range ks {
@@ -325,7 +355,7 @@ func TestMaySupersede(t *testing.T) {
 
 func TestNeverPublished(t *testing.T) {
 	keys := listing(false, "a", "b", "new")
-	s := rotation.FindServed(keys, &rotation.Published{APIKey: "raw-a"})
+	s := rotation.FindServed(keys, &rotation.Published{APIKey: "raw-a"}, nil, "")
 	if s.Known || !s.May("new") {
 		t.Fatalf("a blind listing without key_id: want unknown, every key possibly served")
 	}
@@ -333,7 +363,7 @@ func TestNeverPublished(t *testing.T) {
 	if s.May("new") || !s.May("a") || !s.May("b") {
 		t.Errorf("NeverPublished(new): May(new)=%v May(a)=%v May(b)=%v, want false true true", s.May("new"), s.May("a"), s.May("b"))
 	}
-	known := rotation.FindServed(keys, &rotation.Published{KeyID: "a"}).NeverPublished("a")
+	known := rotation.FindServed(keys, &rotation.Published{KeyID: "a"}, nil, "").NeverPublished("a")
 	if !known.May("a") {
 		t.Errorf("the identified served key must stay protected")
 	}

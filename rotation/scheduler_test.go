@@ -585,8 +585,16 @@ func (r *schedRecorder) retiresOf(target string) []retireCall {
 // waitRotations waits until target has n rotations reported.
 func (r *schedRecorder) waitRotations(tb testing.TB, target string, n int) []rotationCall {
 	tb.Helper()
+	return r.waitRotationsWithin(tb, target, n, waitLong)
+}
+
+// waitRotationsWithin is waitRotations with its own bound: a thousand
+// rotations through the race detector on two shared cores take longer
+// than one.
+func (r *schedRecorder) waitRotationsWithin(tb testing.TB, target string, n int, d time.Duration) []rotationCall {
+	tb.Helper()
 	r.signal() // make sure the channel exists
-	deadline := time.After(waitLong)
+	deadline := time.After(d)
 	for {
 		if got := r.rotationsOf(target); len(got) >= n {
 			return got

@@ -45,11 +45,12 @@ func TestTargetStatus(t *testing.T) {
 func TestClassifyKeys(t *testing.T) {
 	target := rotation.Target{Name: targetName, Prefix: prefix}
 	st := store.Target{VaultVersion: 1, Keys: []store.Key{
-		{ID: "made", Origin: store.OriginCreated, State: store.KeyActive},
+		{ID: "made", Origin: store.OriginCreated, State: store.KeyActive, Fingerprint: rotation.Fingerprint(nil, "raw-made")},
 		{ID: "boot", Origin: store.OriginAdopted, State: store.KeyRetiring},
 		{ID: "seen", Origin: store.OriginForeign, State: store.KeyForeign},
 	}}
-	names := rotation.NamesOf(target)
+	names := rotation.NamesOf(target, "aaaaaa")
+	st.Tag = names.Tag
 	listing := []rotation.Key{
 		{ID: "made", Name: names.New(time.Now())},
 		{ID: "boot", Name: "bootstrap"},
@@ -57,7 +58,7 @@ func TestClassifyKeys(t *testing.T) {
 		{ID: "portal", Name: "made-by-a-person"},
 		{ID: "lookalike", Name: prefix + "by-hand"},
 		{ID: "orphan", Name: names.New(time.Now())},
-		{ID: "sibling", Name: rotation.NamesOf(rotation.Target{Name: "other", Prefix: prefix}).New(time.Now())},
+		{ID: "sibling", Name: rotation.NamesOf(rotation.Target{Name: "other", Prefix: prefix}, "bbbbbb").New(time.Now())},
 	}
 	tests := []struct {
 		id    string
@@ -72,7 +73,22 @@ func TestClassifyKeys(t *testing.T) {
 		{"orphan", rotation.ClassOrphan, ""},
 		{"sibling", rotation.ClassForeign, ""},
 	}
-	got := rotation.ClassifyKeys(target, st, listing, rotation.Current{Secret: &rotation.Published{KeyID: "made"}, Version: 1})
+	classify := func(cur rotation.Current) []rotation.ClassifiedKey {
+		seen := rotation.See(listing, cur, st, nil)
+		classes := rotation.Classify(st, seen, names)
+		var out []rotation.ClassifiedKey
+		for _, k := range listing {
+			c := rotation.ClassifiedKey{Key: k, Class: classes[k.ID], Served: seen.Served.May(k.ID)}
+			if rec := st.Key(k.ID); rec != nil {
+				c.State = rec.State
+			}
+			out = append(out, c)
+		}
+		return out
+	}
+	// The listing shows no raw values: the served key is told by the
+	// fingerprint the state records.
+	got := classify(rotation.Current{Secret: &rotation.Published{KeyID: "made", APIKey: "raw-made"}, Version: 1})
 	if len(got) != len(tests) {
 		t.Fatalf("got %d keys, want %d", len(got), len(tests))
 	}
@@ -91,7 +107,7 @@ func TestClassifyKeys(t *testing.T) {
 		})
 	}
 
-	for _, c := range rotation.ClassifyKeys(target, st, listing, rotation.Current{}) {
+	for _, c := range classify(rotation.Current{}) {
 		if c.Served {
 			t.Errorf("no served secret, yet %s is marked served", c.Key.ID)
 		}

@@ -251,7 +251,7 @@ func (e *crashEnv) checkInvariants(t *testing.T) {
 		t.Errorf("the served key %s is not active in the state: %+v", servedID, rec)
 	}
 	for _, k := range keys {
-		if !rotation.NamesOf(rotation.Target{Name: "crash", Prefix: crashPrefix}).Own(k.Name) {
+		if !rotation.NamesOf(rotation.Target{Name: "crash", Prefix: crashPrefix}, st.Tag).Own(k.Name) {
 			continue
 		}
 		if rec := st.Key(k.ID); rec == nil || rec.State == store.KeyDeleted {

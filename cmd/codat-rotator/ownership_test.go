@@ -62,10 +62,14 @@ type ownWorld struct {
 	procs []*daemonProc
 }
 
-func newOwnWorld(t *testing.T) *ownWorld {
+func newOwnWorld(t *testing.T, opts ...emulator.Options) *ownWorld {
 	t.Helper()
 	vs := vaulttest.Shared(t)
-	emu, err := emulator.New(emulator.Options{})
+	var o emulator.Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	emu, err := emulator.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -604,7 +608,8 @@ func TestOwnershipTwoTargetsOneClient(t *testing.T) {
 			continue
 		}
 		for _, tg := range []ownTarget{alpha, beta} {
-			if strings.HasPrefix(k.Name, ownPrefix+rotation.NameTag(tg.name)+"-") {
+			_, md := w.meta(t, tg.path)
+			if tag := md[rotation.MetadataKeyTag]; tag != "" && strings.HasPrefix(k.Name, ownPrefix+tag+"-") {
 				if owner[k.ID] != "" {
 					t.Errorf("key %s named %q: carries both targets' tags", k.ID, k.Name)
 				}
@@ -937,7 +942,10 @@ func TestOwnershipLostStateFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := rotation.NamesOf(rotation.Target{Name: lost.name, Prefix: ownPrefix})
+	tagOf := func() string {
+		_, md := w.meta(t, lost.path)
+		return md[rotation.MetadataKeyTag]
+	}
 
 	// The catch-up rotation and two manual ones: the bootstrap key and
 	// two rotated keys are in their grace, a third key is served.
@@ -1047,6 +1055,7 @@ func TestOwnershipLostStateFile(t *testing.T) {
 	}
 	checkMarkings := func(when string) {
 		t.Helper()
+		names := rotation.NamesOf(rotation.Target{Name: lost.name, Prefix: ownPrefix}, tagOf())
 		for _, k := range w.keysOf(t, cfg, lost.name).Keys {
 			foreign := k.Marking == string(rotation.ClassForeign)
 			switch {

@@ -1,0 +1,525 @@
+package rotation_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/codat"
+	"github.com/codat-rotator/codat-rotator/codat/emulator"
+	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/secret"
+	"github.com/codat-rotator/codat-rotator/store"
+	"github.com/codat-rotator/codat-rotator/vault"
+)
+
+// Identity (docs/design.md#key-names, #served-by-value, #shared-keys):
+// no other target, daemon or hand edit makes the daemon delete a key
+// that Vault serves for someone. Each test is a situation that deleted
+// a served key before random tags, fingerprints and the claims check.
+
+// other returns t as another target: its own name and path.
+func other(t rotation.Target, name, path string) rotation.Target {
+	t.Name, t.Vault.Path = name, path
+	return t
+}
+
+// servedAt returns the id and raw key the secret at path serves.
+func (e *env) servedAt(path string) (id, raw string) {
+	e.t.Helper()
+	s, err := e.root.KVv2(e.mount).Get(context.Background(), path)
+	if err != nil {
+		e.t.Fatalf("read %s: %v", path, err)
+	}
+	id, _ = s.Data[vault.FieldKeyID].(string)
+	raw, _ = s.Data[vault.FieldAPIKey].(string)
+	return id, raw
+}
+
+// put writes data at path by hand, as `vault kv put` does.
+func (e *env) put(path string, data map[string]any) {
+	e.t.Helper()
+	if _, err := e.root.KVv2(e.mount).Put(context.Background(), path, data); err != nil {
+		e.t.Fatalf("vault kv put %s: %v", path, err)
+	}
+}
+
+// alive reports whether Codat still holds id.
+func (e *env) alive(id string) bool {
+	_, ok := e.activeKeys()[id]
+	return ok
+}
+
+// portalRaw adds a Portal key and returns its id and raw value.
+func (e *env) portalRaw(name string) (string, string) {
+	e.t.Helper()
+	id, raw, err := e.emu.AddPortalKey(name)
+	if err != nil {
+		e.t.Fatalf("AddPortalKey: %v", err)
+	}
+	e.raw.add(raw)
+	return id, raw
+}
+
+// TestSameTargetNameInTwoStateFiles: two deployments (two state files,
+// two Vault paths) both call their target "prod" on one Codat client.
+// Neither recognises the other's keys as its own: the second one's
+// rotations never delete the first one's served key as an orphan.
+func TestSameTargetNameInTwoStateFiles(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	e.mustRotate(rotation.Options{})
+	aServed := e.mustServe().Data[vault.FieldKeyID]
+
+	b, dbB := e.otherInstance()
+	bootID, bootRaw := e.portalRaw("given to the second deployment")
+	tb := other(e.target, targetName, "codat/prod-b") // the same name
+	tb.Bootstrap = func() (codat.Secret, error) { return codat.Secret(bootRaw), nil }
+	for i := range 3 {
+		if _, err := b.Rotate(ctx, tb, rotation.Options{}); err != nil {
+			t.Fatalf("second deployment, rotation %d: %v", i+1, err)
+		}
+		if !e.alive(aServed) {
+			t.Fatalf("the second deployment deleted the first one's served key %s at its rotation %d", aServed, i+1)
+		}
+		e.mustRotate(rotation.Options{})
+		aServed = e.mustServe().Data[vault.FieldKeyID]
+		e.clock.Advance(grace + time.Minute)
+	}
+	bServed, _ := e.servedAt("codat/prod-b")
+	if !e.alive(bServed) || !e.alive(aServed) {
+		t.Errorf("a served key is gone: first %s alive %v, second %s alive %v", aServed, e.alive(aServed), bServed, e.alive(bServed))
+	}
+	stA, stB := e.state(), mustLoad(t, dbB, targetName)
+	if stA.Tag == "" || stA.Tag == stB.Tag {
+		t.Errorf("tags: first %q, second %q; want two different tags", stA.Tag, stB.Tag)
+	}
+	for _, k := range stB.Keys {
+		if k.Origin.Managed() && k.ID != bootID && !strings.Contains(k.Name, stB.Tag) {
+			t.Errorf("the second deployment manages key %s (%q), not of its own tag", k.ID, k.Name)
+		}
+	}
+	// Each deleted only keys of its own.
+	for _, k := range e.emu.Keys() {
+		if k.Deleted != nil && k.Origin == emulator.OriginAPI {
+			if rec := stB.Key(k.ID); strings.Contains(k.Name, stA.Tag) && rec != nil && rec.State == store.KeyDeleted && rec.Origin.Managed() {
+				t.Errorf("the second deployment deleted the first one's key %s", k.ID)
+			}
+		}
+	}
+	e.checkInvariants()
+}
+
+// TestKeySharedBetweenTargets: a second target of the same daemon given
+// the first one's served key, as its bootstrap key or by a copy of the
+// first one's secret, refuses it with an error naming both; the first
+// target's key is never deleted while the second serves it.
+func TestKeySharedBetweenTargets(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	aID, aRaw := e.servedAt(secretPath)
+
+	// Bootstrapped with the key the first target serves.
+	tb := other(e.target, "billing", "codat/billing")
+	tb.Bootstrap = func() (codat.Secret, error) { return codat.Secret(aRaw), nil }
+	seq, version := e.lastSeq(), e.vaultVersion()
+	_, err := e.engine.Rotate(ctx, tb, rotation.Options{Manual: true})
+	e.record(nil, err)
+	if !errors.Is(err, rotation.ErrKeyShared) {
+		t.Fatalf("bootstrap with the first target's key: %v, want ErrKeyShared", err)
+	}
+	for _, want := range []string{"billing", targetName, aID} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not name %q: %v", want, err)
+		}
+	}
+	if n := countOps(e.eventsSince(seq), emulator.OpCreate) + countOps(e.eventsSince(seq), emulator.OpDelete); n != 0 {
+		t.Errorf("the refused target changed codat (%d creates and deletes)", n)
+	}
+	if p := e.served(); p.Version != version {
+		t.Errorf("vault version %d after the refusal, want %d", p.Version, version)
+	}
+	if p, err := e.engine.Plan(ctx, tb, rotation.Options{}); err != nil || !strings.Contains(p.Blocked, targetName) {
+		t.Errorf("dry run: blocked %q, %v; want it blocked naming %s", p.Blocked, err, targetName)
+	}
+
+	// Seeded by a copy of the first target's secret.
+	e.put("codat/billing", map[string]any{vault.FieldAPIKey: aRaw, vault.FieldKeyID: aID,
+		vault.FieldHeader: secret.AuthorizationHeader(secret.Value(aRaw)).Reveal()})
+	if _, err := e.engine.Rotate(ctx, tb, rotation.Options{Manual: true}); !errors.Is(err, rotation.ErrKeyShared) {
+		t.Fatalf("a copy of the first target's secret: %v, want ErrKeyShared", err)
+	}
+	// The first target rotates on; its old key falls due but stays
+	// while the second target's secret serves it.
+	e.mustRotate(rotation.Options{})
+	e.clock.Advance(grace + time.Minute)
+	ids, err := e.retireDue()
+	if !e.alive(aID) {
+		t.Fatalf("the first target deleted key %s, which the second target's secret serves (retire: %v %v)", aID, ids, err)
+	}
+	if err == nil || !strings.Contains(err.Error(), "billing") {
+		t.Errorf("retire pass: %v; want it to say the key is kept for billing", err)
+	}
+	// The operator gives the second target a key of its own: the first
+	// target's old key goes at its next pass.
+	ownID, ownRaw := e.portalRaw("billing's own")
+	e.put("codat/billing", map[string]any{vault.FieldAPIKey: ownRaw, vault.FieldKeyID: ownID})
+	if _, err := e.engine.Rotate(ctx, tb, rotation.Options{Manual: true}); err != nil {
+		t.Fatalf("the second target with a key of its own: %v", err)
+	}
+	// billing's consumers held the key until now: a full grace first.
+	if _, err := e.retireDue(); err != nil || !e.alive(aID) {
+		t.Errorf("right after the fix: retire %v, key %s alive %v; want it kept a grace", err, aID, e.alive(aID))
+	}
+	e.clock.Advance(grace + time.Minute)
+	if _, err := e.retireDue(); err != nil || e.alive(aID) {
+		t.Errorf("a grace after the fix: retire %v, key %s alive %v; want it deleted", err, aID, e.alive(aID))
+	}
+	e.checkInvariants()
+}
+
+// TestHandPatchedSecretBlindListing: Codat's listing shows no raw keys,
+// and an operator rolls the secret back by hand to an older key's value
+// without changing key_id. The key whose value Vault serves is told by
+// its fingerprint and kept, and the doubt is shown.
+func TestHandPatchedSecretBlindListing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{listOmitsRawKeys: true})
+	e.mustRotate(rotation.Options{})
+	oldID, oldRaw := e.servedAt(secretPath)
+	e.mustRotate(rotation.Options{})
+	newID, _ := e.servedAt(secretPath)
+	// vault kv patch api_key=<older key> authorization_header=<its header>
+	if _, err := e.root.KVv2(e.mount).Patch(context.Background(), secretPath, map[string]any{
+		vault.FieldAPIKey: oldRaw, vault.FieldHeader: secret.AuthorizationHeader(secret.Value(oldRaw)).Reveal(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(grace + time.Minute)
+	ids, err := e.retireDue()
+	if !e.alive(oldID) {
+		t.Fatalf("the key whose value vault serves (%s) was deleted by the retire pass: %v %v", oldID, ids, err)
+	}
+	if !e.alive(newID) {
+		t.Fatalf("the key the secret's key_id names (%s) was deleted: %v %v", newID, ids, err)
+	}
+	st := e.state()
+	if st.ServedDoubt == "" || !strings.Contains(st.ServedDoubt, oldID) || !strings.Contains(st.ServedDoubt, newID) {
+		t.Errorf("served doubt %q, want it to name %s and %s", st.ServedDoubt, oldID, newID)
+	}
+	if !strings.Contains(e.logs.String(), "the key vault serves is in doubt") {
+		t.Errorf("no log line about the doubt")
+	}
+	// A rotation publishes a key the daemon knows: the doubt ends, and
+	// both keys retire with a full grace.
+	e.mustRotate(rotation.Options{})
+	if st := e.state(); st.ServedDoubt != "" {
+		t.Errorf("doubt after a rotation: %q", st.ServedDoubt)
+	}
+	if !e.alive(oldID) {
+		t.Errorf("the rotation deleted the key vault served until it published: %s", oldID)
+	}
+	e.clock.Advance(grace + time.Minute)
+	if _, err := e.retireDue(); err != nil {
+		t.Fatalf("retire after the grace: %v", err)
+	}
+	if e.alive(oldID) || e.alive(newID) {
+		t.Errorf("after a full grace: %s alive %v, %s alive %v; want both deleted", oldID, e.alive(oldID), newID, e.alive(newID))
+	}
+	e.checkInvariants()
+}
+
+// TestWrongKeyIDFromTheError: a listing without raw keys; an operator
+// rolls the secret back by hand to an older key of the daemon's, writing
+// api_key alone, then adds a key_id, the wrong one (the current key's).
+// The key whose value Vault serves is told by its fingerprint and kept
+// past its grace; so is the key the key_id names.
+func TestWrongKeyIDFromTheError(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{listOmitsRawKeys: true})
+	e.mustRotate(rotation.Options{})
+	oldID, oldRaw := e.servedAt(secretPath)
+	e.mustRotate(rotation.Options{})
+	curID, _ := e.servedAt(secretPath)
+	e.put(secretPath, map[string]any{vault.FieldAPIKey: oldRaw})
+	if p, err := e.plan(rotation.Options{}); err != nil || p.ServedKeyID != oldID {
+		t.Fatalf("dry run of a secret without key_id: served %q, %v; want %s, told by its fingerprint", p.ServedKeyID, err, oldID)
+	}
+	e.put(secretPath, map[string]any{vault.FieldAPIKey: oldRaw, vault.FieldKeyID: curID})
+	e.clock.Advance(grace + time.Minute)
+	ids, err := e.retireDue()
+	if !e.alive(oldID) {
+		t.Fatalf("the key vault serves by value (%s) was deleted: %v %v", oldID, ids, err)
+	}
+	if !e.alive(curID) {
+		t.Fatalf("the key the key_id names (%s) was deleted: %v %v", curID, ids, err)
+	}
+	if st := e.state(); !strings.Contains(st.ServedDoubt, curID) {
+		t.Errorf("served doubt %q, want it to name the key_id %s", st.ServedDoubt, curID)
+	}
+	e.mustRotate(rotation.Options{Manual: true})
+	if !e.alive(oldID) {
+		t.Errorf("the rotation deleted %s, served until it published", oldID)
+	}
+	e.checkInvariants()
+}
+
+// TestRenamedTargetKeepsItsKeys: the target is renamed in the config,
+// same Vault location: its keys stay its own (never foreign) and retire
+// as they would have.
+func TestRenamedTargetKeepsItsKeys(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	e.mustRotate(rotation.Options{})
+	e.mustRotate(rotation.Options{})
+	before := e.state()
+	e.target.Name = "production" // same path
+	e.mustRotate(rotation.Options{})
+	st := mustLoad(t, e.db, "production")
+	if st.Tag != before.Tag {
+		t.Errorf("the renamed target's tag %q, want its old one %q from the secret", st.Tag, before.Tag)
+	}
+	for _, k := range before.Keys {
+		if k.State == store.KeyDeleted {
+			continue
+		}
+		rec := st.Key(k.ID)
+		if rec == nil || !rec.Origin.Managed() {
+			t.Errorf("key %s (%s before the rename) is %+v after it, want it managed", k.ID, k.State, rec)
+		}
+	}
+	e.clock.Advance(grace + time.Minute)
+	if _, err := e.engine.RetireDue(context.Background(), e.target); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range before.Keys {
+		if k.State != store.KeyDeleted && e.alive(k.ID) {
+			t.Errorf("key %s of the old name outlived its grace after the rename", k.ID)
+		}
+	}
+}
+
+// TestStateRestoredFromBeforeTheFirstRun: a backup taken before the
+// first rotation is restored after two: the state rebuilds from the
+// secret's versions, and the bootstrap key still goes after its grace.
+func TestStateRestoredFromBeforeTheFirstRun(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	backup := copyStateFile(t, e.db)
+	boot := e.initialID()
+	e.mustRotate(rotation.Options{})
+	e.mustRotate(rotation.Options{})
+	e.db = restoreStateFile(t, e.db, backup)
+	e.engine = e.newEngine(nil)
+	e.mustRotate(rotation.Options{})
+	e.clock.Advance(grace + time.Minute)
+	if _, err := e.retireDue(); err != nil {
+		t.Fatalf("retire: %v", err)
+	}
+	if e.alive(boot) {
+		t.Errorf("the bootstrap key %s was never deleted after the restore", boot)
+	}
+	e.checkInvariants()
+}
+
+// copyStateFile copies the state file's bytes, as a backup does (no
+// write is under way: every update has committed).
+func copyStateFile(t *testing.T, db *store.DB) []byte {
+	t.Helper()
+	b, err := os.ReadFile(db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// restoreStateFile puts a backup back in place of db's file and opens it
+// as a new process would.
+func restoreStateFile(t *testing.T, db *store.DB, backup []byte) *store.DB {
+	t.Helper()
+	path := db.Path()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, backup, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := store.Open(path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = out.Close() })
+	return out
+}
+
+// TestMetadataDeleteRestartsVersions: `vault kv metadata delete`, then
+// two hand writes bring the version number back to the one the state
+// saw. The writes are seen (by Vault's write times): a key served in
+// between retires with a full grace, not at its old deadline.
+func TestMetadataDeleteRestartsVersions(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	boot, bootRaw := e.initialID(), e.emu.InitialKey()
+	e.mustRotate(rotation.Options{}) // v1 the bootstrap key, v2 the new one
+	curID, curRaw := e.servedAt(secretPath)
+	if e.vaultVersion() != 2 {
+		t.Fatalf("version %d, want 2 (bootstrap, one rotation)", e.vaultVersion())
+	}
+	e.clock.Advance(grace - time.Hour)
+	if err := e.root.KVv2(e.mount).DeleteMetadata(context.Background(), secretPath); err != nil {
+		t.Fatal(err)
+	}
+	e.put(secretPath, map[string]any{vault.FieldAPIKey: bootRaw, vault.FieldKeyID: boot}) // v1: served again
+	e.put(secretPath, map[string]any{vault.FieldAPIKey: curRaw, vault.FieldKeyID: curID}) // v2, as the state saw
+	e.clock.Advance(2 * time.Hour)                                                        // past the bootstrap key's old deadline
+	if _, err := e.retireDue(); err != nil && !errors.Is(err, rotation.ErrRetireHeld) {
+		t.Fatalf("retire: %v", err)
+	}
+	if !e.alive(boot) {
+		t.Fatalf("the bootstrap key, served again an hour ago, went at its old deadline")
+	}
+	e.clock.Advance(grace)
+	if _, err := e.retireDue(); err != nil {
+		t.Fatalf("retire after a full grace: %v", err)
+	}
+	if e.alive(boot) {
+		t.Errorf("the bootstrap key outlived a full grace after the hand writes")
+	}
+}
+
+// TestSharedClientStrictestReserve: two targets on one client, with
+// reserve_slots 1 and 0: the strictest applies to both, so routine
+// rotations of either leave the reserve and an emergency finds room.
+func TestSharedClientStrictestReserve(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{emuMaxKeys: 20})
+	ctx := context.Background()
+	e.target.ReserveSlots = 1
+	e.target.Grace = time.Hour
+	e.mustRotate(rotation.Options{})
+	_, bRaw := e.portalRaw("b's first key")
+	tb := other(e.target, "b", "codat/b")
+	tb.ReserveSlots = 0
+	tb.Bootstrap = func() (codat.Secret, error) { return codat.Secret(bRaw), nil }
+	// Fill the client with routine rotations of b (their old keys in
+	// grace): they must stop at max_keys - 1.
+	for range 12 {
+		if _, err := e.engine.Rotate(ctx, tb, rotation.Options{}); err != nil {
+			if !errors.Is(err, rotation.ErrNoRoom) {
+				t.Fatalf("b: %v", err)
+			}
+			break
+		}
+	}
+	if n := len(e.activeKeys()); n > 9 {
+		t.Fatalf("routine rotations of b filled the client to %d keys: the reserve of a is gone", n)
+	}
+	if _, err := e.rotate(rotation.Options{Emergency: true, Manual: true}); err != nil {
+		t.Fatalf("the emergency of a found no room: %v", err)
+	}
+	capped, stricter := e.engine.Strictest(tb)
+	if !stricter || capped.ReserveSlots != 1 {
+		t.Errorf("Strictest(b) = %+v, %v; want reserve 1 from a", capped, stricter)
+	}
+}
+
+// TestBlockedDaemonForgetsItsKey: after a takeover, the old daemon's
+// looks present to Codat no key it has not just read from Vault: its
+// remembered key, deleted by the new owner, is never sent again.
+func TestBlockedDaemonForgetsItsKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	b, _ := e.otherInstance()
+	if _, err := b.Takeover(ctx, e.target); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Rotate(ctx, e.target, rotation.Options{Emergency: true, Manual: true}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := e.rotate(rotation.Options{}); !errors.Is(err, rotation.ErrNotOwner) {
+			t.Fatalf("old owner, look %d: %v, want ErrNotOwner", i+1, err)
+		}
+	}
+	used := 0
+	for _, v := range e.emu.Violations() {
+		if v.Kind == emulator.ViolationDeletedKeyUsed {
+			used++
+		}
+	}
+	if used > 1 {
+		t.Errorf("the blocked daemon sent its deleted key to codat %d times, want at most once (the look that found it blocked)", used)
+	}
+}
+
+// TestStateFileCopyIsBlocked: a copy of the state file runs beside the
+// original (a backup restored on another host while the first runs).
+// Once one of them publishes, the other is blocked, not rotating behind
+// its back.
+func TestStateFileCopyIsBlocked(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	e.mustRotate(rotation.Options{})
+	// The copy: the same bytes, opened by another process.
+	dir := t.TempDir()
+	path := filepath.Join(dir, "copy.db")
+	b, err := os.ReadFile(e.db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := store.Open(path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cp.Close() })
+	copyEng := e.newEngine(nil)
+	inc, err := cp.Incarnation()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := cp.Identity()
+	copyEng.Store, copyEng.Salt = cp, cp.Salt()
+	copyEng.Owner = rotation.Owner{ID: id, Host: "host-copy", Incarnation: inc, Known: cp.KnownIncarnation}
+	if _, err := copyEng.Rotate(context.Background(), e.target, rotation.Options{}); err != nil {
+		t.Fatalf("the copy's first rotation: %v", err)
+	}
+	// The original now meets a claim by a process it never was.
+	_, err = e.rotate(rotation.Options{})
+	if !errors.Is(err, rotation.ErrNotOwner) || !strings.Contains(err.Error(), "copy of this state file") {
+		t.Fatalf("the original after the copy published: %v, want it blocked as a copy", err)
+	}
+	if st := e.state(); st.Blocked == "" {
+		t.Errorf("the original is not recorded blocked")
+	}
+}
+
+// TestOwnerUnrecordedIsVisible: a Vault policy without patch on the
+// metadata path: rotations succeed, and the target says that the
+// protection against a second daemon is off until the claim is written.
+func TestOwnerUnrecordedIsVisible(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	e.proxy.setMode(proxyFailMetadata)
+	e.mustRotate(rotation.Options{})
+	if st := e.state(); st.Unclaimed == "" {
+		t.Fatalf("the owner claim failed, yet the state does not say so")
+	}
+	e.proxy.setMode(proxyPass)
+	e.mustRotate(rotation.Options{})
+	if st := e.state(); st.Unclaimed != "" {
+		t.Errorf("the claim is recorded now, yet the state says %q", st.Unclaimed)
+	}
+}
