@@ -131,7 +131,7 @@ func TestIdentityHandPatchedSecretBlindListing(t *testing.T) {
 	t.Parallel()
 	w := newOwnWorld(t, emulator.Options{ListOmitsRawKeys: true})
 	tg := ownTarget{name: "prod", path: "codat/prod", bootstrapEnv: "CODAT_BOOTSTRAP_API_KEY", schedule: "@every 1h", grace: "2s"}
-	cfg := w.config(t, "prod", listenSocket, tg)
+	cfg := w.config(t, "prod", listenAll, tg) // a metrics port of its own
 	d := w.run(t, cfg)
 	d.waitRunning(t)
 	d.waitRotations(t, 15*time.Second, 1)
@@ -146,9 +146,10 @@ func TestIdentityHandPatchedSecretBlindListing(t *testing.T) {
 	}
 	// oldID's grace ends 2 s after newID was published; the retire
 	// timer fires then, and again a minute later at most.
-	d.until(t, 20*time.Second, "a retire pass that meets the doubt", func() bool {
+	d.until(t, 20*time.Second, "a retire pass after the patch", func() bool {
 		return d.count(func(r logRecord) bool {
-			return r.str("msg") == "the key vault serves is in doubt; every key that may be it is kept"
+			return r.str("msg") == "the key vault serves is in doubt; every key that may be it is kept" ||
+				(r.str("msg") == "deleting retired key" && r.str("key_id") == oldID)
 		}) > 0
 	})
 	time.Sleep(3 * time.Second)
