@@ -18,6 +18,7 @@ import (
 
 	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // DefaultConfigPath is where the daemon looks without --config.
@@ -446,24 +447,11 @@ func (c Config) Validate() error {
 }
 
 // inClear reports whether raw, a URL Validate accepted, is plain http to
-// a host that is not loopback. Loopback is judged from the literal host
-// only (127.0.0.0/8, ::1, localhost): validation never resolves names.
+// a host that is not loopback, by the one rule of secret.InClear (the
+// literal host only, never DNS; the hosts Go's proxy settings skip).
 func inClear(raw string) bool {
 	u, err := url.Parse(raw)
-	if err != nil || !strings.EqualFold(u.Scheme, "http") {
-		return false
-	}
-	return !isLoopback(u.Hostname())
-}
-
-// isLoopback reports whether host, a literal, names this machine.
-func isLoopback(host string) bool {
-	h := strings.TrimSuffix(strings.ToLower(host), ".")
-	if h == "localhost" {
-		return true // not *.localhost: a resolver may send those elsewhere
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
+	return err == nil && secret.InClear(u)
 }
 
 // vaultInClear refuses an http address to a non-loopback Vault unless
@@ -480,13 +468,12 @@ func vaultInClear(field, addr string, allow bool) error {
 // only warned about (webhooks, which carry no key). getenv supplies
 // $VAULT_ADDR when vault.address is empty.
 func insecureHTTPWarnings(cfg Config, getenv func(string) string) []string {
-	var warns []string
-	addr, field := cfg.Vault.Address, "vault.address"
-	if addr == "" {
-		addr, field = getenv("VAULT_ADDR"), "vault.address ($VAULT_ADDR)"
-	}
+	warns := vaultTLSWarnings(getenv)
+	addr, field := vaultAddress(cfg.Vault, getenv)
 	if inClear(addr) && cfg.Vault.AllowInsecureHTTP {
-		warns = append(warns, fmt.Sprintf("%s: %s sends the Vault token in clear (vault.allow_insecure_http is set)", field, addr))
+		warns = append(warns, fmt.Sprintf("%s: %s sends the Vault token in clear (vault.allow_insecure_http is set)", field, redactedURL(addr)))
+	} else if p, name := vaultProxy(getenv); p != "" && cfg.Vault.AllowInsecureHTTP && strings.HasPrefix(addr, "http://") && !secret.LoopbackHost(hostOf(p)) {
+		warns = append(warns, fmt.Sprintf("%s: %s goes through the proxy $%s in plain http: the Vault token is in clear (vault.allow_insecure_http is set)", field, redactedURL(addr), name))
 	}
 	for i, t := range cfg.Targets {
 		if inClear(t.Codat.BaseURL) && t.Codat.AllowInsecureHTTP {
@@ -500,6 +487,15 @@ func insecureHTTPWarnings(cfg Config, getenv func(string) string) []string {
 		}
 	}
 	return warns
+}
+
+// hostOf is raw's host without its port, "" when raw is not a URL.
+func hostOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
 }
 
 // shortDuration prints 24h rather than 24h0m0s.
