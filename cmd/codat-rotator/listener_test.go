@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -201,5 +202,65 @@ func TestMetricsListenerHoldsIdleConnectionsFlat(t *testing.T) {
 	}
 	if fds2 := d.fds(t); fds2 > fds0+2 {
 		t.Errorf("descriptors after the idle clients left: %d, want about %d", fds2, fds0)
+	}
+}
+
+// TestCLIRefusesAnUntrustedSocket: with the admin socket's directory
+// writable by other users, a fake daemon there once answered root's
+// `rotate --emergency` with a made-up success. The command now checks
+// the socket before it sends anything, says what is wrong, and does not
+// fall back to working on the state file.
+func TestCLIRefusesAnUntrustedSocket(t *testing.T) {
+	if os.Geteuid() != 0 && os.Getenv("CI") != "true" {
+		t.Skip("the world-writable directory is a root-owned one here; needs root")
+	}
+	base, err := os.MkdirTemp("", "cru")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	dir := filepath.Join(base, "run")
+	if err := os.Mkdir(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "admin.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked []string
+	var mu sync.Mutex
+	fake := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked = append(asked, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"pid":1,"version":"fake","results":[{"target":"prod","vault":"secret/codat/prod","succeeded":true,"result":{"new_key":{"id":"made-up"}}}]}`)
+	})}
+	go func() { _ = fake.Serve(l) }()
+	t.Cleanup(func() { fake.Close() })
+	if err := os.Chmod(dir, 0o777); err != nil { // as an attacker's mistake or doing
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("state_path: %s\nlisten: {admin_socket: %s, metrics: \"\"}\nvault: {address: \"http://127.0.0.1:9\"}\ntargets:\n  - name: prod\n    vault: {path: codat/prod}\n",
+		filepath.Join(base, "state.db"), sock)
+	path := filepath.Join(base, "config.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"rotate", "--target", "prod", "--emergency"}, {"status"}, {"reload"}} {
+		code, out := runEnv(t, []string{"PATH=" + os.Getenv("PATH"), "VAULT_TOKEN=t"}, append(append(args[:1:1], "--config", path), args[1:]...)...)
+		want := "the directory " + dir + " is writable by other users (mode 0777): any of them could replace the socket with a fake daemon"
+		if code == 0 || !strings.Contains(out, want) {
+			t.Errorf("%s: exit %d, want a failure saying %q:\n%s", args[0], code, want, out)
+		}
+		if strings.Contains(out, "made-up") {
+			t.Errorf("%s: the fake daemon's answer was believed:\n%s", args[0], out)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(asked) != 0 {
+		t.Errorf("the fake daemon was asked: %v", asked)
 	}
 }

@@ -48,7 +48,7 @@ func (c *reloadCommand) Run(ctx context.Context) error {
 	}
 	cl, err := admin.Dial(ctx, sock)
 	if err != nil {
-		if errors.Is(err, admin.ErrRefused) {
+		if errors.Is(err, admin.ErrRefused) || errors.Is(err, admin.ErrUntrusted) {
 			return err
 		}
 		err = fmt.Errorf("no daemon answers on %s, so nothing was reloaded: %w", sock, err)
