@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -268,7 +270,7 @@ func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	expanded, err := expandEnv(raw, getenv)
+	expanded, vars, err := expandEnv(raw, getenv)
 	if err != nil {
 		return Config{}, err
 	}
@@ -276,23 +278,52 @@ func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, yamlError(err, expanded)
+		return Config{}, hideExpanded(yamlError(err, expanded, raw), vars)
 	}
 	for i := range cfg.Targets {
 		applyTargetDefaults(&cfg.Targets[i])
 	}
 	if err := cfg.Validate(); err != nil {
-		return Config{}, err
+		return Config{}, hideExpanded(err, vars)
 	}
 	return cfg, nil
 }
 
+// hideExpanded returns err with every value that ${NAME} expansion put
+// into the document written back as ${NAME}: such values are often
+// secrets (a webhook's token, a URL with a password), and an error is
+// printed and logged. Values under 4 characters are left (they would
+// garble line numbers, and hide little).
+func hideExpanded(err error, vars map[string]string) error {
+	if err == nil || len(vars) == 0 {
+		return err
+	}
+	names := slices.Sorted(maps.Keys(vars))
+	// Longest value first: a value that holds another is replaced whole.
+	slices.SortStableFunc(names, func(a, b string) int { return len(vars[b]) - len(vars[a]) })
+	text := err.Error()
+	for _, name := range names {
+		if v := vars[name]; len(v) >= 4 {
+			text = strings.ReplaceAll(text, v, "${"+name+"}")
+			if q := strconv.Quote(v); q[1:len(q)-1] != v {
+				text = strings.ReplaceAll(text, q[1:len(q)-1], "${"+name+"}") // as %q wrote it
+			}
+		}
+	}
+	if text == err.Error() {
+		return err
+	}
+	return errors.New(text)
+}
+
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
-// expandEnv replaces ${NAME} with the variable's value. An unset variable
-// is an error naming it and its line; comment lines are left alone.
-func expandEnv(raw []byte, getenv func(string) string) ([]byte, error) {
+// expandEnv replaces ${NAME} with the variable's value, and returns the
+// values it put in by name. An unset variable is an error naming it and
+// its line; comment lines are left alone.
+func expandEnv(raw []byte, getenv func(string) string) ([]byte, map[string]string, error) {
 	lines := bytes.Split(raw, []byte("\n"))
+	vars := map[string]string{}
 	var errs []error
 	for i, line := range lines {
 		if bytes.HasPrefix(bytes.TrimSpace(line), []byte("#")) {
@@ -304,13 +335,14 @@ func expandEnv(raw []byte, getenv func(string) string) ([]byte, error) {
 			if v == "" {
 				errs = append(errs, fmt.Errorf("line %d: ${%s} is not set", i+1, name))
 			}
+			vars[name] = v
 			return []byte(v)
 		})
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return bytes.Join(lines, []byte("\n")), nil
+	return bytes.Join(lines, []byte("\n")), vars, nil
 }
 
 var targetName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)

@@ -409,3 +409,43 @@ func TestTLSRelaxationWarned(t *testing.T) {
 		t.Errorf("a proxy in clear, accepted: warnings %q", warns)
 	}
 }
+
+// TestConfigErrorsHideExpandedValues: an error about the config never
+// prints a value that ${NAME} put into it (a webhook's token, a URL with
+// a password): the syntax error quotes the line as written, and type and
+// validation errors show ${NAME} where its value was.
+func TestConfigErrorsHideExpandedValues(t *testing.T) {
+	const secretValue = "https://hooks.example/services/T0/B0/s3cr3t-t0ken"
+	env := map[string]string{"HOOK": secretValue, "PASSWORD_URL": "ftp://u:pa55w0rd@codat.example", "KEYS": "s3cr3tkeys"}
+	getenv := func(k string) string { return env[k] }
+	target := "targets:\n  - name: a\n    vault: {path: codat/a}\n"
+	for name, tt := range map[string]struct{ doc, want string }{
+		"a syntax error on the line": {
+			doc:  target + "    notify:\n      webhooks:\n        - url: \"${HOOK}\n",
+			want: `in: - url: "${HOOK}`,
+		},
+		"a type error": {
+			doc:  target + "    max_keys: ${KEYS}\n",
+			want: `targets[0].max_keys: want a whole number, got "${KEYS}"`,
+		},
+		"a validation error": {
+			doc:  "targets:\n  - name: a\n    vault: {path: codat/a}\n    codat: {base_url: \"${PASSWORD_URL}\"}\n",
+			want: `targets[0].codat.base_url: "${PASSWORD_URL}" is not an http(s) URL`,
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := ParseConfig(strings.NewReader(tt.doc), getenv)
+			if err == nil {
+				t.Fatal("parsed")
+			}
+			for _, v := range env {
+				if strings.Contains(err.Error(), v) || strings.Contains(err.Error(), "s3cr3t") || strings.Contains(err.Error(), "pa55w0rd") {
+					t.Errorf("the error holds an expanded value: %v", err)
+				}
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v\nwant %q in it", err, tt.want)
+			}
+		})
+	}
+}
