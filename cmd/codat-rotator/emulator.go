@@ -31,11 +31,11 @@ type emulatorCommand struct {
 	initialKey     string
 	initialKeyArg  string
 	initialKeyFile string
-	faults     string
-	latency    time.Duration
-	opts       emulator.Options
-	logLevel   string
-	logFormat  string
+	faults         string
+	latency        time.Duration
+	opts           emulator.Options
+	logLevel       string
+	logFormat      string
 
 	emu    *emulator.Server
 	server *http.Server
