@@ -18,6 +18,9 @@ ARG GO_VERSION=1.26
 FROM --platform=$BUILDPLATFORM golang:${GO_VERSION}-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
+# The modules go.mod replaces with directories of this repository.
+COPY secret/go.mod secret/
+COPY codatauth/go.mod codatauth/go.sum codatauth/
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 ARG TARGETOS TARGETARCH

@@ -15,6 +15,13 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS := codat:FuzzDecodeKey codat:FuzzDecodeKeyList codat:FuzzDecodeError codat:FuzzParseRetryAfter \
 	internal/isotime:FuzzParse store:FuzzDecodeTarget cmd/codat-rotator:FuzzParseConfig
 
+# The modules of this repository beside the daemon's, for consumers:
+# codatauth (what an application imports) and secret (the redacted type
+# it shares with the daemon). The daemon's go.mod replaces them with
+# these directories; ./... does not reach them, so test, lint and
+# vulncheck visit each.
+MODULES := secret codatauth
+
 # Tests need a real `vault server -dev`: the one on PATH, or bin/vault built
 # from the pinned module in tools/vault (its own module, so Vault's
 # dependencies stay out of ours). The first build takes ~10-20 minutes and
@@ -38,6 +45,7 @@ emulator: build ## build and run the local Codat emulator on 127.0.0.1:8484
 
 test: vault test-deploy ## run the whole test suite with the race detector
 	$(GO) test -race -count=1 ./...
+	@for m in $(MODULES); do echo "== module $$m"; (cd $$m && $(GO) test -race -count=1 ./...) || exit 1; done
 
 # deploy/kubernetes is its own module (the Kubernetes API types stay out of
 # ours), so ./... above does not reach it.
@@ -65,8 +73,10 @@ lint: $(STATICCHECK) ## gofmt, go vet and staticcheck
 	@unformatted=$$(gofmt -l .); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	@for m in $(MODULES); do (cd $$m && echo "go vet ./... ($$m)" && $(GO) vet ./...) || exit 1; done
 	$(GO) vet -tags nspawn ./systemd/
 	$(STATICCHECK) ./...
+	@for m in $(MODULES); do (cd $$m && echo "staticcheck ./... ($$m)" && $(CURDIR)/$(STATICCHECK) ./...) || exit 1; done
 	$(STATICCHECK) -tags nspawn ./systemd/
 
 fmt: ## format the code
@@ -102,7 +112,7 @@ bench: vault ## run the benchmarks and print their numbers (docs/benchmarks.md)
 	$(GO) test -run='^$$' -bench='^BenchmarkSameTick$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleFootprint$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleWakeups$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
-	$(GO) test -run='^$$' -bench='^BenchmarkRoundTrip$$' -count=10 ./codatauth/
+	cd codatauth && $(GO) test -run='^$$' -bench='^BenchmarkRoundTrip$$' -count=10 .
 
 soak: vault ## run the daemon on a 1s schedule for ROTATIONS rotations (default 1000, ~17 min); fail on growth or a failure
 	$(GO) test -run='^$$' -bench='^BenchmarkSoak$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -soak.rotations=$(ROTATIONS)

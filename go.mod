@@ -3,6 +3,8 @@ module github.com/codat-rotator/codat-rotator
 go 1.26.0
 
 require (
+	github.com/codat-rotator/codat-rotator/codatauth v0.0.0
+	github.com/codat-rotator/codat-rotator/secret v0.0.0
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/hashicorp/vault/api v1.23.0
 	github.com/hashicorp/vault/api/auth/approle v0.12.0
@@ -41,4 +43,12 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	golang.org/x/time v0.12.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
+)
+
+// secret and codatauth are modules of their own, so that an application
+// that imports codatauth takes its requirements, not the daemon's; in
+// this repository they are the directories beside this file.
+replace (
+	github.com/codat-rotator/codat-rotator/codatauth => ./codatauth
+	github.com/codat-rotator/codat-rotator/secret => ./secret
 )

@@ -1,10 +1,9 @@
 package secret
 
 import (
+	"net/http"
 	"net/url"
 	"testing"
-
-	"golang.org/x/net/http/httpproxy"
 )
 
 // TestLoopbackHostIsWhereProxiesStepAside: a host is loopback by this
@@ -12,7 +11,14 @@ import (
 // directly. Otherwise a URL judged loopback (and let through in clear)
 // could travel through HTTP_PROXY in clear: http://localhost.:PORT did.
 func TestLoopbackHostIsWhereProxiesStepAside(t *testing.T) {
-	proxy := (&httpproxy.Config{HTTPProxy: "http://proxy.example:3128"}).ProxyFunc()
+	// net/http reads the proxy variables once, at its first use: this is
+	// the first in this test binary.
+	t.Setenv("HTTP_PROXY", "http://proxy.example:3128")
+	t.Setenv("http_proxy", "http://proxy.example:3128")
+	t.Setenv("NO_PROXY", "")
+	t.Setenv("no_proxy", "")
+	t.Setenv("REQUEST_METHOD", "")
+	proxy := func(u *url.URL) (*url.URL, error) { return http.ProxyFromEnvironment(&http.Request{URL: u}) }
 	for _, host := range []string{
 		"localhost", "LOCALHOST", "LocalHost", "localhost.", "foo.localhost", "localhost.example",
 		"127.0.0.1", "127.1.2.3", "127.0.0.1.", "[::1]", "[0:0:0:0:0:0:0:1]", "[::ffff:127.0.0.1]",
