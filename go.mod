@@ -2,6 +2,8 @@ module github.com/codat-rotator/codat-rotator
 
 go 1.26.0
 
+toolchain go1.27.3
+
 require (
 	github.com/codat-rotator/codat-rotator/codatauth v0.0.0
 	github.com/codat-rotator/codat-rotator/secret v0.0.0

@@ -357,9 +357,10 @@ func TestDockerfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	goLine := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindSubmatch(mod)
+	// The toolchain that builds what ships: go.mod's toolchain line.
+	goLine := regexp.MustCompile(`(?m)^toolchain go(\d+\.\d+\.\d+)$`).FindSubmatch(mod)
 	if goLine == nil {
-		t.Fatal("go.mod: no go line")
+		t.Fatal("go.mod: no toolchain line")
 	}
 	var preamble []string
 	for _, in := range parseDockerfile(t, dockerfile) {
@@ -369,7 +370,7 @@ func TestDockerfile(t *testing.T) {
 		preamble = append(preamble, in.cmd+" "+in.args)
 	}
 	if want := "ARG GO_VERSION=" + string(goLine[1]); !slices.Contains(preamble, want) {
-		t.Errorf("before the first FROM: got %q, want %q (go.mod's go version)", preamble, want)
+		t.Errorf("before the first FROM: got %q, want %q (go.mod's toolchain)", preamble, want)
 	}
 	run := dockerBuildRun(t, build)
 	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-X main.version=${VERSION}", "-X main.commit=${COMMIT}", "-X main.date=${DATE}", "./cmd/codat-rotator"} {
