@@ -1,6 +1,13 @@
 # codat-rotator build, test and lint. `make help` lists the targets.
 
 GO        ?= go
+# The Go toolchain that builds, tests and checks everything that ships:
+# the go command fetches it through the module proxy the first time
+# (~76 MB). Set here, not left to the environment, so that a machine
+# whose own Go is older (or GOTOOLCHAIN=local) still builds with it;
+# go.mod's toolchain line names the same version.
+GO_TOOLCHAIN := go1.27.3
+export GOTOOLCHAIN := $(GO_TOOLCHAIN)
 BIN       := bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null)
@@ -10,10 +17,28 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.d
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(BIN)/staticcheck
 
+# govulncheck, against a vulnerability database built offline from a
+# pinned golang.org/x/vulndb (the public endpoint is not reachable from
+# here): its cmd/indexdb indexes the module's data/osv reports. Move
+# VULNDB_VERSION forward (go list -m golang.org/x/vulndb@latest) to
+# learn of newer vulnerabilities.
+GOVULNCHECK_VERSION := v1.10.0
+GOVULNCHECK := $(BIN)/govulncheck
+VULNDB_VERSION := v0.0.0-20261105234957-e22db6528018
+# Kept in the user's cache, keyed by version: CI's fresh clones reuse it.
+VULNDB := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/codat-rotator/vulndb/$(VULNDB_VERSION)
+
 FUZZTIME ?= 30s
 # package:target pairs
 FUZZ_TARGETS := codat:FuzzDecodeKey codat:FuzzDecodeKeyList codat:FuzzDecodeError codat:FuzzParseRetryAfter \
 	internal/isotime:FuzzParse store:FuzzDecodeTarget cmd/codat-rotator:FuzzParseConfig
+
+# The modules of this repository beside the daemon's, for consumers:
+# codatauth (what an application imports) and secret (the redacted type
+# it shares with the daemon). The daemon's go.mod replaces them with
+# these directories; ./... does not reach them, so test, lint and
+# vulncheck visit each.
+MODULES := secret codatauth
 
 # Tests need a real `vault server -dev`: the one on PATH, or bin/vault built
 # from the pinned module in tools/vault (its own module, so Vault's
@@ -38,6 +63,7 @@ emulator: build ## build and run the local Codat emulator on 127.0.0.1:8484
 
 test: vault test-deploy ## run the whole test suite with the race detector
 	$(GO) test -race -count=1 ./...
+	@for m in $(MODULES); do echo "== module $$m"; (cd $$m && $(GO) test -race -count=1 ./...) || exit 1; done
 
 # deploy/kubernetes is its own module (the Kubernetes API types stay out of
 # ours), so ./... above does not reach it.
@@ -55,19 +81,43 @@ test-deploy: ## test the Kubernetes manifests (strict decoding, kustomize build)
 test-systemd: build vault ## boot the unit under a real systemd (systemd-nspawn; root)
 	$(GO) test -tags nspawn -count=1 -v -timeout 20m ./systemd/ -args -binary=$(CURDIR)/$(BIN)/codat-rotator -root-cache=$(CURDIR)/build/nspawn
 
+# The test Vault never ships: it is built with the machine's own Go
+# (GOTOOLCHAIN=local), whose build cache keeps its 13-30 minute first
+# build from being paid again for every toolchain the daemon moves to.
 vault: ## make sure a vault binary exists for the tests (PATH, or build bin/vault)
 	@if [ -x "$(VAULT_BIN)" ]; then echo "vault: $(VAULT_BIN)"; else \
 		echo "vault: building $(BIN)/vault from tools/vault (pinned github.com/hashicorp/vault v1.21.0)"; \
-		cd tools/vault && $(GO) build -mod=mod -trimpath -ldflags '-s -w' -o $(CURDIR)/$(BIN)/vault . ; \
+		cd tools/vault && GOTOOLCHAIN=local $(GO) build -mod=mod -trimpath -ldflags '-s -w' -o $(CURDIR)/$(BIN)/vault . ; \
 	fi
 
 lint: $(STATICCHECK) ## gofmt, go vet and staticcheck
 	@unformatted=$$(gofmt -l .); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	@for m in $(MODULES); do (cd $$m && echo "go vet ./... ($$m)" && $(GO) vet ./...) || exit 1; done
 	$(GO) vet -tags nspawn ./systemd/
 	$(STATICCHECK) ./...
+	@for m in $(MODULES); do (cd $$m && echo "staticcheck ./... ($$m)" && $(CURDIR)/$(STATICCHECK) ./...) || exit 1; done
 	$(STATICCHECK) -tags nspawn ./systemd/
+
+.PHONY: vulncheck
+vulncheck: $(GOVULNCHECK) $(VULNDB)/index/db.json ## govulncheck the daemon against the pinned vulnerability database; fails on a reachable one
+	@# govulncheck asks the go command for its version in GOPATH mode,
+	@# where GOTOOLCHAIN does not switch: the toolchain's go goes first on PATH.
+	PATH="$$($(GO) env GOROOT)/bin:$$PATH" $(GOVULNCHECK) -db file://$(VULNDB) ./...
+	@for m in $(MODULES); do (cd $$m && echo "govulncheck ./... ($$m)" && PATH="$$($(GO) env GOROOT)/bin:$$PATH" $(CURDIR)/$(GOVULNCHECK) -db file://$(VULNDB) ./...) || exit 1; done
+
+$(GOVULNCHECK):
+	GOBIN=$(CURDIR)/$(BIN) $(GO) install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
+
+# The database, built once per VULNDB_VERSION (~1 min with a warm module
+# cache; the first download of vulndb's dependencies takes a few).
+$(VULNDB)/index/db.json:
+	@dir=$$($(GO) mod download -json golang.org/x/vulndb@$(VULNDB_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+	test -n "$$dir" || { echo "vulncheck: cannot download golang.org/x/vulndb@$(VULNDB_VERSION)"; exit 1; }; \
+	rm -rf $(VULNDB).tmp && \
+	GOFLAGS=-mod=mod $(GO) run golang.org/x/vulndb/cmd/indexdb@$(VULNDB_VERSION) -vulns "$$dir/data/osv" -out $(VULNDB).tmp && \
+	rm -rf $(VULNDB) && mv $(VULNDB).tmp $(VULNDB)
 
 fmt: ## format the code
 	gofmt -w .
@@ -102,7 +152,7 @@ bench: vault ## run the benchmarks and print their numbers (docs/benchmarks.md)
 	$(GO) test -run='^$$' -bench='^BenchmarkSameTick$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleFootprint$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleWakeups$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
-	$(GO) test -run='^$$' -bench='^BenchmarkRoundTrip$$' -count=10 ./codatauth/
+	cd codatauth && $(GO) test -run='^$$' -bench='^BenchmarkRoundTrip$$' -count=10 .
 
 soak: vault ## run the daemon on a 1s schedule for ROTATIONS rotations (default 1000, ~17 min); fail on growth or a failure
 	$(GO) test -run='^$$' -bench='^BenchmarkSoak$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -soak.rotations=$(ROTATIONS)

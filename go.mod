@@ -2,7 +2,11 @@ module github.com/codat-rotator/codat-rotator
 
 go 1.26.0
 
+toolchain go1.27.3
+
 require (
+	github.com/codat-rotator/codat-rotator/codatauth v0.0.0
+	github.com/codat-rotator/codat-rotator/secret v0.0.0
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/hashicorp/vault/api v1.23.0
 	github.com/hashicorp/vault/api/auth/approle v0.12.0
@@ -13,14 +17,14 @@ require (
 	github.com/robfig/cron/v3 v3.0.1
 	go.etcd.io/bbolt v1.5.0
 	go.yaml.in/yaml/v3 v3.0.6
-	golang.org/x/sys v0.48.0
+	golang.org/x/sys v0.50.0
 )
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cenkalti/backoff/v4 v4.3.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
-	github.com/go-jose/go-jose/v4 v4.1.1 // indirect
+	github.com/go-jose/go-jose/v4 v4.1.9 // indirect
 	github.com/hashicorp/errwrap v1.1.0 // indirect
 	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect
 	github.com/hashicorp/go-multierror v1.1.1 // indirect
@@ -36,9 +40,16 @@ require (
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/ryanuber/go-glob v1.0.0 // indirect
-	golang.org/x/crypto v0.57.0 // indirect
-	golang.org/x/net v0.59.0 // indirect
-	golang.org/x/text v0.42.0 // indirect
+	golang.org/x/net v0.63.0 // indirect
+	golang.org/x/text v0.44.0 // indirect
 	golang.org/x/time v0.12.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
+)
+
+// secret and codatauth are modules of their own, so that an application
+// that imports codatauth takes its requirements, not the daemon's; in
+// this repository they are the directories beside this file.
+replace (
+	github.com/codat-rotator/codat-rotator/codatauth => ./codatauth
+	github.com/codat-rotator/codat-rotator/secret => ./secret
 )

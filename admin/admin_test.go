@@ -166,16 +166,16 @@ func TestListenMode(t *testing.T) {
 
 func TestListenReplacesStaleSocket(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "admin.sock")
-	l, err := admin.Listen(path)
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false) // a crash leaves the file
-	l.Close()
+	stale.SetUnlinkOnClose(false) // a crash leaves the file
+	stale.Close()
 	if _, err := os.Lstat(path); err != nil {
 		t.Fatalf("the stale socket is not there to replace: %v", err)
 	}
-	l, err = admin.Listen(path)
+	l, err := admin.Listen(path)
 	if err != nil {
 		t.Fatalf("listen over a stale socket: %v", err)
 	}
@@ -200,11 +200,11 @@ func TestDialWithoutDaemon(t *testing.T) {
 	}
 	// A socket file nobody answers on.
 	path := filepath.Join(dir, "dead.sock")
-	l, err := admin.Listen(path)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.SetUnlinkOnClose(false)
 	l.Close()
 	if c, err := admin.Dial(context.Background(), path); err == nil {
 		c.Close()

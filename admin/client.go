@@ -27,7 +27,9 @@ var _ Service = (*Client)(nil)
 // Dial returns a client of the daemon that answers on the socket at
 // path, or an error when none does (no path, no socket, no answer
 // within two seconds), or ErrRefused when the daemon answers but
-// refuses this process's user.
+// refuses this process's user, or ErrUntrusted when the socket is one
+// another user could have put there (checkSocket) or is answered by
+// another user's process.
 func Dial(ctx context.Context, path string) (*Client, error) {
 	if path == "" {
 		return nil, errors.New("admin socket: disabled")
@@ -38,10 +40,13 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 		}
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
+	owner, err := checkSocket(path, uint32(os.Geteuid()))
+	if err != nil {
+		return nil, err
+	}
 	c := &Client{path: path, http: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
+			return dialTrusted(ctx, path, owner, peerCred)
 		},
 	}}}
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -50,6 +55,10 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 		c.Close()
 		if errors.Is(err, fs.ErrPermission) {
 			return nil, notPermitted(path, err)
+		}
+		var ue *untrustedError
+		if errors.As(err, &ue) {
+			return nil, ue // said whole, without the transport's wrapping
 		}
 		return nil, err
 	}

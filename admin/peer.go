@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"time"
 )
 
 // The admin socket's second lock, after its file mode: the kernel's word
@@ -42,15 +41,12 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 // newServer is NewServer with the daemon's uid and the credential read
 // given, for tests.
 func newServer(h http.Handler, log *slog.Logger, self uint32, cred func(net.Conn) (Peer, error)) *http.Server {
-	return &http.Server{
-		Handler:           requirePeer(h, log, self),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			p, err := cred(c)
-			return context.WithValue(ctx, peerKey{}, peerResult{p, err})
-		},
+	srv := limits.Server(requirePeer(h, log, self), slog.NewLogLogger(log.Handler(), slog.LevelWarn))
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		p, err := cred(c)
+		return context.WithValue(ctx, peerKey{}, peerResult{p, err})
 	}
+	return srv
 }
 
 // requirePeer lets through the requests of a peer with uid self or 0.

@@ -11,6 +11,9 @@ import (
 // that connected c (SO_PEERCRED). PID namespaces and user namespaces are
 // translated by the kernel into the daemon's own.
 func peerCred(c net.Conn) (Peer, error) {
+	if w, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = w.NetConn() // under the connection cap's wrapper
+	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		return Peer{}, fmt.Errorf("peer credentials: %T is not a unix socket connection", c)

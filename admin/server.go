@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/codat-rotator/codat-rotator/internal/serve"
 )
 
 // The admin socket: HTTP over a unix socket (mode 0600), never TCP.
@@ -121,7 +123,28 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
+// limits bound the admin socket's server. Only the daemon's user and
+// root can connect, but a stuck script of theirs should not hold the
+// daemon's descriptors either. A rotation takes as long as it takes: the
+// write timeout bounds a client that does not read, counted afresh
+// before each answer or stream line is written (extendWrite), not the
+// work before it.
+var limits = serve.Limits{
+	ReadHeaderTimeout: 10 * time.Second,
+	ReadTimeout:       30 * time.Second,
+	WriteTimeout:      time.Minute,
+	IdleTimeout:       2 * time.Minute,
+	MaxConns:          16,
+}
+
+// extendWrite gives the answer about to be written the full write
+// timeout, however long the handler worked before it.
+func extendWrite(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(limits.WriteTimeout))
+}
+
 func write(w http.ResponseWriter, status int, v any) {
+	extendWrite(w)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
@@ -157,6 +180,7 @@ type stream struct {
 }
 
 func (s *stream) line(l streamLine) {
+	extendWrite(s.w)
 	if !s.started {
 		s.w.Header().Set("Content-Type", streamType)
 		s.w.WriteHeader(http.StatusOK)
@@ -222,5 +246,5 @@ func Listen(path string) (net.Listener, error) {
 		l.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	return l, nil
+	return limits.Listener(l), nil
 }

@@ -5,12 +5,18 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/codat-rotator/codat-rotator/internal/printable"
 )
 
-// The reports as the commands print them for a person.
+// The reports as the commands print them for a person. Key names and
+// error messages come from outside (anyone holding a key can name one):
+// every report is written through printable.Writer, so that a control
+// character in them is shown, not acted on by the terminal.
 
 // WriteText prints the status of each target.
 func (r StatusReport) WriteText(w io.Writer) {
+	w = printable.Writer(w) // names and messages from Codat reach a terminal
 	for i, t := range r.Targets {
 		if i > 0 {
 			fmt.Fprintln(w)
@@ -73,6 +79,7 @@ func SharedClientText(others []string, maxKeys, reserve int) string {
 
 // WriteText prints each target's keys, or why they could not be listed.
 func (r KeysReport) WriteText(w io.Writer) {
+	w = printable.Writer(w) // names and messages from Codat reach a terminal
 	for _, t := range r.Targets {
 		fmt.Fprintf(w, "%s\n", t.Name)
 		if len(t.SharesClientWith) > 0 {
@@ -97,6 +104,7 @@ func (r KeysReport) WriteText(w io.Writer) {
 
 // WriteText prints what a takeover found and did.
 func (r TakeoverReport) WriteText(w io.Writer) {
+	w = printable.Writer(w) // names and messages from Codat reach a terminal
 	prev := r.PreviousOwner
 	if prev == "" {
 		prev = "no recorded owner"
@@ -129,6 +137,7 @@ func (r KeysReport) Failed() []string {
 
 // WriteText prints what each rotation did, or each plan.
 func (r RotateReport) WriteText(w io.Writer) {
+	w = printable.Writer(w) // names and messages from Codat reach a terminal
 	for _, e := range r.Results {
 		if e.Plan != nil {
 			e.Plan.writeText(w, e.Target, e.Vault)

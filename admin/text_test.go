@@ -54,3 +54,26 @@ func TestStatusTextShowsAWaitingTarget(t *testing.T) {
 		t.Errorf("only prod waits:\n%s", b.String())
 	}
 }
+
+// TestTextEscapesControlCharacters: a key named (or an error worded)
+// with terminal escapes by whoever made it prints them escaped: `keys`
+// on an operator's terminal once printed them as they were.
+func TestTextEscapesControlCharacters(t *testing.T) {
+	evil := "\x1b]0;pwned\x07\x1b[1A\x1b[2Kfine"
+	var b strings.Builder
+	admin.KeysReport{Targets: []admin.TargetKeys{
+		{Name: "prod", Keys: []admin.KeyEntry{{ID: "k1", Name: evil}}},
+		{Name: "test", Error: "list keys: " + evil},
+	}}.WriteText(&b)
+	admin.StatusReport{Targets: []admin.TargetStatus{{Name: "prod", LastResult: "failed", LastError: evil}}}.WriteText(&b)
+	out := b.String()
+	if strings.ContainsAny(out, "\x1b\x07") {
+		t.Errorf("control characters reached the text:\n%q", out)
+	}
+	if n := strings.Count(out, `\x1b]0;pwned\x07\x1b[1A\x1b[2Kfine`); n != 3 {
+		t.Errorf("want the name escaped 3 times, got %d in:\n%s", n, out)
+	}
+	if !strings.Contains(out, "prod\n") || !strings.Contains(out, "\n  ") {
+		t.Errorf("the layout's line feeds are gone:\n%q", out)
+	}
+}

@@ -6,6 +6,7 @@ package codat
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -96,6 +98,12 @@ func New(key Secret, opts Options) (*Client, error) {
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	}
+	// Codat's API does not redirect. A redirect would take the key's
+	// header along to wherever it points (Go re-sends it to the same host
+	// on another scheme or port): it is answered as an error instead.
+	hc := *opts.HTTPClient
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	opts.HTTPClient = &hc
 	if opts.RequestTimeout <= 0 {
 		opts.RequestTimeout = 30 * time.Second
 	}
@@ -318,6 +326,15 @@ func (c *Client) attempt(ctx context.Context, op, method, path string, payload [
 			body = nil // described by its size, not decoded
 		}
 		apiErr = DecodeError(op, status, resp.Header.Get("Content-Type"), body)
+		if status >= 300 && status <= 399 {
+			apiErr.Message = "a redirect, not followed: the key goes to " + secret.Origin(c.base) + " only"
+			if loc, err := resp.Location(); err == nil {
+				apiErr.Message = "a redirect to " + secret.Origin(loc) + ", not followed: the key goes to " + secret.Origin(c.base) + " only"
+			}
+		}
+		apiErr.Message = redactKey(apiErr.Message, c.key)
+		apiErr.CorrelationID = redactKey(apiErr.CorrelationID, c.key)
+		apiErr.CanBeRetried = redactKey(apiErr.CanBeRetried, c.key)
 		if ra := resp.Header.Get("Retry-After"); ra != "" {
 			apiErr.RetryAfter, _ = ParseRetryAfter(ra, c.opts.Now())
 		}
@@ -340,4 +357,26 @@ func (c *Client) backoff(retry int) time.Duration {
 	}
 	// Jitter in [d/2, d) so that a fleet does not retry in step.
 	return time.Duration(d/2 + rand.Float64()*d/2)
+}
+
+// redactKey replaces in text, which comes from Codat and is stored,
+// logged and sent on (state file, status, webhooks), every form of key
+// it could quote: the raw key, its base64 (the Authorization header's
+// value, with or without padding, in either alphabet).
+func redactKey(text string, key Secret) string {
+	raw := key.Reveal()
+	if raw == "" || text == "" {
+		return text
+	}
+	forms := []string{ // the longest first: a padded form holds the unpadded one
+		base64.StdEncoding.EncodeToString([]byte(raw)),
+		base64.URLEncoding.EncodeToString([]byte(raw)),
+		base64.RawStdEncoding.EncodeToString([]byte(raw)),
+		base64.RawURLEncoding.EncodeToString([]byte(raw)),
+		raw,
+	}
+	for _, f := range forms {
+		text = strings.ReplaceAll(text, f, secret.Redacted)
+	}
+	return text
 }

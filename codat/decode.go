@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/internal/isotime"
+	"github.com/codat-rotator/codat-rotator/internal/printable"
 )
 
 // Key is one Codat API key, as Codat describes it (ApiKeyDetails).
@@ -97,6 +98,9 @@ func decodeKey(body []byte) (Key, error) {
 	}
 	k := Key{ID: id}
 	k.Name, _ = d.str("name")
+	// Anyone holding a key can name one: a name reaches terminals and
+	// logs, so its control characters are escaped here, once.
+	k.Name = printable.Clean(k.Name)
 	raw, _ := d.str("apiKey")
 	k.APIKey = Secret(raw)
 	if c, ok := d.str("createdDate"); ok {
@@ -120,9 +124,10 @@ func DecodeError(op string, status int, contentType string, body []byte) *APIErr
 		e.Message = describeBody(contentType, body)
 		return e
 	}
-	e.Message = strings.TrimSpace(msg)
+	e.Message = printable.Clean(strings.TrimSpace(msg))
 	e.CorrelationID, _ = f.str("correlationId")
-	e.CanBeRetried = rawString(f["canBeRetried"])
+	e.CorrelationID = printable.Clean(e.CorrelationID)
+	e.CanBeRetried = printable.Clean(rawString(f["canBeRetried"]))
 	var v struct {
 		Errors []struct {
 			Message string `json:"message"`
@@ -130,8 +135,8 @@ func DecodeError(op string, status int, contentType string, body []byte) *APIErr
 	}
 	if raw, ok := f["validation"]; ok && json.Unmarshal(raw, &v) == nil {
 		for _, item := range v.Errors {
-			if item.Message != "" && !strings.Contains(e.Message, item.Message) {
-				e.Message += "; " + item.Message
+			if m := printable.Clean(item.Message); m != "" && !strings.Contains(e.Message, m) {
+				e.Message += "; " + m
 			}
 		}
 	}

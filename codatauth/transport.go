@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // DefaultBaseURL is Codat's API (docs/design.md#codat-api).
@@ -171,7 +172,7 @@ func (t *Transport) setBaseURL(raw string, insecure bool) error {
 		return fmt.Errorf("codatauth: Config.BaseURL %q: want an absolute http(s) URL such as %s", raw, DefaultBaseURL)
 	}
 	t.scheme, t.host, t.port = u.Scheme, strings.ToLower(u.Hostname()), portOf(u)
-	if u.Scheme == "http" && !insecure && !loopback(t.host) {
+	if secret.InClear(u) && !insecure {
 		return fmt.Errorf("codatauth: Config.BaseURL %q: plain http would send the Codat key in clear; use https, or set AllowInsecureHTTP for a proxy you trust", raw)
 	}
 	return nil
@@ -268,16 +269,6 @@ func portOf(u *url.URL) string {
 		return "80"
 	}
 	return "443"
-}
-
-// loopback reports whether host names this machine, judged from the name
-// alone (never DNS): localhost, 127.0.0.0/8, ::1.
-func loopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // Current returns the credential in use.

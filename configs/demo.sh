@@ -92,7 +92,7 @@ The daemon rotates every 20 s. Where to look, in another shell:
   export VAULT_ADDR=$VAULT_ADDR VAULT_TOKEN=$VAULT_TOKEN DEMO_DIR=$DEMO_DIR
   ./bin/codat-rotator status --config configs/demo.yaml
   ./bin/codat-rotator rotate --config configs/demo.yaml --emergency
-  go run ./examples/consumer -codat-url http://127.0.0.1:$CODAT_PORT -vault-path codat/demo -interval 5s -every 2s
+  GOTOOLCHAIN=go1.27.3 go run ./examples/consumer -codat-url http://127.0.0.1:$CODAT_PORT -vault-path codat/demo -interval 5s -every 2s
   vault kv get -field=authorization_header secret/codat/demo
   curl -s 127.0.0.1:19464/metrics | grep codat_rotator_
   tail -f $DEMO_DIR/daemon.log

@@ -19,6 +19,7 @@ import (
 
 	"github.com/codat-rotator/codat-rotator/internal/clock"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/secret"
 	"github.com/codat-rotator/codat-rotator/store"
 )
 
@@ -83,9 +84,28 @@ type Webhooks struct {
 // sent with every POST.
 func New(log *slog.Logger, userAgent string, hooks map[string][]Hook) *Webhooks {
 	ctx, stop := context.WithCancel(context.Background())
-	w := &Webhooks{log: log, http: &http.Client{}, userAgent: userAgent, sleep: clock.Sleep, attempts: 4, ctx: ctx, stop: stop}
+	w := &Webhooks{log: log, http: &http.Client{CheckRedirect: sameOriginRedirect}, userAgent: userAgent, sleep: clock.Sleep, attempts: 4, ctx: ctx, stop: stop}
 	w.Set(hooks)
 	return w
+}
+
+// maxRedirects bounds the redirects a delivery follows within its origin.
+const maxRedirects = 3
+
+// sameOriginRedirect follows a webhook's redirect only within the hook's
+// origin (scheme, host and port), and never with a Referer: the hook's
+// URL, which Go would send as the Referer, often holds its token. A
+// redirect elsewhere (another host, a metadata address) fails the
+// delivery with an error naming only the origins.
+func sameOriginRedirect(req *http.Request, via []*http.Request) error {
+	req.Header.Del("Referer")
+	if !secret.SameOrigin(via[0].URL, req.URL) {
+		return fmt.Errorf("a redirect to %s, not followed: a webhook is posted to its own origin only", secret.Origin(req.URL))
+	}
+	if len(via) > maxRedirects {
+		return fmt.Errorf("stopped after %d redirects", maxRedirects)
+	}
+	return nil
 }
 
 // Set replaces the webhooks (a config reload).

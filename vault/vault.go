@@ -74,6 +74,14 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("vault config: %w", conf.Error)
 	}
 	conf.Address = cfg.Address
+	// The library would send everything to $VAULT_AGENT_ADDR, when set,
+	// whatever Address says: the caller chose the address (and checked
+	// it), so that is where the token goes.
+	conf.AgentAddress = ""
+	// The library follows a 307 itself, token and all, to wherever it
+	// points (another scheme, host or port). The token goes to Address
+	// only: a redirect is an error.
+	conf.DisableRedirects = true
 	conf.Timeout = cfg.Timeout
 	conf.MaxRetries = 0 // retries are the rotator's decision, from fresh state
 	if err := conf.ConfigureTLS(&api.TLSConfig{

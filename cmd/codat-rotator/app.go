@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -295,8 +294,9 @@ func vaultConfig(vc VaultConfig, getenv func(string) string) (vault.Config, erro
 		}
 		return getenv(env)
 	}
+	addr, _ := vaultAddress(vc, getenv)
 	c := vault.Config{
-		Address:       pick(vc.Address, "VAULT_ADDR"),
+		Address:       addr,
 		Namespace:     pick(vc.Namespace, "VAULT_NAMESPACE"),
 		CACert:        pick(vc.TLS.CACert, "VAULT_CACERT"),
 		CAPath:        getenv("VAULT_CAPATH"),
@@ -342,14 +342,8 @@ func vaultConfig(vc VaultConfig, getenv func(string) string) (vault.Config, erro
 	if c.Address == "" {
 		return c, usage("vault.address is not set and VAULT_ADDR is empty: set VAULT_ADDR (such as https://vault.example:8200) in the environment (under systemd, in /etc/codat-rotator/env), or vault.address in the config")
 	}
-	if vc.Address == "" {
-		// Validate saw only the file; the address came from $VAULT_ADDR.
-		if u, err := url.Parse(c.Address); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return c, usage("VAULT_ADDR=%q: want an http(s) URL such as https://vault.example:8200", c.Address)
-		}
-		if err := vaultInClear("vault.address ($VAULT_ADDR)", c.Address, vc.AllowInsecureHTTP); err != nil {
-			return c, &usageError{err}
-		}
+	if err := checkVaultPath(vc, getenv); err != nil {
+		return c, err
 	}
 	return c, nil
 }

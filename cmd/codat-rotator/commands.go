@@ -60,6 +60,10 @@ func (c *opsCommand) service(ctx context.Context, cfg Config, write bool) (admin
 		// A daemon runs and holds the state file: working in-process
 		// would only meet its lock. Its refusal says what to do.
 		return nil, err
+	case errors.Is(err, admin.ErrUntrusted):
+		// Whatever answers there is not to be believed, nor is the
+		// state file beside it to be worked on as if no daemon ran.
+		return nil, err
 	}
 	log := slog.New(slog.DiscardHandler)
 	if c.newLogger != nil {

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/secret"
 )
 
 // DefaultConfigPath is where the daemon looks without --config.
@@ -267,7 +270,7 @@ func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	expanded, err := expandEnv(raw, getenv)
+	expanded, vars, err := expandEnv(raw, getenv)
 	if err != nil {
 		return Config{}, err
 	}
@@ -275,23 +278,52 @@ func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, yamlError(err, expanded)
+		return Config{}, hideExpanded(yamlError(err, expanded, raw), vars)
 	}
 	for i := range cfg.Targets {
 		applyTargetDefaults(&cfg.Targets[i])
 	}
 	if err := cfg.Validate(); err != nil {
-		return Config{}, err
+		return Config{}, hideExpanded(err, vars)
 	}
 	return cfg, nil
 }
 
+// hideExpanded returns err with every value that ${NAME} expansion put
+// into the document written back as ${NAME}: such values are often
+// secrets (a webhook's token, a URL with a password), and an error is
+// printed and logged. Values under 4 characters are left (they would
+// garble line numbers, and hide little).
+func hideExpanded(err error, vars map[string]string) error {
+	if err == nil || len(vars) == 0 {
+		return err
+	}
+	names := slices.Sorted(maps.Keys(vars))
+	// Longest value first: a value that holds another is replaced whole.
+	slices.SortStableFunc(names, func(a, b string) int { return len(vars[b]) - len(vars[a]) })
+	text := err.Error()
+	for _, name := range names {
+		if v := vars[name]; len(v) >= 4 {
+			text = strings.ReplaceAll(text, v, "${"+name+"}")
+			if q := strconv.Quote(v); q[1:len(q)-1] != v {
+				text = strings.ReplaceAll(text, q[1:len(q)-1], "${"+name+"}") // as %q wrote it
+			}
+		}
+	}
+	if text == err.Error() {
+		return err
+	}
+	return errors.New(text)
+}
+
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
-// expandEnv replaces ${NAME} with the variable's value. An unset variable
-// is an error naming it and its line; comment lines are left alone.
-func expandEnv(raw []byte, getenv func(string) string) ([]byte, error) {
+// expandEnv replaces ${NAME} with the variable's value, and returns the
+// values it put in by name. An unset variable is an error naming it and
+// its line; comment lines are left alone.
+func expandEnv(raw []byte, getenv func(string) string) ([]byte, map[string]string, error) {
 	lines := bytes.Split(raw, []byte("\n"))
+	vars := map[string]string{}
 	var errs []error
 	for i, line := range lines {
 		if bytes.HasPrefix(bytes.TrimSpace(line), []byte("#")) {
@@ -303,13 +335,14 @@ func expandEnv(raw []byte, getenv func(string) string) ([]byte, error) {
 			if v == "" {
 				errs = append(errs, fmt.Errorf("line %d: ${%s} is not set", i+1, name))
 			}
+			vars[name] = v
 			return []byte(v)
 		})
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return bytes.Join(lines, []byte("\n")), nil
+	return bytes.Join(lines, []byte("\n")), vars, nil
 }
 
 var targetName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
@@ -446,24 +479,11 @@ func (c Config) Validate() error {
 }
 
 // inClear reports whether raw, a URL Validate accepted, is plain http to
-// a host that is not loopback. Loopback is judged from the literal host
-// only (127.0.0.0/8, ::1, localhost): validation never resolves names.
+// a host that is not loopback, by the one rule of secret.InClear (the
+// literal host only, never DNS; the hosts Go's proxy settings skip).
 func inClear(raw string) bool {
 	u, err := url.Parse(raw)
-	if err != nil || !strings.EqualFold(u.Scheme, "http") {
-		return false
-	}
-	return !isLoopback(u.Hostname())
-}
-
-// isLoopback reports whether host, a literal, names this machine.
-func isLoopback(host string) bool {
-	h := strings.TrimSuffix(strings.ToLower(host), ".")
-	if h == "localhost" {
-		return true // not *.localhost: a resolver may send those elsewhere
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
+	return err == nil && secret.InClear(u)
 }
 
 // vaultInClear refuses an http address to a non-loopback Vault unless
@@ -480,13 +500,12 @@ func vaultInClear(field, addr string, allow bool) error {
 // only warned about (webhooks, which carry no key). getenv supplies
 // $VAULT_ADDR when vault.address is empty.
 func insecureHTTPWarnings(cfg Config, getenv func(string) string) []string {
-	var warns []string
-	addr, field := cfg.Vault.Address, "vault.address"
-	if addr == "" {
-		addr, field = getenv("VAULT_ADDR"), "vault.address ($VAULT_ADDR)"
-	}
+	warns := vaultTLSWarnings(getenv)
+	addr, field := vaultAddress(cfg.Vault, getenv)
 	if inClear(addr) && cfg.Vault.AllowInsecureHTTP {
-		warns = append(warns, fmt.Sprintf("%s: %s sends the Vault token in clear (vault.allow_insecure_http is set)", field, addr))
+		warns = append(warns, fmt.Sprintf("%s: %s sends the Vault token in clear (vault.allow_insecure_http is set)", field, redactedURL(addr)))
+	} else if p, name := vaultProxy(getenv); p != "" && cfg.Vault.AllowInsecureHTTP && strings.HasPrefix(addr, "http://") && !secret.LoopbackHost(hostOf(p)) {
+		warns = append(warns, fmt.Sprintf("%s: %s goes through the proxy $%s in plain http: the Vault token is in clear (vault.allow_insecure_http is set)", field, redactedURL(addr), name))
 	}
 	for i, t := range cfg.Targets {
 		if inClear(t.Codat.BaseURL) && t.Codat.AllowInsecureHTTP {
@@ -500,6 +519,15 @@ func insecureHTTPWarnings(cfg Config, getenv func(string) string) []string {
 		}
 	}
 	return warns
+}
+
+// hostOf is raw's host without its port, "" when raw is not a URL.
+func hostOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
 }
 
 // shortDuration prints 24h rather than 24h0m0s.

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/codat-rotator/codat-rotator/codatauth"
 	"github.com/codat-rotator/codat-rotator/internal/secretfile"
 )
 
@@ -268,14 +271,29 @@ func TestVaultAddrFromEnvInClear(t *testing.T) {
 	}
 }
 
-func TestIsLoopback(t *testing.T) {
-	for host, want := range map[string]bool{
-		"127.0.0.1": true, "127.255.0.3": true, "::1": true, "localhost": true, "LOCALHOST.": true, "vault.localhost": false,
-		"::ffff:127.0.0.1": true,
-		"10.0.0.1":         false, "0.0.0.0": false, "::": false, "codat.internal": false, "localhost.example.com": false, "127.0.0.1.nip.io": false, "": false,
+// TestOneLoopbackRule: the daemon's config and codatauth judge the same
+// hosts loopback (secret.LoopbackHost, the hosts Go's proxies skip), so
+// http://localhost.:PORT, which HTTP_PROXY would carry in clear, is
+// refused by both; http://localhost:PORT and 127.0.0.1 pass both.
+func TestOneLoopbackRule(t *testing.T) {
+	for host, loopback := range map[string]bool{
+		"127.0.0.1": true, "127.255.0.3": true, "[::1]": true, "localhost": true, "[::ffff:127.0.0.1]": true,
+		"localhost.": false, "LOCALHOST": false, "vault.localhost": false, "127.0.0.1.": false,
+		"10.0.0.1": false, "0.0.0.0": false, "codat.internal": false, "127.0.0.1.nip.io": false,
 	} {
-		if got := isLoopback(host); got != want {
-			t.Errorf("isLoopback(%q) = %v, want %v", host, got, want)
+		base := "http://" + host + ":8484"
+		cfg := fmt.Sprintf("vault: {address: %q}\ntargets:\n  - name: a\n    codat: {base_url: %q}\n    vault: {path: codat/a}\n", "http://"+host+":8200", base)
+		_, err := ParseConfig(strings.NewReader(cfg), noEnv)
+		if got := err == nil; got != loopback {
+			t.Errorf("config with %s: error %v, want loopback=%v", host, err, loopback)
+		}
+		if !loopback && (err == nil || !strings.Contains(err.Error(), "sends the Codat API key in clear") || !strings.Contains(err.Error(), "sends the Vault token in clear")) {
+			t.Errorf("config with %s: got %v, want both in-clear refusals", host, err)
+		}
+		_, cerr := codatauth.New(context.Background(), codatauth.Config{BaseURL: base, Source: codatauth.NewFileSource("/nonexistent")})
+		refused := cerr != nil && strings.Contains(cerr.Error(), "plain http")
+		if refused == loopback {
+			t.Errorf("codatauth with %s: %v, want refused=%v as the daemon", host, cerr, !loopback)
 		}
 	}
 }
@@ -318,5 +336,116 @@ func TestBootstrapKeyFileChecked(t *testing.T) {
 	}
 	if strings.Contains(buf.String(), "k3y") {
 		t.Error("the log shows the key")
+	}
+}
+
+// TestVaultTokenPath: every address the Vault token can go to is held
+// to the one loopback rule: $VAULT_AGENT_ADDR (which the Vault library
+// prefers to any address) and a Vault proxy (which the library uses for
+// loopback addresses too) as well as the address. The config's address
+// wins over the environment's, and is the one the client is given.
+func TestVaultTokenPath(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		vault    VaultConfig
+		env      map[string]string
+		wantAddr string
+		wantErr  string
+	}{
+		{name: "agent address from the environment", env: map[string]string{"VAULT_AGENT_ADDR": "http://127.0.0.1:8100", "VAULT_ADDR": "https://vault.example"},
+			wantAddr: "http://127.0.0.1:8100"},
+		{name: "agent on a unix socket", env: map[string]string{"VAULT_AGENT_ADDR": "unix:///run/agent.sock"}, wantAddr: "unix:///run/agent.sock"},
+		{name: "agent address in clear", env: map[string]string{"VAULT_AGENT_ADDR": "http://agent.example:8100", "VAULT_ADDR": "https://vault.example"},
+			wantErr: "vault.address ($VAULT_AGENT_ADDR): http://agent.example:8100 sends the Vault token in clear"},
+		{name: "the config's address wins over the agent's", vault: VaultConfig{Address: "https://vault.example"},
+			env: map[string]string{"VAULT_AGENT_ADDR": "http://agent.example:8100"}, wantAddr: "https://vault.example"},
+		{name: "localhost. is not loopback", env: map[string]string{"VAULT_ADDR": "http://localhost.:8200"},
+			wantErr: "vault.address ($VAULT_ADDR): http://localhost.:8200 sends the Vault token in clear"},
+		{name: "a loopback Vault through a proxy elsewhere", env: map[string]string{"VAULT_ADDR": "http://127.0.0.1:8200", "VAULT_PROXY_ADDR": "http://u:pr0xy-pw@proxy.example:3128"},
+			wantErr: "$VAULT_PROXY_ADDR: vault.address ($VAULT_ADDR) goes through the proxy http://proxy.example:3128 in plain http, which sends the Vault token in clear"},
+		{name: "a loopback Vault through a loopback proxy", env: map[string]string{"VAULT_ADDR": "http://127.0.0.1:8200", "VAULT_HTTP_PROXY": "http://127.0.0.1:3128"},
+			wantAddr: "http://127.0.0.1:8200"},
+		{name: "an https Vault through a proxy elsewhere", env: map[string]string{"VAULT_ADDR": "https://vault.example", "VAULT_PROXY_ADDR": "http://proxy.example:3128"},
+			wantAddr: "https://vault.example"},
+		{name: "a proxy in clear, accepted", vault: VaultConfig{AllowInsecureHTTP: true},
+			env: map[string]string{"VAULT_ADDR": "http://127.0.0.1:8200", "VAULT_PROXY_ADDR": "http://proxy.example:3128"}, wantAddr: "http://127.0.0.1:8200"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.vault.Auth.Method = "token"
+			env := map[string]string{"VAULT_TOKEN": "t"}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			c, err := vaultConfig(tt.vault, func(k string) string { return env[k] })
+			switch {
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("got %v, want %q", err, tt.wantErr)
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("got %v, want %s", err, tt.wantAddr)
+			case tt.wantErr == "" && c.Address != tt.wantAddr:
+				t.Errorf("address: got %s, want %s", c.Address, tt.wantAddr)
+			}
+			if err != nil && strings.Contains(err.Error(), "pr0xy-pw") {
+				t.Errorf("the error holds the proxy's password: %v", err)
+			}
+		})
+	}
+}
+
+// TestTLSRelaxationWarned: VAULT_SKIP_VERIFY=true is warned about at
+// every start, as allow_insecure_http is; a proxy in clear that is
+// accepted is warned about too.
+func TestTLSRelaxationWarned(t *testing.T) {
+	cfg := Config{Vault: VaultConfig{Address: "https://vault.example", AllowInsecureHTTP: true}}
+	env := map[string]string{"VAULT_SKIP_VERIFY": "true"}
+	warns := strings.Join(insecureHTTPWarnings(cfg, func(k string) string { return env[k] }), "\n")
+	if !strings.Contains(warns, "VAULT_SKIP_VERIFY is set: Vault's TLS certificate is not checked") {
+		t.Errorf("VAULT_SKIP_VERIFY=true: warnings %q", warns)
+	}
+	env = map[string]string{"VAULT_SKIP_VERIFY": "false", "VAULT_PROXY_ADDR": "http://proxy.example:3128"}
+	cfg.Vault.Address = "http://127.0.0.1:8200"
+	warns = strings.Join(insecureHTTPWarnings(cfg, func(k string) string { return env[k] }), "\n")
+	if strings.Contains(warns, "VAULT_SKIP_VERIFY") || !strings.Contains(warns, "goes through the proxy $VAULT_PROXY_ADDR in plain http") {
+		t.Errorf("a proxy in clear, accepted: warnings %q", warns)
+	}
+}
+
+// TestConfigErrorsHideExpandedValues: an error about the config never
+// prints a value that ${NAME} put into it (a webhook's token, a URL with
+// a password): the syntax error quotes the line as written, and type and
+// validation errors show ${NAME} where its value was.
+func TestConfigErrorsHideExpandedValues(t *testing.T) {
+	const secretValue = "https://hooks.example/services/T0/B0/s3cr3t-t0ken"
+	env := map[string]string{"HOOK": secretValue, "PASSWORD_URL": "ftp://u:pa55w0rd@codat.example", "KEYS": "s3cr3tkeys"}
+	getenv := func(k string) string { return env[k] }
+	target := "targets:\n  - name: a\n    vault: {path: codat/a}\n"
+	for name, tt := range map[string]struct{ doc, want string }{
+		"a syntax error on the line": {
+			doc:  target + "    notify:\n      webhooks:\n        - url: \"${HOOK}\n",
+			want: `in: - url: "${HOOK}`,
+		},
+		"a type error": {
+			doc:  target + "    max_keys: ${KEYS}\n",
+			want: `targets[0].max_keys: want a whole number, got "${KEYS}"`,
+		},
+		"a validation error": {
+			doc:  "targets:\n  - name: a\n    vault: {path: codat/a}\n    codat: {base_url: \"${PASSWORD_URL}\"}\n",
+			want: `targets[0].codat.base_url: "${PASSWORD_URL}" is not an http(s) URL`,
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := ParseConfig(strings.NewReader(tt.doc), getenv)
+			if err == nil {
+				t.Fatal("parsed")
+			}
+			for _, v := range env {
+				if strings.Contains(err.Error(), v) || strings.Contains(err.Error(), "s3cr3t") || strings.Contains(err.Error(), "pa55w0rd") {
+					t.Errorf("the error holds an expanded value: %v", err)
+				}
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v\nwant %q in it", err, tt.want)
+			}
+		})
 	}
 }

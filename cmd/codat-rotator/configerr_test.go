@@ -85,12 +85,19 @@ func TestConfigErrorsExit2(t *testing.T) {
 		env      []string
 		commands []string // default: every
 		want     string
-		code     int // default: exitUsage
+		notWant  string // a secret of the environment the output must not hold
+		code     int    // default: exitUsage
 	}{
 		{name: "VAULT_ADDR unset", vault: noVault, env: without("VAULT_ADDR"),
 			want: "vault.address is not set and VAULT_ADDR is empty: set VAULT_ADDR"},
 		{name: "VAULT_ADDR not a URL", vault: noVault, env: env("VAULT_ADDR=vault:8200"),
-			want: `VAULT_ADDR="vault:8200": want an http(s) URL such as https://vault.example:8200`},
+			want: `vault.address ($VAULT_ADDR): (a value that is not a URL) is not an http(s) URL such as https://vault.example:8200`},
+		{name: "VAULT_AGENT_ADDR in clear", vault: noVault, env: env("VAULT_AGENT_ADDR=http://agent.example:8100"),
+			want: "vault.address ($VAULT_AGENT_ADDR): http://agent.example:8100 sends the Vault token in clear"},
+		{name: "a plain-http Vault through a proxy", vault: noVault, env: env("VAULT_PROXY_ADDR=http://user:pr0xy-pw@proxy.example:3128"),
+			want: "$VAULT_PROXY_ADDR: vault.address ($VAULT_ADDR) goes through the proxy http://proxy.example:3128 in plain http, which sends the Vault token in clear", notWant: "pr0xy-pw"},
+		{name: "a plain-http Vault through the older proxy variable", vault: noVault, env: env("VAULT_HTTP_PROXY=http://proxy.example:3128"),
+			want: "$VAULT_HTTP_PROXY: vault.address ($VAULT_ADDR) goes through the proxy http://proxy.example:3128 in plain http"},
 		{name: "VAULT_ADDR in clear", vault: noVault, env: env("VAULT_ADDR=http://vault.example:8200"),
 			want: "vault.address ($VAULT_ADDR): http://vault.example:8200 sends the Vault token in clear"},
 		{name: "VAULT_TOKEN unset", vault: noVault, env: without("VAULT_TOKEN"),
@@ -107,14 +114,16 @@ func TestConfigErrorsExit2(t *testing.T) {
 			want: `VAULT_CLIENT_TIMEOUT="soon": want a duration such as 30s`},
 		{name: "VAULT_RATE_LIMIT malformed", vault: noVault, env: env("VAULT_RATE_LIMIT=fast"),
 			want: `VAULT_RATE_LIMIT="fast": want requests per second, with an optional burst: 10 or 10:20`},
-		{name: "VAULT_HTTP_PROXY malformed", vault: noVault, env: env("VAULT_HTTP_PROXY=proxy"),
-			want: `VAULT_HTTP_PROXY="proxy": want a proxy URL`},
+		{name: "VAULT_HTTP_PROXY malformed", vault: noVault, env: env("VAULT_HTTP_PROXY=user:pr0xy-pw@proxy"),
+			want: `VAULT_HTTP_PROXY is malformed (its value is not shown: it may hold credentials): want a proxy URL`, notWant: "pr0xy-pw"},
 		{name: "VAULT_PROXY_ADDR malformed", vault: noVault, env: env("VAULT_PROXY_ADDR=:3128"),
-			want: `VAULT_PROXY_ADDR=":3128": want a proxy URL`},
+			want: `VAULT_PROXY_ADDR is malformed (its value is not shown: it may hold credentials): want a proxy URL`},
 		{name: "VAULT_AGENT_ADDR malformed", vault: noVault, env: env("VAULT_AGENT_ADDR=agent"),
-			want: `VAULT_AGENT_ADDR="agent": want a Vault Agent URL`},
-		{name: "VAULT_HEADERS malformed", vault: noVault, env: env(`VAULT_HEADERS={"X-Vault-Token":"t"}`),
-			want: `VAULT_HEADERS="{\"X-Vault-Token\":\"t\"}": want a JSON object of header names and string values, none starting X-Vault-`},
+			want: `VAULT_AGENT_ADDR is malformed (its value is not shown: it may hold credentials): want a Vault Agent URL`},
+		{name: "VAULT_HEADERS malformed", vault: noVault, env: env(`VAULT_HEADERS={"X-Vault-Token":"t0ken-in-header"}`),
+			want: `VAULT_HEADERS is malformed (its value is not shown: it may hold credentials): want a JSON object of header names and string values, none starting X-Vault-`, notWant: "t0ken-in-header"},
+		{name: "VAULT_HEADERS not JSON", vault: noVault, env: env(`VAULT_HEADERS={"Authorization": "Bearer t0ken-in-header"`),
+			want: `VAULT_HEADERS is malformed`, notWant: "t0ken-in-header"},
 		{name: "VAULT_CACERT missing", vault: noVault, env: env("VAULT_CACERT=" + missing),
 			want: "$VAULT_CACERT: stat " + missing + ": no such file or directory; it should name the PEM certificate of the CA"},
 		{name: "VAULT_CACERT not PEM", vault: noVault, env: env("VAULT_CACERT=" + notPEM),
@@ -167,6 +176,9 @@ func TestConfigErrorsExit2(t *testing.T) {
 				got, out := runEnv(t, tt.env, args...)
 				if got != code || !strings.Contains(out, tt.want) {
 					t.Errorf("%s: exit %d, want %d with %q in:\n%s", c, got, code, tt.want, out)
+				}
+				if tt.notWant != "" && strings.Contains(out, tt.notWant) {
+					t.Errorf("%s: the output holds %q, a secret of the environment:\n%s", c, tt.notWant, out)
 				}
 			}
 		})

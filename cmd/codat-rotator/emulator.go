@@ -13,19 +13,29 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
+	"github.com/codat-rotator/codat-rotator/secret"
 )
+
+// emulatorKeyEnv names the variable that may hold the emulator's first
+// key, as the file of --initial-key-file may: never the arguments, which
+// every user sees in ps.
+const emulatorKeyEnv = "CODAT_EMULATOR_INITIAL_KEY"
 
 // emulatorCommand is `codat-rotator emulator`: a local Codat stand-in.
 type emulatorCommand struct {
 	stdout, stderr io.Writer
+	getenv         func(string) string
 
-	listen     string
-	initialKey string
-	faults     string
-	latency    time.Duration
-	opts       emulator.Options
-	logLevel   string
-	logFormat  string
+	listen         string
+	allowRemote    bool
+	initialKey     string
+	initialKeyArg  string
+	initialKeyFile string
+	faults         string
+	latency        time.Duration
+	opts           emulator.Options
+	logLevel       string
+	logFormat      string
 
 	emu    *emulator.Server
 	server *http.Server
@@ -34,14 +44,16 @@ type emulatorCommand struct {
 }
 
 func newEmulatorCommand(stdout, stderr io.Writer) *emulatorCommand {
-	return &emulatorCommand{stdout: stdout, stderr: stderr}
+	return &emulatorCommand{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 }
 
 func (c *emulatorCommand) ParseFlags(args []string) error {
 	fs := newFlagSet("emulator", "[flags]", c.stderr)
 	fs.String("config", DefaultConfigPath, "config `file`: not read (the emulator is configured by its flags); accepted as every command takes it")
-	fs.StringVar(&c.listen, "listen", "127.0.0.1:8484", "`address` to serve on; port 0 picks a free one (logged)")
-	fs.StringVar(&c.initialKey, "initial-key", "", "raw value of the client's first `key`; empty generates one and prints it as stdout's only line")
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:8484", "loopback `address` to serve on; port 0 picks a free one (logged)")
+	fs.BoolVar(&c.allowRemote, "allow-remote", false, "serve on an address other hosts can reach: the emulator makes and lists raw keys for anyone who asks")
+	fs.StringVar(&c.initialKeyFile, "initial-key-file", "", "`file` holding the raw value of the client's first key (else $"+emulatorKeyEnv+"); with neither, one is generated and printed as stdout's only line")
+	fs.StringVar(&c.initialKeyArg, "initial-key", "", "no longer taken: a key in the arguments shows in ps; use --initial-key-file or $"+emulatorKeyEnv)
 	fs.StringVar(&c.faults, "faults", "", "faults at start, as the JSON of POST /_emulator/faults, or @file")
 	fs.DurationVar(&c.latency, "latency", 0, "latency added to every list, create and delete")
 	fs.IntVar(&c.opts.MaxKeys, "max-keys", emulator.CodatMaxKeys, "the key cap answered with 409")
@@ -58,8 +70,28 @@ func (c *emulatorCommand) ParseFlags(args []string) error {
 	if err := noArgs(fs); err != nil {
 		return err
 	}
-	if _, _, err := net.SplitHostPort(c.listen); err != nil {
+	host, _, err := net.SplitHostPort(c.listen)
+	if err != nil {
 		return fmt.Errorf("--listen %q: want host:port: %v", c.listen, err)
+	}
+	if !secret.LoopbackHost(host) && !c.allowRemote {
+		return fmt.Errorf("--listen %q: not a loopback address; the emulator makes and lists raw keys for anyone who reaches it: serve on 127.0.0.1 (or [::1], localhost), or add --allow-remote on a network you trust", c.listen)
+	}
+	if c.initialKeyArg != "" {
+		return fmt.Errorf("--initial-key: a key in the arguments is visible to every user in ps; put it in a file (--initial-key-file FILE) or in $%s", emulatorKeyEnv)
+	}
+	switch {
+	case c.initialKeyFile != "":
+		b, err := os.ReadFile(c.initialKeyFile)
+		if err != nil {
+			return fmt.Errorf("--initial-key-file: %w", err)
+		}
+		c.initialKey = strings.TrimRight(string(b), "\r\n")
+		if c.initialKey == "" {
+			return fmt.Errorf("--initial-key-file %s: empty", c.initialKeyFile)
+		}
+	default:
+		c.initialKey = c.getenv(emulatorKeyEnv)
 	}
 	if c.faults != "" {
 		text := c.faults

@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"syscall"
 	_ "time/tzdata" // CRON_TZ= works in images without a zoneinfo database
+
+	"github.com/codat-rotator/codat-rotator/internal/printable"
 )
 
 // Exit codes.
@@ -104,7 +106,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, reload <
 			if errors.Is(err, flag.ErrHelp) {
 				return exitOK
 			}
-			fmt.Fprintf(stderr, "codat-rotator %s: %v\n", name, err)
+			fmt.Fprintf(stderr, "codat-rotator %s: %s\n", name, printable.Clean(err.Error()))
 			return exitUsage
 		}
 		err := cmd.Run(ctx)
@@ -112,7 +114,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, reload <
 			err = cerr
 		}
 		if err != nil {
-			fmt.Fprintf(stderr, "codat-rotator %s: %v\n", name, err)
+			fmt.Fprintf(stderr, "codat-rotator %s: %s\n", name, printable.Clean(err.Error()))
 			var u *usageError
 			if errors.As(err, &u) {
 				return exitUsage

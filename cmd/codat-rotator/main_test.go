@@ -62,6 +62,10 @@ func run(tb testing.TB, args ...string) (code int, stdout, stderr string) {
 }
 
 func TestUsageErrors(t *testing.T) {
+	shortKey := filepath.Join(t.TempDir(), "short-key")
+	if err := os.WriteFile(shortKey, []byte("abc\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -77,12 +81,17 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown flag", []string{"emulator", "--nope"}, "flag provided but not defined: -nope"},
 		{"listen without port", []string{"emulator", "--listen", "localhost"}, `--listen "localhost": want host:port`},
 		{"listen on a busy port", []string{"emulator", "--listen", busy.Addr().String()}, "address already in use"},
-		{"listen on a foreign address", []string{"emulator", "--listen", "192.0.2.1:0"}, "cannot assign requested address"},
+		{"listen on a foreign address", []string{"emulator", "--listen", "192.0.2.1:0", "--allow-remote"}, "cannot assign requested address"},
+		{"listen beyond loopback", []string{"emulator", "--listen", "0.0.0.0:0"}, `--listen "0.0.0.0:0": not a loopback address; the emulator makes and lists raw keys for anyone who reaches it`},
+		{"listen on every address", []string{"emulator", "--listen", ":0"}, `--listen ":0": not a loopback address`},
+		{"listen on localhost.", []string{"emulator", "--listen", "localhost.:0"}, `--listen "localhost.:0": not a loopback address`},
+		{"initial key in the arguments", []string{"emulator", "--listen", "127.0.0.1:0", "--initial-key", "abcdefgh12345678"}, "--initial-key: a key in the arguments is visible to every user in ps; put it in a file (--initial-key-file FILE) or in $CODAT_EMULATOR_INITIAL_KEY"},
+		{"initial key file missing", []string{"emulator", "--listen", "127.0.0.1:0", "--initial-key-file", "/nonexistent/key"}, "--initial-key-file: open /nonexistent/key: no such file or directory"},
 		{"bad faults", []string{"emulator", "--faults", `{"create":{"fail_rate":2}}`}, "create.fail_rate: 2 is not between 0 and 1"},
 		{"unknown fault", []string{"emulator", "--faults", `{"create":{"explode":1}}`}, `unknown field "explode"`},
 		{"stray argument", []string{"emulator", "now"}, `unexpected argument "now"`},
 		{"bad log level", []string{"emulator", "--listen", "127.0.0.1:0", "--log-level", "loud"}, `log level "loud"`},
-		{"short initial key", []string{"emulator", "--listen", "127.0.0.1:0", "--initial-key", "abc"}, "initial key: want 8 to 256 characters"},
+		{"short initial key", []string{"emulator", "--listen", "127.0.0.1:0", "--initial-key-file", shortKey}, "initial key: want 8 to 256 characters"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,7 +131,8 @@ func TestEveryCommandTakesConfig(t *testing.T) {
 	if code, stdout, stderr := run(t, "version", "--config", missing); code != 0 || !strings.HasPrefix(stdout, "codat-rotator ") {
 		t.Errorf("version --config: exit %d\n%s%s", code, stdout, stderr)
 	}
-	cmd := exec.Command(binary, "emulator", "--config", missing, "--listen", "127.0.0.1:0", "--initial-key", "abcdefgh12345678")
+	cmd := exec.Command(binary, "emulator", "--config", missing, "--listen", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "CODAT_EMULATOR_INITIAL_KEY=abcdefgh12345678")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -234,9 +244,28 @@ func TestEmulatorCommand(t *testing.T) {
 	}
 }
 
-func TestEmulatorInitialKeyFlag(t *testing.T) {
+// TestEmulatorInitialKey: the first key comes from a file or the
+// environment, never the arguments (which ps shows every user).
+func TestEmulatorInitialKey(t *testing.T) {
 	const key = "ztHQGvnC4XN2CgUhaDWEG4ySLUJqWjp7zkbZkGHd"
-	cmd := exec.Command(binary, "emulator", "--listen", "127.0.0.1:0", "--log-format", "json", "--initial-key", key)
+	file := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(file, []byte(key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, how := range map[string]func(*exec.Cmd){
+		"file":        func(c *exec.Cmd) { c.Args = append(c.Args, "--initial-key-file", file) },
+		"environment": func(c *exec.Cmd) { c.Env = append(os.Environ(), "CODAT_EMULATOR_INITIAL_KEY="+key) },
+	} {
+		t.Run(name, func(t *testing.T) { testEmulatorInitialKey(t, key, how) })
+	}
+}
+
+func testEmulatorInitialKey(t *testing.T, key string, how func(*exec.Cmd)) {
+	cmd := exec.Command(binary, "emulator", "--listen", "127.0.0.1:0", "--log-format", "json")
+	how(cmd)
+	if strings.Contains(strings.Join(cmd.Args, " "), key) {
+		t.Fatal("the key is in the arguments")
+	}
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	stderr, err := cmd.StderrPipe()

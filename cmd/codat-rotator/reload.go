@@ -48,7 +48,7 @@ func (c *reloadCommand) Run(ctx context.Context) error {
 	}
 	cl, err := admin.Dial(ctx, sock)
 	if err != nil {
-		if errors.Is(err, admin.ErrRefused) {
+		if errors.Is(err, admin.ErrRefused) || errors.Is(err, admin.ErrUntrusted) {
 			return err
 		}
 		err = fmt.Errorf("no daemon answers on %s, so nothing was reloaded: %w", sock, err)
@@ -83,16 +83,17 @@ func adminSocketIn(path string, getenv func(string) string) (string, error) {
 	if err != nil {
 		return DefaultAdminSocket, err
 	}
-	if expanded, err := expandEnv(raw, getenv); err == nil {
-		raw = expanded
+	expanded, vars := raw, map[string]string(nil)
+	if e, v, err := expandEnv(raw, getenv); err == nil {
+		expanded, vars = e, v
 	}
 	var cfg struct {
 		Listen struct {
 			AdminSocket *string `yaml:"admin_socket"`
 		} `yaml:"listen"`
 	}
-	if err := yaml.NewDecoder(bytes.NewReader(raw)).Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return DefaultAdminSocket, yamlError(err, raw)
+	if err := yaml.NewDecoder(bytes.NewReader(expanded)).Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return DefaultAdminSocket, hideExpanded(yamlError(err, expanded, raw), vars)
 	}
 	if cfg.Listen.AdminSocket == nil {
 		return DefaultAdminSocket, nil

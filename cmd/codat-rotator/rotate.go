@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/admin"
+	"github.com/codat-rotator/codat-rotator/internal/printable"
 )
 
 // rotateCommand is `codat-rotator rotate`: one rotation now, through the
@@ -91,7 +92,7 @@ func (c *rotateCommand) Run(ctx context.Context) error {
 	progress := func(p admin.Progress) {
 		mu.Lock()
 		defer mu.Unlock()
-		fmt.Fprintf(c.stderr, "codat-rotator rotate: %s\n", p)
+		fmt.Fprintf(c.stderr, "codat-rotator rotate: %s\n", printable.Clean(p.String()))
 	}
 	req := admin.RotateRequest{Target: c.target, Emergency: c.emergency, Revoke: c.revoke, DryRun: c.dryRun, Progress: progress}
 	if c.target != "" {

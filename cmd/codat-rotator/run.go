@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/admin"
+	"github.com/codat-rotator/codat-rotator/internal/serve"
 	"github.com/codat-rotator/codat-rotator/metrics"
 	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
@@ -158,8 +159,8 @@ func (c *runCommand) Run(ctx context.Context) error {
 		log.Info("admin socket listening", "path", cfg.Listen.AdminSocket)
 	}
 	if metricsL != nil {
-		c.serve(metricsL, &http.Server{Handler: c.observability(), ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}, serveErr)
+		c.serve(metricsLimits.Listener(metricsL), metricsLimits.Server(c.observability(),
+			slog.NewLogLogger(log.Handler(), slog.LevelWarn)), serveErr)
 		log.Info("metrics listening", "addr", metricsL.Addr().String())
 	}
 	names := c.sched.Names()
@@ -233,6 +234,20 @@ func (c *runCommand) serve(l net.Listener, srv *http.Server, errc chan<- error) 
 			errc <- fmt.Errorf("serve %s: %w", l.Addr(), err)
 		}
 	}()
+}
+
+// metricsLimits bound the metrics and health listener, which may face a
+// whole cluster's pods (listen.metrics is 0.0.0.0:9464 on Kubernetes): a
+// client gets 5 s to send its request, an answer 30 s to be read (a
+// /readyz that asks Vault takes up to 5 s), a kept-alive connection 60 s
+// of silence, and 32 connections are open at most: Prometheus and the
+// kubelet's probes need a handful.
+var metricsLimits = serve.Limits{
+	ReadHeaderTimeout: 5 * time.Second,
+	ReadTimeout:       10 * time.Second,
+	WriteTimeout:      30 * time.Second,
+	IdleTimeout:       60 * time.Second,
+	MaxConns:          32,
 }
 
 // observability serves /metrics, /healthz and /readyz.

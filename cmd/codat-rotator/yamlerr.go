@@ -24,10 +24,12 @@ var (
 )
 
 // yamlError words err, the decoder's error for raw, for an operator.
-func yamlError(err error, raw []byte) error {
+// orig is the file before ${NAME} expansion: a line quoted from it shows
+// the ${NAME}, not its value.
+func yamlError(err error, raw, orig []byte) error {
 	var te *yaml.TypeError
 	if !errors.As(err, &te) {
-		return syntaxError(err, raw)
+		return syntaxError(err, raw, orig)
 	}
 	var root yaml.Node
 	_ = yaml.Unmarshal(raw, &root) // it parsed: only types were wrong
@@ -43,7 +45,7 @@ func yamlError(err error, raw []byte) error {
 // decoder names the line where the enclosing block starts (counted from
 // 0 at that), not the line that breaks it: the first prefix of whole
 // lines that does not parse ends on that line.
-func syntaxError(err error, raw []byte) error {
+func syntaxError(err error, raw, orig []byte) error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	if m := lineMsg.FindStringSubmatch(msg); m != nil {
 		msg = m[2]
@@ -66,7 +68,12 @@ func syntaxError(err error, raw []byte) error {
 	if strings.Contains(text[:len(text)-len(strings.TrimLeft(text, " \t"))], "\t") {
 		msg += " (a tab: YAML indents with spaces only)"
 	}
-	return fmt.Errorf("line %d: %s, in: %s", n, msg, strings.TrimSpace(text))
+	// The line as written, ${NAME} and all: its expansion may be a secret.
+	written := strings.SplitAfter(string(orig), "\n")
+	if len(written) != len(lines) {
+		return fmt.Errorf("line %d: %s", n, msg) // a value spanning lines: no line to quote
+	}
+	return fmt.Errorf("line %d: %s, in: %s", n, msg, strings.TrimSpace(strings.TrimRight(written[n-1], "\r\n")))
 }
 
 // yamlField is a key (nil for a list item) and its value, at path.

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path"
@@ -21,6 +22,7 @@ import (
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -51,7 +53,7 @@ const (
 // scheme knows the kinds the manifests may hold.
 var scheme = func() *runtime.Scheme {
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, monitoringv1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, networkingv1.AddToScheme, monitoringv1.AddToScheme} {
 		if err := add(s); err != nil {
 			panic(err)
 		}
@@ -248,6 +250,7 @@ type built struct {
 	svc         *corev1.Service
 	sts         *appsv1.StatefulSet
 	rules       *monitoringv1.PrometheusRule
+	netpol      *networkingv1.NetworkPolicy
 	namespaced  []metav1.Object
 	objectCount int
 }
@@ -288,12 +291,14 @@ func build(tb testing.TB) built {
 			b.sts, b.namespaced = o, append(b.namespaced, o)
 		case *monitoringv1.PrometheusRule:
 			b.rules, b.namespaced = o, append(b.namespaced, o)
+		case *networkingv1.NetworkPolicy:
+			b.netpol, b.namespaced = o, append(b.namespaced, o)
 		default:
 			tb.Fatalf("kustomize output: unexpected %T", obj)
 		}
 	}
-	if b.ns == nil || b.sa == nil || b.cm == nil || b.svc == nil || b.sts == nil || b.rules == nil || b.objectCount != 6 {
-		tb.Fatalf("kustomize output: got %d objects, want one each of Namespace, ServiceAccount, ConfigMap, Service, StatefulSet, PrometheusRule", b.objectCount)
+	if b.ns == nil || b.sa == nil || b.cm == nil || b.svc == nil || b.sts == nil || b.rules == nil || b.netpol == nil || b.objectCount != 7 {
+		tb.Fatalf("kustomize output: got %d objects, want one each of Namespace, ServiceAccount, ConfigMap, Service, StatefulSet, PrometheusRule, NetworkPolicy", b.objectCount)
 	}
 	return b
 }
@@ -308,8 +313,8 @@ func TestKustomizeBuild(t *testing.T) {
 			t.Errorf("%s: namespace %q, want %q", o.GetName(), o.GetNamespace(), namespace)
 		}
 	}
-	if b.sa.Name != name || b.svc.Name != name || b.sts.Name != name || b.rules.Name != name {
-		t.Errorf("names: ServiceAccount %q, Service %q, StatefulSet %q, PrometheusRule %q; want %q", b.sa.Name, b.svc.Name, b.sts.Name, b.rules.Name, name)
+	if b.sa.Name != name || b.svc.Name != name || b.sts.Name != name || b.rules.Name != name || b.netpol.Name != name {
+		t.Errorf("names: ServiceAccount %q, Service %q, StatefulSet %q, PrometheusRule %q, NetworkPolicy %q; want %q", b.sa.Name, b.svc.Name, b.sts.Name, b.rules.Name, b.netpol.Name, name)
 	}
 	if !strings.HasPrefix(b.cm.Name, name+"-") {
 		t.Errorf("ConfigMap: got %q, want %s-<content hash>", b.cm.Name, name)
@@ -606,6 +611,65 @@ func TestMetricsService(t *testing.T) {
 	}
 	if !svc.Spec.PublishNotReadyAddresses {
 		t.Error("publishNotReadyAddresses: want true, so a pod that cannot reach Vault is still scraped")
+	}
+}
+
+// Where Prometheus runs, as the NetworkPolicy admits it and the README
+// says (kube-prometheus-stack's defaults).
+const (
+	scrapeNamespace = "monitoring"
+	scrapePodLabel  = "app.kubernetes.io/name=prometheus"
+)
+
+// TestNetworkPolicy: the pod admits connections on its metrics port
+// from Prometheus's pods in the monitoring namespace, and from nothing
+// else (issue 23: any pod could hold thousands of connections open).
+func TestNetworkPolicy(t *testing.T) {
+	b := build(t)
+	np, c := b.netpol, container(t, b.sts)
+	labels := b.sts.Spec.Template.Labels
+	if len(np.Spec.PodSelector.MatchLabels) == 0 || len(np.Spec.PodSelector.MatchExpressions) != 0 {
+		t.Fatalf("podSelector: got %+v, want matchLabels of the pod", np.Spec.PodSelector)
+	}
+	for k, v := range np.Spec.PodSelector.MatchLabels {
+		if labels[k] != v {
+			t.Errorf("podSelector %s=%s does not match the pod's labels %v", k, v, labels)
+		}
+	}
+	if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}) {
+		t.Errorf("policyTypes: got %v, want [Ingress]", np.Spec.PolicyTypes)
+	}
+	if len(np.Spec.Ingress) != 1 {
+		t.Fatalf("ingress rules: got %d, want 1 (Prometheus on the metrics port)", len(np.Spec.Ingress))
+	}
+	rule := np.Spec.Ingress[0]
+	if len(rule.Ports) != 1 || rule.Ports[0].Port == nil || resolvePort(t, c, *rule.Ports[0].Port) != metricsPort ||
+		rule.Ports[0].Protocol == nil || *rule.Ports[0].Protocol != corev1.ProtocolTCP || rule.Ports[0].EndPort != nil {
+		t.Errorf("ingress ports: got %+v, want the one metrics port %d/TCP", rule.Ports, metricsPort)
+	}
+	if len(rule.From) != 1 {
+		t.Fatalf("ingress from: got %d peers, want 1 (an empty list would admit everyone)", len(rule.From))
+	}
+	peer := rule.From[0]
+	wantKey, wantValue, _ := strings.Cut(scrapePodLabel, "=")
+	switch {
+	case peer.IPBlock != nil:
+		t.Errorf("ingress from: an ipBlock %+v, want pods only", peer.IPBlock)
+	case peer.NamespaceSelector == nil || len(peer.NamespaceSelector.MatchExpressions) != 0 ||
+		!maps.Equal(peer.NamespaceSelector.MatchLabels, map[string]string{"kubernetes.io/metadata.name": scrapeNamespace}):
+		t.Errorf("ingress from: namespaceSelector %+v, want the namespace %s alone", peer.NamespaceSelector, scrapeNamespace)
+	case peer.PodSelector == nil || len(peer.PodSelector.MatchExpressions) != 0 ||
+		!maps.Equal(peer.PodSelector.MatchLabels, map[string]string{wantKey: wantValue}):
+		t.Errorf("ingress from: podSelector %+v, want %s alone (in the same peer as the namespace)", peer.PodSelector, scrapePodLabel)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"`" + scrapeNamespace + "`", "`" + scrapePodLabel + "`", "networkpolicy.yaml"} {
+		if !bytes.Contains(readme, []byte(want)) {
+			t.Errorf("README.md does not say %s: it must tell where scrapes are admitted from", want)
+		}
 	}
 }
 

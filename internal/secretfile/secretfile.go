@@ -3,7 +3,8 @@
 // that no other user can change them, and warns when other users can read
 // them.
 //
-// The rule, on the file the path finally names (symlinks followed):
+// The rule, on the file the path finally names (symlinks followed), as
+// opened: Read checks the open file, so what is checked is what is read:
 //
 //   - group- or world-writable: refused;
 //   - owned by a uid other than the process's own and root (0): refused;
@@ -19,6 +20,7 @@ package secretfile
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -63,6 +65,11 @@ func (f File) Check() (warnings []string, err error) {
 	if err != nil {
 		return nil, err
 	}
+	return f.judge(fi)
+}
+
+// judge applies the rule to fi, the file's own information.
+func (f File) judge(fi fs.FileInfo) (warnings []string, err error) {
 	perm := fi.Mode().Perm()
 	if perm&0o022 != 0 {
 		return nil, unsafe("%s %s: mode %04o lets other users replace %s; chmod 600 it",
@@ -82,13 +89,24 @@ func (f File) Check() (warnings []string, err error) {
 	return warnings, nil
 }
 
-// Read checks the file, then reads it.
+// Read opens the file once (symlinks followed), applies the rule to
+// what it opened (fstat, not the path: a file swapped in between a check
+// of the path and its opening would be read unchecked), then reads it.
 func (f File) Read() (data []byte, warnings []string, err error) {
-	warnings, err = f.Check()
+	file, err := os.Open(f.Path)
 	if err != nil {
 		return nil, nil, err
 	}
-	data, err = os.ReadFile(f.Path)
+	defer file.Close()
+	fi, err := file.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	warnings, err = f.judge(fi)
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err = io.ReadAll(file)
 	if err != nil {
 		return nil, warnings, err
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // asRoot fails the test, under CI too, when it cannot chown: the owner
@@ -189,5 +190,73 @@ func TestProjected(t *testing.T) {
 		if got := Projected(path); got != want {
 			t.Errorf("Projected(%s) = %v, want %v", path, got, want)
 		}
+	}
+}
+
+// TestReadChecksWhatItReads: a path swapped, again and again, between a
+// safe file and one other users can write is never read while it names
+// the unsafe one. Checking the path and then opening it by path once
+// read the swapped-in file hundreds of times in such a loop.
+func TestReadChecksWhatItReads(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "token")
+	safe, evil := filepath.Join(dir, "safe"), filepath.Join(dir, "evil")
+	for name, mode := range map[string]os.FileMode{safe: 0o600, evil: 0o666} {
+		content := "good"
+		if name == evil {
+			content = "EVIL"
+		}
+		if err := os.WriteFile(name, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(name, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Link(safe, path); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			src, tmp := safe, filepath.Join(dir, "tmp")
+			if i%2 == 1 {
+				src = evil
+			}
+			_ = os.Remove(tmp)
+			if os.Link(src, tmp) == nil {
+				_ = os.Rename(tmp, path)
+			}
+		}
+	}()
+	f := File{Field: "vault.auth.token_file", Path: path, Holds: "the Vault token"}
+	var good, refused, leaked int
+	for start := time.Now(); time.Since(start) < 2*time.Second && (good < 1000 || refused < 1000); {
+		data, _, err := f.Read()
+		switch {
+		case errors.Is(err, ErrUnsafe):
+			refused++
+		case err != nil:
+		case string(data) == "EVIL":
+			leaked++
+		default:
+			good++
+		}
+	}
+	close(stop)
+	<-done
+	t.Logf("reads: %d good, %d refused, %d of the unsafe file", good, refused, leaked)
+	if good == 0 || refused == 0 {
+		t.Fatalf("the swap was not exercised: %d good reads, %d refused", good, refused)
+	}
+	if leaked > 0 {
+		t.Errorf("the unsafe file was read %d times: the check and the read saw different files", leaked)
 	}
 }
