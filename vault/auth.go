@@ -191,24 +191,38 @@ func (c *Client) ensureToken(ctx context.Context) (int, error) {
 }
 
 // relogin replaces the token unless another call already did since
-// generation seen (-1: always).
+// generation seen (-1: always). One login runs at a time; waiting for it
+// ends with ctx.
 func (c *Client) relogin(ctx context.Context, seen int) (int, error) {
+	select {
+	case c.logins <- struct{}{}:
+	case <-ctx.Done():
+		c.mu.Lock()
+		gen := c.gen
+		c.mu.Unlock()
+		return gen, fmt.Errorf("vault login (%s): waiting for the login in flight: %w", c.auth.name(), ctx.Err())
+	}
+	defer func() { <-c.logins }()
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if seen >= 0 && c.gen != seen && c.api.Token() != "" {
-		return c.gen, nil
+	gen := c.gen
+	c.mu.Unlock()
+	if seen >= 0 && gen != seen && c.api.Token() != "" {
+		return gen, nil
 	}
 	token, lease, err := c.auth.login(ctx, c.api, c.cfg.OnWarning)
 	if err != nil {
-		return c.gen, err
+		return gen, err
 	}
+	c.mu.Lock()
 	c.api.SetToken(token.Reveal())
 	c.lease = lease
 	c.gen++
+	gen = c.gen
+	c.mu.Unlock()
 	if c.onLogin != nil {
 		c.onLogin(c.auth.name())
 	}
-	return c.gen, nil
+	return gen, nil
 }
 
 // call runs op with a token; when Vault says the token is invalid
