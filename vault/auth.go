@@ -2,6 +2,8 @@ package vault
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -129,7 +131,53 @@ func (a KubernetesAuth) login(ctx context.Context, c *api.Client, warn func(stri
 	if err != nil {
 		return "", nil, fmt.Errorf("kubernetes auth: %w", err)
 	}
-	return loginWith(ctx, c, m, "auth/"+orDefault(a.Mount, "kubernetes")+"/login")
+	sec, lease, err := loginWith(ctx, c, m, "auth/"+orDefault(a.Mount, "kubernetes")+"/login")
+	var ve *Error
+	if errors.As(err, &ve) && ve.Kind == ErrLoginRefused {
+		// Vault's reason may not say what is wrong with the token (an
+		// expired one is "permission denied"): say what it is.
+		ve.Detail += " (" + describeToken(strings.TrimSpace(string(jwt)), path, time.Now()) + ")"
+	}
+	return sec, lease, err
+}
+
+// describeToken says whose a service-account token is, for which
+// audience and until when, from its claims, so that a refused login
+// tells a token of another service account, one minted for another
+// audience and an expired one apart. The signature, the part that makes
+// a token usable, is never read.
+func describeToken(jwt, file string, now time.Time) string {
+	parts := strings.Split(jwt, ".")
+	if len(parts) != 3 {
+		return "the token in " + file + " is not a JWT"
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	var claims struct {
+		Sub string          `json:"sub"`
+		Aud json.RawMessage `json:"aud"`
+		Exp int64           `json:"exp"`
+	}
+	if err != nil || json.Unmarshal(raw, &claims) != nil {
+		return "the token in " + file + " has no readable claims"
+	}
+	var aud []string
+	if json.Unmarshal(claims.Aud, &aud) != nil {
+		var one string
+		if json.Unmarshal(claims.Aud, &one) == nil && one != "" {
+			aud = []string{one}
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "the token in %s is of %s, for audience %s", file, orDefault(claims.Sub, "no subject"), orDefault(strings.Join(aud, ","), "none"))
+	if claims.Exp != 0 {
+		exp := time.Unix(claims.Exp, 0).UTC()
+		if exp.After(now) {
+			fmt.Fprintf(&b, ", valid until %s", exp.Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(&b, ", and expired at %s, %s ago: is the kubelet still refreshing it?", exp.Format(time.RFC3339), now.Sub(exp).Round(time.Second))
+		}
+	}
+	return b.String()
 }
 
 func loginWith(ctx context.Context, c *api.Client, m api.AuthMethod, path string) (secret.Value, *api.Secret, error) {
