@@ -621,7 +621,7 @@ func TestKubernetesVaultSetup(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	setup := func(env ...string) {
+	setup := func(t *testing.T, env ...string) {
 		t.Helper()
 		sh := exec.CommandContext(ctx, "sh", k8sVaultSetup)
 		sh.Env = append([]string{
@@ -634,7 +634,7 @@ func TestKubernetesVaultSetup(t *testing.T) {
 			t.Fatalf("vault-setup.sh %s: %v\n%s", strings.Join(env, " "), err, out)
 		}
 	}
-	authConfig := func() map[string]any {
+	authConfig := func(t *testing.T) map[string]any {
 		t.Helper()
 		sec, err := root.Logical().ReadWithContext(ctx, "auth/kubernetes/config")
 		if err != nil || sec == nil {
@@ -653,12 +653,12 @@ func TestKubernetesVaultSetup(t *testing.T) {
 		{"outside the cluster, the pod's token as reviewer", []string{"KUBERNETES_HOST=" + host, "KUBERNETES_CA_CERT=" + caFile}, false},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
-			setup(mode.env...)
-			setup(mode.env...)
+			setup(t, mode.env...)
+			setup(t, mode.env...)
 			if mode.env == nil {
 				return
 			}
-			cfg := authConfig()
+			cfg := authConfig(t)
 			if cfg["kubernetes_host"] != host || strings.TrimSpace(fmt.Sprint(cfg["kubernetes_ca_cert"])) != strings.TrimSpace(string(caPEM)) ||
 				cfg["disable_local_ca_jwt"] != true || cfg["token_reviewer_jwt_set"] != mode.reviewer {
 				t.Errorf("auth/kubernetes/config: host %v, CA given %v, disable_local_ca_jwt %v, token_reviewer_jwt_set %v; want %s, the CA file, true, %v",
