@@ -94,7 +94,7 @@ func TestProbesAnswerWhileVaultHangs(t *testing.T) {
 	cfg := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`state_path: %s
 log: {level: debug, format: json}
-listen: {metrics: %s}
+listen: {metrics: %s, admin_socket: %s}
 vault:
   address: %s
   auth: {method: kubernetes, kubernetes: {role: codat-rotator, token_file: %s}}
@@ -104,7 +104,7 @@ targets:
     vault: {mount: secret, path: codat/stuck}
     schedule: "@every 1h"
     grace: 1m
-`, filepath.Join(dir, "state.db"), metrics, stuckListener(t), tokenFile, stuckListener(t))), 0o600); err != nil {
+`, filepath.Join(dir, "state.db"), metrics, filepath.Join(dir, "admin.sock"), stuckListener(t), tokenFile, stuckListener(t))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(binary, "run", "--config", cfg)
