@@ -2,6 +2,8 @@ package vault
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -129,7 +131,53 @@ func (a KubernetesAuth) login(ctx context.Context, c *api.Client, warn func(stri
 	if err != nil {
 		return "", nil, fmt.Errorf("kubernetes auth: %w", err)
 	}
-	return loginWith(ctx, c, m, "auth/"+orDefault(a.Mount, "kubernetes")+"/login")
+	sec, lease, err := loginWith(ctx, c, m, "auth/"+orDefault(a.Mount, "kubernetes")+"/login")
+	var ve *Error
+	if errors.As(err, &ve) && ve.Kind == ErrLoginRefused {
+		// Vault's reason may not say what is wrong with the token (an
+		// expired one is "permission denied"): say what it is.
+		ve.Detail += " (" + describeToken(strings.TrimSpace(string(jwt)), path, time.Now()) + ")"
+	}
+	return sec, lease, err
+}
+
+// describeToken says whose a service-account token is, for which
+// audience and until when, from its claims, so that a refused login
+// tells a token of another service account, one minted for another
+// audience and an expired one apart. The signature, the part that makes
+// a token usable, is never read.
+func describeToken(jwt, file string, now time.Time) string {
+	parts := strings.Split(jwt, ".")
+	if len(parts) != 3 {
+		return "the token in " + file + " is not a JWT"
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	var claims struct {
+		Sub string          `json:"sub"`
+		Aud json.RawMessage `json:"aud"`
+		Exp int64           `json:"exp"`
+	}
+	if err != nil || json.Unmarshal(raw, &claims) != nil {
+		return "the token in " + file + " has no readable claims"
+	}
+	var aud []string
+	if json.Unmarshal(claims.Aud, &aud) != nil {
+		var one string
+		if json.Unmarshal(claims.Aud, &one) == nil && one != "" {
+			aud = []string{one}
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "the token in %s is of %s, for audience %s", file, orDefault(claims.Sub, "no subject"), orDefault(strings.Join(aud, ","), "none"))
+	if claims.Exp != 0 {
+		exp := time.Unix(claims.Exp, 0).UTC()
+		if exp.After(now) {
+			fmt.Fprintf(&b, ", valid until %s", exp.Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(&b, ", and expired at %s, %s ago: is the kubelet still refreshing it?", exp.Format(time.RFC3339), now.Sub(exp).Round(time.Second))
+		}
+	}
+	return b.String()
 }
 
 func loginWith(ctx context.Context, c *api.Client, m api.AuthMethod, path string) (secret.Value, *api.Secret, error) {
@@ -191,24 +239,38 @@ func (c *Client) ensureToken(ctx context.Context) (int, error) {
 }
 
 // relogin replaces the token unless another call already did since
-// generation seen (-1: always).
+// generation seen (-1: always). One login runs at a time; waiting for it
+// ends with ctx.
 func (c *Client) relogin(ctx context.Context, seen int) (int, error) {
+	select {
+	case c.logins <- struct{}{}:
+	case <-ctx.Done():
+		c.mu.Lock()
+		gen := c.gen
+		c.mu.Unlock()
+		return gen, fmt.Errorf("vault login (%s): waiting for the login in flight: %w", c.auth.name(), ctx.Err())
+	}
+	defer func() { <-c.logins }()
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if seen >= 0 && c.gen != seen && c.api.Token() != "" {
-		return c.gen, nil
+	gen := c.gen
+	c.mu.Unlock()
+	if seen >= 0 && gen != seen && c.api.Token() != "" {
+		return gen, nil
 	}
 	token, lease, err := c.auth.login(ctx, c.api, c.cfg.OnWarning)
 	if err != nil {
-		return c.gen, err
+		return gen, err
 	}
+	c.mu.Lock()
 	c.api.SetToken(token.Reveal())
 	c.lease = lease
 	c.gen++
+	gen = c.gen
+	c.mu.Unlock()
 	if c.onLogin != nil {
 		c.onLogin(c.auth.name())
 	}
-	return c.gen, nil
+	return gen, nil
 }
 
 // call runs op with a token; when Vault says the token is invalid

@@ -56,9 +56,14 @@ type Client struct {
 	auth    Auth
 	onLogin func(string)
 
-	mu    sync.Mutex // serialises logins
-	gen   int        // counts logins
-	lease *api.Secret
+	// logins holds one token at a time: the login in flight. A caller
+	// whose context ends while it waits gives up, so a login that hangs
+	// (Vault accepting connections and never answering) holds up no one
+	// past their own deadline, a readiness probe included.
+	logins chan struct{}
+	mu     sync.Mutex // guards gen and lease; never held over a request
+	gen    int        // counts logins
+	lease  *api.Secret
 }
 
 // New returns a client for cfg. It does not contact Vault.
@@ -103,7 +108,7 @@ func New(cfg Config) (*Client, error) {
 		c.SetNamespace(cfg.Namespace)
 	}
 	c.ClearToken()
-	cl := &Client{api: c, cfg: cfg, auth: cfg.Auth, onLogin: cfg.OnLogin}
+	cl := &Client{api: c, cfg: cfg, auth: cfg.Auth, onLogin: cfg.OnLogin, logins: make(chan struct{}, 1)}
 	if cl.auth == nil {
 		cl.auth = TokenAuth{Token: cfg.Token, File: cfg.TokenFile}
 	}

@@ -3,10 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"debug/buildinfo"
 	"debug/elf"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -350,9 +358,6 @@ func TestDockerfile(t *testing.T) {
 	if build.name != "build" || !strings.HasPrefix(build.from, "golang:") {
 		t.Errorf("first stage: got FROM %s AS %q, want golang:… AS build", build.from, build.name)
 	}
-	if got, want := build.from, "golang:${GO_VERSION}-bookworm"; got != want {
-		t.Errorf("build image: got %s, want %s", got, want)
-	}
 	mod, err := os.ReadFile(repoRoot + "/go.mod")
 	if err != nil {
 		t.Fatal(err)
@@ -362,15 +367,18 @@ func TestDockerfile(t *testing.T) {
 	if goLine == nil {
 		t.Fatal("go.mod: no toolchain line")
 	}
-	var preamble []string
-	for _, in := range parseDockerfile(t, dockerfile) {
-		if in.cmd == "FROM" {
-			break
-		}
-		preamble = append(preamble, in.cmd+" "+in.args)
+	// Both bases pinned by digest; the build image at go.mod's go line,
+	// whose go fetches the toolchain line's Go itself (GOTOOLCHAIN=auto
+	// in the golang images), so what ships is built with goLine's.
+	goDirective := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindSubmatch(mod)
+	if goDirective == nil {
+		t.Fatal("go.mod: no go line")
 	}
-	if want := "ARG GO_VERSION=" + string(goLine[1]); !slices.Contains(preamble, want) {
-		t.Errorf("before the first FROM: got %q, want %q (go.mod's toolchain)", preamble, want)
+	if want := regexp.MustCompile(`^golang:` + regexp.QuoteMeta(string(goDirective[1])) + `-bookworm@sha256:[0-9a-f]{64}$`); !want.MatchString(build.from) {
+		t.Errorf("build image: got %s, want %s", build.from, want)
+	}
+	if df, err := os.ReadFile(dockerfile); err != nil || strings.Contains(string(df), "GOTOOLCHAIN=local") {
+		t.Errorf("the Dockerfile sets GOTOOLCHAIN=local: the build would not fetch go.mod's toolchain %s", goLine[1])
 	}
 	run := dockerBuildRun(t, build)
 	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-X main.version=${VERSION}", "-X main.commit=${COMMIT}", "-X main.date=${DATE}", "./cmd/codat-rotator"} {
@@ -380,8 +388,8 @@ func TestDockerfile(t *testing.T) {
 	}
 
 	// The final stage: distroless, nonroot, no shell, state on a volume.
-	if final.from != distrolessBase {
-		t.Errorf("final image: got %s, want %s", final.from, distrolessBase)
+	if want := regexp.MustCompile(`^` + regexp.QuoteMeta(distrolessBase) + `@sha256:[0-9a-f]{64}$`); !want.MatchString(final.from) {
+		t.Errorf("final image: got %s, want %s", final.from, want)
 	}
 	if got := final.of("USER"); !slices.Equal(got, []string{"65532:65532"}) {
 		t.Errorf("USER: got %q, want [65532:65532] (distroless nonroot)", got)
@@ -601,34 +609,86 @@ func TestKubernetesConfig(t *testing.T) {
 }
 
 // TestKubernetesVaultSetup runs deploy/kubernetes/vault-setup.sh against
-// a real Vault and checks that a token of the policy it writes can do what
-// the daemon does with every target of the shipped config.
+// a real Vault, as a Vault admin would: leaving the auth configuration
+// alone, for a Vault outside the cluster with a reviewer token and with
+// the pod's own token as reviewer (each run twice: the script is
+// idempotent, and each run replaces the previous configuration); then
+// checks the role (bound to the projected token's audience) and that a
+// token of the policy it writes can do what the daemon does with every
+// target of the shipped config. Before issue 22, the outside runs failed
+// on the missing in-cluster CA file and the role had no audience.
+// (make test-kubernetes logs in with it through a real API server.)
 func TestKubernetesVaultSetup(t *testing.T) {
 	srv, err := vaulttest.Start() // its own server: the script changes auth mounts
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Stop)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	root := srv.Client(t)
+	dir := t.TempDir()
+	caFile, reviewerFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "reviewer.jwt")
+	caPEM := selfSignedCA(t)
+	if err := os.WriteFile(caFile, caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(reviewerFile, []byte("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXZpZXdlciJ9.c2ln\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 
-	setup := func() {
+	setup := func(t *testing.T, env ...string) {
 		t.Helper()
 		sh := exec.CommandContext(ctx, "sh", k8sVaultSetup)
-		sh.Env = []string{
+		sh.Env = append([]string{
 			"PATH=" + filepath.Dir(srv.Binary) + string(os.PathListSeparator) + os.Getenv("PATH"),
 			"HOME=" + t.TempDir(),
 			"VAULT_ADDR=" + srv.Addr,
 			"VAULT_TOKEN=" + srv.RootToken,
-		}
+		}, env...)
 		if out, err := sh.CombinedOutput(); err != nil {
-			t.Fatalf("vault-setup.sh: %v\n%s", err, out)
+			t.Fatalf("vault-setup.sh %s: %v\n%s", strings.Join(env, " "), err, out)
 		}
 	}
-	setup()
-	setup() // a second run changes nothing and does not fail
+	authConfig := func(t *testing.T) map[string]any {
+		t.Helper()
+		sec, err := root.Logical().ReadWithContext(ctx, "auth/kubernetes/config")
+		if err != nil || sec == nil {
+			t.Fatalf("read auth/kubernetes/config: %v (%v)", sec, err)
+		}
+		return sec.Data
+	}
+	const host = "https://192.0.2.10:6443" // never contacted: Vault checks tokens at login
+	for _, mode := range []struct {
+		name     string
+		env      []string
+		reviewer bool // a reviewer token is set
+	}{
+		{"auth configuration left alone", nil, false},
+		{"outside the cluster, reviewer token", []string{"KUBERNETES_HOST=" + host, "KUBERNETES_CA_CERT=" + caFile, "TOKEN_REVIEWER_JWT_FILE=" + reviewerFile}, true},
+		{"outside the cluster, the pod's token as reviewer", []string{"KUBERNETES_HOST=" + host, "KUBERNETES_CA_CERT=" + caFile}, false},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			setup(t, mode.env...)
+			setup(t, mode.env...)
+			if mode.env == nil {
+				return
+			}
+			cfg := authConfig(t)
+			if cfg["kubernetes_host"] != host || strings.TrimSpace(fmt.Sprint(cfg["kubernetes_ca_cert"])) != strings.TrimSpace(string(caPEM)) ||
+				cfg["disable_local_ca_jwt"] != true || cfg["token_reviewer_jwt_set"] != mode.reviewer {
+				t.Errorf("auth/kubernetes/config: host %v, CA given %v, disable_local_ca_jwt %v, token_reviewer_jwt_set %v; want %s, the CA file, true, %v",
+					cfg["kubernetes_host"], cfg["kubernetes_ca_cert"] != "", cfg["disable_local_ca_jwt"], cfg["token_reviewer_jwt_set"], host, mode.reviewer)
+			}
+		})
+	}
+	// What is given is checked before anything changes.
+	sh := exec.CommandContext(ctx, "sh", k8sVaultSetup)
+	sh.Env = []string{"PATH=" + os.Getenv("PATH"), "KUBERNETES_HOST=" + host, "KUBERNETES_CA_CERT=" + filepath.Join(dir, "missing.crt")}
+	if out, err := sh.CombinedOutput(); err == nil || !strings.Contains(string(out), "KUBERNETES_CA_CERT="+filepath.Join(dir, "missing.crt")+": not a readable file") {
+		t.Errorf("vault-setup.sh with a missing CA file: %v\n%s; want it refused, naming the file", err, out)
+	}
 
-	root := srv.Client(t)
 	role, err := root.Logical().ReadWithContext(ctx, "auth/kubernetes/role/codat-rotator")
 	if err != nil || role == nil {
 		t.Fatalf("read role: %v (%v)", role, err)
@@ -642,6 +702,9 @@ func TestKubernetesVaultSetup(t *testing.T) {
 		if len(got) != 1 || got[0] != want {
 			t.Errorf("role %s: got %v, want [%s]", key, role.Data[key], want)
 		}
+	}
+	if got := role.Data["audience"]; got != "vault" {
+		t.Errorf("role audience: got %v, want vault (statefulset.yaml's projected token)", got)
 	}
 
 	// The policy, on a token as a login would give it (with Vault's
@@ -691,4 +754,23 @@ func TestKubernetesVaultSetup(t *testing.T) {
 			t.Errorf("%s: patch metadata: %v", tc.Name, err)
 		}
 	}
+}
+
+// selfSignedCA returns a CA certificate, PEM, as an API server's.
+func selfSignedCA(tb testing.TB) []byte {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kubernetes-ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/codat-rotator/codat-rotator/metrics"
 	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
-	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
 )
 
@@ -109,13 +108,9 @@ func (c *runCommand) Run(ctx context.Context) error {
 		}
 		return explainLocked(err, cfg.Listen.AdminSocket)
 	}
-	lctx, cancelLogin := context.WithTimeout(ctx, 15*time.Second)
-	if err := c.app.vault.Login(lctx); err != nil {
-		// Not fatal: Vault may come up later; /readyz says not ready and
-		// every call logs in again.
-		log.Error("vault login failed; retrying on every call", "error", err)
-	}
-	cancelLogin()
+	// No Vault login here: KeepAlive's first one (below) is enough, and a
+	// Vault that does not answer must not keep /healthz and /readyz
+	// closed while it waits. Every call logs in by itself when needed.
 	c.hooks = notify.New(log, "codat-rotator/"+version, webhooks(cfg.Targets))
 	c.sched = &rotation.Scheduler{
 		Engine: c.app.engine, Logger: log,
@@ -268,60 +263,15 @@ func (c *runCommand) observability() http.Handler {
 	})
 	ready := &readiness{app: c.app, ttl: 10 * time.Second}
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := ready.check(r.Context()); err != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), readyAnswer)
+		defer cancel()
+		if err := ready.check(ctx); err != nil {
 			http.Error(w, "not ready: "+err.Error()+"\n", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
-}
-
-// readiness: the state file is open, Vault authenticates the daemon, and
-// every target has a served key. The answer is cached for ttl so probes
-// do not hammer Vault.
-type readiness struct {
-	app *app
-	ttl time.Duration
-
-	mu   sync.Mutex
-	at   time.Time
-	last error
-}
-
-func (r *readiness) check(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if time.Since(r.at) < r.ttl {
-		return r.last
-	}
-	r.at, r.last = time.Now(), r.probe(ctx)
-	return r.last
-}
-
-func (r *readiness) probe(ctx context.Context) error {
-	if r.app.db == nil {
-		return errors.New("state file not open")
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := r.app.vault.Ping(ctx); err != nil {
-		return err
-	}
-	var missing []string
-	for _, t := range r.app.allTargets() {
-		cur, err := r.app.vault.Read(ctx, adapt.VaultLocation(t.Vault))
-		if err != nil {
-			return err
-		}
-		if cur.Secret == nil {
-			missing = append(missing, t.Name)
-		}
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("no key served yet for: %s", strings.Join(missing, ", "))
-	}
-	return nil
 }
 
 // reloadConfig applies a changed config (SIGHUP, or `codat-rotator

@@ -46,8 +46,11 @@ const (
 	runDir      = "/run/codat-rotator"
 	metricsPort = 9464
 	nonroot     = 65532
-	saTokenDir  = "/var/run/secrets/kubernetes.io/serviceaccount"
 	vaultRole   = "codat-rotator"
+	// The projected token for Vault: its audience (vault-setup.sh's
+	// AUDIENCE default) and the longest life it may have.
+	vaultAudience  = "vault"
+	maxTokenExpiry = 3600
 )
 
 // scheme knows the kinds the manifests may hold.
@@ -255,14 +258,25 @@ type built struct {
 	objectCount int
 }
 
-// build runs kustomize as kubectl apply -k does and decodes every
-// resource strictly.
+// build runs kustomize on deploy/kubernetes as kubectl apply -k does
+// and decodes every resource strictly; buildWithRule does the same with
+// the prometheus-rule component uncommented.
 func build(tb testing.TB) built {
 	tb.Helper()
 	abs, err := filepath.Abs(".")
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return buildDir(tb, abs, false)
+}
+
+func buildWithRule(tb testing.TB) built {
+	tb.Helper()
+	return buildDir(tb, withRuleComponent(tb, "."), true)
+}
+
+func buildDir(tb testing.TB, abs string, withRule bool) built {
+	tb.Helper()
 	resMap, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), abs)
 	if err != nil {
 		tb.Fatalf("kustomize build: %v", err)
@@ -297,14 +311,24 @@ func build(tb testing.TB) built {
 			tb.Fatalf("kustomize output: unexpected %T", obj)
 		}
 	}
-	if b.ns == nil || b.sa == nil || b.cm == nil || b.svc == nil || b.sts == nil || b.rules == nil || b.netpol == nil || b.objectCount != 7 {
-		tb.Fatalf("kustomize output: got %d objects, want one each of Namespace, ServiceAccount, ConfigMap, Service, StatefulSet, PrometheusRule, NetworkPolicy", b.objectCount)
+	switch {
+	case withRule && (b.ns == nil || b.sa == nil || b.cm == nil || b.svc == nil || b.sts == nil || b.rules == nil || b.netpol == nil || b.objectCount != 7):
+		tb.Fatalf("kustomize output with the rule component: got %d objects, want one each of Namespace, ServiceAccount, ConfigMap, Service, StatefulSet, NetworkPolicy, PrometheusRule", b.objectCount)
+	case !withRule && (b.ns == nil || b.sa == nil || b.cm == nil || b.svc == nil || b.sts == nil || b.netpol == nil || b.rules != nil || b.objectCount != 6):
+		tb.Fatalf("kustomize output: got %d objects, want one each of Namespace, ServiceAccount, ConfigMap, Service, StatefulSet, NetworkPolicy (and no PrometheusRule: a cluster without the Operator's CRD refuses it)", b.objectCount)
 	}
 	return b
 }
 
 func TestKustomizeBuild(t *testing.T) {
-	b := build(t)
+	t.Run("as shipped", func(t *testing.T) { checkBuilt(t, build(t)) })
+	t.Run("with the rule component", func(t *testing.T) { checkBuilt(t, buildWithRule(t)) })
+}
+
+func checkBuilt(t *testing.T, b built) {
+	if b.rules != nil && b.rules.Name != name {
+		t.Errorf("PrometheusRule %q, want %q", b.rules.Name, name)
+	}
 	if b.ns.Name != namespace {
 		t.Errorf("namespace: got %q, want %q", b.ns.Name, namespace)
 	}
@@ -313,8 +337,8 @@ func TestKustomizeBuild(t *testing.T) {
 			t.Errorf("%s: namespace %q, want %q", o.GetName(), o.GetNamespace(), namespace)
 		}
 	}
-	if b.sa.Name != name || b.svc.Name != name || b.sts.Name != name || b.rules.Name != name || b.netpol.Name != name {
-		t.Errorf("names: ServiceAccount %q, Service %q, StatefulSet %q, PrometheusRule %q, NetworkPolicy %q; want %q", b.sa.Name, b.svc.Name, b.sts.Name, b.rules.Name, b.netpol.Name, name)
+	if b.sa.Name != name || b.svc.Name != name || b.sts.Name != name || b.netpol.Name != name {
+		t.Errorf("names: ServiceAccount %q, Service %q, StatefulSet %q, NetworkPolicy %q; want %q", b.sa.Name, b.svc.Name, b.sts.Name, b.netpol.Name, name)
 	}
 	if !strings.HasPrefix(b.cm.Name, name+"-") {
 		t.Errorf("ConfigMap: got %q, want %s-<content hash>", b.cm.Name, name)
@@ -345,8 +369,8 @@ func TestStatefulSet(t *testing.T) {
 	if pod.ServiceAccountName != b.sa.Name {
 		t.Errorf("serviceAccountName: got %q, want %q", pod.ServiceAccountName, b.sa.Name)
 	}
-	if pod.AutomountServiceAccountToken == nil || !*pod.AutomountServiceAccountToken {
-		t.Errorf("automountServiceAccountToken: got %v, want true: Vault's Kubernetes auth logs in with the token", deref(pod.AutomountServiceAccountToken))
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Errorf("automountServiceAccountToken: got %v, want false: the daemon needs no API-server token, only the projected one for Vault", deref(pod.AutomountServiceAccountToken))
 	}
 	// The image is the one kustomization.yaml names, at a pinned tag.
 	k := loadKustomization(t)
@@ -473,6 +497,11 @@ func TestStatefulSet(t *testing.T) {
 	if m, ok := mounts[runDir]; !ok || volumes[m.Name].EmptyDir == nil || m.ReadOnly {
 		t.Errorf("%s: got %+v, want a writable emptyDir", runDir, m)
 	}
+	if m, src := vaultToken(t, b.sts); !m.ReadOnly {
+		t.Errorf("%s: want the token's mount read-only", m.MountPath)
+	} else if src.Audience != vaultAudience || src.ExpirationSeconds == nil || *src.ExpirationSeconds > maxTokenExpiry {
+		t.Errorf("projected token: audience %q, expiry %v; want audience %q and an expiry of at most %ds", src.Audience, deref(src.ExpirationSeconds), vaultAudience, maxTokenExpiry)
+	}
 	for p, m := range mounts {
 		if !m.ReadOnly && p != stateDir && p != runDir {
 			t.Errorf("%s is writable: the daemon writes only %s and %s", p, stateDir, runDir)
@@ -543,8 +572,8 @@ func TestConfigMatchesPod(t *testing.T) {
 	if cfg.Vault.Auth.Method != "kubernetes" || cfg.Vault.Auth.Kubernetes.Role != vaultRole {
 		t.Errorf("vault.auth: method %q role %q, want kubernetes and %q", cfg.Vault.Auth.Method, cfg.Vault.Auth.Kubernetes.Role, vaultRole)
 	}
-	if got := path.Dir(cfg.Vault.Auth.Kubernetes.TokenFile); got != saTokenDir {
-		t.Errorf("vault.auth.kubernetes.token_file %s: want the automounted token in %s", cfg.Vault.Auth.Kubernetes.TokenFile, saTokenDir)
+	if m, src := vaultToken(t, b.sts); cfg.Vault.Auth.Kubernetes.TokenFile != path.Join(m.MountPath, src.Path) {
+		t.Errorf("vault.auth.kubernetes.token_file %s: want the projected token %s", cfg.Vault.Auth.Kubernetes.TokenFile, path.Join(m.MountPath, src.Path))
 	}
 
 	// vault-setup.sh creates that role for this ServiceAccount and
@@ -555,9 +584,14 @@ func TestConfigMatchesPod(t *testing.T) {
 	}
 	s := string(script)
 	for _, want := range []string{
-		"vault write auth/kubernetes/role/" + vaultRole,
-		"bound_service_account_names=" + b.sa.Name,
-		"bound_service_account_namespaces=" + b.sa.Namespace,
+		"ROLE=${ROLE:-" + vaultRole + "}",
+		"SERVICE_ACCOUNT=${SERVICE_ACCOUNT:-" + b.sa.Name + "}",
+		"NAMESPACE=${NAMESPACE:-" + b.sa.Namespace + "}",
+		"AUDIENCE=${AUDIENCE:-" + vaultAudience + "}",
+		`vault write "auth/$AUTH_MOUNT/role/$ROLE"`,
+		`bound_service_account_names="$SERVICE_ACCOUNT"`,
+		`bound_service_account_namespaces="$NAMESPACE"`,
+		`audience="$AUDIENCE"`,
 		"policies=codat-rotator",
 		"ttl=1h",
 	} {
@@ -705,4 +739,28 @@ func keys(m map[string]string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// vaultToken returns the container's mount of the projected
+// service-account token and its source.
+func vaultToken(tb testing.TB, sts *appsv1.StatefulSet) (corev1.VolumeMount, corev1.ServiceAccountTokenProjection) {
+	tb.Helper()
+	for _, v := range sts.Spec.Template.Spec.Volumes {
+		if v.Projected == nil {
+			continue
+		}
+		for _, src := range v.Projected.Sources {
+			if src.ServiceAccountToken == nil {
+				continue
+			}
+			for _, m := range container(tb, sts).VolumeMounts {
+				if m.Name == v.Name {
+					return m, *src.ServiceAccountToken
+				}
+			}
+			tb.Fatalf("volume %s (a projected service-account token) is not mounted", v.Name)
+		}
+	}
+	tb.Fatal("no projected service-account token volume: Vault's Kubernetes auth needs one")
+	return corev1.VolumeMount{}, corev1.ServiceAccountTokenProjection{}
 }

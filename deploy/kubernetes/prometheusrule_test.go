@@ -30,10 +30,10 @@ func TestPrometheusRuleMatchesRulesFile(t *testing.T) {
 	if len(file.Groups) == 0 || len(file.Groups[0].Rules) == 0 {
 		t.Fatalf("%s: no rules", rulesFile)
 	}
-	got := build(t).rules.Spec.Groups
+	got := buildWithRule(t).rules.Spec.Groups
 	if !reflect.DeepEqual(got, file.Groups) {
 		want, _ := yaml.Marshal(map[string]any{"groups": file.Groups})
-		t.Errorf("prometheusrule.yaml spec.groups differ from %s; copy its groups under spec:\n%s", rulesFile, want)
+		t.Errorf("prometheus-rule/prometheusrule.yaml spec.groups differ from %s; copy its groups under spec:\n%s", rulesFile, want)
 	}
 	for _, g := range got {
 		for _, r := range g.Rules {
