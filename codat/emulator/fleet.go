@@ -70,7 +70,9 @@ func (f *Fleet) Client(i int) *Server { return f.clients[i] }
 func (f *Fleet) Len() int { return len(f.clients) }
 
 // BaseURL is where the i-th client answers, under the fleet's root.
-func BaseURL(root string, i int) string { return fmt.Sprintf("%s/clients/%d", strings.TrimSuffix(root, "/"), i) }
+func BaseURL(root string, i int) string {
+	return fmt.Sprintf("%s/clients/%d", strings.TrimSuffix(root, "/"), i)
+}
 
 // SetLimit replaces the IP limit.
 func (f *Fleet) SetLimit(l FleetLimit) error {
