@@ -58,12 +58,9 @@ type BudgetOptions struct {
 // in budgetWindow never exceeds PerMinute in any minute Codat sees.
 const budgetWindow = 61 * time.Second
 
-// NewBudget returns a budget of perMinute requests a minute; nil (no
-// budget: every request goes at once) when perMinute is 0 or less.
+// NewBudget returns a budget of perMinute requests a minute; with 0
+// (as with a nil *Budget) every request goes at once.
 func NewBudget(perMinute int, opts BudgetOptions) *Budget {
-	if perMinute <= 0 {
-		return nil
-	}
 	if opts.NarrowFor <= 0 {
 		opts.NarrowFor = 5 * time.Minute
 	}
@@ -73,13 +70,27 @@ func NewBudget(perMinute int, opts BudgetOptions) *Budget {
 	if opts.Sleep == nil {
 		opts.Sleep = clock.Sleep
 	}
-	// 1% at once (at least one request), the rest paced.
-	burst := max(1, perMinute/100)
-	paced := max(1, perMinute-burst)
-	return &Budget{
-		perMinute: perMinute, burst: burst, interval: budgetWindow / time.Duration(paced),
-		narrowFor: opts.NarrowFor, now: opts.Now, sleep: opts.Sleep, onWait: opts.OnWait,
+	b := &Budget{narrowFor: opts.NarrowFor, now: opts.Now, sleep: opts.Sleep, onWait: opts.OnWait}
+	b.set(perMinute)
+	return b
+}
+
+// SetPerMinute changes the budget (a reload); 0 lifts it.
+func (b *Budget) SetPerMinute(perMinute int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.set(perMinute)
+}
+
+// set applies perMinute; the caller holds mu, or is NewBudget.
+func (b *Budget) set(perMinute int) {
+	b.perMinute = max(perMinute, 0)
+	if b.perMinute == 0 {
+		return
 	}
+	// 1% at once (at least one request), the rest paced.
+	b.burst = max(1, b.perMinute/100)
+	b.interval = budgetWindow / time.Duration(max(1, b.perMinute-b.burst))
 }
 
 // Wait returns once one request may be sent, or with ctx's error, in
@@ -90,6 +101,12 @@ func (b *Budget) Wait(ctx context.Context) (time.Duration, error) {
 		return 0, nil
 	}
 	start := b.now()
+	b.mu.Lock()
+	off := b.perMinute == 0
+	b.mu.Unlock()
+	if off {
+		return 0, nil
+	}
 	b.mu.Lock()
 	b.waiting++
 	b.mu.Unlock()
@@ -131,6 +148,9 @@ func (b *Budget) Wait(ctx context.Context) (time.Duration, error) {
 // when tat, less the burst's tolerance, has passed; each one moves tat
 // one interval on.
 func (b *Budget) reserve(now time.Time) time.Time {
+	if b.perMinute == 0 {
+		return now // lifted by a reload while this request waited
+	}
 	interval := b.interval
 	if now.Before(b.narrowed) {
 		interval *= 2
@@ -155,7 +175,7 @@ func (b *Budget) reserve(now time.Time) time.Time {
 // budget before retryAfter has passed (a minute when Codat gave none),
 // then half the rate for NarrowFor.
 func (b *Budget) Narrow(retryAfter time.Duration) {
-	if b == nil {
+	if b == nil || b.PerMinute() == 0 {
 		return
 	}
 	if retryAfter <= 0 {
@@ -188,7 +208,7 @@ type BudgetState struct {
 
 // State returns the budget's state; the zero state for no budget.
 func (b *Budget) State() BudgetState {
-	if b == nil {
+	if b == nil || b.PerMinute() == 0 {
 		return BudgetState{}
 	}
 	b.mu.Lock()
@@ -209,5 +229,7 @@ func (b *Budget) PerMinute() int {
 	if b == nil {
 		return 0
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	return b.perMinute
 }
