@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/codat-rotator/codat-rotator/codat"
 	"io"
 	"log/slog"
 	"net/http"
@@ -339,7 +340,9 @@ func (c *checkCommand) Run(ctx context.Context) error {
 	vc, err := vaultConfig(cfg.Vault, c.getenv)
 	vc.OnWarning = warn
 	if err == nil {
-		c.app = &app{cfg: cfg, log: slog.New(slog.DiscardHandler), getenv: c.getenv}
+		// The budget too: check's requests count like the daemon's.
+		c.app = &app{cfg: cfg, log: slog.New(slog.DiscardHandler), getenv: c.getenv,
+			budget: codat.NewBudget(cfg.CodatRequestsPerMinute, codat.BudgetOptions{})}
 		c.app.vault, err = newVault(vc)
 	}
 	if err != nil {
@@ -382,7 +385,12 @@ func (c *checkCommand) Run(ctx context.Context) error {
 
 	listed := map[string]store.Target{}
 	for _, t := range c.app.allTargets() {
-		for _, ch := range eng.CheckTarget(pctx, t) {
+		// Each target its own deadline: a fleet's checks wait their turn
+		// in the Codat budget.
+		tctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		checks := eng.CheckTarget(tctx, t)
+		cancel()
+		for _, ch := range checks {
 			if ch.Err != nil {
 				line(false, "target "+t.Name+": "+ch.What, ch.Err.Error())
 			} else {
