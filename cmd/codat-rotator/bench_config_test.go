@@ -34,7 +34,7 @@ var (
 	benchSizes    = flag.String("bench.sizes", "1,100,1000", "fleet sizes of BenchmarkConfigLoad and BenchmarkCommands")
 	benchSpecs    = flag.String("bench.specs", "* * * * *;0 3 * * *", "schedules (;-separated) of BenchmarkConfigLoad and BenchmarkCommands")
 	benchCommands = flag.String("bench.commands", "status;check;keys;rotate --dry-run", "commands (;-separated) BenchmarkCommands runs")
-	benchBudget   = flag.Int("bench.budget", 0, "codat_requests_per_minute written in the configs of the command benchmarks; -1 writes none (a build without it)")
+	benchBudget   = flag.Int("bench.budget", 0, "codat_requests_per_minute written in the benchmarks' configs; -1 writes none (the default budget, or a build without it)")
 	benchRuns     = flag.Int("bench.runs", 3, "runs of each command; the median is reported")
 )
 
@@ -71,24 +71,6 @@ func cliBinary() string {
 		return *benchBinary
 	}
 	return binary
-}
-
-// writeFleetConfig is writeBenchConfig with the -bench.budget line.
-func writeFleetConfig(b *testing.B, dir, vaultURL, metrics, sock string, targets []benchTarget) string {
-	b.Helper()
-	path := writeBenchConfig(b, dir, vaultURL, metrics, sock, targets)
-	if *benchBudget < 0 {
-		return path
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	raw = append([]byte(fmt.Sprintf("codat_requests_per_minute: %d\n", *benchBudget)), raw...)
-	if err := os.WriteFile(path, raw, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	return path
 }
 
 // BenchmarkConfigLoad: LoadConfig of n targets on one schedule, each
@@ -160,7 +142,7 @@ func newCommandFleet(b *testing.B, n int, spec, grace string) *commandFleet {
 			mount: mount, path: fmt.Sprintf("codat/t%04d", i), schedule: spec, grace: grace}
 	}
 	f.metrics = freeAddr(b)
-	f.cfg = writeFleetConfig(b, f.dir, f.vs.Addr, f.metrics, filepath.Join(f.dir, "admin.sock"), f.targets)
+	f.cfg = writeBenchConfig(b, f.dir, f.vs.Addr, f.metrics, filepath.Join(f.dir, "admin.sock"), f.targets)
 	vc, err := vault.New(vault.Config{Address: f.vs.Addr, Token: codat.Secret(f.vs.RootToken)})
 	if err != nil {
 		b.Fatal(err)
@@ -259,7 +241,7 @@ func BenchmarkReadyAndReload(b *testing.B) {
 				same := f.cli(b, "reload")
 				w1 := wakeups()
 				f.targets[0].grace = "20s"
-				f.cfg = writeFleetConfig(b, f.dir, f.vs.Addr, f.metrics, filepath.Join(f.dir, "admin.sock"), f.targets)
+				f.cfg = writeBenchConfig(b, f.dir, f.vs.Addr, f.metrics, filepath.Join(f.dir, "admin.sock"), f.targets)
 				one := f.cli(b, "reload")
 				w2 := wakeups()
 				d.stop(b)
