@@ -220,6 +220,8 @@ func BenchmarkCommands(b *testing.B) {
 // each with the loops it woke.
 func BenchmarkReadyAndReload(b *testing.B) {
 	n := *benchFleetSize
+	defer func(built string) { binary = built }(binary)
+	binary = cliBinary() // the daemon too
 	for _, spec := range strings.Split(*benchSpecs, ";") {
 		b.Run(fmt.Sprintf("schedule=%s/targets=%d", spec, n), func(b *testing.B) {
 			for range b.N {
