@@ -183,10 +183,10 @@ type fleet struct {
 	budget int
 }
 
-// requestsPerRotation is about how many Codat requests one rotation
-// makes, as measured (docs/benchmarks.md#fleet-budget): the time a
-// fleet needs at a budget is that many per target.
-const requestsPerRotation = 4
+// requestsPerRotation is how many Codat requests one emergency
+// rotation makes, as measured (docs/benchmarks.md#fleet-budget): the
+// time a fleet needs at a budget is that many per target.
+const requestsPerRotation = 5
 
 // timeLeft is the fleet's time left after done of total in elapsed:
 // the pace so far, but never less than the budget allows for the
