@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/admin"
@@ -20,6 +21,31 @@ import (
 	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
 )
+
+// checkTargets runs each target's checks, up to parallel targets at
+// once (a fleet's checks wait on Vault and Codat, not on the CPU), and
+// returns them in the order of targets. Each target has its own
+// deadline: a fleet's checks wait their turn in the Codat budget.
+func checkTargets(ctx context.Context, eng *rotation.Engine, targets []rotation.Target, parallel int) [][]rotation.Check {
+	out := make([][]rotation.Check, len(targets))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(max(parallel, 1), len(targets)) {
+		wg.Go(func() {
+			for i := range next {
+				tctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+				out[i] = eng.CheckTarget(tctx, targets[i])
+				cancel()
+			}
+		})
+	}
+	for i := range targets {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return out
+}
 
 // The operator commands that work through a running daemon's admin
 // socket, or in-process when no daemon runs: rotate, status, keys,
@@ -384,13 +410,10 @@ func (c *checkCommand) Run(ctx context.Context) error {
 	}
 
 	listed := map[string]store.Target{}
-	for _, t := range c.app.allTargets() {
-		// Each target its own deadline: a fleet's checks wait their turn
-		// in the Codat budget.
-		tctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		checks := eng.CheckTarget(tctx, t)
-		cancel()
-		for _, ch := range checks {
+	targets := c.app.allTargets()
+	results := checkTargets(ctx, eng, targets, cfg.MaxConcurrentRotations)
+	for i, t := range targets {
+		for _, ch := range results[i] {
 			if ch.Err != nil {
 				line(false, "target "+t.Name+": "+ch.What, ch.Err.Error())
 			} else {
