@@ -252,3 +252,31 @@ func TestCreateCancelledInBudgetWaitSendsNothing(t *testing.T) {
 		}
 	}
 }
+
+// With the budget lifted (0), an IP-limit 429 is waited out by the
+// client itself, as without a budget.
+func TestIPLimitWithoutBudgetWaitsInTheClient(t *testing.T) {
+	fl, err := emulator.NewFleet(1, emulator.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(fl)
+	defer srv.Close()
+	defer fl.Close()
+	if err := fl.SetLimit(emulator.FleetLimit{Next: 1, RetryAfter: emulator.Duration(7 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	var own fakeClock
+	c, err := codat.New(codat.Secret(fl.Client(0).InitialKey()), codat.Options{
+		BaseURL: emulator.BaseURL(srv.URL, 0), Budget: codat.NewBudget(0, codat.BudgetOptions{}), Sleep: own.Sleep,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.List(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if waited := own.total(); waited != 7*time.Second {
+		t.Errorf("the client waited %v after an IP-limit 429 with no budget, want its Retry-After of 7s", waited)
+	}
+}

@@ -240,7 +240,7 @@ func (c *Client) do(ctx context.Context, op, method, path string, payload []byte
 			if errors.As(last, &apiErr) && apiErr.StatusCode == http.StatusTooManyRequests && apiErr.RetryAfter > 0 {
 				wait = apiErr.RetryAfter
 			}
-			if errors.As(last, &apiErr) && apiErr.rateLimitKind() == RateLimitIP && c.opts.Budget != nil {
+			if errors.As(last, &apiErr) && apiErr.rateLimitKind() == RateLimitIP && c.opts.Budget.PerMinute() > 0 {
 				wait = 0 // the budget, narrowed, holds every client back
 			}
 			if err := c.opts.Sleep(ctx, wait); err != nil {
