@@ -165,12 +165,12 @@ func (f *OpFaults) decide(rng *rand.Rand) verdict {
 		}
 		return rate > 0 && rng.Float64() < rate
 	}
+	// A 429 of the IP's limit first, else one of the client's quota.
+	ipLimit := take(&f.RateLimit, 0)
+	quota := !ipLimit && take(&f.QuotaRateLimit, 0)
 	switch {
-	case take(&f.RateLimit, 0):
-		v.rateLimit = true
-		fallthrough
-	case v.rateLimit || take(&f.QuotaRateLimit, 0):
-		v.quotaLimit = !v.rateLimit
+	case ipLimit || quota:
+		v.rateLimit, v.quotaLimit = ipLimit, quota
 		v.retryAfter = time.Duration(f.RetryAfter)
 		if v.retryAfter == 0 {
 			v.retryAfter = time.Second
