@@ -173,24 +173,30 @@ clean: ## remove built files (and the cached Debian root of test-systemd and kub
 	rm -rf $(BIN) dist build
 
 # Benchmarks print numbers; docs/benchmarks.md holds the results and how
-# to read them. They need the same Vault as the tests, take ~10 minutes
+# to read them. They need the same Vault as the tests, take ~15 minutes
 # (two of them watch idle daemons for 60s per fleet size), and never run in `make test`.
 BENCH_IDLE ?= 60s
 BENCH_FLEET ?= 1000
 ROTATIONS ?= 1000
 
-.PHONY: bench soak
+.PHONY: bench bench-budget soak
 bench: vault ## run the benchmarks and print their numbers (docs/benchmarks.md)
 	$(GO) test -run='^$$' -bench='^BenchmarkFileSize$$' -benchtime=1x ./store/
 	$(GO) test -run='^$$' -bench='^BenchmarkGroupCommit$$' -benchtime=2s ./store/
 	$(GO) test -run='^$$' -bench='^BenchmarkRotation$$' -benchtime=20x -timeout=0 ./cmd/codat-rotator/
 	$(GO) test -run='^$$' -bench='^BenchmarkStartToReady$$' -benchtime=20x -timeout=0 ./cmd/codat-rotator/
+	$(GO) test -run='^$$' -bench='^BenchmarkConfigLoad$$' -benchtime=5x ./cmd/codat-rotator/ -bench.sizes=1,1000
+	$(GO) test -run='^$$' -bench='^BenchmarkCommands$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.sizes=1,1000
+	$(GO) test -run='^$$' -bench='^BenchmarkReadyAndReload$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
 	$(GO) test -run='^$$' -bench='^BenchmarkFleet$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
 	$(GO) test -run='^$$' -bench='^BenchmarkFleetEmergency$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
 	$(GO) test -run='^$$' -bench='^BenchmarkSameTick$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleFootprint$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
 	$(GO) test -run='^$$' -bench='^BenchmarkIdleWakeups$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.idle=$(BENCH_IDLE)
 	cd codatauth && $(GO) test -run='^$$' -bench='^BenchmarkRoundTrip$$' -count=10 .
+
+bench-budget: vault ## a fleet-wide emergency of BENCH_FLEET targets at the default Codat request budget (~5 min for 1,000)
+	$(GO) test -run='^$$' -bench='^BenchmarkFleetBudget$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -bench.fleet=$(BENCH_FLEET)
 
 soak: vault ## run the daemon on a 1s schedule for ROTATIONS rotations (default 1000, ~17 min); fail on growth or a failure
 	$(GO) test -run='^$$' -bench='^BenchmarkSoak$$' -benchtime=1x -timeout=0 ./cmd/codat-rotator/ -soak.rotations=$(ROTATIONS)

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,10 @@ type Options struct {
 	UserAgent string
 	// Observe, when set, is called after every HTTP exchange.
 	Observe func(Exchange)
+	// Budget, when set, is the process's Codat request budget, shared
+	// by every client: each request, retries included, waits for it
+	// before it is written. An IP-limit 429 narrows it for them all.
+	Budget *Budget
 	// Now and Sleep are the clock; tests replace them.
 	Now   func() time.Time
 	Sleep func(ctx context.Context, d time.Duration) error
@@ -70,6 +75,9 @@ type Exchange struct {
 	Duration time.Duration
 	Attempt  int
 	Err      error
+	// RateLimit is the kind of a 429 (RateLimitClientQuota or
+	// RateLimitIP), empty otherwise.
+	RateLimit string
 }
 
 // Client calls Codat with one API key. It is safe for concurrent use;
@@ -239,9 +247,21 @@ func (c *Client) do(ctx context.Context, op, method, path string, payload []byte
 			if errors.As(last, &apiErr) && apiErr.StatusCode == http.StatusTooManyRequests && apiErr.RetryAfter > 0 {
 				wait = apiErr.RetryAfter
 			}
+			if errors.As(last, &apiErr) && apiErr.rateLimitKind() == RateLimitIP && c.opts.Budget.PerMinute() > 0 {
+				wait = 0 // the budget, narrowed, holds every client back
+			}
 			if err := c.opts.Sleep(ctx, wait); err != nil {
 				return nil, fmt.Errorf("%s: %w (after: %v)", op, err, last)
 			}
+		}
+		// The budget's wait comes before the request is written, and
+		// before its timeout starts: a wait sends nothing, so a create
+		// cut short here made no key and is not "outcome unknown".
+		if _, err := c.opts.Budget.Wait(ctx); err != nil {
+			if last != nil {
+				return nil, fmt.Errorf("%s: waiting for the codat request budget: %w (after: %v)", op, err, last)
+			}
+			return nil, fmt.Errorf("%s: waiting for the codat request budget: %w", op, err)
 		}
 		body, apiErr, sent, err := c.attempt(ctx, op, method, path, payload, attempt)
 		if err != nil {
@@ -263,6 +283,11 @@ func (c *Client) do(ctx context.Context, op, method, path string, payload []byte
 		}
 		switch {
 		case apiErr.StatusCode == http.StatusTooManyRequests:
+			if apiErr.rateLimitKind() == RateLimitIP {
+				// Codat's limit per IP: every client sharing the budget
+				// holds back, not only this one.
+				c.opts.Budget.Narrow(apiErr.RetryAfter)
+			}
 			if apiErr.RetryAfter > c.opts.MaxRetryAfter {
 				return nil, fmt.Errorf("%w: retry-after %s is longer than the %s the client waits", apiErr, apiErr.RetryAfter, c.opts.MaxRetryAfter)
 			}
@@ -308,7 +333,11 @@ func (c *Client) attempt(ctx context.Context, op, method, path string, payload [
 	start := c.opts.Now()
 	defer func() {
 		if c.opts.Observe != nil {
-			c.opts.Observe(Exchange{Op: op, Status: status, Duration: c.opts.Now().Sub(start), Attempt: n, Err: err})
+			x := Exchange{Op: op, Status: status, Duration: c.opts.Now().Sub(start), Attempt: n, Err: err}
+			if apiErr != nil {
+				x.RateLimit = apiErr.rateLimitKind()
+			}
+			c.opts.Observe(x)
 		}
 	}()
 	resp, err := c.opts.HTTPClient.Do(req)
@@ -337,6 +366,10 @@ func (c *Client) attempt(ctx context.Context, op, method, path string, payload [
 		apiErr.CanBeRetried = redactKey(apiErr.CanBeRetried, c.key)
 		if ra := resp.Header.Get("Retry-After"); ra != "" {
 			apiErr.RetryAfter, _ = ParseRetryAfter(ra, c.opts.Now())
+		}
+		if status == http.StatusTooManyRequests {
+			left, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("X-Rate-Limit-Remaining")))
+			apiErr.ClientQuota = err == nil && left <= 0
 		}
 		return nil, apiErr, true, nil
 	}

@@ -70,6 +70,27 @@ type APIError struct {
 	// RetryAfter is the parsed Retry-After header of a 429 or 503, zero
 	// when absent.
 	RetryAfter time.Duration
+	// ClientQuota marks a 429 explained by the client's own quota: its
+	// X-Rate-Limit-Remaining is 0. Any other 429 is taken as the IP's
+	// limit (docs/design.md#codat-budget).
+	ClientQuota bool
+}
+
+// Kinds of 429, in Exchange.RateLimit and the metrics.
+const (
+	RateLimitClientQuota = "client_quota" // the client's own quota is spent
+	RateLimitIP          = "ip"           // not explained by the client's quota: the IP's limit
+)
+
+// rateLimitKind is the kind of a 429, empty for another status.
+func (e *APIError) rateLimitKind() string {
+	switch {
+	case e.StatusCode != http.StatusTooManyRequests:
+		return ""
+	case e.ClientQuota:
+		return RateLimitClientQuota
+	}
+	return RateLimitIP
 }
 
 func (e *APIError) Error() string {

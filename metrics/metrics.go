@@ -31,6 +31,8 @@ type Metrics struct {
 	codatLatency  *prometheus.HistogramVec
 	vaultRequests *prometheus.CounterVec
 	vaultLatency  *prometheus.HistogramVec
+	rateLimited   *prometheus.CounterVec
+	budgetWait    prometheus.Histogram
 }
 
 const ns = "codat_rotator"
@@ -66,8 +68,20 @@ func New() *Metrics {
 			Namespace: ns, Name: "vault_request_duration_seconds", Help: "Vault request latency by operation.",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"operation"}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "codat_rate_limited_total",
+			Help: "Codat 429s by kind: client_quota (the client's own quota is spent: slows that client) or ip (Codat's limit per IP: narrows the request budget for every client).",
+		}, []string{"kind"}),
+		budgetWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "codat_budget_wait_seconds", Help: "Time each Codat request waited for the request budget (codat_requests_per_minute) before it was sent.",
+			Buckets: []float64{.001, .01, .1, .5, 1, 2.5, 5, 10, 30, 60, 120},
+		}),
+	}
+	for _, kind := range []string{codat.RateLimitClientQuota, codat.RateLimitIP} {
+		m.rateLimited.WithLabelValues(kind)
 	}
 	m.reg.MustRegister(m.rotations, m.duration, m.retirements, m.retireFailed, m.codatRequests, m.codatLatency, m.vaultRequests, m.vaultLatency,
+		m.rateLimited, m.budgetWait,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -139,6 +153,38 @@ func (m *Metrics) ObserveCodat(x codat.Exchange) {
 	}
 	m.codatRequests.WithLabelValues(x.Op, status).Inc()
 	m.codatLatency.WithLabelValues(x.Op).Observe(x.Duration.Seconds())
+	if x.RateLimit != "" {
+		m.rateLimited.WithLabelValues(x.RateLimit).Inc()
+	}
+}
+
+// ObserveBudgetWait records how long a Codat request waited for the
+// request budget (codat.BudgetOptions.OnWait).
+func (m *Metrics) ObserveBudgetWait(d time.Duration) { m.budgetWait.Observe(d.Seconds()) }
+
+// WatchBudget adds the gauges of the Codat request budget, read at each
+// scrape from look (codat.Budget.State):
+// codat_rotator_codat_budget_requests_per_minute (the setting, 0: none),
+// codat_rotator_codat_budget_effective_per_minute (0 while an IP-limit
+// 429's Retry-After runs, half while narrowed),
+// codat_rotator_codat_budget_waiting and
+// codat_rotator_codat_budget_narrowed_total.
+func (m *Metrics) WatchBudget(look func() codat.BudgetState) {
+	gauge := func(name, help string, v func(codat.BudgetState) int) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: help},
+			func() float64 { return float64(v(look())) })
+	}
+	m.reg.MustRegister(
+		gauge("codat_budget_requests_per_minute", "The Codat request budget (codat_requests_per_minute); 0: none.",
+			func(s codat.BudgetState) int { return s.PerMinute }),
+		gauge("codat_budget_effective_per_minute", "Codat requests a minute allowed now: the budget, 0 while an IP-limit 429's Retry-After runs, half while narrowed after it.",
+			func(s codat.BudgetState) int { return s.Effective }),
+		gauge("codat_budget_waiting", "Codat requests waiting for the request budget.",
+			func(s codat.BudgetState) int { return s.Waiting }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: ns, Name: "codat_budget_narrowed_total", Help: "IP-limit 429s that narrowed the Codat request budget.",
+		}, func() float64 { return float64(look().Narrows) }),
+	)
 }
 
 // ObserveVault counts a Vault call (vault.Config.Observe).

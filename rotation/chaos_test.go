@@ -367,9 +367,12 @@ func (s *chaosRun) setup() error {
 	s.emuSrv = httptest.NewServer(s.front)
 	s.tr = http.DefaultTransport.(*http.Transport).Clone()
 	sleeps := &sleepRecorder{}
+	// The daemon's Codat budget is on: every request waits its turn
+	// (at once on this clock), and an IP-limit 429 narrows it.
+	budget := codat.NewBudget(60, codat.BudgetOptions{Now: s.clock.Now, Sleep: sleeps.Sleep})
 	s.client, err = codat.New(codat.Secret(emu.InitialKey()), codat.Options{
 		BaseURL: s.emuSrv.URL, HTTPClient: &http.Client{Transport: s.tr}, MaxAttempts: 3,
-		RequestTimeout: chaosCodatTimeout, Now: s.clock.Now, Sleep: sleeps.Sleep,
+		RequestTimeout: chaosCodatTimeout, Now: s.clock.Now, Sleep: sleeps.Sleep, Budget: budget,
 	})
 	if err != nil {
 		return err
@@ -1444,14 +1447,24 @@ func chaosCodatFaults(r *rand.Rand, kind string) (emulator.Faults, string) {
 			op.f.FailRate = []float64{0.1, 0.3}[r.IntN(2)]
 			desc = append(desc, fmt.Sprintf("%s:failrate%.1f", op.name, op.f.FailRate))
 		case 2:
-			op.f.RateLimit = 1 + r.IntN(2)
+			// 429s of the IP's limit or of the client's quota; a storm
+			// outlasts the client's attempts.
+			n, kind := 1+r.IntN(2), "429"
+			if r.IntN(4) == 0 {
+				n = 3 + r.IntN(4)
+			}
+			if r.IntN(2) == 0 {
+				op.f.QuotaRateLimit, kind = n, "quota429"
+			} else {
+				op.f.RateLimit = n
+			}
 			op.f.RetryAfter = emulator.Duration(time.Duration(1+r.IntN(30)) * time.Second)
 			if r.IntN(5) == 0 {
 				// Longer than the client waits: the call fails.
 				op.f.RetryAfter = emulator.Duration(time.Duration(3+r.IntN(10)) * time.Minute)
 			}
 			op.f.RetryAfterDate = r.IntN(2) == 0
-			desc = append(desc, fmt.Sprintf("%s:429x%d", op.name, op.f.RateLimit))
+			desc = append(desc, fmt.Sprintf("%s:%sx%d", op.name, kind, n))
 		case 3:
 			op.f.Hang = 1
 			desc = append(desc, op.name+":hang")

@@ -28,6 +28,15 @@ type Schedule struct {
 	// target's Codat client here, so a reload never swaps the client
 	// under a rotation.
 	Activate func()
+	// Fingerprint names the definition, for Apply: a target whose
+	// Fingerprint, Spec and Jitter are those it runs with keeps its
+	// loop as it is, parked or not. Empty: always taken as changed.
+	Fingerprint string
+}
+
+// same reports whether sc defines what old does: a reload leaves it be.
+func (sc Schedule) same(old Schedule) bool {
+	return sc.Fingerprint != "" && sc.Fingerprint == old.Fingerprint && sc.Spec == old.Spec && sc.Jitter == old.Jitter
 }
 
 // cronParser reads the schedules the daemon accepts.
@@ -204,8 +213,10 @@ func (s *Scheduler) Start(schedules []Schedule) error {
 
 // Apply replaces the schedules (a SIGHUP reload), all or nothing. A new
 // target starts its loop; a changed target's loop takes the new
-// definition for its next run; a removed target's loop ends after the
-// run in flight, which finishes with the definition it started with.
+// definition for its next run; an unchanged one (Schedule.Fingerprint)
+// is left as it is, parked if it was; a removed target's loop ends
+// after the run in flight, which finishes with the definition it
+// started with.
 func (s *Scheduler) Apply(schedules []Schedule) error {
 	parsed := make([]cron.Schedule, len(schedules))
 	seen := map[string]bool{}
@@ -256,6 +267,8 @@ func (s *Scheduler) Apply(schedules []Schedule) error {
 				s.wg.Add(1)
 				go s.run(l)
 			}
+		} else if !l.removed && sc.same(l.def) {
+			continue // unchanged: not woken, not replanned
 		} else {
 			old := l.def
 			l.def, l.sched, l.removed = sc, parsed[i], false

@@ -33,6 +33,9 @@ type app struct {
 	engine *rotation.Engine
 	getenv func(string) string
 	m      *metrics.Metrics // nil outside the daemon
+	// budget is the process's one Codat request budget, which every
+	// target's client shares (codat_requests_per_minute).
+	budget *codat.Budget
 
 	mu      sync.Mutex
 	targets []rotation.Target
@@ -77,6 +80,11 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 		return nil, err
 	}
 	a := &app{cfg: cfg, log: log, db: db, vault: vcl, getenv: getenv, m: m}
+	var onWait func(time.Duration)
+	if m != nil {
+		onWait = m.ObserveBudgetWait
+	}
+	a.budget = codat.NewBudget(cfg.CodatRequestsPerMinute, codat.BudgetOptions{OnWait: onWait})
 	if err := a.setTargets(cfg.Targets); err != nil {
 		a.Close()
 		return nil, err
@@ -148,7 +156,7 @@ func (a *app) buildTargets(tcs []TargetConfig) ([]rotation.Target, map[string]*c
 	clients := map[string]*codat.Client{}
 	var targets []rotation.Target
 	for _, tc := range tcs {
-		opts := codat.Options{BaseURL: tc.Codat.BaseURL, RequestTimeout: tc.Codat.Timeout.D(), UserAgent: "codat-rotator/" + version}
+		opts := codat.Options{BaseURL: tc.Codat.BaseURL, RequestTimeout: tc.Codat.Timeout.D(), UserAgent: "codat-rotator/" + version, Budget: a.budget}
 		if a.m != nil {
 			opts.Observe = a.m.ObserveCodat
 		}

@@ -108,6 +108,11 @@ type benchTarget struct {
 func writeBenchConfig(b *testing.B, dir, vaultURL, metrics, sock string, targets []benchTarget) string {
 	b.Helper()
 	var sb strings.Builder
+	if *benchBudget >= 0 {
+		// Off by default: these benchmarks measure the daemon, not the
+		// Codat budget (BenchmarkFleetBudget does).
+		fmt.Fprintf(&sb, "codat_requests_per_minute: %d\n", *benchBudget)
+	}
 	fmt.Fprintf(&sb, "state_path: %s\nlog: {level: info, format: json}\nlisten:\n  metrics: %q\n  admin_socket: %q\nvault:\n  address: %s\ntargets:\n",
 		filepath.Join(dir, "state.db"), metrics, sock, vaultURL)
 	for _, t := range targets {

@@ -11,14 +11,41 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/admin"
+	"github.com/codat-rotator/codat-rotator/codat"
 	"github.com/codat-rotator/codat-rotator/notify"
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
 )
+
+// checkTargets runs each target's checks, up to parallel targets at
+// once (a fleet's checks wait on Vault and Codat, not on the CPU), and
+// returns them in the order of targets. Each target has its own
+// deadline: a fleet's checks wait their turn in the Codat budget.
+func checkTargets(ctx context.Context, eng *rotation.Engine, targets []rotation.Target, parallel int) [][]rotation.Check {
+	out := make([][]rotation.Check, len(targets))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(max(parallel, 1), len(targets)) {
+		wg.Go(func() {
+			for i := range next {
+				tctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+				out[i] = eng.CheckTarget(tctx, targets[i])
+				cancel()
+			}
+		})
+	}
+	for i := range targets {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return out
+}
 
 // The operator commands that work through a running daemon's admin
 // socket, or in-process when no daemon runs: rotate, status, keys,
@@ -343,7 +370,9 @@ func (c *checkCommand) Run(ctx context.Context) error {
 	vc, err := vaultConfig(cfg.Vault, c.getenv)
 	vc.OnWarning = warn
 	if err == nil {
-		c.app = &app{cfg: cfg, log: slog.New(slog.DiscardHandler), getenv: c.getenv}
+		// The budget too: check's requests count like the daemon's.
+		c.app = &app{cfg: cfg, log: slog.New(slog.DiscardHandler), getenv: c.getenv,
+			budget: codat.NewBudget(cfg.CodatRequestsPerMinute, codat.BudgetOptions{})}
 		c.app.vault, err = newVault(vc)
 	}
 	if err != nil {
@@ -388,8 +417,10 @@ func (c *checkCommand) Run(ctx context.Context) error {
 	}
 
 	listed := map[string]store.Target{}
-	for _, t := range c.app.allTargets() {
-		for _, ch := range eng.CheckTarget(pctx, t) {
+	targets := c.app.allTargets()
+	results := checkTargets(ctx, eng, targets, cfg.MaxConcurrentRotations)
+	for i, t := range targets {
+		for _, ch := range results[i] {
 			if ch.Err != nil {
 				line(false, "target "+t.Name+": "+ch.What, ch.Err.Error())
 			} else {

@@ -33,7 +33,11 @@ type Config struct {
 	// MaxConcurrentRotations bounds the rotations (and retirement
 	// passes) running at once across targets, scheduled and manual
 	// alike; `rotate --parallel` overrides it for one command.
-	MaxConcurrentRotations int            `yaml:"max_concurrent_rotations"`
+	MaxConcurrentRotations int `yaml:"max_concurrent_rotations"`
+	// CodatRequestsPerMinute is the process's budget of Codat requests,
+	// shared by every target and every kind of request, retries
+	// included (docs/design.md#codat-budget); 0 lifts it.
+	CodatRequestsPerMinute int            `yaml:"codat_requests_per_minute"`
 	Log                    LogConfig      `yaml:"log"`
 	Listen                 ListenConfig   `yaml:"listen"`
 	Vault                  VaultConfig    `yaml:"vault"`
@@ -182,6 +186,12 @@ const (
 	DefaultMaxConcurrentRotations = rotation.DefaultMaxConcurrent
 	// MaxConcurrentRotationsLimit is the most Validate accepts.
 	MaxConcurrentRotationsLimit = 1000
+	// DefaultCodatRequestsPerMinute stays under Codat's 1,000 requests a
+	// minute per IP, with room for what else calls Codat from the same
+	// address (README, "Fleets").
+	DefaultCodatRequestsPerMinute = 900
+	// CodatRequestsPerMinuteLimit is the most Validate accepts.
+	CodatRequestsPerMinuteLimit = 100000
 	DefaultMetricsListen        = "127.0.0.1:9464"
 	DefaultAdminSocket          = "/run/codat-rotator/admin.sock"
 	DefaultSchedule             = "0 3 * * 1"
@@ -198,6 +208,7 @@ func DefaultConfig() Config {
 	return Config{
 		StatePath:              DefaultStatePath,
 		MaxConcurrentRotations: DefaultMaxConcurrentRotations,
+		CodatRequestsPerMinute: DefaultCodatRequestsPerMinute,
 		Log:                    LogConfig{Level: "info", Format: "auto"},
 		Listen:                 ListenConfig{Metrics: DefaultMetricsListen, AdminSocket: DefaultAdminSocket},
 		Vault: VaultConfig{Auth: VaultAuthConfig{
@@ -358,6 +369,9 @@ func (c Config) Validate() error {
 	}
 	if n := c.MaxConcurrentRotations; n < 1 || n > MaxConcurrentRotationsLimit {
 		bad("max_concurrent_rotations", "%d is out of range: rotations at once must be between 1 and %d (default %d)", n, MaxConcurrentRotationsLimit, DefaultMaxConcurrentRotations)
+	}
+	if n := c.CodatRequestsPerMinute; n < 0 || n > CodatRequestsPerMinuteLimit {
+		bad("codat_requests_per_minute", "%d is out of range: the Codat request budget must be between 1 and %d requests a minute, or 0 for none (default %d; Codat allows 1,000 a minute per IP)", n, CodatRequestsPerMinuteLimit, DefaultCodatRequestsPerMinute)
 	}
 	if _, err := newLogger(io.Discard, c.Log.Level, c.Log.Format); err != nil {
 		bad("log", "%v", err)

@@ -199,6 +199,15 @@ func TestRotateFleet(t *testing.T) {
 	if !strings.Contains(stderr, fmt.Sprintf("failed: t%d", broken)) {
 		t.Errorf("stderr does not name the failed target:\n%s", stderr)
 	}
+	// How far it is, as each target finishes.
+	for i := 1; i <= n; i++ {
+		if !strings.Contains(stderr, fmt.Sprintf("codat-rotator rotate: %d/%d done", i, n)) {
+			t.Errorf("stderr does not count %d/%d done:\n%s", i, n, stderr)
+		}
+	}
+	if !strings.Contains(stderr, "left at 900 Codat requests a minute") {
+		t.Errorf("stderr does not say the time left at the budget:\n%s", stderr)
+	}
 	for i, emu := range e.codat.emus {
 		keys := emu.ActiveKeys()
 		if i == broken && keys != 1 || i != broken && keys != 2 {

@@ -112,7 +112,7 @@ func (c *rotateCommand) Run(ctx context.Context) error {
 	for i, t := range st.Targets {
 		names[i] = t.Name
 	}
-	f := fleet{svc: svc, req: req, names: names, parallel: parallel}
+	f := fleet{svc: svc, req: req, names: names, parallel: parallel, budget: cfg.CodatRequestsPerMinute, count: c.stderr}
 	if !c.json {
 		f.progress = c.stdout
 	}
@@ -177,6 +177,33 @@ type fleet struct {
 	parallel int
 	// progress receives each target's text as it finishes; nil: none.
 	progress io.Writer
+	// count receives a line per target finished: how many of how many,
+	// and the time left at budget, the Codat requests a minute
+	// (codat_requests_per_minute; 0: none); nil: none.
+	count  io.Writer
+	budget int
+}
+
+// requestsPerRotation is how many Codat requests one emergency
+// rotation makes, as measured (docs/benchmarks.md#fleet-budget): the
+// time a fleet needs at a budget is that many per target.
+const requestsPerRotation = 5
+
+// timeLeft is the fleet's time left after done of total in elapsed:
+// the pace so far, but never less than the budget allows for the
+// requests of the targets left.
+func (f fleet) timeLeft(done, total int, elapsed time.Duration) time.Duration {
+	left := total - done
+	if done == 0 || left == 0 {
+		return 0
+	}
+	d := elapsed / time.Duration(done) * time.Duration(left)
+	if f.budget > 0 && !f.req.DryRun {
+		if floor := time.Duration(left*requestsPerRotation) * time.Minute / time.Duration(f.budget); floor > d {
+			d = floor
+		}
+	}
+	return d
 }
 
 // run returns the report, its entries in the order of names, and how
@@ -186,6 +213,7 @@ type fleet struct {
 func (f fleet) run(ctx context.Context) (admin.RotateReport, time.Duration) {
 	start := time.Now()
 	rep := admin.RotateReport{Results: make([]admin.RotateEntry, len(f.names))}
+	done := 0
 	next := make(chan int)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -199,6 +227,10 @@ func (f fleet) run(ctx context.Context) (admin.RotateReport, time.Duration) {
 					var b bytes.Buffer
 					admin.RotateReport{Results: []admin.RotateEntry{e}}.WriteText(&b)
 					_, _ = f.progress.Write(b.Bytes()) // one write per target: lines never interleave
+				}
+				done++
+				if f.count != nil {
+					fmt.Fprintf(f.count, "codat-rotator rotate: %s\n", f.countLine(done, len(f.names), time.Since(start)))
 				}
 				mu.Unlock()
 			}
@@ -219,6 +251,19 @@ feed:
 		rep.Results[i] = admin.RotateEntry{Target: f.names[i], Error: "not started: " + context.Cause(ctx).Error()}
 	}
 	return rep, time.Since(start)
+}
+
+// countLine says how far the fleet is: "120/1000 done, about 6m10s
+// left at 900 Codat requests a minute".
+func (f fleet) countLine(done, total int, elapsed time.Duration) string {
+	line := fmt.Sprintf("%d/%d done", done, total)
+	if left := f.timeLeft(done, total, elapsed); left > 0 {
+		line += fmt.Sprintf(", about %s left", left.Round(time.Second))
+		if f.budget > 0 && !f.req.DryRun {
+			line += fmt.Sprintf(" at %d Codat requests a minute", f.budget)
+		}
+	}
+	return line
 }
 
 // one rotates one target and returns its entry.

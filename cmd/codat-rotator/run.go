@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -128,6 +127,7 @@ func (c *runCommand) Run(ctx context.Context) error {
 	c.m.WatchState(c.app.engine.Store.Load, c.app.allTargets, c.sched.Next)
 	c.m.WatchScheduler(c.sched.Wakeups)
 	c.m.WatchConcurrency(c.app.engine.Concurrency)
+	c.m.WatchBudget(c.app.budget.State)
 	c.m.Track(targetNames(cfg.Targets))
 
 	var adminL net.Listener
@@ -293,46 +293,15 @@ func (c *runCommand) reloadConfig() (admin.ReloadReport, error) {
 	for _, w := range insecureHTTPWarnings(cfg, c.getenv) {
 		c.log.Warn(w)
 	}
-	var restart []string
-	if cfg.StatePath != c.cfg.StatePath {
-		restart = append(restart, "state_path")
-	}
-	if cfg.Listen != c.cfg.Listen {
-		restart = append(restart, "listen")
-	}
-	if !reflect.DeepEqual(cfg.Vault, c.cfg.Vault) {
-		restart = append(restart, "vault")
-	}
-	if cfg.Log != c.cfg.Log {
-		restart = append(restart, "log")
-	}
+	apply, restart := changedFields(c.cfg, cfg)
 	if len(restart) > 0 {
 		c.log.Warn("config reload: these settings need a restart and keep their running values", "fields", strings.Join(restart, ","))
 	}
-	targets, clients, err := c.app.buildTargets(cfg.Targets)
-	if err != nil {
-		return failed(err)
+	for _, name := range apply {
+		if err := onReload[name].apply(c, cfg); err != nil {
+			return failed(err)
+		}
 	}
-	// Each target's loop installs its new Codat client between two runs:
-	// a rotation in flight, of a changed or removed target, finishes with
-	// the client it started with.
-	scheds := schedules(cfg, targets)
-	for i := range scheds {
-		name, client := scheds[i].Target.Name, clients[scheds[i].Target.Name]
-		scheds[i].Activate = func() { c.app.useClient(name, client) }
-	}
-	if err := c.sched.Apply(scheds); err != nil {
-		return failed(err)
-	}
-	if cfg.MaxConcurrentRotations != c.cfg.MaxConcurrentRotations {
-		c.app.engine.SetMaxConcurrent(cfg.MaxConcurrentRotations)
-		c.log.Info("max_concurrent_rotations changed", "from", c.cfg.MaxConcurrentRotations, "to", cfg.MaxConcurrentRotations)
-		c.cfg.MaxConcurrentRotations = cfg.MaxConcurrentRotations
-	}
-	c.app.setTargetList(targets)
-	c.hooks.Set(webhooks(cfg.Targets))
-	c.cfg.Targets = cfg.Targets
-	c.m.Track(targetNames(cfg.Targets))
 	outcome = "config reloaded"
 	c.log.Info("config reloaded", "targets", len(cfg.Targets))
 	return admin.ReloadReport{Targets: c.sched.Names(), NeedRestart: restart}, nil
@@ -377,18 +346,4 @@ func targetNames(tcs []TargetConfig) []string {
 		names[i] = tc.Name
 	}
 	return names
-}
-
-// schedules pairs each target with its schedule from the config.
-func schedules(cfg Config, targets []rotation.Target) []rotation.Schedule {
-	byName := map[string]TargetConfig{}
-	for _, tc := range cfg.Targets {
-		byName[tc.Name] = tc
-	}
-	out := make([]rotation.Schedule, 0, len(targets))
-	for _, t := range targets {
-		tc := byName[t.Name]
-		out = append(out, rotation.Schedule{Target: t, Spec: tc.Schedule, Jitter: tc.Jitter.D()})
-	}
-	return out
 }

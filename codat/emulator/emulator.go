@@ -63,6 +63,7 @@ type Server struct {
 	stop sync.Once
 
 	inflight atomic.Int64
+	rate     rateCounter
 
 	mu         sync.Mutex
 	rng        *mrand.Rand
@@ -212,6 +213,9 @@ func (s *Server) Keys() []KeyRecord {
 	}
 	return out
 }
+
+// Rate returns the Codat requests that arrived, counted per minute.
+func (s *Server) Rate() RateReport { return s.rate.report() }
 
 // InFlight returns the number of Codat requests received and not yet
 // answered: a test can wait on it to know a request has arrived.

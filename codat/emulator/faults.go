@@ -56,8 +56,14 @@ type Faults struct {
 type OpFaults struct {
 	// Latency is added to every request.
 	Latency Duration `json:"latency,omitempty"`
-	// RateLimit answers the next N requests with 429 and Retry-After.
+	// RateLimit answers the next N requests with 429 and Retry-After,
+	// the client's quota not spent (X-Rate-Limit-Remaining above 0): a
+	// client takes it for the IP's limit.
 	RateLimit int `json:"rate_limit,omitempty"`
+	// QuotaRateLimit answers the next N requests with 429 and
+	// Retry-After as if the client's daily quota were spent
+	// (X-Rate-Limit-Remaining: 0).
+	QuotaRateLimit int `json:"quota_rate_limit,omitempty"`
 	// RetryAfter is the delay a 429 announces (default 1s).
 	RetryAfter Duration `json:"retry_after,omitempty"`
 	// RetryAfterDate sends Retry-After as an HTTP date instead of seconds.
@@ -96,8 +102,8 @@ func (f OpFaults) validate() error {
 		return fmt.Errorf("latency: must not be negative")
 	case f.RetryAfter < 0:
 		return fmt.Errorf("retry_after: must not be negative")
-	case f.RateLimit < 0 || f.Hang < 0 || f.Fail < 0 || f.LoseResponse < 0:
-		return fmt.Errorf("rate_limit, hang, fail, lose_response: counts must not be negative")
+	case f.RateLimit < 0 || f.QuotaRateLimit < 0 || f.Hang < 0 || f.Fail < 0 || f.LoseResponse < 0:
+		return fmt.Errorf("rate_limit, quota_rate_limit, hang, fail, lose_response: counts must not be negative")
 	case f.FailStatus != 0 && (f.FailStatus < 400 || f.FailStatus > 599):
 		return fmt.Errorf("fail_status: %d is not an error status", f.FailStatus)
 	}
@@ -141,6 +147,7 @@ func ParseFaults(s string) (Faults, error) {
 type verdict struct {
 	latency    time.Duration
 	rateLimit  bool
+	quotaLimit bool
 	retryAfter time.Duration
 	asDate     bool
 	hang       bool
@@ -158,9 +165,12 @@ func (f *OpFaults) decide(rng *rand.Rand) verdict {
 		}
 		return rate > 0 && rng.Float64() < rate
 	}
+	// A 429 of the IP's limit first, else one of the client's quota.
+	ipLimit := take(&f.RateLimit, 0)
+	quota := !ipLimit && take(&f.QuotaRateLimit, 0)
 	switch {
-	case take(&f.RateLimit, 0):
-		v.rateLimit = true
+	case ipLimit || quota:
+		v.rateLimit, v.quotaLimit = ipLimit, quota
 		v.retryAfter = time.Duration(f.RetryAfter)
 		if v.retryAfter == 0 {
 			v.retryAfter = time.Second

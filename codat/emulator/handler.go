@@ -23,6 +23,7 @@ const (
 	msgNotFound     = "No API key was found with the given id."
 	msgLastKey      = "The last remaining API key cannot be deleted."
 	msgRateLimited  = "Too many requests. The rate limit for this client has been exceeded."
+	msgIPLimited    = "Too many requests from this IP address. Please try again later."
 	msgServerError  = "An internal server error occurred. Please try again later."
 	msgMaintenance  = "The service is unavailable for maintenance. Please try again later."
 	msgBadBody      = "The request body is not valid JSON for an API key."
@@ -54,6 +55,7 @@ func (s *Server) serveCodat(w http.ResponseWriter, r *http.Request) {
 	}
 	s.inflight.Add(1)
 	defer s.inflight.Add(-1)
+	s.rate.add(s.now())
 	// Read the body first: net/http notices a client that goes away (and
 	// cancels r.Context) only once the body is consumed, and hang and
 	// latency faults wait on that.
@@ -91,6 +93,11 @@ func (s *Server) serveCodat(w http.ResponseWriter, r *http.Request) {
 	case v.rateLimit:
 		resp = s.rateLimited(v.retryAfter, v.asDate)
 		ev.Fault = "rate_limit"
+	case v.quotaLimit:
+		// As if the day's quota were spent: the headers say so.
+		resp = s.rateLimited(v.retryAfter, v.asDate)
+		h.Set("X-Rate-Limit-Remaining", "0")
+		ev.Fault = "quota_rate_limit"
 	case v.hang:
 		s.wait(r, 0)
 		s.record(ev, 0, "hang")
@@ -296,6 +303,18 @@ func (s *Server) spendQuota() (left int, reset time.Time) {
 	}
 	s.quotaUsed++
 	return s.opts.DailyQuota - s.quotaUsed, day.Add(24 * time.Hour)
+}
+
+// quotaLeft is what is left of the day's quota, without spending any.
+func (s *Server) quotaLeft() (left int, reset time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	day := s.now().Truncate(24 * time.Hour)
+	used := s.quotaUsed
+	if !day.Equal(s.quotaDay) {
+		used = 0
+	}
+	return s.opts.DailyQuota - used, day.Add(24 * time.Hour)
 }
 
 // wait holds a request for d (for ever when d is 0) or until the client

@@ -83,6 +83,8 @@ func (s *Server) serveInspect(w http.ResponseWriter, r *http.Request) {
 			events = []Event{}
 		}
 		writeJSON(w, http.StatusOK, EventsReport{Events: events})
+	case path == "/rate" && r.Method == http.MethodGet:
+		writeJSON(w, http.StatusOK, s.Rate())
 	case path == "/violations" && r.Method == http.MethodGet:
 		v := s.Violations()
 		if v == nil {
