@@ -332,13 +332,6 @@ func (e *Engine) regraceShared(t Target, id string, now time.Time) error {
 // prevName is the target name the secret was last published under.
 func prevName(v *view) string { return v.Metadata[MetadataTarget] }
 
-// claims returns which of ids another target of this state file records
-// as its own.
-func (e *Engine) claims(t Target, ids []string) (map[string]string, error) {
-	c, err := e.allClaims(t, ids)
-	return c.Own, err
-}
-
 // allClaims returns what the other targets of this state file hold of
 // ids; the state t had under an older name (the same Vault location) is
 // not another target's.
