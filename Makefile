@@ -205,7 +205,12 @@ soak: vault ## run the daemon on a 1s schedule for ROTATIONS rotations (default 
 # rotations, crashes and Codat/Vault faults, invariants checked after
 # every step. A failure prints its seed; replay one schedule with
 # `go test -v -run TestChaos ./rotation/ -args -chaos.seed=SEED -chaos.trace`.
+# STEPS bounds each schedule's length (the identity families need long
+# ones: a copy, then its fix; a metadata delete, then a rename); FIRST is
+# the first seed, so a run on seeds never used before is FIRST=<new>.
 N ?= 10000
+STEPS ?= 24
+FIRST ?= 1
 .PHONY: chaos
-chaos: vault ## run N seeded chaos schedules (default 10000), no race detector
-	$(GO) test -v -run TestChaos -count=1 -timeout 0 ./rotation/ -args -chaos.n=$(N)
+chaos: vault ## run N seeded chaos schedules of up to STEPS steps (defaults 10000, 24) from seed FIRST, no race detector
+	$(GO) test -v -run TestChaos -count=1 -timeout 0 ./rotation/ -args -chaos.n=$(N) -chaos.steps=$(STEPS) -chaos.first=$(FIRST)
