@@ -39,7 +39,8 @@ func untrusted(format string, args ...any) error {
 // (the daemon's user owns /run/codat-rotator); and its directory and
 // every directory above are owned by root, self or that owner and
 // writable by no one else (a sticky bit, as on /tmp, lets others write
-// but not replace what is not theirs).
+// but not replace what is not theirs; the socket's own directory may be
+// open when the socket is self's or root's).
 func checkSocket(path string, self uint32) (uint32, error) {
 	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
@@ -76,7 +77,14 @@ func checkSocket(path string, self uint32) (uint32, error) {
 			return 0, untrusted("admin socket %s: the directory %s belongs to uid %d, neither root, you (uid %d) nor the socket's owner (uid %d): that user could replace the socket; keep it in a directory of the daemon's user or root, such as /run/codat-rotator",
 				path, d, o, self, owner)
 		}
-		if mode.Perm()&0o022 != 0 && mode&fs.ModeSticky == 0 {
+		// The socket's own directory may be open to others when the
+		// socket is the caller's or root's: a Kubernetes emptyDir is
+		// 0777, whatever the pod asks. Another user can then only put a
+		// socket of its own there, which the owner check above refuses,
+		// and a swap after that check is caught by the peer check
+		// (dialTrusted).
+		open := d == dir && (owner == self || owner == 0)
+		if mode.Perm()&0o022 != 0 && mode&fs.ModeSticky == 0 && !open {
 			return 0, untrusted("admin socket %s: the directory %s is writable by other users (mode %04o): any of them could replace the socket with a fake daemon; chmod go-w %s (systemd's RuntimeDirectory makes it 0750)",
 				path, d, mode.Perm(), d)
 		}

@@ -48,11 +48,20 @@ func TestDialRefusesAnUntrustedSocket(t *testing.T) {
 		setup func(t *testing.T, dir, sock string)
 		want  string // "" when trusted
 	}{
-		{name: "a directory other users can write", want: "is writable by other users (mode 0777)", setup: func(t *testing.T, dir, sock string) {
+		{name: "a directory above the socket's that other users can write", want: "is writable by other users (mode 0777)", setup: func(t *testing.T, dir, sock string) {
+			must(t, os.Chmod(filepath.Dir(dir), 0o777))
+		}},
+		// A Kubernetes emptyDir is 0777: the caller's own socket there is
+		// trusted; a fake daemon's socket there is not (next case).
+		{name: "the caller's socket in an open directory (an emptyDir)", setup: func(t *testing.T, dir, sock string) {
 			must(t, os.Chmod(dir, 0o777))
 		}},
-		{name: "a group-writable directory", want: "is writable by other users (mode 0770)", setup: func(t *testing.T, dir, sock string) {
-			must(t, os.Chmod(dir, 0o770))
+		{name: "a fake daemon's socket in an open directory", want: "is owned by uid 54321", setup: func(t *testing.T, dir, sock string) {
+			must(t, os.Chmod(dir, 0o777))
+			must(t, os.Chown(sock, other, other))
+		}},
+		{name: "a group-writable directory above the socket's", want: "is writable by other users (mode 0770)", setup: func(t *testing.T, dir, sock string) {
+			must(t, os.Chmod(filepath.Dir(dir), 0o770))
 		}},
 		{name: "a directory of another user", want: "belongs to uid 54321", setup: func(t *testing.T, dir, sock string) {
 			must(t, os.Chown(dir, other, other))
@@ -61,11 +70,12 @@ func TestDialRefusesAnUntrustedSocket(t *testing.T) {
 		{name: "a socket of another user in root's directory", want: "is owned by uid 54321, which is neither yours (uid 0), root's, nor that of its directory", setup: func(t *testing.T, dir, sock string) {
 			must(t, os.Chown(sock, other, other))
 		}},
-		{name: "a symlink to a socket in an open directory", want: "is writable by other users", setup: func(t *testing.T, dir, sock string) {
+		{name: "a symlink to another user's socket in an open directory", want: "is owned by uid 54321", setup: func(t *testing.T, dir, sock string) {
 			open := filepath.Join(dir, "open")
 			must(t, os.Mkdir(open, 0o777))
 			must(t, os.Chmod(open, 0o777))
 			must(t, os.Rename(sock, filepath.Join(open, "real.sock")))
+			must(t, os.Chown(filepath.Join(open, "real.sock"), other, other))
 			must(t, os.Symlink(filepath.Join(open, "real.sock"), sock))
 		}},
 		// As the daemon runs under systemd: /run/codat-rotator belongs to
