@@ -242,6 +242,13 @@ func TestCLIRefusesAnUntrustedSocket(t *testing.T) {
 	if err := os.Chmod(dir, 0o777); err != nil { // as an attacker's mistake or doing
 		t.Fatal(err)
 	}
+	// The fake daemon's socket is another user's, as it would be: in an
+	// open directory (a Kubernetes emptyDir is one) anyone may create a
+	// socket, but only as themselves.
+	const other = 54321
+	if err := os.Chown(sock, other, other); err != nil {
+		t.Fatal(err)
+	}
 	cfg := fmt.Sprintf("state_path: %s\nlisten: {admin_socket: %s, metrics: \"\"}\nvault: {address: \"http://127.0.0.1:9\"}\ntargets:\n  - name: prod\n    vault: {path: codat/prod}\n",
 		filepath.Join(base, "state.db"), sock)
 	path := filepath.Join(base, "config.yaml")
@@ -250,7 +257,7 @@ func TestCLIRefusesAnUntrustedSocket(t *testing.T) {
 	}
 	for _, args := range [][]string{{"rotate", "--target", "prod", "--emergency"}, {"status"}, {"reload"}} {
 		code, out := runEnv(t, []string{"PATH=" + os.Getenv("PATH"), "VAULT_TOKEN=t"}, append(append(args[:1:1], "--config", path), args[1:]...)...)
-		want := "the directory " + dir + " is writable by other users (mode 0777): any of them could replace the socket with a fake daemon"
+		want := fmt.Sprintf("admin socket %s is owned by uid %d, which is neither yours (uid 0), root's, nor that of its directory", sock, other)
 		if code == 0 || !strings.Contains(out, want) {
 			t.Errorf("%s: exit %d, want a failure saying %q:\n%s", args[0], code, want, out)
 		}
