@@ -255,6 +255,11 @@ func (s *chaosRun) metaDeleteStep(ctx context.Context) bool {
 	s.vbase = n
 	// The versions that named keys a takeover could attribute are gone.
 	s.recoverable = nil
+	if st, err := s.db.Load(s.target.Name); err == nil && st.Tag == "" {
+		// And the tag with them, for a target (just renamed) that has not
+		// taken it into its state yet: its old keys stay foreign.
+		s.tags = map[string]bool{}
+	}
 	if older != nil && s.rng.IntN(2) == 0 {
 		s.stepDesc += " then " + older.keyID
 		if err := s.operatorWrite(older.apiKey, older.keyID, true); err != nil {

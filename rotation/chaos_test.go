@@ -1192,12 +1192,6 @@ func (s *chaosRun) stateStep(ctx context.Context, kind string) bool {
 			return fail(err)
 		}
 		s.db = db
-		if md, err := s.sh.root.KVv2(s.sh.mount).GetMetadata(ctx, s.path); err != nil || md.CustomMetadata[rotation.MetadataKeyTag] == nil {
-			// The state and the metadata that held the tag are both
-			// gone (a metadata delete before): keys of the old tag
-			// cannot be told apart from anyone's, and stay foreign.
-			s.tags = map[string]bool{}
-		}
 	case stepRestore:
 		if err := s.db.Close(); err != nil {
 			return fail(err)
@@ -1224,6 +1218,14 @@ func (s *chaosRun) stateStep(ctx context.Context, kind string) bool {
 		s.db = db
 	}
 	s.note("step %d: %s", s.step, s.stepDesc)
+	if st, err := s.db.Load(s.target.Name); err == nil && st.Tag == "" {
+		if md, err := s.sh.root.KVv2(s.sh.mount).GetMetadata(ctx, s.path); err != nil || md.CustomMetadata[rotation.MetadataKeyTag] == nil {
+			// The state that serves now and the metadata both lack the
+			// tag (a metadata delete before): keys of the old tag cannot
+			// be told apart from anyone's, and stay foreign.
+			s.tags = map[string]bool{}
+		}
+	}
 	mine, _ := s.db.Identity()
 	eng := s.newEngine(nil)
 	for _, tg := range s.targets() {
