@@ -262,13 +262,13 @@ func (s *chaosRun) metaDeleteStep(ctx context.Context) bool {
 	}
 	if older != nil && s.rng.IntN(2) == 0 {
 		s.stepDesc += " then " + older.keyID
-		if err := s.operatorWrite(older.apiKey, older.keyID, true); err != nil {
+		if err := s.rewrite(*older); err != nil {
 			s.violations = append(s.violations, "harness: "+err.Error())
 			return false
 		}
 	}
 	s.stepDesc += " then " + cur.keyID
-	if err := s.operatorWrite(cur.apiKey, cur.keyID, true); err != nil {
+	if err := s.rewrite(cur); err != nil {
 		s.violations = append(s.violations, "harness: "+err.Error())
 		return false
 	}
@@ -276,6 +276,20 @@ func (s *chaosRun) metaDeleteStep(ctx context.Context) bool {
 	s.stats["metadata-deleted"]++
 	s.check(false, true)
 	return true
+}
+
+// rewrite writes v back by hand after a metadata delete. A copy of
+// another target's secret stays a copy: its key is still the other's.
+func (s *chaosRun) rewrite(v chaosVersion) error {
+	if err := s.operatorWrite(v.apiKey, v.keyID, true); err != nil {
+		return err
+	}
+	n := len(s.versions)
+	s.versions[n-1].copied = v.copied
+	w := s.opWrites[n]
+	w.copied = v.copied
+	s.opWrites[n] = w
+	return nil
 }
 
 // stateCopyStep: a copy of the state file runs beside the original (a

@@ -136,7 +136,7 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 	// The new key, as activate will see it, then the retire pass that
 	// follows a successful rotation.
 	const newID = "(new key)"
-	p.Retire = Activate(&st, newID, now, now.Add(Grace(t, opts)))
+	p.Retire = Activate(&st, newID, served, now, now.Add(Grace(t, opts)))
 	after := append(slices.Clone(kept), Key{ID: newID})
 	if p.Revoke != "" {
 		after = slices.DeleteFunc(after, func(k Key) bool { return k.ID == p.Revoke })

@@ -549,8 +549,11 @@ func Grace(t Target, opts Options) time.Duration {
 
 // Activate makes newID the active key and supersedes every other managed
 // key that is active or pending; keys already retiring keep the earlier
-// of their delete-after and the new one. It returns the keys superseded.
-func Activate(st *store.Target, newID string, now, deleteAfter time.Time) (retiring []store.Key) {
+// of their delete-after and the new one, except a key that may have been
+// the served one (the secret was in doubt, served.May): Vault may have
+// served it until now, so it keeps a full grace from now (I4), which
+// only an emergency shortens. It returns the keys superseded.
+func Activate(st *store.Target, newID string, served Served, now, deleteAfter time.Time) (retiring []store.Key) {
 	for i := range st.Keys {
 		k := &st.Keys[i]
 		if k.ID == newID {
@@ -564,7 +567,11 @@ func Activate(st *store.Target, newID string, now, deleteAfter time.Time) (retir
 		case store.KeyActive, store.KeyPending:
 			supersede(k, deleteAfter)
 		case store.KeyRetiring:
-			retireBy(k, deleteAfter)
+			if served.May(k.ID) && deleteAfter.After(k.DeleteAfter) {
+				k.DeleteAfter = deleteAfter
+			} else {
+				retireBy(k, deleteAfter)
+			}
 		default:
 			continue
 		}

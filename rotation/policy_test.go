@@ -286,7 +286,7 @@ func TestActivate(t *testing.T) {
 		{ID: "portal", Origin: store.OriginForeign, State: store.KeyForeign},
 	}}
 	after := t0.Add(24 * time.Hour)
-	retiring := rotation.Activate(&st, "new", t0, after)
+	retiring := rotation.Activate(&st, "new", rotation.Served{}, t0, after)
 	got := map[string]time.Time{}
 	for _, k := range retiring {
 		got[k.ID] = k.DeleteAfter
@@ -305,6 +305,36 @@ func TestActivate(t *testing.T) {
 	}
 	if k := st.Key("portal"); k.State != store.KeyForeign {
 		t.Errorf("a foreign key was superseded: %+v", *k)
+	}
+}
+
+// A secret in doubt (a hand patch of api_key, a listing without raw
+// keys, no fingerprints after a takeover) may have served any retiring
+// key until the new one replaced it: each keeps a full grace from now,
+// and an emergency still retires them at once.
+func TestActivateAfterDoubt(t *testing.T) {
+	// Blind listing, no prints: the secret's key_id names cur, its
+	// api_key matches nothing known, so cur and old both may be served.
+	served := rotation.FindServed(listing(false, "cur", "old", "new"), &rotation.Published{KeyID: "cur", APIKey: "raw-of-old"}, nil, "print-of-old")
+	if served.Doubt == "" || !served.May("old") {
+		t.Fatalf("served = %+v, want old in doubt", served)
+	}
+	for _, emergency := range []bool{false, true} {
+		st := store.Target{Keys: []store.Key{
+			{ID: "new", Origin: store.OriginCreated, State: store.KeyPending},
+			{ID: "cur", Origin: store.OriginAdopted, State: store.KeyActive},
+			{ID: "old", Origin: store.OriginAdopted, State: store.KeyRetiring, DeleteAfter: t0.Add(time.Hour)},
+		}}
+		after := t0.Add(24 * time.Hour)
+		if emergency {
+			after = t0
+		}
+		rotation.Activate(&st, "new", served, t0, after)
+		for _, id := range []string{"cur", "old"} {
+			if k := st.Key(id); k.State != store.KeyRetiring || !k.DeleteAfter.Equal(after) {
+				t.Errorf("emergency=%v: %s = %s after %v, want retiring after %v", emergency, id, k.State, k.DeleteAfter, after)
+			}
+		}
 	}
 }
 

@@ -632,7 +632,7 @@ func (r *run) activate(k Key) error {
 		if st.Key(k.ID) == nil {
 			recordCreated(st, k, r.id, now)
 		}
-		retiring = Activate(st, k.ID, now, deleteAfter)
+		retiring = Activate(st, k.ID, r.served, now, deleteAfter)
 		rec := st.Key(k.ID)
 		notePrint(rec, r.e.fingerprint(k.APIKey))
 		active = *rec
