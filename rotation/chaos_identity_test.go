@@ -168,7 +168,7 @@ func (s *chaosRun) patchStep(ctx context.Context) bool {
 	cur := s.versions[n-1]
 	var cands []chaosVersion
 	for _, v := range s.versions[:n-1] {
-		if v.apiKey != "" && v.keyID != cur.keyID && s.live(v.keyID) && !slices.ContainsFunc(cands, func(c chaosVersion) bool { return c.keyID == v.keyID }) {
+		if v.apiKey != "" && !v.copied && v.keyID != cur.keyID && s.live(v.keyID) && !slices.ContainsFunc(cands, func(c chaosVersion) bool { return c.keyID == v.keyID }) {
 			cands = append(cands, v)
 		}
 	}

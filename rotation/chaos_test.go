@@ -859,7 +859,9 @@ func (s *chaosRun) runStep() bool {
 				}
 			}
 			for _, v := range s.versions[:n-1] {
-				if live[v.keyID] && v.keyID != s.versions[n-1].keyID && !slices.ContainsFunc(cands, func(c chaosVersion) bool { return c.keyID == v.keyID }) {
+				// Not a copy of the other target's key: rolling back to
+				// that is another copy (copySecretStep's family).
+				if live[v.keyID] && !v.copied && v.keyID != s.versions[n-1].keyID && !slices.ContainsFunc(cands, func(c chaosVersion) bool { return c.keyID == v.keyID }) {
 					cands = append(cands, v)
 				}
 			}
@@ -1576,12 +1578,15 @@ func (s *chaosRun) check(clean, passive bool) {
 		s.violations = append(s.violations, fmt.Sprintf("step %d: harness: read vault versions: %v", s.step, err))
 		return
 	}
-	s.checkSecret(ctx, "", s.versions, keys, active)
+	s.checkSecret(ctx, "", s.versions, keys, active, s.graceBetween)
 	if s.sib != nil {
-		s.checkSecret(ctx, s.sib.target.Name+": ", s.sib.versions, keys, active)
+		s.checkSecret(ctx, s.sib.target.Name+": ", s.sib.versions, keys, active, s.graceBetween)
 	}
 	if s.nb != nil {
-		s.checkSecret(ctx, "neighbour "+s.nb.target.Name+": ", s.nb.versions, keys, active)
+		// The other deployment's config is its own: no reload changes
+		// its grace.
+		nbGrace := func(time.Time, time.Time) time.Duration { return s.nb.target.Grace }
+		s.checkSecret(ctx, "neighbour "+s.nb.target.Name+": ", s.nb.versions, keys, active, nbGrace)
 	}
 	s.checkOwnKeys(keys)
 
@@ -1634,7 +1639,7 @@ func (s *chaosRun) check(clean, passive bool) {
 }
 
 // checkSecret checks I3 and I4 for one secret's versions.
-func (s *chaosRun) checkSecret(ctx context.Context, label string, versions []chaosVersion, keys []emulator.KeyRecord, active map[string]emulator.KeyRecord) {
+func (s *chaosRun) checkSecret(ctx context.Context, label string, versions []chaosVersion, keys []emulator.KeyRecord, active map[string]emulator.KeyRecord, graceBetween func(from, to time.Time) time.Duration) {
 	if n := len(versions); n > 0 {
 		cur := versions[n-1]
 		if _, ok := active[cur.keyID]; !ok {
@@ -1666,7 +1671,7 @@ func (s *chaosRun) checkSecret(ctx context.Context, label string, versions []cha
 			continue
 		}
 		succ := versions[last+1]
-		g := s.graceBetween(succ.rotatedAt, *k.Deleted)
+		g := graceBetween(succ.rotatedAt, *k.Deleted)
 		if k.Deleted.Before(succ.rotatedAt.Add(g)) {
 			s.violate("%sI4: key %s deleted at %s, its successor %s was published at %s (grace %s)",
 				label, k.ID, rfc3339(*k.Deleted), succ.keyID, rfc3339(succ.rotatedAt), g)

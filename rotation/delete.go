@@ -37,7 +37,7 @@ func (e *Engine) deleteKey(ctx context.Context, t Target, c Codat, kind DeleteKi
 			return keys, fmt.Errorf("refusing to delete %s: the secret of target %s serves it (it holds a key of this target's; give %s a key of its own)", id, other, other)
 		}
 		if k := c.Keep[id]; k.Until.After(e.now()) {
-			return keys, fmt.Errorf("refusing to delete %s: target %s, whose secret served it too, keeps it until %s", id, k.Target, k.Until.UTC().Format(time.RFC3339))
+			return keys, &keptElsewhere{id: id, target: k.Target, until: k.Until}
 		}
 		// A copy of a secret that its target has not looked at since:
 		// the targets sharing the client say what they serve now.
@@ -73,6 +73,19 @@ func (e *Engine) deleteKey(ctx context.Context, t Target, c Codat, kind DeleteKi
 		return nil
 	})
 	return kept, err
+}
+
+// keptElsewhere is deleteKey's refusal of a key another target's secret
+// served until lately: that target's consumers may still hold it, so it
+// keeps a grace of its own. A wait, not a fault: the retire pass
+// postpones the key to until.
+type keptElsewhere struct {
+	id, target string
+	until      time.Time
+}
+
+func (k *keptElsewhere) Error() string {
+	return fmt.Sprintf("refusing to delete %s: target %s, whose secret served it too, keeps it until %s", k.id, k.target, k.until.UTC().Format(time.RFC3339))
 }
 
 // servedElsewhere returns the other target on t's Codat client whose

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/codat-rotator/codat-rotator/store"
 )
@@ -67,6 +68,16 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 	for _, k := range del {
 		log.Info("deleting retired key", "key_id", k.ID, "delete_after", k.DeleteAfter)
 		if keys, err = e.deleteKey(ctx, t, v.Client, DeleteRetire, k.ID, keys, served); err != nil {
+			var kept *keptElsewhere
+			if errors.As(err, &kept) {
+				// Another target's consumers may still hold it: it goes
+				// when that target's grace ends (the timer re-arms).
+				log.Info("retired key kept for another target", "key_id", k.ID, "target", kept.target, "until", kept.until)
+				if err := e.postpone(t, k.ID, kept.until); err != nil {
+					errs = append(errs, err)
+				}
+				continue
+			}
 			errs = append(errs, err)
 			continue
 		}
@@ -88,4 +99,14 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 		}
 	}
 	return deleted, errors.Join(errs...)
+}
+
+// postpone moves a retiring key's delete-after out to until, never in.
+func (e *Engine) postpone(t Target, id string, until time.Time) error {
+	return e.Store.Update(t.Name, func(st *store.Target) error {
+		if rec := st.Key(id); rec != nil && rec.State == store.KeyRetiring && until.After(rec.DeleteAfter) {
+			rec.DeleteAfter = until
+		}
+		return nil
+	})
 }
