@@ -99,7 +99,7 @@ func (s *chaosRun) copySecretStep(ctx context.Context) bool {
 		return false
 	}
 	if c := s.copied; c != nil {
-		s.stepDesc += " fix " + c.victim.Name
+		s.stepDesc += " fix " + s.victim().Name
 		s.note("step %d: %s", s.step, s.stepDesc)
 		if err := s.fixCopy(ctx); err != nil {
 			return fail(err)
@@ -127,10 +127,19 @@ func (s *chaosRun) copySecretStep(ctx context.Context) bool {
 	if err := s.writeHand(ctx, to.Vault.Path, data, chaosVersion{keyID: from.keyID, apiKey: from.apiKey, copied: true}); err != nil {
 		return fail(err)
 	}
-	s.copied = &chaosCopy{victim: to, before: victimVersions[len(victimVersions)-1]}
+	s.copied = &chaosCopy{sib: to.Name != s.target.Name, before: victimVersions[len(victimVersions)-1]}
 	s.stats["secret-copied"]++
 	s.check(false, true)
 	return true
+}
+
+// victim is the target whose path holds a copy of the other's secret,
+// as it is defined now.
+func (s *chaosRun) victim() rotation.Target {
+	if s.copied != nil && s.copied.sib {
+		return s.sib.target
+	}
+	return s.target
 }
 
 // fixCopy gives the victim of a copied secret a key of its own again:
@@ -148,7 +157,7 @@ func (s *chaosRun) fixCopy(ctx context.Context) error {
 		v = chaosVersion{keyID: id, apiKey: raw}
 	}
 	data := map[string]any{vault.FieldAPIKey: v.apiKey, vault.FieldKeyID: v.keyID}
-	if err := s.writeHand(ctx, c.victim.Vault.Path, data, chaosVersion{keyID: v.keyID, apiKey: v.apiKey}); err != nil {
+	if err := s.writeHand(ctx, s.victim().Vault.Path, data, chaosVersion{keyID: v.keyID, apiKey: v.apiKey}); err != nil {
 		return err
 	}
 	s.copied = nil

@@ -277,7 +277,10 @@ type chaosNeighbour struct {
 // chaosCopy is a secret an operator copied from one target's path into
 // the other's: the victim's path serves the other target's key.
 type chaosCopy struct {
-	victim rotation.Target
+	// sib: the victim is the other target on the client (else the
+	// target); victim() gives its definition as it is now (a reload or
+	// rename since the copy changes it).
+	sib bool
 	// before is what the victim's path served before the copy.
 	before chaosVersion
 }
@@ -657,8 +660,9 @@ func (s *chaosRun) run() {
 	// secret copied into another target's path is fixed first, as the
 	// refusal told the operator to.
 	s.step, s.stepDesc = steps+1, "final clean rotate"
+	s.front.setRoutine(true, s.reserve())
 	if s.copied != nil {
-		victim := s.copied.victim
+		victim := s.victim()
 		if err := s.fixCopy(context.Background()); err != nil {
 			s.violations = append(s.violations, "harness: fix the copied secret: "+err.Error())
 			return
@@ -1295,7 +1299,7 @@ func (s *chaosRun) stateStep(ctx context.Context, kind string) bool {
 			// says to give the copy's target a key of its own. When the
 			// copy's target was taken over first, it looks again once
 			// fixed, and lets the key go.
-			victim := s.copied.victim
+			victim := s.victim()
 			if ferr := s.fixCopy(ctx); ferr != nil {
 				return fail(ferr)
 			}

@@ -141,6 +141,12 @@ func (e *Engine) holdSlots(ctx context.Context, target string) (*slotHold, error
 				ids = append(ids, k.ID)
 			}
 		}
+		if st.SharedKey != "" {
+			// Its secret serves another target's key (refused, so not
+			// recorded as a key): proof that the two share a client,
+			// even when its recorded keys are stale (a restored backup).
+			ids = append(ids, st.SharedKey)
+		}
 		e.mu.Lock()
 		if _, ok := e.slots.seen[target]; !ok {
 			e.slots.noteKeys(target, ids)
@@ -218,6 +224,12 @@ func (e *Engine) Know(ts ...Target) error {
 				ids = append(ids, k.ID)
 			}
 		}
+		if st.SharedKey != "" {
+			// Its secret serves another target's key (refused, so not
+			// recorded as a key): proof that the two share a client,
+			// even when its recorded keys are stale (a restored backup).
+			ids = append(ids, st.SharedKey)
+		}
 		e.mu.Lock()
 		if _, ok := e.slots.seen[t.Name]; !ok {
 			e.slots.noteKeys(t.Name, ids)
@@ -225,6 +237,22 @@ func (e *Engine) Know(ts ...Target) error {
 		e.mu.Unlock()
 	}
 	return nil
+}
+
+// unplaced returns the known targets other than t whose client is not
+// known: no listing seen and no live key recorded (a new or renamed
+// target). Any of them may share t's client.
+func (e *Engine) unplaced(t Target) []Target {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []Target
+	for name, d := range e.defs {
+		if name != t.Name && len(e.slots.seen[name]) == 0 {
+			out = append(out, d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 // noteTarget records t's definition, so that targets sharing its client

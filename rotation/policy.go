@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -261,7 +262,10 @@ func servedBefore(seen Seen, k Key, kprint string, grace time.Duration, now time
 		case kprint != "" && hprint != "":
 			served = hprint == kprint
 		default:
-			served = v.Secret.KeyID == id
+			// Only the label is left: it names k unless the version's
+			// raw value is known to be another key's (a hand patch of
+			// api_key under a wrong key_id).
+			served = v.Secret.KeyID == id && !seen.printOfAnother(hprint, id)
 		}
 		if served {
 			last = i
@@ -366,6 +370,24 @@ type Seen struct {
 	HistoryPrints []string
 	// Metadata is the secret's custom metadata.
 	Metadata map[string]string
+	// known are the fingerprints of every key whose raw value is known,
+	// listed or recorded in the state, by id.
+	known Prints
+}
+
+// printOfAnother reports whether print is the known raw value of a key
+// other than id: a version holding it served that key, whatever its
+// key_id label says.
+func (s Seen) printOfAnother(print, id string) bool {
+	if print == "" {
+		return false
+	}
+	for other, p := range s.known {
+		if other != id && p == print {
+			return true
+		}
+	}
+	return false
 }
 
 // named reports whether a version of the secret in History served k:
@@ -387,6 +409,8 @@ func See(keys []Key, cur Current, st store.Target, salt []byte) Seen {
 	if cur.Secret != nil {
 		seen.SecretPrint = Fingerprint(salt, cur.Secret.APIKey)
 	}
+	seen.known = PrintsOf(st)
+	maps.Copy(seen.known, seen.Prints)
 	seen.Served = FindServed(keys, cur.Secret, PrintsOf(st), seen.SecretPrint)
 	return seen
 }
