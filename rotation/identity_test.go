@@ -523,3 +523,89 @@ func TestOwnerUnrecordedIsVisible(t *testing.T) {
 		t.Errorf("the claim is recorded now, yet the state says %q", st.Unclaimed)
 	}
 }
+
+// TestPatchUnderWrongLabelKeepsPortalKey: a listing without raw keys;
+// an operator patches api_key back to an older key of the daemon's and
+// sets key_id to a Portal key's id. The version served the older key
+// (its fingerprint says so), never the Portal key: the Portal key is
+// not taken on, and no rotation, not even an emergency, deletes it.
+func TestPatchUnderWrongLabelKeepsPortalKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{listOmitsRawKeys: true})
+	e.mustRotate(rotation.Options{})
+	_, oldRaw := e.servedAt(secretPath)
+	e.mustRotate(rotation.Options{})
+	portalID, _ := e.portalRaw("someone's portal key")
+	if _, err := e.root.KVv2(e.mount).Patch(context.Background(), secretPath, map[string]any{
+		vault.FieldAPIKey: oldRaw, vault.FieldKeyID: portalID,
+		vault.FieldHeader: secret.AuthorizationHeader(secret.Value(oldRaw)).Reveal(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.mustRotate(rotation.Options{})
+	st := e.state()
+	if rec := st.Key(portalID); rec == nil || rec.Origin.Managed() {
+		t.Errorf("the portal key only a wrong key_id named is recorded as %+v, want foreign", rec)
+	}
+	e.mustRotate(rotation.Options{Emergency: true, Manual: true})
+	e.clock.Advance(grace + time.Minute)
+	if _, err := e.retireDue(); err != nil {
+		t.Fatalf("retire: %v", err)
+	}
+	if !e.alive(portalID) {
+		t.Fatalf("the portal key %s, never served, was deleted", portalID)
+	}
+	e.checkInvariants()
+}
+
+// TestRetireWaitsForAnotherTargetsGrace: a's key was copied into b's
+// path and b served it; once b has a key of its own again, b's
+// consumers may still hold a's key for a grace. a's retire pass waits
+// for that grace (the key's delete-after moves out to it) instead of
+// failing on every pass, then deletes the key.
+func TestRetireWaitsForAnotherTargetsGrace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	_, bOwnRaw := e.portalRaw("b's own")
+	tb := other(e.target, "b", "codat/b")
+	tb.Bootstrap = func() (codat.Secret, error) { return codat.Secret(bOwnRaw), nil }
+	if _, err := e.engine.Rotate(ctx, tb, rotation.Options{Manual: true}); err != nil {
+		t.Fatalf("b: %v", err)
+	}
+	bID, bRaw := e.servedAt("codat/b")
+	aID, aRaw := e.servedAt(secretPath)
+	e.put("codat/b", map[string]any{vault.FieldAPIKey: aRaw, vault.FieldKeyID: aID})
+	// a's emergency: its old key is refused while b's secret serves it.
+	if _, err := e.rotate(rotation.Options{Emergency: true, Manual: true}); err == nil || !strings.Contains(err.Error(), "b") {
+		t.Fatalf("a's emergency with its key copied into b: %v, want the retire refused naming b", err)
+	}
+	if !e.alive(aID) {
+		t.Fatalf("a deleted key %s, which b's secret serves", aID)
+	}
+	// The operator gives b its key back; b looks and keeps a's key a grace.
+	e.put("codat/b", map[string]any{vault.FieldAPIKey: bRaw, vault.FieldKeyID: bID})
+	if _, err := e.engine.Rotate(ctx, tb, rotation.Options{Manual: true}); err != nil {
+		t.Fatalf("b with its own key again: %v", err)
+	}
+	until := e.clock.Now().Add(grace)
+	if _, err := e.retireDue(); err != nil {
+		t.Fatalf("a's retire pass while b keeps the key: %v, want a wait, not a failure", err)
+	}
+	if !e.alive(aID) {
+		t.Fatalf("a deleted key %s within b's grace", aID)
+	}
+	st := e.state()
+	if rec := st.Key(aID); rec == nil || rec.State != store.KeyRetiring || rec.DeleteAfter.Before(until) {
+		t.Errorf("a's record of %s is %+v, want retiring until b's grace ends (%v)", aID, rec, until)
+	}
+	e.clock.Advance(grace + time.Minute)
+	if _, err := e.retireDue(); err != nil {
+		t.Fatalf("a's retire pass after b's grace: %v", err)
+	}
+	if e.alive(aID) {
+		t.Errorf("key %s still alive a grace after b stopped serving it", aID)
+	}
+	e.checkInvariants()
+}

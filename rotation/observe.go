@@ -251,8 +251,24 @@ func (e *Engine) settle(ctx context.Context, t Target, v *view, st store.Target,
 		// The secret no longer serves the other target's key: that
 		// target may delete it, a full grace from now, since this
 		// target's consumers held it until now (I4).
-		if err := e.regraceShared(t, id, now); err != nil {
+		if err := e.keepFor(t, id, now.Add(t.Grace)); err != nil {
 			return nil, err
+		}
+	}
+	if !dry && e.Store != nil {
+		// A version of the secret served another target's key (a copy
+		// of its secret, fixed before this target looked): this
+		// target's consumers may hold it until the grace the versions
+		// give it, so its owner keeps it that long (I4).
+		for _, id := range Adoptions(st, after) {
+			if _, theirs := claims[id]; !theirs || v.Served.Is(id) {
+				continue
+			}
+			if rec := after.Key(id); rec != nil && rec.State == store.KeyRetiring {
+				if err := e.keepFor(t, id, rec.DeleteAfter); err != nil {
+					return nil, err
+				}
+			}
 		}
 	}
 	return func(st *store.Target) settled {
@@ -308,10 +324,9 @@ func (e *Engine) heldElsewhere(t Target, st store.Target, now time.Time) (map[st
 	return held, nil
 }
 
-// regraceShared gives the key id, which t's secret served though
-// another target owns it, a full grace of t's from now in the owner's
-// state.
-func (e *Engine) regraceShared(t Target, id string, now time.Time) error {
+// keepFor keeps the key id, which t's secret served though another
+// target owns it, until at least until in the owner's state.
+func (e *Engine) keepFor(t Target, id string, until time.Time) error {
 	c, err := e.allClaims(t, []string{id})
 	if err != nil {
 		return err
@@ -320,7 +335,6 @@ func (e *Engine) regraceShared(t Target, id string, now time.Time) error {
 	if !ok {
 		return nil
 	}
-	until := now.Add(t.Grace)
 	return e.Store.Update(owner, func(st *store.Target) error {
 		if rec := st.Key(id); rec != nil && rec.State == store.KeyRetiring && rec.DeleteAfter.Before(until) {
 			supersede(rec, until)
