@@ -609,3 +609,42 @@ func TestRetireWaitsForAnotherTargetsGrace(t *testing.T) {
 	}
 	e.checkInvariants()
 }
+
+// TestTakeoverAfterTwoHandPatches: an operator patches api_key back to
+// an older key, then (later) forward again; both patches keep the
+// previous_key_id the daemon wrote, which names that older key. A
+// takeover that rebuilds from the versions must count the older key's
+// grace from the second patch, not from the daemon's old record.
+func TestTakeoverAfterTwoHandPatches(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	e.clock.Set(time.Now().UTC())
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	oldID, oldRaw := e.servedAt(secretPath)
+	e.clock.Advance(time.Hour)
+	e.mustRotate(rotation.Options{})
+	_, curRaw := e.servedAt(secretPath)
+	patch := func(raw string) {
+		if _, err := e.root.KVv2(e.mount).Patch(ctx, secretPath, map[string]any{
+			vault.FieldAPIKey: raw, vault.FieldHeader: secret.AuthorizationHeader(secret.Value(raw)).Reveal(),
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.clock.Advance(2 * grace)
+	patch(oldRaw) // the older key is served again...
+	e.clock.Advance(time.Hour)
+	patch(curRaw) // ...until now
+	supersededAt := e.clock.Now()
+
+	lost, db := e.otherInstance()
+	if _, err := lost.Takeover(ctx, e.target); err != nil {
+		t.Fatalf("takeover: %v", err)
+	}
+	st, _ := db.Load(targetName)
+	k := st.Key(oldID)
+	if k == nil || k.State != store.KeyRetiring || k.DeleteAfter.Before(supersededAt.Add(grace)) {
+		t.Fatalf("key %s after takeover: %+v; vault served it until %s, so it must live until %s", oldID, k, supersededAt, supersededAt.Add(grace))
+	}
+}

@@ -220,10 +220,17 @@ func attribute(st store.Target, k Key, seen Seen, names Names, grace time.Durati
 		return ClassAdopted, time.Time{}
 	}
 	if secret != nil && secret.PreviousKeyID != "" && k.ID == secret.PreviousKeyID {
-		if at, ok := supersededUntil(*secret, seen.Written, k.ID, grace); ok {
-			return ClassAdopted, at
+		at, ok := supersededUntil(*secret, seen.Written, k.ID, grace)
+		if !ok {
+			at = now.Add(grace)
 		}
-		return ClassAdopted, now.Add(grace)
+		// A hand patch keeps previous_key_id from an older version, and
+		// the key may have been served since: the versions, when read,
+		// may say later (never sooner).
+		if hist, ok := servedBefore(seen, k, printOf(st, seen, k.ID), grace, now); ok {
+			at = later(at, hist)
+		}
+		return ClassAdopted, at
 	}
 	if at, ok := servedBefore(seen, k, printOf(st, seen, k.ID), grace, now); ok {
 		return ClassAdopted, at
@@ -278,10 +285,15 @@ func servedBefore(seen Seen, k Key, kprint string, grace time.Duration, now time
 		return now.Add(grace), true
 	}
 	next := history[last+1]
-	if r := history[last].Secret.RotatedAt; !r.IsZero() && next.Secret.RotatedAt.Equal(r) && next.Secret.PreviousKeyID != id {
-		// The version that superseded it carries the same rotated_at: a
-		// hand patch (`vault kv patch` keeps the fields it is not
-		// given), whose records say nothing of this supersede.
+	if prev := history[last].Secret; !prev.RotatedAt.IsZero() && next.Secret.RotatedAt.Equal(prev.RotatedAt) &&
+		(next.Secret.PreviousKeyID != id || next.Secret.KeyName == prev.KeyName) {
+		// The version that superseded it carries the same rotated_at and
+		// does not name it, or names it but keeps the key name too: a
+		// hand patch (`vault kv patch` keeps the fields it is not given,
+		// a previous_key_id from an older version among them), whose
+		// records say nothing of this supersede. The daemon's own write
+		// in the same instant names the new key's name. A full grace
+		// from now is never too short.
 		return now.Add(grace), true
 	}
 	if at, ok := supersededUntil(*next.Secret, next.Written, id, grace); ok {
