@@ -34,6 +34,9 @@ func (e *Engine) deleteKey(ctx context.Context, t Target, c Codat, kind DeleteKi
 		if err != nil {
 			return keys, err
 		}
+		if other, ok := c.Serve[id]; ok && c.Own[id] == other {
+			return keys, &ownedElsewhere{id: id, target: other}
+		}
 		if other, ok := c.Serve[id]; ok {
 			return keys, fmt.Errorf("refusing to delete %s: the secret of target %s serves it (it holds a key of this target's; give %s a key of its own)", id, other, other)
 		}
@@ -87,6 +90,16 @@ type keptElsewhere struct {
 
 func (k *keptElsewhere) Error() string {
 	return fmt.Sprintf("refusing to delete %s: target %s, whose secret served it too, keeps it until %s", k.id, k.target, k.until.UTC().Format(time.RFC3339))
+}
+
+// ownedElsewhere is deleteKey's refusal of a key another target records
+// as its own and serves (a takeover after a lost state file gave it to
+// both, through a copied secret). Once it is due here, this target's
+// consumers are done with it: the retire pass leaves it to that target.
+type ownedElsewhere struct{ id, target string }
+
+func (o *ownedElsewhere) Error() string {
+	return fmt.Sprintf("refusing to delete %s: target %s records it as its own and serves it", o.id, o.target)
 }
 
 // servedElsewhere returns the other target on t's Codat client whose

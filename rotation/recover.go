@@ -57,6 +57,13 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 	}
 	if cur.Version != j.VaultVersion {
 		maySupersede := MaySupersede(j)
+		for _, k := range journaled(keys, j) {
+			if rec := st.Key(k.ID); rec != nil && rec.Origin.Managed() && (rec.State == store.KeyActive || rec.State == store.KeyRetiring) {
+				// The state (a takeover's look at the versions, say)
+				// already holds the key as served once: never rolled back.
+				maySupersede = true
+			}
+		}
 		if !maySupersede {
 			// Before its publish, the journal's key cannot have been
 			// served, unless the journal is older than the world: a state
@@ -158,7 +165,11 @@ func (r *run) supersedeJournaled(j store.Journal, keys []Key) error {
 	}
 	return r.update(func(st *store.Target) error {
 		for _, k := range keys {
-			supersede(recordCreated(st, k, j.RotationID, now), now.Add(r.t.Grace))
+			until := now.Add(r.t.Grace)
+			if rec := st.Key(k.ID); rec != nil && rec.State == store.KeyRetiring {
+				until = later(until, rec.DeleteAfter)
+			}
+			supersede(recordCreated(st, k, j.RotationID, now), until)
 		}
 		st.Journal = nil
 		return nil

@@ -68,6 +68,14 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 	for _, k := range del {
 		log.Info("deleting retired key", "key_id", k.ID, "delete_after", k.DeleteAfter)
 		if keys, err = e.deleteKey(ctx, t, v.Client, DeleteRetire, k.ID, keys, served); err != nil {
+			var owned *ownedElsewhere
+			if errors.As(err, &owned) {
+				log.Info("retired key left to the target that serves it", "key_id", k.ID, "target", owned.target)
+				if err := e.leave(t, k.ID); err != nil {
+					errs = append(errs, err)
+				}
+				continue
+			}
 			var kept *keptElsewhere
 			if errors.As(err, &kept) {
 				// Another target's consumers may still hold it: it goes
@@ -106,6 +114,17 @@ func (e *Engine) postpone(t Target, id string, until time.Time) error {
 	return e.Store.Update(t.Name, func(st *store.Target) error {
 		if rec := st.Key(id); rec != nil && rec.State == store.KeyRetiring && until.After(rec.DeleteAfter) {
 			rec.DeleteAfter = until
+		}
+		return nil
+	})
+}
+
+// leave records a retiring key as another target's: foreign here, never
+// deleted by this target.
+func (e *Engine) leave(t Target, id string) error {
+	return e.Store.Update(t.Name, func(st *store.Target) error {
+		if rec := st.Key(id); rec != nil && rec.State == store.KeyRetiring {
+			disown(rec)
 		}
 		return nil
 	})
