@@ -93,9 +93,10 @@ func (k *keptElsewhere) Error() string {
 }
 
 // ownedElsewhere is deleteKey's refusal of a key another target records
-// as its own and serves (a takeover after a lost state file gave it to
-// both, through a copied secret). Once it is due here, this target's
-// consumers are done with it: the retire pass leaves it to that target.
+// as its own and serves: its secret held a copy of this target's while
+// this one only kept the key in its grace, and took it on (both record
+// it; docs/design.md#shared-keys). A wait, not a fault: the retire pass
+// looks again a grace on.
 type ownedElsewhere struct{ id, target string }
 
 func (o *ownedElsewhere) Error() string {

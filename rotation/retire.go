@@ -70,8 +70,11 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 		if keys, err = e.deleteKey(ctx, t, v.Client, DeleteRetire, k.ID, keys, served); err != nil {
 			var owned *ownedElsewhere
 			if errors.As(err, &owned) {
-				log.Info("retired key left to the target that serves it", "key_id", k.ID, "target", owned.target)
-				if err := e.leave(t, k.ID); err != nil {
+				// Both targets record it; the other serves it now. A wait:
+				// look again a grace on (by then that target has retired
+				// it, and keeps it its own grace, or still serves it).
+				log.Info("retired key kept while another target serves it", "key_id", k.ID, "target", owned.target)
+				if err := e.postpone(t, k.ID, e.now().Add(t.Grace)); err != nil {
 					errs = append(errs, err)
 				}
 				continue
@@ -114,17 +117,6 @@ func (e *Engine) postpone(t Target, id string, until time.Time) error {
 	return e.Store.Update(t.Name, func(st *store.Target) error {
 		if rec := st.Key(id); rec != nil && rec.State == store.KeyRetiring && until.After(rec.DeleteAfter) {
 			rec.DeleteAfter = until
-		}
-		return nil
-	})
-}
-
-// leave records a retiring key as another target's: foreign here, never
-// deleted by this target.
-func (e *Engine) leave(t Target, id string) error {
-	return e.Store.Update(t.Name, func(st *store.Target) error {
-		if rec := st.Key(id); rec != nil && rec.State == store.KeyRetiring {
-			disown(rec)
 		}
 		return nil
 	})
