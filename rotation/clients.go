@@ -128,30 +128,10 @@ type slotHold struct {
 // other). Before the target's first listing since start, what its state
 // recorded stands for one.
 func (e *Engine) holdSlots(ctx context.Context, target string) (*slotHold, error) {
-	e.mu.Lock()
-	if _, ok := e.slots.seen[target]; !ok {
-		e.mu.Unlock()
-		st, err := e.Store.Load(target)
-		if err != nil {
-			return nil, err
-		}
-		var ids []string
-		for _, k := range st.Keys {
-			if k.State != store.KeyDeleted {
-				ids = append(ids, k.ID)
-			}
-		}
-		if st.SharedKey != "" {
-			// Its secret serves another target's key (refused, so not
-			// recorded as a key): proof that the two share a client,
-			// even when its recorded keys are stale (a restored backup).
-			ids = append(ids, st.SharedKey)
-		}
-		e.mu.Lock()
-		if _, ok := e.slots.seen[target]; !ok {
-			e.slots.noteKeys(target, ids)
-		}
+	if err := e.noteState(target); err != nil {
+		return nil, err
 	}
+	e.mu.Lock()
 	group := e.slots.group(target)
 	locks := make([]chan struct{}, len(group))
 	for i, t := range group {
@@ -208,34 +188,43 @@ func (h *slotHold) release() {
 func (e *Engine) Know(ts ...Target) error {
 	for _, t := range ts {
 		e.noteTarget(t)
-		e.mu.Lock()
-		_, seen := e.slots.seen[t.Name]
-		e.mu.Unlock()
-		if seen || e.Store == nil {
-			continue
-		}
-		st, err := e.Store.Load(t.Name)
-		if err != nil {
+		if err := e.noteState(t.Name); err != nil {
 			return err
 		}
-		var ids []string
-		for _, k := range st.Keys {
-			if k.State != store.KeyDeleted {
-				ids = append(ids, k.ID)
-			}
-		}
-		if st.SharedKey != "" {
-			// Its secret serves another target's key (refused, so not
-			// recorded as a key): proof that the two share a client,
-			// even when its recorded keys are stale (a restored backup).
-			ids = append(ids, st.SharedKey)
-		}
-		e.mu.Lock()
-		if _, ok := e.slots.seen[t.Name]; !ok {
-			e.slots.noteKeys(t.Name, ids)
-		}
-		e.mu.Unlock()
 	}
+	return nil
+}
+
+// noteState stands a target's state in for a listing until this
+// process lists its keys: the keys it records, and the other target's
+// key its secret was found serving (SharedKey: refused, so not recorded
+// as a key, yet proof that the two share a client even when the
+// recorded keys are stale, as after a restored backup).
+func (e *Engine) noteState(target string) error {
+	e.mu.Lock()
+	_, seen := e.slots.seen[target]
+	e.mu.Unlock()
+	if seen || e.Store == nil {
+		return nil
+	}
+	st, err := e.Store.Load(target)
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for _, k := range st.Keys {
+		if k.State != store.KeyDeleted {
+			ids = append(ids, k.ID)
+		}
+	}
+	if st.SharedKey != "" {
+		ids = append(ids, st.SharedKey)
+	}
+	e.mu.Lock()
+	if _, ok := e.slots.seen[target]; !ok {
+		e.slots.noteKeys(target, ids)
+	}
+	e.mu.Unlock()
 	return nil
 }
 
