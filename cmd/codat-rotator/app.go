@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -221,11 +222,14 @@ func (a *app) useClient(name string, c *codat.Client) {
 	a.mu.Unlock()
 }
 
-// allTargets returns the configured targets.
+// allTargets returns the configured targets, to read and not to change:
+// the slice is shared, never copied (a fleet's rotate asks for it once
+// per target), and a reload replaces it whole rather than writing into
+// it.
 func (a *app) allTargets() []rotation.Target {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return append([]rotation.Target(nil), a.targets...)
+	return slices.Clip(a.targets)
 }
 
 // noClient is the Codat of a target the app has no client for: every
