@@ -66,6 +66,11 @@ type Client struct {
 	lease  *api.Secret
 }
 
+// maxIdleConns is how many idle connections to Vault the client keeps:
+// at least the default max_concurrent_rotations, whose reads and writes
+// go side by side.
+const maxIdleConns = 64
+
 // New returns a client for cfg. It does not contact Vault.
 func New(cfg Config) (*Client, error) {
 	if cfg.Address == "" {
@@ -89,6 +94,12 @@ func New(cfg Config) (*Client, error) {
 	conf.DisableRedirects = true
 	conf.Timeout = cfg.Timeout
 	conf.MaxRetries = 0 // retries are the rotator's decision, from fresh state
+	if t, ok := conf.HttpClient.Transport.(*http.Transport); ok {
+		// The library keeps GOMAXPROCS+1 idle connections (3 on two
+		// cores): a fleet's reads side by side would dial (and at a
+		// real Vault, handshake TLS) for most of their requests.
+		t.MaxIdleConnsPerHost = maxIdleConns
+	}
 	if err := conf.ConfigureTLS(&api.TLSConfig{
 		CACert:        cfg.CACert,
 		CAPath:        cfg.CAPath,
