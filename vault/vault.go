@@ -64,6 +64,9 @@ type Client struct {
 	mu     sync.Mutex // guards gen and lease; never held over a request
 	gen    int        // counts logins
 	lease  *api.Secret
+
+	// latest is, per location, the latest version Read found (lastRead).
+	latest sync.Map // Location -> Version
 }
 
 // maxIdleConns is how many idle connections to Vault the client keeps:
@@ -290,7 +293,25 @@ func (c *Client) read(ctx context.Context, loc Location) (Current, error) {
 		return Current{}, fmt.Errorf("vault read %s: %w", loc.dataPath(), err)
 	}
 	cur.Secret = &s
+	if !cur.Written.IsZero() {
+		c.latest.Store(loc, Version{Version: cur.Version, Secret: s, Written: cur.Written})
+	}
 	return cur, nil
+}
+
+// lastRead returns the version of loc that Read last found, if it is
+// the version v written at written. A version's data never changes once
+// Vault wrote it (only its deletion does, which the metadata tells), and
+// the write time tells it from a version of the same number after a
+// `vault kv metadata delete`: so History need not read again the version
+// that the Read before it just read.
+func (c *Client) lastRead(loc Location, v int, written time.Time) (Version, bool) {
+	x, ok := c.latest.Load(loc)
+	if !ok {
+		return Version{}, false
+	}
+	got := x.(Version)
+	return got, got.Version == v && got.Written.Equal(written)
 }
 
 // readDeleted handles a read that found no live data: the path is new,
@@ -380,6 +401,10 @@ func (c *Client) History(ctx context.Context, loc Location) ([]Version, error) {
 		}
 		for _, v := range list {
 			if v.Destroyed || !v.DeletionTime.IsZero() {
+				continue
+			}
+			if got, ok := c.lastRead(loc, v.Version, v.CreatedTime); ok {
+				out = append(out, got)
 				continue
 			}
 			start := time.Now()
