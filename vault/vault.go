@@ -391,7 +391,7 @@ func (c *Client) History(ctx context.Context, loc Location) ([]Version, error) {
 		out = nil
 		kv := c.api.KVv2(loc.Mount)
 		start := time.Now()
-		list, err := kv.GetVersionsAsList(ctx, loc.Path)
+		list, err := c.listVersions(ctx, loc)
 		c.observe("read metadata", err, start)
 		if errors.Is(err, api.ErrSecretNotFound) {
 			return nil
@@ -400,10 +400,10 @@ func (c *Client) History(ctx context.Context, loc Location) ([]Version, error) {
 			return classify("read metadata", loc.metadataPath(), "read", err)
 		}
 		for _, v := range list {
-			if v.Destroyed || !v.DeletionTime.IsZero() {
+			if v.Deleted {
 				continue
 			}
-			if got, ok := c.lastRead(loc, v.Version, v.CreatedTime); ok {
+			if got, ok := c.lastRead(loc, v.Version, v.Created); ok {
 				out = append(out, got)
 				continue
 			}
@@ -423,7 +423,7 @@ func (c *Client) History(ctx context.Context, loc Location) ([]Version, error) {
 			if err != nil {
 				continue
 			}
-			out = append(out, Version{Version: v.Version, Secret: s, Written: v.CreatedTime})
+			out = append(out, Version{Version: v.Version, Secret: s, Written: v.Created})
 		}
 		return nil
 	})

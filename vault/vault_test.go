@@ -363,6 +363,22 @@ func TestHistory(t *testing.T) {
 	if got, want := ids(h), "1:key-a 2:key-b"; got != want {
 		t.Errorf("after metadata delete: History = %s, want %s", got, want)
 	}
+
+	// Deleted and destroyed versions are left out.
+	kv := srv.Client(t).KVv2(loc.Mount)
+	mustWrite(t, other, loc, withID("key-c"), 2)
+	if err := kv.DeleteVersions(ctx, loc.Path, []int{1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Destroy(ctx, loc.Path, []int{3}); err != nil {
+		t.Fatal(err)
+	}
+	if h, err = c.History(ctx, loc); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(h), "2:key-b"; got != want {
+		t.Errorf("after deleting version 1 and destroying 3: History = %s, want %s", got, want)
+	}
 }
 
 func TestReadNeverWritten(t *testing.T) {
