@@ -79,9 +79,18 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 		}
 		rep.Results[i] = e
 	}
-	sem := make(chan struct{}, l.Engine.Concurrency().Limit)
+	l.sideBySide(len(targets), one)
+	return rep, nil
+}
+
+// sideBySide calls one for each of n targets, up to the engine's bound
+// (max_concurrent_rotations) at once: a fleet's plans and listings wait
+// on Vault and Codat, not on the CPU, and one after another they take a
+// round trip each in a row.
+func (l *Local) sideBySide(n int, one func(i int)) {
+	sem := make(chan struct{}, max(l.Engine.Concurrency().Limit, 1))
 	var wg sync.WaitGroup
-	for i := range targets {
+	for i := range n {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
@@ -89,7 +98,6 @@ func (l *Local) Rotate(ctx context.Context, req RotateRequest) (RotateReport, er
 		})
 	}
 	wg.Wait()
-	return rep, nil
 }
 
 // Status reads every target's state.
@@ -134,29 +142,33 @@ func (l *Local) states(targets []rotation.Target) (map[string]store.Target, erro
 }
 
 // Keys lists each target's keys at Codat, marked against the state and
-// the key Vault serves. A target whose keys cannot be listed has its
-// error in its entry.
+// the key Vault serves, a fleet side by side as a dry run plans it. A
+// target whose keys cannot be listed has its error in its entry. The
+// entries keep the order of the config.
 func (l *Local) Keys(ctx context.Context, target string) (KeysReport, error) {
 	targets, err := l.selectTargets(target)
 	if err != nil {
 		return KeysReport{}, err
 	}
 	rep := KeysReport{Targets: []TargetKeys{}}
-	states, err := l.states(l.Targets())
+	all := l.Targets()
+	states, err := l.states(all)
 	if err != nil {
 		return rep, err
 	}
 	shared := rotation.SharedClients(states)
-	for _, t := range targets {
+	rep.Targets = make([]TargetKeys, len(targets))
+	l.sideBySide(len(targets), func(i int) {
+		t := targets[i]
 		tk := TargetKeys{Name: t.Name, Keys: []KeyEntry{}, SharesClientWith: shared[t.Name]}
-		tk.MaxKeys, tk.ReserveSlots, _ = sharedCap(t, shared[t.Name], l.Targets())
+		tk.MaxKeys, tk.ReserveSlots, _ = sharedCap(t, shared[t.Name], all)
 		if keys, served, err := l.Engine.Keys(ctx, t); err != nil {
 			tk.Error = err.Error()
 		} else {
 			tk.Keys, tk.ServedDoubt = keyEntriesOf(keys), served.Doubt
 		}
-		rep.Targets = append(rep.Targets, tk)
-	}
+		rep.Targets[i] = tk
+	})
 	return rep, nil
 }
 

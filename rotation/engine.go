@@ -196,7 +196,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	running map[string]bool
-	mounts  map[Location]bool       // mounts checked to be KV v2
+	mounts  map[string]bool         // mounts checked to be KV v2
 	slots   slots                   // which targets share a Codat client
 	defs    map[string]Target       // the targets seen, for the shared cap (clients.go)
 	served  map[string]secret.Value // per target, the key last seen served (early.go)
@@ -204,10 +204,13 @@ type Engine struct {
 
 // checkMount checks once per engine that loc's mount is KV v2 (a round
 // trip per rotation otherwise); a failed rotation forgets it, so the
-// next one checks again.
+// next one checks again. What Vault answers depends on the mount, not
+// on the path within it (Vault nests no mount in another, and the
+// preflight asks for access to the mount), so a fleet's targets on one
+// mount share one check rather than make a round trip each.
 func (e *Engine) checkMount(ctx context.Context, loc Location) error {
 	e.mu.Lock()
-	ok := e.mounts[loc]
+	ok := e.mounts[loc.Mount]
 	e.mu.Unlock()
 	if ok {
 		return nil
@@ -217,16 +220,16 @@ func (e *Engine) checkMount(ctx context.Context, loc Location) error {
 	}
 	e.mu.Lock()
 	if e.mounts == nil {
-		e.mounts = map[Location]bool{}
+		e.mounts = map[string]bool{}
 	}
-	e.mounts[loc] = true
+	e.mounts[loc.Mount] = true
 	e.mu.Unlock()
 	return nil
 }
 
 func (e *Engine) forgetMount(loc Location) {
 	e.mu.Lock()
-	delete(e.mounts, loc)
+	delete(e.mounts, loc.Mount)
 	e.mu.Unlock()
 }
 

@@ -64,7 +64,15 @@ type Client struct {
 	mu     sync.Mutex // guards gen and lease; never held over a request
 	gen    int        // counts logins
 	lease  *api.Secret
+
+	// latest is, per location, the latest version Read found (lastRead).
+	latest sync.Map // Location -> Version
 }
+
+// maxIdleConns is how many idle connections to Vault the client keeps:
+// at least the default max_concurrent_rotations, whose reads and writes
+// go side by side.
+const maxIdleConns = 64
 
 // New returns a client for cfg. It does not contact Vault.
 func New(cfg Config) (*Client, error) {
@@ -89,6 +97,12 @@ func New(cfg Config) (*Client, error) {
 	conf.DisableRedirects = true
 	conf.Timeout = cfg.Timeout
 	conf.MaxRetries = 0 // retries are the rotator's decision, from fresh state
+	if t, ok := conf.HttpClient.Transport.(*http.Transport); ok {
+		// The library keeps GOMAXPROCS+1 idle connections (3 on two
+		// cores): a fleet's reads side by side would dial (and at a
+		// real Vault, handshake TLS) for most of their requests.
+		t.MaxIdleConnsPerHost = maxIdleConns
+	}
 	if err := conf.ConfigureTLS(&api.TLSConfig{
 		CACert:        cfg.CACert,
 		CAPath:        cfg.CAPath,
@@ -279,7 +293,25 @@ func (c *Client) read(ctx context.Context, loc Location) (Current, error) {
 		return Current{}, fmt.Errorf("vault read %s: %w", loc.dataPath(), err)
 	}
 	cur.Secret = &s
+	if !cur.Written.IsZero() {
+		c.latest.Store(loc, Version{Version: cur.Version, Secret: s, Written: cur.Written})
+	}
 	return cur, nil
+}
+
+// lastRead returns the version of loc that Read last found, if it is
+// the version v written at written. A version's data never changes once
+// Vault wrote it (only its deletion does, which the metadata tells), and
+// the write time tells it from a version of the same number after a
+// `vault kv metadata delete`: so History need not read again the version
+// that the Read before it just read.
+func (c *Client) lastRead(loc Location, v int, written time.Time) (Version, bool) {
+	x, ok := c.latest.Load(loc)
+	if !ok {
+		return Version{}, false
+	}
+	got := x.(Version)
+	return got, got.Version == v && got.Written.Equal(written)
 }
 
 // readDeleted handles a read that found no live data: the path is new,
@@ -359,7 +391,7 @@ func (c *Client) History(ctx context.Context, loc Location) ([]Version, error) {
 		out = nil
 		kv := c.api.KVv2(loc.Mount)
 		start := time.Now()
-		list, err := kv.GetVersionsAsList(ctx, loc.Path)
+		list, err := c.listVersions(ctx, loc)
 		c.observe("read metadata", err, start)
 		if errors.Is(err, api.ErrSecretNotFound) {
 			return nil
@@ -368,7 +400,11 @@ func (c *Client) History(ctx context.Context, loc Location) ([]Version, error) {
 			return classify("read metadata", loc.metadataPath(), "read", err)
 		}
 		for _, v := range list {
-			if v.Destroyed || !v.DeletionTime.IsZero() {
+			if v.Deleted {
+				continue
+			}
+			if got, ok := c.lastRead(loc, v.Version, v.Created); ok {
+				out = append(out, got)
 				continue
 			}
 			start := time.Now()
@@ -387,7 +423,7 @@ func (c *Client) History(ctx context.Context, loc Location) ([]Version, error) {
 			if err != nil {
 				continue
 			}
-			out = append(out, Version{Version: v.Version, Secret: s, Written: v.CreatedTime})
+			out = append(out, Version{Version: v.Version, Secret: s, Written: v.Created})
 		}
 		return nil
 	})

@@ -296,6 +296,91 @@ func TestWriteVersions(t *testing.T) {
 	})
 }
 
+// TestHistory: every live version, oldest first; the version a Read
+// just found is not read again, and a version of the same number
+// written after `vault kv metadata delete` is never taken for it.
+func TestHistory(t *testing.T) {
+	srv := vaulttest.Shared(t)
+	loc := newLocation(t, srv)
+	ctx := context.Background()
+	var ops []string
+	c, err := vault.New(vault.Config{
+		Address: srv.Addr,
+		Token:   secret.Value(srv.RootToken),
+		Observe: func(op string, err error, d time.Duration) { ops = append(ops, op) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := rootClient(t, srv) // another writer: an operator, another daemon
+	withID := func(id string) vault.Secret {
+		s := fullSecret()
+		s.KeyID = id
+		return s
+	}
+	ids := func(h []vault.Version) string {
+		var out []string
+		for _, v := range h {
+			out = append(out, fmt.Sprintf("%d:%s", v.Version, v.Secret.KeyID))
+		}
+		return strings.Join(out, " ")
+	}
+	mustWrite(t, other, loc, withID("key-1"), 0)
+	mustWrite(t, other, loc, withID("key-2"), 1)
+
+	h, err := c.History(ctx, loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(h), "1:key-1 2:key-2"; got != want {
+		t.Errorf("History = %s, want %s", got, want)
+	}
+	if got, want := strings.Join(ops, ","), "read metadata,read,read"; got != want {
+		t.Errorf("without a Read before it: %s, want %s", got, want)
+	}
+
+	ops = nil
+	mustRead(t, c, loc)
+	if h, err = c.History(ctx, loc); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(h), "1:key-1 2:key-2"; got != want {
+		t.Errorf("History = %s, want %s", got, want)
+	}
+	if got, want := strings.Join(ops, ","), "read,read metadata,read"; got != want {
+		t.Errorf("after a Read: %s, want %s (version 2 not read again)", got, want)
+	}
+
+	// Versions restart at 1: the new version 2 is not the one read.
+	if err := srv.Client(t).KVv2(loc.Mount).DeleteMetadata(ctx, loc.Path); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, other, loc, withID("key-a"), 0)
+	mustWrite(t, other, loc, withID("key-b"), 1)
+	if h, err = c.History(ctx, loc); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(h), "1:key-a 2:key-b"; got != want {
+		t.Errorf("after metadata delete: History = %s, want %s", got, want)
+	}
+
+	// Deleted and destroyed versions are left out.
+	kv := srv.Client(t).KVv2(loc.Mount)
+	mustWrite(t, other, loc, withID("key-c"), 2)
+	if err := kv.DeleteVersions(ctx, loc.Path, []int{1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Destroy(ctx, loc.Path, []int{3}); err != nil {
+		t.Fatal(err)
+	}
+	if h, err = c.History(ctx, loc); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(h), "2:key-b"; got != want {
+		t.Errorf("after deleting version 1 and destroying 3: History = %s, want %s", got, want)
+	}
+}
+
 func TestReadNeverWritten(t *testing.T) {
 	srv := vaulttest.Shared(t)
 	loc := newLocation(t, srv)

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,6 +42,32 @@ type app struct {
 	mu      sync.Mutex
 	targets []rotation.Target
 	clients map[string]*codat.Client
+	// codatHTTP is the one HTTP client every target's Codat client
+	// sends through (codatHTTPClient).
+	codatHTTP *http.Client
+}
+
+// codatIdleConns is how many idle connections to one Codat host the
+// targets' shared transport keeps: at least the default
+// max_concurrent_rotations, so that a fleet's requests side by side
+// reuse their connections instead of dialling (and, at Codat, a TLS
+// handshake) for most requests, as Go's default of 2 would have them.
+const codatIdleConns = 64
+
+// codatHTTPClient returns the HTTP client the targets' Codat clients
+// share: one connection pool for the process, as a fleet's targets
+// mostly talk to the one Codat host. A client of its own per target
+// would dial each target's first request anew, and keep a pool per
+// target in the daemon.
+func (a *app) codatHTTPClient() *http.Client {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.codatHTTP == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = codatIdleConns
+		a.codatHTTP = &http.Client{Transport: t}
+	}
+	return a.codatHTTP
 }
 
 // openApp opens the state file and builds the clients. getenv supplies
@@ -155,8 +183,9 @@ func (a *app) setTargets(tcs []TargetConfig) error {
 func (a *app) buildTargets(tcs []TargetConfig) ([]rotation.Target, map[string]*codat.Client, error) {
 	clients := map[string]*codat.Client{}
 	var targets []rotation.Target
+	hc := a.codatHTTPClient()
 	for _, tc := range tcs {
-		opts := codat.Options{BaseURL: tc.Codat.BaseURL, RequestTimeout: tc.Codat.Timeout.D(), UserAgent: "codat-rotator/" + version, Budget: a.budget}
+		opts := codat.Options{BaseURL: tc.Codat.BaseURL, HTTPClient: hc, RequestTimeout: tc.Codat.Timeout.D(), UserAgent: "codat-rotator/" + version, Budget: a.budget}
 		if a.m != nil {
 			opts.Observe = a.m.ObserveCodat
 		}
@@ -193,11 +222,14 @@ func (a *app) useClient(name string, c *codat.Client) {
 	a.mu.Unlock()
 }
 
-// allTargets returns the configured targets.
+// allTargets returns the configured targets, to read and not to change:
+// the slice is shared, never copied (a fleet's rotate asks for it once
+// per target), and a reload replaces it whole rather than writing into
+// it.
 func (a *app) allTargets() []rotation.Target {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return append([]rotation.Target(nil), a.targets...)
+	return slices.Clip(a.targets)
 }
 
 // noClient is the Codat of a target the app has no client for: every

@@ -21,6 +21,9 @@ import (
 // every user sees in ps.
 const emulatorKeyEnv = "CODAT_EMULATOR_INITIAL_KEY"
 
+// maxFleet bounds --fleet: each client is a whole emulator in memory.
+const maxFleet = 100_000
+
 // emulatorCommand is `codat-rotator emulator`: a local Codat stand-in.
 type emulatorCommand struct {
 	stdout, stderr io.Writer
@@ -34,10 +37,13 @@ type emulatorCommand struct {
 	faults         string
 	latency        time.Duration
 	opts           emulator.Options
+	fleet          int
+	ipLimit        int
 	logLevel       string
 	logFormat      string
 
 	emu    *emulator.Server
+	fl     *emulator.Fleet // with --fleet, in place of emu
 	server *http.Server
 	ln     net.Listener
 	served chan error
@@ -62,6 +68,8 @@ func (c *emulatorCommand) ParseFlags(args []string) error {
 	fs.IntVar(&c.opts.DailyQuota, "daily-quota", 1000, "requests a day reported in X-Rate-Limit-* headers")
 	fs.BoolVar(&c.opts.EnforceQuota, "enforce-quota", false, "answer 429 once the daily quota is spent")
 	fs.Uint64Var(&c.opts.Seed, "seed", 0, "seed for random faults; 0 picks one")
+	fs.IntVar(&c.fleet, "fleet", 0, "serve `N` Codat clients behind the one address, as Codat serves every client and counts one IP across them: client i under /clients/i, each with its own generated first key, printed on stdout one line per client in order; every client's requests counted together at /_emulator/rate")
+	fs.IntVar(&c.ipLimit, "ip-limit", 0, "with --fleet, answer 429 to a Codat request beyond `N` in the last minute across every client, as Codat limits an IP; 0: none (also POST /_emulator/ip_limit)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.StringVar(&c.logFormat, "log-format", "auto", "log `format`: auto, json, text, pretty")
 	if err := fs.Parse(args); err != nil {
@@ -122,6 +130,18 @@ func (c *emulatorCommand) ParseFlags(args []string) error {
 	if c.opts.DailyQuota < 1 {
 		return fmt.Errorf("--daily-quota %d: must be at least 1", c.opts.DailyQuota)
 	}
+	if c.fleet < 0 || c.fleet > maxFleet {
+		return fmt.Errorf("--fleet %d: must be between 1 and %d (0 or unset: one client)", c.fleet, maxFleet)
+	}
+	if c.fleet > 0 && c.initialKey != "" {
+		return fmt.Errorf("--fleet: each client of a fleet generates its own first key, printed on stdout; --initial-key-file and $%s are for one client", emulatorKeyEnv)
+	}
+	if c.ipLimit < 0 {
+		return fmt.Errorf("--ip-limit %d: must not be negative", c.ipLimit)
+	}
+	if c.ipLimit > 0 && c.fleet == 0 {
+		return errors.New("--ip-limit needs --fleet: the IP limit counts the requests of every client of a fleet")
+	}
 	c.opts.InitialKey = c.initialKey
 	return nil
 }
@@ -132,29 +152,55 @@ func (c *emulatorCommand) Run(ctx context.Context) error {
 		return &usageError{err}
 	}
 	c.opts.Logger = log.With("component", "emulator")
-	c.emu, err = emulator.New(c.opts)
-	if err != nil {
-		return &usageError{err}
+	var handler http.Handler
+	var keys []string // the generated first keys, printed
+	if c.fleet > 0 {
+		if c.fl, err = emulator.NewFleet(c.fleet, c.opts); err != nil {
+			return &usageError{err}
+		}
+		if err := c.fl.SetLimit(emulator.FleetLimit{PerMinute: c.ipLimit}); err != nil {
+			return &usageError{err}
+		}
+		for i := range c.fl.Len() {
+			keys = append(keys, c.fl.Client(i).InitialKey())
+		}
+		handler = c.fl
+	} else {
+		if c.emu, err = emulator.New(c.opts); err != nil {
+			return &usageError{err}
+		}
+		if c.initialKey == "" {
+			keys = []string{c.emu.InitialKey()}
+		}
+		handler = c.emu
 	}
 	c.ln, err = net.Listen("tcp", c.listen)
 	if err != nil {
 		return &usageError{fmt.Errorf("--listen %q: %w", c.listen, err)}
 	}
-	if c.initialKey == "" {
-		// The one line on stdout, so that scripts can capture the key.
-		if _, err := fmt.Fprintln(c.stdout, c.emu.InitialKey()); err != nil {
+	if len(keys) > 0 {
+		// stdout holds the keys alone, a line each, so that scripts can
+		// capture them: line i+1 is client i's.
+		if _, err := fmt.Fprintln(c.stdout, strings.Join(keys, "\n")); err != nil {
 			return fmt.Errorf("print initial key: %w", err)
 		}
 	}
 	c.server = &http.Server{
-		Handler:           c.emu,
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	c.served = make(chan error, 1)
 	go func() { c.served <- c.server.Serve(c.ln) }()
-	log.Info("emulator listening", "addr", c.ln.Addr().String(), "url", "http://"+c.ln.Addr().String(),
-		"max_keys", c.opts.MaxKeys, "initial_key_generated", c.initialKey == "")
+	url := "http://" + c.ln.Addr().String()
+	if c.fl != nil {
+		log.Info("emulator listening", "addr", c.ln.Addr().String(), "url", url,
+			"clients", c.fl.Len(), "client_urls", emulator.BaseURL(url, 0)+" to "+emulator.BaseURL(url, c.fl.Len()-1),
+			"ip_limit", c.ipLimit, "max_keys", c.opts.MaxKeys, "initial_key_generated", true)
+	} else {
+		log.Info("emulator listening", "addr", c.ln.Addr().String(), "url", url,
+			"max_keys", c.opts.MaxKeys, "initial_key_generated", c.initialKey == "")
+	}
 
 	select {
 	case <-ctx.Done():
@@ -168,6 +214,9 @@ func (c *emulatorCommand) Run(ctx context.Context) error {
 func (c *emulatorCommand) Close() error {
 	if c.emu != nil {
 		c.emu.Close() // release hung requests so shutdown can finish
+	}
+	if c.fl != nil {
+		c.fl.Close()
 	}
 	if c.server == nil {
 		if c.ln != nil {

@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -95,6 +97,10 @@ func TestUsageErrors(t *testing.T) {
 		{"stray argument", []string{"emulator", "now"}, `unexpected argument "now"`},
 		{"bad log level", []string{"emulator", "--listen", "127.0.0.1:0", "--log-level", "loud"}, `log level "loud"`},
 		{"short initial key", []string{"emulator", "--listen", "127.0.0.1:0", "--initial-key-file", shortKey}, "initial key: want 8 to 256 characters"},
+		{"negative fleet", []string{"emulator", "--listen", "127.0.0.1:0", "--fleet", "-1"}, "--fleet -1: must be between 1 and 100000 (0 or unset: one client)"},
+		{"fleet with a given key", []string{"emulator", "--listen", "127.0.0.1:0", "--fleet", "2", "--initial-key-file", shortKey}, "--fleet: each client of a fleet generates its own first key, printed on stdout; --initial-key-file and $CODAT_EMULATOR_INITIAL_KEY are for one client"},
+		{"ip limit without a fleet", []string{"emulator", "--listen", "127.0.0.1:0", "--ip-limit", "5"}, "--ip-limit needs --fleet"},
+		{"negative ip limit", []string{"emulator", "--listen", "127.0.0.1:0", "--fleet", "2", "--ip-limit", "-5"}, "--ip-limit -5: must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -244,6 +250,96 @@ func TestEmulatorCommand(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("emulator did not stop on SIGTERM")
+	}
+}
+
+// TestEmulatorFleet: --fleet N serves N clients behind one address,
+// each with its own first key on stdout's line i+1, and --ip-limit
+// counts the requests of all of them, as Codat counts one IP.
+func TestEmulatorFleet(t *testing.T) {
+	cmd := exec.Command(binary, "emulator", "--listen", "127.0.0.1:0", "--log-format", "json", "--fleet", "3", "--ip-limit", "4")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	out := bufio.NewReader(stdout)
+	var keys []string
+	for range 3 {
+		line, err := out.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if key := strings.TrimSpace(line); len(key) != 40 || slices.Contains(keys, key) {
+			t.Fatalf("printed key %q: want 40 characters, one key per client (so far %q)", key, keys)
+		}
+		keys = append(keys, strings.TrimSpace(line))
+	}
+	logs := bufio.NewScanner(stderr)
+	var rec struct {
+		Msg, Addr  string
+		ClientURLs string `json:"client_urls"`
+		Clients    int
+	}
+	var logged strings.Builder
+	for logs.Scan() {
+		logged.WriteString(logs.Text() + "\n")
+		if json.Unmarshal(logs.Bytes(), &rec) == nil && rec.Msg == "emulator listening" {
+			break
+		}
+	}
+	if rec.Addr == "" {
+		t.Fatalf("no address logged:\n%s", logged.String())
+	}
+	go func() { _, _ = io.Copy(io.Discard, stderrReader(logs)) }()
+	root := "http://" + rec.Addr
+	if want := root + "/clients/0 to " + root + "/clients/2"; rec.Clients != 3 || rec.ClientURLs != want {
+		t.Errorf("logged %d clients at %q, want 3 at %q", rec.Clients, rec.ClientURLs, want)
+	}
+	list := func(client int, key string) int {
+		t.Helper()
+		req, _ := http.NewRequest("GET", root+"/clients/"+strconv.Itoa(client)+"/apiKeys", nil)
+		req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(key)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i, want := range []int{200, 200, 200} {
+		if got := list(i, keys[i]); got != want {
+			t.Errorf("client %d with its own key: %d, want %d", i, got, want)
+		}
+	}
+	if got := list(1, keys[0]); got != 401 {
+		t.Errorf("client 1 with client 0's key: %d, want 401", got)
+	}
+	if got := list(2, keys[2]); got != 429 {
+		t.Errorf("the fifth request of the fleet in a minute, over --ip-limit 4: %d, want 429", got)
+	}
+	resp, err := http.Get(root + "/_emulator/rate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var rate struct {
+		MaxIn60s int `json:"max_in_any_60s"`
+		IPLimit  int `json:"ip_limit"`
+	}
+	if err := json.Unmarshal(body, &rate); err != nil {
+		t.Fatalf("rate: %v: %s", err, body)
+	}
+	if rate.MaxIn60s != 5 || rate.IPLimit != 4 {
+		t.Errorf("rate: %s; want 5 requests of all clients in 60 s and the limit 4", body)
 	}
 }
 
