@@ -182,13 +182,13 @@ func (d Duration) String() string { return time.Duration(d).String() }
 // Defaults for everything optional.
 const (
 	DefaultStatePath = "/var/lib/codat-rotator/state.db"
-	// DefaultMaxConcurrentRotations: see the README (max_concurrent_rotations).
+	// DefaultMaxConcurrentRotations: see docs/configuration.md (max_concurrent_rotations).
 	DefaultMaxConcurrentRotations = rotation.DefaultMaxConcurrent
 	// MaxConcurrentRotationsLimit is the most Validate accepts.
 	MaxConcurrentRotationsLimit = 1000
 	// DefaultCodatRequestsPerMinute stays under Codat's 1,000 requests a
 	// minute per IP, with room for what else calls Codat from the same
-	// address (README, "Fleets").
+	// address (docs/configuration.md, "Fleets").
 	DefaultCodatRequestsPerMinute = 900
 	// CodatRequestsPerMinuteLimit is the most Validate accepts.
 	CodatRequestsPerMinuteLimit = 100000
