@@ -2,6 +2,8 @@ package vault
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -83,12 +85,33 @@ func (e *Error) Error() string {
 		}
 		return fmt.Sprintf("vault %s %s: no secrets engine is mounted there (%s)", e.Op, e.Path, e.Detail)
 	case ErrUnreachable:
+		if hint := tlsHint(e.Err); hint != "" {
+			// Vault answered, with a certificate this host does not
+			// accept: the address is right, the TLS settings are not.
+			return fmt.Sprintf("vault %s %s: vault unreachable: %s: %s", e.Op, e.Path, e.Detail, hint)
+		}
 		return fmt.Sprintf("vault %s %s: vault unreachable: %s (is Vault up, and vault.address or VAULT_ADDR right?)", e.Op, e.Path, e.Detail)
 	}
 	if e.Status != 0 {
 		return fmt.Sprintf("vault %s %s: %d %s: %s", e.Op, e.Path, e.Status, http.StatusText(e.Status), e.Detail)
 	}
 	return fmt.Sprintf("vault %s %s: %s", e.Op, e.Path, e.Detail)
+}
+
+// tlsHint says what to set when err is a Vault certificate this host
+// cannot verify, and is empty for any other error.
+func tlsHint(err error) string {
+	var hn x509.HostnameError
+	if errors.As(err, &hn) {
+		return "Vault's TLS certificate does not name the host of the address; use the name it was issued for, or set vault.tls.server_name or VAULT_TLS_SERVER_NAME"
+	}
+	var ua x509.UnknownAuthorityError
+	var ci x509.CertificateInvalidError
+	var tv *tls.CertificateVerificationError
+	if errors.As(err, &ua) || errors.As(err, &ci) || errors.As(err, &tv) {
+		return "Vault's TLS certificate is not signed by a CA this host trusts; name Vault's CA with vault.tls.ca_cert or VAULT_CACERT (a PEM file), never VAULT_SKIP_VERIFY"
+	}
+	return ""
 }
 
 // Is matches the sentinel of the error's kind.
