@@ -287,12 +287,16 @@ type Ping struct {
 // errorReport is the body of every answer that is not 200.
 type errorReport struct {
 	Error string `json:"error"`
-	// Kind names an error the client matches: kindNoSuchTarget.
+	// Kind names an error the client matches: kindNoSuchTarget,
+	// kindConfig.
 	Kind string `json:"kind,omitempty"`
 }
 
-// kindNoSuchTarget marks an errorReport of ErrNoSuchTarget.
-const kindNoSuchTarget = "no_such_target"
+// The kinds of errorReport: of ErrNoSuchTarget, of ErrConfigRefused.
+const (
+	kindNoSuchTarget = "no_such_target"
+	kindConfig       = "config"
+)
 
 func timePtr(t time.Time) *time.Time {
 	if t.IsZero() {

@@ -329,13 +329,13 @@ func TestBootstrapKeyFileChecked(t *testing.T) {
 	tc.ReserveSlots = &n
 
 	tc.Codat.BootstrapKeyFile = file("writable", 0o666)
-	_, err := rotationTarget(tc, noEnv, log).Bootstrap()
+	_, err := rotationTarget(tc, noEnv, log, false).Bootstrap()
 	if !errors.Is(err, secretfile.ErrUnsafe) || !strings.Contains(err.Error(), "bootstrap_key_file "+tc.Codat.BootstrapKeyFile+": mode 0666") {
 		t.Errorf("writable: got %v, want a refusal naming the file and mode", err)
 	}
 
 	tc.Codat.BootstrapKeyFile = file("readable", 0o644)
-	key, err := rotationTarget(tc, noEnv, log).Bootstrap()
+	key, err := rotationTarget(tc, noEnv, log, false).Bootstrap()
 	if err != nil || key.Reveal() != "k3y" {
 		t.Fatalf("readable: got an error %v", err)
 	}

@@ -1100,7 +1100,7 @@ func TestSdNotify(t *testing.T) {
 	for _, tt := range []struct {
 		grace, status string
 		code          int
-	}{{"1s", "STATUS=config reloaded", exitOK}, {"2h", "STATUS=config reload failed; running with the previous config", exitError}} {
+	}{{"1s", "STATUS=config reloaded", exitOK}, {"2h", "STATUS=config reload failed; running with the previous config", exitUsage}} {
 		e.writeConfig(t, "@every 1h", tt.grace)
 		from := len(datagrams())
 		before := monotonicNow(t)

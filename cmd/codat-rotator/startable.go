@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/codat-rotator/codat-rotator/admin"
+	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/vault"
+)
+
+// startCheckTimeout bounds the Vault reads of cannotStart: a Vault that
+// does not answer leaves the targets to say why when they run.
+const startCheckTimeout = 10 * time.Second
+
+// cannotStart says which of targets cannot make their first rotation:
+// Vault holds no key for them and their bootstrap key is not there (its
+// variable unset in the daemon's environment, its file missing). Such a
+// target would only fail in the background, so `run` and a reload
+// refuse the config instead, naming the fix.
+//
+// It costs nothing for a target whose bootstrap key is at hand or whose
+// state file records keys (it has rotated), and one Vault read for any
+// other. When Vault cannot be read it says nothing: the target's own run
+// reports Vault.
+func (a *app) cannotStart(targets []rotation.Target) error {
+	ctx, cancel := context.WithTimeout(context.Background(), startCheckTimeout)
+	defer cancel()
+	var errs []error
+	for _, t := range targets {
+		var missing error
+		if t.Bootstrap == nil {
+			missing = errors.New("no bootstrap key is configured (bootstrap_key_file or bootstrap_key_env)")
+		} else if _, err := t.Bootstrap(); err != nil {
+			missing = err
+		} else {
+			continue
+		}
+		if a.engine != nil {
+			if st, err := a.engine.Store.Load(t.Name); err == nil && len(st.Keys) > 0 {
+				continue // it has rotated: Vault holds its key
+			}
+		}
+		cur, err := a.vault.Read(ctx, vault.Location{Mount: t.Vault.Mount, Path: t.Vault.Path})
+		if err != nil {
+			if errors.Is(err, vault.ErrUnreachable) || ctx.Err() != nil {
+				break // no answer: the rest would wait for nothing
+			}
+			continue
+		}
+		if cur.Secret == nil {
+			errs = append(errs, fmt.Errorf("target %s cannot start: %s holds no key yet, and its first rotation needs the bootstrap key: %w", t.Name, t.Vault, missing))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// targetsOf builds the engine's targets of cfg as the daemon would run
+// them, to judge a config before it is applied.
+func targetsOf(cfg Config, getenv func(string) string, log *slog.Logger) []rotation.Target {
+	targets := make([]rotation.Target, 0, len(cfg.Targets))
+	for _, tc := range cfg.Targets {
+		targets = append(targets, rotationTarget(tc, getenv, log, true))
+	}
+	return targets
+}
+
+// configRefused is a reloaded config the daemon refuses: the admin
+// socket tells the client so (admin.ErrConfigRefused), and `reload`
+// exits as every command does for a configuration to fix.
+type configRefused struct{ error }
+
+func (e configRefused) Unwrap() error      { return e.error }
+func (configRefused) Is(target error) bool { return target == admin.ErrConfigRefused }
