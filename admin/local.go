@@ -115,6 +115,9 @@ func (l *Local) Status(ctx context.Context) (StatusReport, error) {
 		if since, ok := c.WaitingSince[t.Name]; ok {
 			ts.WaitingSince = timePtr(since)
 		}
+		if r, ok := l.Engine.Retrying(t.Name); ok {
+			ts.Retry = &RetryStatus{Attempt: r.Next, Attempts: r.Attempts, At: r.At, Error: r.Err}
+		}
 		rep.Targets = append(rep.Targets, ts)
 	}
 	return rep, nil

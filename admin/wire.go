@@ -193,6 +193,19 @@ type TargetStatus struct {
 	// WaitingSince is when the target, due, began to wait for a slot of
 	// max_concurrent_rotations; nil when it is not waiting.
 	WaitingSince *time.Time `json:"waiting_for_slot_since,omitempty"`
+	// Retry is the rotation waiting between two attempts, nil when none
+	// is: the last attempt failed, the next is due at its time.
+	Retry *RetryStatus `json:"retry,omitempty"`
+}
+
+// RetryStatus is a rotation waiting to retry, in a TargetStatus.
+type RetryStatus struct {
+	// Attempt is the attempt that comes next, of Attempts.
+	Attempt  int       `json:"attempt"`
+	Attempts int       `json:"attempts"`
+	At       time.Time `json:"at"`
+	// Error is why the attempt before it failed.
+	Error string `json:"error"`
 }
 
 // KeyStatus is the current or a retiring key in a TargetStatus.
