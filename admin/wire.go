@@ -263,6 +263,12 @@ type ResumeReport struct {
 	// WasHalted says whether the target was halted; nil from a daemon
 	// older than the field.
 	WasHalted *bool `json:"was_halted,omitempty"`
+	// Retired are the keys a resume without a daemon deleted at once:
+	// the halt held them past their grace. Through the daemon its loop
+	// retires them, just after the answer.
+	Retired []string `json:"retired,omitempty"`
+	// RetireError is why those keys could not all be retired.
+	RetireError string `json:"retire_error,omitempty"`
 }
 
 // TakeoverRequest is POST /v1/takeover.

@@ -138,6 +138,7 @@ func adminHandler(a *app, sched *rotation.Scheduler, reload admin.Reload) http.H
 		TakeoverTarget: func(_ context.Context, t rotation.Target) (rotation.Takeover, error) {
 			return sched.TakeoverNow(t.Name)
 		},
+		Resumed: sched.Wake,
 	}, reload, version)
 }
 
@@ -303,7 +304,13 @@ func (c *resumeCommand) Run(ctx context.Context) error {
 		fmt.Fprintf(c.stdout, "%s: not halted; nothing to resume (its scheduled rotations run)\n", c.target)
 		return nil
 	}
-	fmt.Fprintf(c.stdout, "%s: resumed; scheduled rotations run again\n", c.target)
+	fmt.Fprintf(c.stdout, "%s: resumed; scheduled rotations run again, and keys overdue for retirement go now\n", c.target)
+	for _, id := range rep.Retired {
+		fmt.Fprintf(c.stdout, "%s: deleted key %s (overdue for retirement)\n", c.target, id)
+	}
+	if rep.RetireError != "" {
+		return fmt.Errorf("resumed, but retiring the overdue keys failed: %s", rep.RetireError)
+	}
 	return nil
 }
 
