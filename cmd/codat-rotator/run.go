@@ -174,6 +174,12 @@ func (c *runCommand) Run(ctx context.Context) error {
 	go c.systemd.Watchdog(wdCtx, c.sched.Check)
 	// Renew the Vault token while it can be, log in again when not.
 	go c.app.vault.KeepAlive(wdCtx, log.With("component", "vault"))
+	// The secrets name the previous run's plan: name this one's.
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.republishPlans(wdCtx)
+	}()
 
 	defer close(c.looping)
 	for {
