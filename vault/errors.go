@@ -35,6 +35,10 @@ var (
 	// ErrUnreachable: no answer from Vault (connection refused, DNS,
 	// TLS, timeout).
 	ErrUnreachable = sentinel.Retryable("vault unreachable")
+	// ErrUntrustedCert: Vault answered with a TLS certificate this host
+	// does not accept (an unknown CA, another name): the TLS settings
+	// must change, so a later attempt cannot do better.
+	ErrUntrustedCert = sentinel.Permanent("vault certificate not trusted")
 	// ErrCASConflict: the secret changed since it was read.
 	ErrCASConflict = sentinel.Retryable("vault check-and-set conflict")
 	// ErrMalformed: the secret exists but is not a codat-rotator secret
@@ -84,12 +88,11 @@ func (e *Error) Error() string {
 			return fmt.Sprintf("vault %s %s: no secrets engine is mounted there (%s): fix the target's vault.mount, or mount one with `vault secrets enable -path=%s kv-v2`", e.Op, e.Path, e.Detail, e.Path)
 		}
 		return fmt.Sprintf("vault %s %s: no secrets engine is mounted there (%s)", e.Op, e.Path, e.Detail)
+	case ErrUntrustedCert:
+		// Vault answered, with a certificate this host does not
+		// accept: the address is right, the TLS settings are not.
+		return fmt.Sprintf("vault %s %s: vault unreachable: %s: %s", e.Op, e.Path, e.Detail, tlsHint(e.Err))
 	case ErrUnreachable:
-		if hint := tlsHint(e.Err); hint != "" {
-			// Vault answered, with a certificate this host does not
-			// accept: the address is right, the TLS settings are not.
-			return fmt.Sprintf("vault %s %s: vault unreachable: %s: %s", e.Op, e.Path, e.Detail, hint)
-		}
 		return fmt.Sprintf("vault %s %s: vault unreachable: %s (is Vault up, and vault.address or VAULT_ADDR right?)", e.Op, e.Path, e.Detail)
 	}
 	if e.Status != 0 {
@@ -178,6 +181,9 @@ func classify(op, path, capability string, err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) || errors.Is(err, context.DeadlineExceeded) {
 		e.Kind = ErrUnreachable
+		if tlsHint(err) != "" {
+			e.Kind = ErrUntrustedCert
+		}
 		e.Detail = err.Error()
 		return e
 	}

@@ -46,7 +46,7 @@ func (a *app) cannotStart(targets []rotation.Target) error {
 		}
 		cur, err := a.vault.Read(ctx, vault.Location{Mount: t.Vault.Mount, Path: t.Vault.Path})
 		if err != nil {
-			if errors.Is(err, vault.ErrUnreachable) || ctx.Err() != nil {
+			if errors.Is(err, vault.ErrUnreachable) || errors.Is(err, vault.ErrUntrustedCert) || ctx.Err() != nil {
 				break // no answer: the rest would wait for nothing
 			}
 			continue
