@@ -24,8 +24,8 @@ const startCheckTimeout = 10 * time.Second
 //
 // It costs nothing for a target whose bootstrap key is at hand or whose
 // state file records keys (it has rotated), and one Vault read for any
-// other. When Vault cannot be read it says nothing: the target's own run
-// reports Vault.
+// other. When Vault cannot be read it stops and says nothing: the
+// targets' own runs report Vault.
 func (a *app) cannotStart(targets []rotation.Target) error {
 	ctx, cancel := context.WithTimeout(context.Background(), startCheckTimeout)
 	defer cancel()
@@ -46,10 +46,9 @@ func (a *app) cannotStart(targets []rotation.Target) error {
 		}
 		cur, err := a.vault.Read(ctx, vault.Location{Mount: t.Vault.Mount, Path: t.Vault.Path})
 		if err != nil {
-			if errors.Is(err, vault.ErrUnreachable) || errors.Is(err, vault.ErrUntrustedCert) || ctx.Err() != nil {
-				break // no answer: the rest would wait for nothing
-			}
-			continue
+			// Vault unreachable, a login refused, a policy: the targets
+			// say so when they run, and the rest would only ask again.
+			break
 		}
 		if cur.Secret == nil {
 			errs = append(errs, fmt.Errorf("target %s cannot start: %s holds no key yet, and its first rotation needs the bootstrap key: %w", t.Name, t.Vault, missing))
