@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/admin"
@@ -16,6 +17,9 @@ import (
 // does not answer leaves the targets to say why when they run.
 const startCheckTimeout = 10 * time.Second
 
+// startCheckParallel is how many of those reads run at once.
+const startCheckParallel = 16
+
 // cannotStart says which of targets cannot make their first rotation:
 // Vault holds no key for them and their bootstrap key is not there (its
 // variable unset in the daemon's environment, its file missing). Such a
@@ -24,13 +28,17 @@ const startCheckTimeout = 10 * time.Second
 //
 // It costs nothing for a target whose bootstrap key is at hand or whose
 // state file records keys (it has rotated), and one Vault read for any
-// other. When Vault cannot be read it stops and says nothing: the
-// targets' own runs report Vault.
+// other, startCheckParallel at a time. When Vault cannot be read it
+// stops and says nothing: the targets' own runs report Vault.
 func (a *app) cannotStart(targets []rotation.Target) error {
 	ctx, cancel := context.WithTimeout(context.Background(), startCheckTimeout)
 	defer cancel()
-	var errs []error
-	for _, t := range targets {
+	type ask struct {
+		i       int
+		missing error
+	}
+	var asks []ask
+	for i, t := range targets {
 		var missing error
 		if t.Bootstrap == nil {
 			missing = errors.New("no bootstrap key is configured (bootstrap_key_file or bootstrap_key_env)")
@@ -44,16 +52,39 @@ func (a *app) cannotStart(targets []rotation.Target) error {
 				continue // it has rotated: Vault holds its key
 			}
 		}
-		cur, err := a.vault.Read(ctx, vault.Location{Mount: t.Vault.Mount, Path: t.Vault.Path})
-		if err != nil {
-			// Vault unreachable, a login refused, a policy: the targets
-			// say so when they run, and the rest would only ask again.
+		asks = append(asks, ask{i, missing})
+	}
+	// A fleet's first start asks for every secret: a few at a time, as
+	// its rotations would.
+	errs := make([]error, len(asks))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(startCheckParallel, len(asks)) {
+		wg.Go(func() {
+			for j := range next {
+				t := targets[asks[j].i]
+				cur, err := a.vault.Read(ctx, vault.Location{Mount: t.Vault.Mount, Path: t.Vault.Path})
+				if err != nil {
+					// Vault unreachable, a login refused, a policy: the
+					// targets say so when they run, and the rest would
+					// only ask again.
+					cancel()
+					continue
+				}
+				if cur.Secret == nil {
+					errs[j] = fmt.Errorf("target %s cannot start: %s holds no key yet, and its first rotation needs the bootstrap key: %w", t.Name, t.Vault, asks[j].missing)
+				}
+			}
+		})
+	}
+	for j := range asks {
+		if ctx.Err() != nil {
 			break
 		}
-		if cur.Secret == nil {
-			errs = append(errs, fmt.Errorf("target %s cannot start: %s holds no key yet, and its first rotation needs the bootstrap key: %w", t.Name, t.Vault, missing))
-		}
+		next <- j
 	}
+	close(next)
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
