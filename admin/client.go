@@ -219,11 +219,20 @@ func (c *Client) answer(resp *http.Response, out any) error {
 // one, so that an unknown target is the same mistake through the daemon
 // as in-process.
 func daemonError(e errorReport) error {
-	if e.Kind == kindNoSuchTarget {
+	switch e.Kind {
+	case kindNoSuchTarget:
 		return fmt.Errorf("daemon: %w", noSuchTargetError(e.Error))
+	case kindConfig:
+		return fmt.Errorf("daemon: %w", configRefusedError(e.Error))
 	}
 	return fmt.Errorf("daemon: %s", e.Error)
 }
+
+// configRefusedError is the daemon's ErrConfigRefused, in its words.
+type configRefusedError string
+
+func (e configRefusedError) Error() string        { return string(e) }
+func (e configRefusedError) Is(target error) bool { return target == ErrConfigRefused }
 
 // noSuchTargetError is the daemon's ErrNoSuchTarget, in its words.
 type noSuchTargetError string

@@ -30,6 +30,9 @@ type Local struct {
 	// TakeoverTarget runs one takeover; nil means Engine.Takeover. The
 	// daemon runs it through its scheduler.
 	TakeoverTarget func(ctx context.Context, t rotation.Target) (rotation.Takeover, error)
+	// Resumed hears that a halted target was resumed; nil means no
+	// daemon runs, and Resume retires the keys that are due itself.
+	Resumed func(name string)
 	// Logger records what an operator changed; nil discards.
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -123,6 +126,9 @@ func (l *Local) Status(ctx context.Context) (StatusReport, error) {
 		if since, ok := c.WaitingSince[t.Name]; ok {
 			ts.WaitingSince = timePtr(since)
 		}
+		if r, ok := l.Engine.Retrying(t.Name); ok {
+			ts.Retry = &RetryStatus{Attempt: r.Next, Attempts: r.Attempts, At: r.At, Error: r.Err}
+		}
 		rep.Targets = append(rep.Targets, ts)
 	}
 	return rep, nil
@@ -209,7 +215,21 @@ func (l *Local) Resume(ctx context.Context, target string) (ResumeReport, error)
 	if l.Logger != nil && st.Halted {
 		l.Logger.Info("target resumed by an operator", "target", target)
 	}
-	return ResumeReport{Resumed: target, WasHalted: &st.Halted}, nil
+	rep := ResumeReport{Resumed: target, WasHalted: &st.Halted}
+	switch {
+	case !st.Halted, st.Journal != nil: // a journal: the next rotation finishes it, then retires
+	case l.Resumed != nil:
+		// The daemon's loop retires what the halt held back, now.
+		l.Resumed(target)
+	default:
+		// No daemon: the keys held past their time go now, as the
+		// daemon would at once.
+		rep.Retired, err = l.Engine.RetireDue(ctx, targets[0])
+		if err != nil {
+			rep.RetireError = err.Error()
+		}
+	}
+	return rep, nil
 }
 
 // Takeover makes this state file the owner of the named target.

@@ -162,8 +162,11 @@ func writeError(w http.ResponseWriter, err error) {
 
 func reportOf(err error) errorReport {
 	rep := errorReport{Error: err.Error()}
-	if errors.Is(err, ErrNoSuchTarget) {
+	switch {
+	case errors.Is(err, ErrNoSuchTarget):
 		rep.Kind = kindNoSuchTarget
+	case errors.Is(err, ErrConfigRefused):
+		rep.Kind = kindConfig
 	}
 	return rep
 }

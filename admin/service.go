@@ -47,4 +47,7 @@ var (
 	// this client, whose uid is neither the daemon's nor root's. A
 	// command must say so, not fall back to working in-process.
 	ErrRefused = errors.New("refused by the daemon")
+	// ErrConfigRefused: the daemon refuses a reloaded config, and keeps
+	// running the old one: the file, or its environment, must change.
+	ErrConfigRefused = errors.New("the daemon refuses the config")
 )

@@ -30,6 +30,8 @@ func (r StatusReport) WriteText(w io.Writer) {
 		case t.WaitingSince != nil:
 			state = fmt.Sprintf("waiting for a rotation slot since %s (%d of max_concurrent_rotations %d running, %d waiting)",
 				fmtTime(t.WaitingSince), r.Rotations.Running, r.Rotations.Limit, r.Rotations.Waiting)
+		case t.Retry != nil:
+			state = fmt.Sprintf("retrying: attempt %d of %d at %s, after: %s", t.Retry.Attempt, t.Retry.Attempts, fmtTime(&t.Retry.At), t.Retry.Error)
 		case t.Journal != nil:
 			state = fmt.Sprintf("rotating (rotation %s, step %s)", t.Journal.RotationID, t.Journal.Step)
 		case t.LastResult == "failed":

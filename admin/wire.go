@@ -193,6 +193,19 @@ type TargetStatus struct {
 	// WaitingSince is when the target, due, began to wait for a slot of
 	// max_concurrent_rotations; nil when it is not waiting.
 	WaitingSince *time.Time `json:"waiting_for_slot_since,omitempty"`
+	// Retry is the rotation waiting between two attempts, nil when none
+	// is: the last attempt failed, the next is due at its time.
+	Retry *RetryStatus `json:"retry,omitempty"`
+}
+
+// RetryStatus is a rotation waiting to retry, in a TargetStatus.
+type RetryStatus struct {
+	// Attempt is the attempt that comes next, of Attempts.
+	Attempt  int       `json:"attempt"`
+	Attempts int       `json:"attempts"`
+	At       time.Time `json:"at"`
+	// Error is why the attempt before it failed.
+	Error string `json:"error"`
 }
 
 // KeyStatus is the current or a retiring key in a TargetStatus.
@@ -250,6 +263,12 @@ type ResumeReport struct {
 	// WasHalted says whether the target was halted; nil from a daemon
 	// older than the field.
 	WasHalted *bool `json:"was_halted,omitempty"`
+	// Retired are the keys a resume without a daemon deleted at once:
+	// the halt held them past their grace. Through the daemon its loop
+	// retires them, just after the answer.
+	Retired []string `json:"retired,omitempty"`
+	// RetireError is why those keys could not all be retired.
+	RetireError string `json:"retire_error,omitempty"`
 }
 
 // TakeoverRequest is POST /v1/takeover.
@@ -287,12 +306,16 @@ type Ping struct {
 // errorReport is the body of every answer that is not 200.
 type errorReport struct {
 	Error string `json:"error"`
-	// Kind names an error the client matches: kindNoSuchTarget.
+	// Kind names an error the client matches: kindNoSuchTarget,
+	// kindConfig.
 	Kind string `json:"kind,omitempty"`
 }
 
-// kindNoSuchTarget marks an errorReport of ErrNoSuchTarget.
-const kindNoSuchTarget = "no_such_target"
+// The kinds of errorReport: of ErrNoSuchTarget, of ErrConfigRefused.
+const (
+	kindNoSuchTarget = "no_such_target"
+	kindConfig       = "config"
+)
 
 func timePtr(t time.Time) *time.Time {
 	if t.IsZero() {

@@ -301,6 +301,12 @@ func (c *Client) do(ctx context.Context, op, method, path string, payload []byte
 			return nil, apiErr
 		}
 	}
+	var apiErr *APIError
+	if last != nil && !errors.As(last, &apiErr) {
+		// No answer at all, every time: the address or the way there.
+		return nil, fmt.Errorf("%s: gave up after %d attempts: %w: codat unreachable at %s (is targets[].codat.base_url right, and Codat reachable from here: DNS, a proxy, an egress firewall?)",
+			op, c.opts.MaxAttempts, last, secret.Origin(c.base))
+	}
 	return nil, fmt.Errorf("%s: gave up after %d attempts: %w", op, c.opts.MaxAttempts, last)
 }
 

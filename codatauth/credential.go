@@ -48,6 +48,9 @@ const (
 	fieldKeyID          = "key_id"
 	fieldRotatedAt      = "rotated_at"
 	fieldNextRotationAt = "next_rotation_at"
+	// metadataNextRotationAt is the custom metadata in which a
+	// restarted daemon records its plan (docs/design.md#vault-layout).
+	metadataNextRotationAt = "next-rotation-at"
 )
 
 // fromFields reads a Credential from the fields of a secret, as Vault

@@ -23,7 +23,7 @@ const maxFileSize = 64 << 10
 // either
 //
 //   - the header alone: "Basic <base64 of the key>", with or without a
-//     trailing newline (the README's Vault Agent template; a Secret key
+//     trailing newline (the Vault Agent template of docs/configuration.md; a Secret key
 //     such as authorization); or
 //   - a JSON object with the secret's fields, at least
 //     authorization_header; key_id, rotated_at and next_rotation_at are

@@ -253,7 +253,19 @@ func (v *VaultSource) read(ctx context.Context) (Credential, error) {
 	if err != nil {
 		return Credential{}, vaultError(v.String(), err)
 	}
-	return fromFields(v.String(), kv.Data)
+	c, err := fromFields(v.String(), kv.Data)
+	if err != nil {
+		return c, err
+	}
+	// A restarted daemon records its new plan in the custom metadata,
+	// without a new version; next_rotation_at keeps the plan of the
+	// publish until the next one.
+	if s, ok := kv.CustomMetadata[metadataNextRotationAt].(string); ok && s != "" {
+		if at, err := time.Parse(time.RFC3339, s); err == nil {
+			c.NextRotationAt = at
+		}
+	}
+	return c, nil
 }
 
 // vaultError words a failed Vault call with Vault's status and reason,

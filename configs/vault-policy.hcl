@@ -23,3 +23,10 @@ path "auth/token/lookup-self" {
 path "auth/token/renew-self" {
   capabilities = ["update"]
 }
+
+# Let `codat-rotator check` ask which of the capabilities above the token
+# holds, so that a missing one is found before a rotation needs it (also
+# in Vault's "default" policy).
+path "sys/capabilities-self" {
+  capabilities = ["update"]
+}

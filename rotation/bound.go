@@ -19,7 +19,7 @@ import (
 // status and metrics.
 
 // DefaultMaxConcurrent is the bound when Engine.MaxConcurrent is unset.
-// The README (max_concurrent_rotations) says why.
+// docs/configuration.md (max_concurrent_rotations) says why.
 const DefaultMaxConcurrent = 16
 
 // ErrCancelledWaiting: the caller gave up (shutdown, a client that hung

@@ -39,10 +39,10 @@ func (e *Engine) CheckTarget(ctx context.Context, t Target) []Check {
 	}
 	switch {
 	case err != nil && errors.Is(err, ErrNoBootstrap) && t.Bootstrap == nil:
-		return []Check{owner, {What: "vault", Err: fmt.Errorf("%s holds no secret and no bootstrap key is configured (bootstrap_key_file or bootstrap_key_env)", t.Vault)}}
+		return []Check{owner, {What: "vault", Err: noBootstrap{fmt.Errorf("%s holds no secret and no bootstrap key is configured (bootstrap_key_file or bootstrap_key_env)", t.Vault)}}}
 	case err != nil && stageOf(err) == "bootstrap":
 		if _, berr := t.Bootstrap(); berr != nil {
-			err = berr // what the operator set wrong, without the wrapping
+			err = noBootstrap{berr} // what the operator set wrong, without the wrapping
 		}
 		return []Check{owner, {What: "bootstrap", Err: err}}
 	case err != nil:
@@ -75,3 +75,10 @@ func (e *Engine) ownerCheck(t Target, cur Current) Check {
 	}
 	return Check{What: "owner", Err: e.checkOwner(t, cur)}
 }
+
+// noBootstrap is a missing bootstrap key in the words of its setting,
+// still matching ErrNoBootstrap: the caller tells a configuration to fix
+// from a failure a later try may get past.
+type noBootstrap struct{ error }
+
+func (noBootstrap) Is(target error) bool { return target == ErrNoBootstrap }

@@ -192,7 +192,8 @@ type Engine struct {
 	// once, across targets (default DefaultMaxConcurrent; bound.go).
 	MaxConcurrent int
 
-	bound bound // the slots of MaxConcurrent
+	bound    bound    // the slots of MaxConcurrent
+	retrying retrying // the rotations waiting between attempts (retrying.go)
 
 	mu      sync.Mutex
 	running map[string]bool
@@ -329,7 +330,10 @@ func (e *Engine) Rotate(ctx context.Context, t Target, opts Options) (Result, er
 		if opts.OnRetry != nil {
 			opts.OnRetry(Retry{Target: t.Name, Next: attempt + 1, Attempts: attempts, Wait: backoff, Err: err})
 		}
-		if serr := e.sleep(ctx, backoff); serr != nil {
+		e.retrying.set(t.Name, Retrying{Next: attempt + 1, Attempts: attempts, At: e.now().Add(backoff), Err: err.Error()})
+		serr := e.sleep(ctx, backoff)
+		e.retrying.clear(t.Name)
+		if serr != nil {
 			break
 		}
 		backoff *= 2

@@ -285,11 +285,31 @@ func (c *Client) call(ctx context.Context, op func() error) error {
 	if !errors.Is(err, ErrTokenInvalid) {
 		return err
 	}
+	if ta, ok := c.auth.(TokenAuth); ok && ta.File == "" {
+		// A fixed token (VAULT_TOKEN): logging in again gives the same
+		// token, and no later attempt can do better.
+		return &FixedTokenError{err}
+	}
 	if _, lerr := c.relogin(ctx, gen); lerr != nil {
 		return fmt.Errorf("%w; logging in again failed: %w", err, lerr)
 	}
 	return op()
 }
+
+// FixedTokenError is Vault refusing a token the daemon was given as it
+// is (VAULT_TOKEN), not one it logs in for or reads from a file: only a
+// person can give it another, so it is not retried. It matches
+// ErrTokenInvalid.
+type FixedTokenError struct{ Err error }
+
+func (e *FixedTokenError) Error() string {
+	return e.Err.Error() + "; VAULT_TOKEN is a fixed token: logging in again cannot fix it, so nothing is retried: set a valid one and start again, or use vault.auth.token_file (a Vault Agent sink), approle or kubernetes"
+}
+
+func (e *FixedTokenError) Unwrap() error { return e.Err }
+
+// Retryable is false: a later attempt sends the same token.
+func (e *FixedTokenError) Retryable() bool { return false }
 
 // Waits between tries of a token lookup that fails (Vault still
 // starting, a network blip): the first, doubling up to the last.

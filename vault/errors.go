@@ -2,6 +2,8 @@ package vault
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -33,6 +35,10 @@ var (
 	// ErrUnreachable: no answer from Vault (connection refused, DNS,
 	// TLS, timeout).
 	ErrUnreachable = sentinel.Retryable("vault unreachable")
+	// ErrUntrustedCert: Vault answered with a TLS certificate this host
+	// does not accept (an unknown CA, another name): the TLS settings
+	// must change, so a later attempt cannot do better.
+	ErrUntrustedCert = sentinel.Permanent("vault certificate not trusted")
 	// ErrCASConflict: the secret changed since it was read.
 	ErrCASConflict = sentinel.Retryable("vault check-and-set conflict")
 	// ErrMalformed: the secret exists but is not a codat-rotator secret
@@ -82,6 +88,10 @@ func (e *Error) Error() string {
 			return fmt.Sprintf("vault %s %s: no secrets engine is mounted there (%s): fix the target's vault.mount, or mount one with `vault secrets enable -path=%s kv-v2`", e.Op, e.Path, e.Detail, e.Path)
 		}
 		return fmt.Sprintf("vault %s %s: no secrets engine is mounted there (%s)", e.Op, e.Path, e.Detail)
+	case ErrUntrustedCert:
+		// Vault answered, with a certificate this host does not
+		// accept: the address is right, the TLS settings are not.
+		return fmt.Sprintf("vault %s %s: vault unreachable: %s: %s", e.Op, e.Path, e.Detail, tlsHint(e.Err))
 	case ErrUnreachable:
 		return fmt.Sprintf("vault %s %s: vault unreachable: %s (is Vault up, and vault.address or VAULT_ADDR right?)", e.Op, e.Path, e.Detail)
 	}
@@ -89,6 +99,22 @@ func (e *Error) Error() string {
 		return fmt.Sprintf("vault %s %s: %d %s: %s", e.Op, e.Path, e.Status, http.StatusText(e.Status), e.Detail)
 	}
 	return fmt.Sprintf("vault %s %s: %s", e.Op, e.Path, e.Detail)
+}
+
+// tlsHint says what to set when err is a Vault certificate this host
+// cannot verify, and is empty for any other error.
+func tlsHint(err error) string {
+	var hn x509.HostnameError
+	if errors.As(err, &hn) {
+		return "Vault's TLS certificate does not name the host of the address; use the name it was issued for, or set vault.tls.server_name or VAULT_TLS_SERVER_NAME"
+	}
+	var ua x509.UnknownAuthorityError
+	var ci x509.CertificateInvalidError
+	var tv *tls.CertificateVerificationError
+	if errors.As(err, &ua) || errors.As(err, &ci) || errors.As(err, &tv) {
+		return "Vault's TLS certificate is not signed by a CA this host trusts; name Vault's CA with vault.tls.ca_cert or VAULT_CACERT (a PEM file), never VAULT_SKIP_VERIFY"
+	}
+	return ""
 }
 
 // Is matches the sentinel of the error's kind.
@@ -155,6 +181,9 @@ func classify(op, path, capability string, err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) || errors.Is(err, context.DeadlineExceeded) {
 		e.Kind = ErrUnreachable
+		if tlsHint(err) != "" {
+			e.Kind = ErrUntrustedCert
+		}
 		e.Detail = err.Error()
 		return e
 	}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"strings"
 	"sync"
@@ -193,6 +194,13 @@ const (
 	FieldPreviousKeyID     = "previous_key_id"
 	FieldPreviousExpiresAt = "previous_expires_at"
 	FieldNextRotationAt    = "next_rotation_at"
+
+	// MetadataNextRotationAt is the custom metadata that holds the
+	// daemon's planned next rotation once a restarted daemon planned it
+	// differently from the next_rotation_at last published: it patches
+	// the metadata and writes no new version of the secret. Every
+	// publish after that keeps it equal to next_rotation_at.
+	MetadataNextRotationAt = "next-rotation-at"
 )
 
 // CheckMount makes sure loc's mount is a KV v2 engine the token can see.
@@ -373,6 +381,15 @@ func (c *Client) write(ctx context.Context, loc Location, s Secret, cas int, met
 	if kv.VersionMetadata != nil {
 		version = kv.VersionMetadata.Version
 	}
+	if next := formatTime(s.NextRotationAt); next != "" && kv.CustomMetadata[MetadataNextRotationAt] != nil {
+		// A restart recorded its plan in the metadata (SetNextRotation):
+		// keep it the plan this version publishes.
+		metadata = maps.Clone(metadata)
+		if metadata == nil {
+			metadata = map[string]string{}
+		}
+		metadata[MetadataNextRotationAt] = next
+	}
 	if len(metadata) > 0 && !sameStrings(stringMap(kv.CustomMetadata), metadata) {
 		if err := c.patchMetadata(ctx, loc, metadata); err != nil {
 			return version, err
@@ -454,6 +471,14 @@ func (c *Client) patchMetadata(ctx context.Context, loc Location, metadata map[s
 		return fmt.Errorf("%w (%w)", ErrMetadata, classify("patch metadata", loc.metadataPath(), "patch", err))
 	}
 	return nil
+}
+
+// SetNextRotation records at as the secret's planned next rotation in
+// its custom metadata (MetadataNextRotationAt), leaving the secret's
+// versions alone: a restarted daemon's plan, which may differ from the
+// next_rotation_at the last publish wrote.
+func (c *Client) SetNextRotation(ctx context.Context, loc Location, at time.Time) error {
+	return c.PatchMetadata(ctx, loc, map[string]string{MetadataNextRotationAt: formatTime(at)})
 }
 
 // ErrMetadata marks a failure to set custom metadata after the secret

@@ -35,6 +35,9 @@ type app struct {
 	engine *rotation.Engine
 	getenv func(string) string
 	m      *metrics.Metrics // nil outside the daemon
+	// daemon: this process is `run`, whose environment is its own, not
+	// the shell's of the operator asking it through the admin socket.
+	daemon bool
 	// budget is the process's one Codat request budget, which every
 	// target's client shares (codat_requests_per_minute).
 	budget *codat.Budget
@@ -94,7 +97,7 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 	}
 	if dir := filepath.Dir(cfg.StatePath); dir != "" && !readOnly {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("state directory: %w", err)
+			return nil, pathError("state_path", "state directory", DefaultStatePath, "StateDirectory", err)
 		}
 	}
 	var states rotation.Store
@@ -104,10 +107,12 @@ func openApp(cfg Config, log *slog.Logger, getenv func(string) string, readOnly 
 		states = db
 	case readOnly && errors.Is(err, os.ErrNotExist):
 		states = noState{} // nothing rotated yet: plan from an empty state
+	case errors.Is(err, fs.ErrPermission):
+		return nil, pathError("state_path", "state file", DefaultStatePath, "StateDirectory", err)
 	default:
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, db: db, vault: vcl, getenv: getenv, m: m}
+	a := &app{cfg: cfg, log: log, db: db, vault: vcl, getenv: getenv, m: m, daemon: m != nil}
 	var onWait func(time.Duration)
 	if m != nil {
 		onWait = m.ObserveBudgetWait
@@ -194,7 +199,7 @@ func (a *app) buildTargets(tcs []TargetConfig) ([]rotation.Target, map[string]*c
 			return nil, nil, fmt.Errorf("target %s: %w", tc.Name, err)
 		}
 		clients[tc.Name] = c
-		targets = append(targets, rotationTarget(tc, a.getenv, a.log))
+		targets = append(targets, rotationTarget(tc, a.getenv, a.log, a.daemon))
 	}
 	return targets, clients, nil
 }
@@ -267,8 +272,10 @@ func (a *app) Close() error {
 }
 
 // rotationTarget turns a target's config into the engine's Target. log
-// receives the bootstrap key file's warnings.
-func rotationTarget(tc TargetConfig, getenv func(string) string, log *slog.Logger) rotation.Target {
+// receives the bootstrap key file's warnings; daemon says whose
+// environment getenv reads, for the error of an unset bootstrap
+// variable.
+func rotationTarget(tc TargetConfig, getenv func(string) string, log *slog.Logger, daemon bool) rotation.Target {
 	t := rotation.Target{
 		Name:         tc.Name,
 		Vault:        rotation.Location{Mount: strings.Trim(tc.Vault.Mount, "/"), Path: strings.Trim(tc.Vault.Path, "/")},
@@ -304,6 +311,9 @@ func rotationTarget(tc TargetConfig, getenv func(string) string, log *slog.Logge
 		t.BootstrapFrom = "$" + name
 		t.Bootstrap = func() (codat.Secret, error) {
 			key := strings.TrimSpace(getenv(name))
+			if key == "" && daemon {
+				return "", fmt.Errorf("bootstrap_key_env names $%s, which is not set in the daemon's environment: for the first run, set it to a key of this Codat client where the daemon gets its environment (under systemd, in /etc/codat-rotator/env, then systemctl restart codat-rotator); a variable exported in your shell does not reach a running daemon; it is read only while Vault holds no key", name)
+			}
 			if key == "" {
 				return "", fmt.Errorf("bootstrap_key_env names $%s, which is not set: for the first run, set it to a key of this Codat client (under systemd, in /etc/codat-rotator/env); it is read only while Vault holds no key", name)
 			}
@@ -403,4 +413,14 @@ func newVault(c vault.Config) (*vault.Client, error) {
 		return nil, &usageError{err}
 	}
 	return cl, nil
+}
+
+// pathError is a directory the process could not make for a path of the
+// config: the defaults are the systemd unit's, which makes them
+// (StateDirectory, RuntimeDirectory) before the daemon starts, so a user
+// outside the unit meets this first. It is the config to change, a
+// usage error.
+func pathError(field, what, def, unitSetting string, err error) error {
+	return &usageError{fmt.Errorf("%s: %w: set %s to a path in a directory this user can write (the default's, %s, is made by the systemd unit's %s=), or run under the unit",
+		what, err, field, filepath.Dir(def), unitSetting)}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,13 +21,16 @@ import (
 	"github.com/codat-rotator/codat-rotator/rotation"
 	"github.com/codat-rotator/codat-rotator/rotation/adapt"
 	"github.com/codat-rotator/codat-rotator/store"
+	"github.com/codat-rotator/codat-rotator/vault"
 )
 
 // checkTargets runs each target's checks, up to parallel targets at
 // once (a fleet's checks wait on Vault and Codat, not on the CPU), and
 // returns them in the order of targets. Each target has its own
 // deadline: a fleet's checks wait their turn in the Codat budget.
-func checkTargets(ctx context.Context, eng *rotation.Engine, targets []rotation.Target, parallel int) [][]rotation.Check {
+// policy, when not nil, adds a check of the target's Vault policy
+// after the others pass.
+func checkTargets(ctx context.Context, eng *rotation.Engine, targets []rotation.Target, parallel int, policy func(context.Context, rotation.Target) rotation.Check) [][]rotation.Check {
 	out := make([][]rotation.Check, len(targets))
 	next := make(chan int)
 	var wg sync.WaitGroup
@@ -35,6 +39,9 @@ func checkTargets(ctx context.Context, eng *rotation.Engine, targets []rotation.
 			for i := range next {
 				tctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 				out[i] = eng.CheckTarget(tctx, targets[i])
+				if policy != nil && !slices.ContainsFunc(out[i], func(c rotation.Check) bool { return c.What == "vault" && c.Err != nil }) {
+					out[i] = append(out[i], policy(tctx, targets[i]))
+				}
 				cancel()
 			}
 		})
@@ -131,6 +138,7 @@ func adminHandler(a *app, sched *rotation.Scheduler, reload admin.Reload) http.H
 		TakeoverTarget: func(_ context.Context, t rotation.Target) (rotation.Takeover, error) {
 			return sched.TakeoverNow(t.Name)
 		},
+		Resumed: sched.Wake,
 	}, reload, version)
 }
 
@@ -296,7 +304,13 @@ func (c *resumeCommand) Run(ctx context.Context) error {
 		fmt.Fprintf(c.stdout, "%s: not halted; nothing to resume (its scheduled rotations run)\n", c.target)
 		return nil
 	}
-	fmt.Fprintf(c.stdout, "%s: resumed; scheduled rotations run again\n", c.target)
+	fmt.Fprintf(c.stdout, "%s: resumed; scheduled rotations run again, and keys overdue for retirement go now\n", c.target)
+	for _, id := range rep.Retired {
+		fmt.Fprintf(c.stdout, "%s: deleted key %s (overdue for retirement)\n", c.target, id)
+	}
+	if rep.RetireError != "" {
+		return fmt.Errorf("resumed, but retiring the overdue keys failed: %s", rep.RetireError)
+	}
 	return nil
 }
 
@@ -330,6 +344,26 @@ func (c *takeoverCommand) Run(ctx context.Context) error {
 	}
 	rep.WriteText(c.stdout)
 	return nil
+}
+
+// policyCheck is the check of t's Vault policy: every capability a
+// rotation needs, the metadata's patch included, which a rotation would
+// miss only as an owner never recorded.
+func (c *checkCommand) policyCheck(ctx context.Context, t rotation.Target) rotation.Check {
+	loc := vault.Location{Mount: t.Vault.Mount, Path: t.Vault.Path}
+	err := c.app.vault.CheckPolicy(ctx, loc)
+	var pe *vault.PolicyError
+	switch {
+	case err == nil:
+		return rotation.Check{What: "vault policy", Detail: fmt.Sprintf("create, read, update on %s/data/%s; read, patch on %s/metadata/%s", loc.Mount, loc.Path, loc.Mount, loc.Path)}
+	case errors.As(err, &pe):
+		return rotation.Check{What: "vault policy", Err: err}
+	case errors.Is(err, vault.ErrPermissionDenied):
+		// A token without Vault's default policy may not ask: say
+		// so, and let the rotation be the judge.
+		return rotation.Check{What: "vault policy", Detail: "not checked: the token may not ask sys/capabilities-self (Vault's default policy allows it)"}
+	}
+	return rotation.Check{What: "vault policy", Err: err}
 }
 
 // checkCommand is `codat-rotator check`: the config is valid, and Codat
@@ -418,9 +452,13 @@ func (c *checkCommand) Run(ctx context.Context) error {
 
 	listed := map[string]store.Target{}
 	targets := c.app.allTargets()
-	results := checkTargets(ctx, eng, targets, cfg.MaxConcurrentRotations)
+	results := checkTargets(ctx, eng, targets, cfg.MaxConcurrentRotations, c.policyCheck)
+	configErr := false // a failure only a change of the settings fixes
 	for i, t := range targets {
 		for _, ch := range results[i] {
+			if errors.Is(ch.Err, rotation.ErrNoBootstrap) {
+				configErr = true
+			}
 			if ch.Err != nil {
 				line(false, "target "+t.Name+": "+ch.What, ch.Err.Error())
 			} else {
@@ -438,6 +476,10 @@ func (c *checkCommand) Run(ctx context.Context) error {
 		if others := shared[t.Name]; len(others) > 0 {
 			warn(fmt.Sprintf("target %s: %s", t.Name, admin.SharedClientText(others, t.MaxKeys, t.ReserveSlots)))
 		}
+	}
+	if failed > 0 && configErr {
+		// As rotate and run exit for it: the same mistake, the same code.
+		return usage("%d check(s) failed; the configuration or its environment must change first", failed)
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d check(s) failed", failed)

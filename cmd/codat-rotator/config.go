@@ -182,13 +182,13 @@ func (d Duration) String() string { return time.Duration(d).String() }
 // Defaults for everything optional.
 const (
 	DefaultStatePath = "/var/lib/codat-rotator/state.db"
-	// DefaultMaxConcurrentRotations: see the README (max_concurrent_rotations).
+	// DefaultMaxConcurrentRotations: see docs/configuration.md (max_concurrent_rotations).
 	DefaultMaxConcurrentRotations = rotation.DefaultMaxConcurrent
 	// MaxConcurrentRotationsLimit is the most Validate accepts.
 	MaxConcurrentRotationsLimit = 1000
 	// DefaultCodatRequestsPerMinute stays under Codat's 1,000 requests a
 	// minute per IP, with room for what else calls Codat from the same
-	// address (README, "Fleets").
+	// address (docs/configuration.md, "Fleets").
 	DefaultCodatRequestsPerMinute = 900
 	// CodatRequestsPerMinuteLimit is the most Validate accepts.
 	CodatRequestsPerMinuteLimit = 100000
@@ -419,6 +419,9 @@ func (c Config) Validate() error {
 		if t.Codat.Timeout < 0 {
 			bad(f("codat.timeout"), "must not be negative")
 		}
+		if err := vaultLocation(f, t.Vault.Mount, t.Vault.Path); err != nil {
+			errs = append(errs, err)
+		}
 		if t.Vault.Path == "" {
 			bad(f("vault.path"), "must be set (the secret's path under the mount, such as codat/production)")
 		} else {
@@ -554,4 +557,29 @@ func shortDuration(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
+}
+
+// vaultLocation refuses a target's mount and path that would write the
+// secret somewhere other than the operator meant, silently: the mount
+// repeated at the start of the path (secret/codat/x under secret), and
+// the API's data/ or metadata/ segment written into the mount (the
+// Vault CLI's `vault kv` hides them; the daemon adds them).
+// Each error shows where the daemon would write and what to write.
+func vaultLocation(f func(string) string, mount, path string) error {
+	m, p := strings.Trim(mount, "/"), strings.Trim(path, "/")
+	if m == "" || p == "" {
+		return nil
+	}
+	would := m + "/data/" + p
+	for _, seg := range []string{"data", "metadata"} {
+		if base, ok := strings.CutSuffix(m, "/"+seg); ok {
+			return fmt.Errorf("%s: %q ends in /%s, which the daemon adds itself: it would write %s; write mount: %s",
+				f("vault.mount"), mount, seg, would, base)
+		}
+	}
+	if rest, ok := strings.CutPrefix(p, m+"/"); ok {
+		return fmt.Errorf("%s: %q starts with the mount %s/, which vault.mount already names: the daemon would write %s; write path: %s (or, if a secret at %s is really meant, rename the path so it does not repeat the mount)",
+			f("vault.path"), path, m, would, rest, would)
+	}
+	return nil
 }

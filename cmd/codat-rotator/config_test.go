@@ -329,13 +329,13 @@ func TestBootstrapKeyFileChecked(t *testing.T) {
 	tc.ReserveSlots = &n
 
 	tc.Codat.BootstrapKeyFile = file("writable", 0o666)
-	_, err := rotationTarget(tc, noEnv, log).Bootstrap()
+	_, err := rotationTarget(tc, noEnv, log, false).Bootstrap()
 	if !errors.Is(err, secretfile.ErrUnsafe) || !strings.Contains(err.Error(), "bootstrap_key_file "+tc.Codat.BootstrapKeyFile+": mode 0666") {
 		t.Errorf("writable: got %v, want a refusal naming the file and mode", err)
 	}
 
 	tc.Codat.BootstrapKeyFile = file("readable", 0o644)
-	key, err := rotationTarget(tc, noEnv, log).Bootstrap()
+	key, err := rotationTarget(tc, noEnv, log, false).Bootstrap()
 	if err != nil || key.Reveal() != "k3y" {
 		t.Fatalf("readable: got an error %v", err)
 	}
@@ -456,5 +456,58 @@ func TestConfigErrorsHideExpandedValues(t *testing.T) {
 				t.Errorf("got %v\nwant %q in it", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestVaultLocationMistakes (issue 24): a mount and path that would send
+// the secret somewhere else, silently, are refused with where the daemon
+// would write and what to write instead; near misses pass.
+func TestVaultLocationMistakes(t *testing.T) {
+	for _, tt := range []struct {
+		mount, path string
+		want        string // "" for accepted
+	}{
+		{"secret", "codat/production", ""},
+		{"secret", "secrets/codat", ""},
+		{"kv/team", "codat/x", ""},
+		{"secret", "secret/codat/x", `targets[0].vault.path: "secret/codat/x" starts with the mount secret/, which vault.mount already names: the daemon would write secret/data/secret/codat/x; write path: codat/x`},
+		{"/kv/team/", "kv/team/codat/x", "the daemon would write kv/team/data/kv/team/codat/x; write path: codat/x"},
+		{"secret/data", "codat/x", `targets[0].vault.mount: "secret/data" ends in /data, which the daemon adds itself: it would write secret/data/data/codat/x; write mount: secret`},
+		{"secret/metadata/", "codat/x", `targets[0].vault.mount: "secret/metadata/" ends in /metadata, which the daemon adds itself: it would write secret/metadata/data/codat/x; write mount: secret`},
+	} {
+		yaml := fmt.Sprintf("targets:\n  - name: production\n    vault: {mount: %q, path: %q}\n", tt.mount, tt.path)
+		_, err := ParseConfig(strings.NewReader(yaml), noEnv)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("mount %q, path %q: %v; want it accepted", tt.mount, tt.path, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("mount %q, path %q: %v; want %q", tt.mount, tt.path, err, tt.want)
+		}
+	}
+}
+
+// TestVaultAddrWithAPIPrefix (issue 24): a Vault address ending in /v1
+// is refused, naming the address to set; a path before it is kept.
+func TestVaultAddrWithAPIPrefix(t *testing.T) {
+	for addr, want := range map[string]string{
+		"https://vault.example:8200":     "",
+		"https://vault.example:8200/v1":  "set it to https://vault.example:8200",
+		"https://vault.example:8200/v1/": "set it to https://vault.example:8200",
+		"https://proxy.example/vault/v1": "set it to https://proxy.example/vault",
+		"https://vault.example:8200/v10": "",
+	} {
+		env := func(name string) string {
+			if name == "VAULT_ADDR" {
+				return addr
+			}
+			return map[string]string{"VAULT_TOKEN": "t"}[name]
+		}
+		_, err := vaultConfig(VaultConfig{Auth: VaultAuthConfig{Method: "token"}}, env)
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("VAULT_ADDR=%s: %v; want it accepted", addr, err)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), "ends in /v1") || !strings.Contains(err.Error(), want)):
+			t.Errorf("VAULT_ADDR=%s: %v; want %q", addr, err, want)
+		}
 	}
 }

@@ -191,6 +191,12 @@ func runEnv(tb testing.TB, env []string, args ...string) (int, string) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	return runEnvCtx(tb, ctx, env, args...)
+}
+
+// runEnvCtx is runEnv until ctx ends.
+func runEnvCtx(tb testing.TB, ctx context.Context, env []string, args ...string) (int, string) {
+	tb.Helper()
 	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Env = env
 	b, err := cmd.CombinedOutput()

@@ -1100,7 +1100,7 @@ func TestSdNotify(t *testing.T) {
 	for _, tt := range []struct {
 		grace, status string
 		code          int
-	}{{"1s", "STATUS=config reloaded", exitOK}, {"2h", "STATUS=config reload failed; running with the previous config", exitError}} {
+	}{{"1s", "STATUS=config reloaded", exitOK}, {"2h", "STATUS=config reload failed; running with the previous config", exitUsage}} {
 		e.writeConfig(t, "@every 1h", tt.grace)
 		from := len(datagrams())
 		before := monotonicNow(t)
@@ -1285,7 +1285,7 @@ func TestResumeCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, stdout, stderr := e.cli(t, nil, "resume", "--target", "crash")
-	if code != 0 || stdout != "crash: resumed; scheduled rotations run again\n" {
+	if code != 0 || stdout != "crash: resumed; scheduled rotations run again, and keys overdue for retirement go now\n" {
 		t.Errorf("resume --target crash: exit %d\n%s%s", code, stdout, stderr)
 	}
 	// Resuming again finds nothing halted, and says so (issue 16).

@@ -17,13 +17,13 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// The monitoring files the README's "Alerts" and "Dashboard" sections
+// The monitoring files docs/metrics.md's "Alerts" and "Dashboard" sections
 // describe, from this package's directory.
 const (
 	rulesFile     = repoRoot + "/deploy/prometheus/codat-rotator-rules.yaml"
 	rulesTestFile = repoRoot + "/deploy/prometheus/codat-rotator-rules.test.yaml"
 	dashboardFile = repoRoot + "/deploy/grafana/codat-rotator.json"
-	readmeFile    = repoRoot + "/README.md"
+	metricsDoc    = repoRoot + "/docs/metrics.md"
 )
 
 // notYetExported are metrics the rules or the dashboard query before any
@@ -92,15 +92,15 @@ func TestPrometheusRules(t *testing.T) {
 }
 
 // TestAlertRulesComplete: every alert has a summary, a description, a
-// runbook_url pointing at an anchor the README has, a severity and a
+// runbook_url pointing at an anchor docs/metrics.md has, a severity and a
 // for:; and the promtool tests cover each alert firing and not firing.
 func TestAlertRulesComplete(t *testing.T) {
 	rf := readRules(t)
-	readme, err := os.ReadFile(readmeFile)
+	doc, err := os.ReadFile(metricsDoc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const runbooks = "https://github.com/codat-rotator/codat-rotator/blob/main/README.md#"
+	const runbooks = "https://github.com/codat-rotator/codat-rotator/blob/main/docs/metrics.md#"
 	var alerts []string
 	for _, g := range rf.Groups {
 		for _, r := range g.Rules {
@@ -120,8 +120,8 @@ func TestAlertRulesComplete(t *testing.T) {
 				}
 			}
 			anchor, ok := strings.CutPrefix(r.Annotations["runbook_url"], runbooks)
-			if !ok || !bytes.Contains(readme, []byte(`<a id="`+anchor+`"></a>`)) {
-				t.Errorf("%s: runbook_url %q; want %s<anchor> with <a id=\"<anchor>\"></a> in README.md", r.Alert, r.Annotations["runbook_url"], runbooks)
+			if !ok || !bytes.Contains(doc, []byte(`<a id="`+anchor+`"></a>`)) {
+				t.Errorf("%s: runbook_url %q; want %s<anchor> with <a id=\"<anchor>\"></a> in docs/metrics.md", r.Alert, r.Annotations["runbook_url"], runbooks)
 			}
 		}
 	}
@@ -202,7 +202,7 @@ var grafanaVars = strings.NewReplacer("$__rate_interval", "5m", "$target", ".*")
 // TestDashboard: the dashboard's queries are valid PromQL (promtool
 // parses each as a recording rule), every panel reads the dashboard's
 // data source, per-target queries follow the target selector, and it
-// has the panels the README promises.
+// has the panels docs/metrics.md promises.
 func TestDashboard(t *testing.T) {
 	d := dashboard(t)
 	if d["uid"] != "codat-rotator" || d["title"] != "codat-rotator" {

@@ -61,6 +61,10 @@ func (c *reloadCommand) Run(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	rep, err := cl.Reload(rctx)
+	if errors.Is(err, admin.ErrConfigRefused) {
+		// A configuration to fix, as every command exits for it.
+		return &usageError{err}
+	}
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,7 @@ import (
 // has the running daemon apply a changed config and says so; an invalid
 // file is refused by the daemon, which keeps rotating with the old one,
 // and the command fails with the daemon's reason, as `systemctl reload`
-// must. Without a daemon it fails and says nothing was reloaded.
+// must, and exit 2, as every command for a configuration to fix. Without a daemon it fails and says nothing was reloaded.
 func TestReloadCommand(t *testing.T) {
 	e := newDaemonEnv(t, "@every 1h", "1s")
 	d := e.start(t, nil)
@@ -35,10 +35,10 @@ func TestReloadCommand(t *testing.T) {
 	// grace longer than the interval: the daemon refuses the file.
 	e.writeConfig(t, "@every 2s", "1h")
 	code, stdout, stderr = e.cli(t, nil, "reload")
-	if code != exitError || stdout != "" ||
+	if code != exitUsage || stdout != "" ||
 		!strings.Contains(stderr, "codat-rotator reload: daemon: config reload failed; keeping the running config: ") ||
 		!strings.Contains(stderr, "targets[0].grace") {
-		t.Errorf("reload of an invalid config: exit %d, stdout %q, stderr %q; want %d and the daemon's reason naming targets[0].grace", code, stdout, stderr, exitError)
+		t.Errorf("reload of an invalid config: exit %d, stdout %q, stderr %q; want %d (a configuration to fix, as in every command) and the daemon's reason naming targets[0].grace", code, stdout, stderr, exitUsage)
 	}
 	n := d.count(msgIs("rotation done"))
 	d.waitRotations(t, 10*time.Second, n+1) // the 2s schedule runs on

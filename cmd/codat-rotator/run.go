@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -107,6 +108,9 @@ func (c *runCommand) Run(ctx context.Context) error {
 		}
 		return explainLocked(err, cfg.Listen.AdminSocket)
 	}
+	if err := c.app.cannotStart(c.app.allTargets()); err != nil {
+		return &usageError{err}
+	}
 	// No Vault login here: KeepAlive's first one (below) is enough, and a
 	// Vault that does not answer must not keep /healthz and /readyz
 	// closed while it waits. Every call logs in by itself when needed.
@@ -133,6 +137,9 @@ func (c *runCommand) Run(ctx context.Context) error {
 	var adminL net.Listener
 	if cfg.Listen.AdminSocket != "" {
 		if adminL, err = admin.Listen(cfg.Listen.AdminSocket); err != nil {
+			if pe := (*fs.PathError)(nil); errors.As(err, &pe) && pe.Op == "mkdir" {
+				return pathError("listen.admin_socket", "admin socket", DefaultAdminSocket, "RuntimeDirectory", pe)
+			}
 			return err
 		}
 	}
@@ -167,6 +174,12 @@ func (c *runCommand) Run(ctx context.Context) error {
 	go c.systemd.Watchdog(wdCtx, c.sched.Check)
 	// Renew the Vault token while it can be, log in again when not.
 	go c.app.vault.KeepAlive(wdCtx, log.With("component", "vault"))
+	// The secrets name the previous run's plan: name this one's.
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.republishPlans(wdCtx)
+	}()
 
 	defer close(c.looping)
 	for {
@@ -284,7 +297,7 @@ func (c *runCommand) reloadConfig() (admin.ReloadReport, error) {
 	defer func() { c.systemd.Ready(outcome) }()
 	failed := func(err error) (admin.ReloadReport, error) {
 		c.log.Error("config reload failed; keeping the running config", "error", err)
-		return admin.ReloadReport{}, fmt.Errorf("config reload failed; keeping the running config: %w", err)
+		return admin.ReloadReport{}, configRefused{fmt.Errorf("config reload failed; keeping the running config: %w", err)}
 	}
 	cfg, _, err := c.loadConfig()
 	if err != nil {
@@ -292,6 +305,11 @@ func (c *runCommand) reloadConfig() (admin.ReloadReport, error) {
 	}
 	for _, w := range insecureHTTPWarnings(cfg, c.getenv) {
 		c.log.Warn(w)
+	}
+	// A target that cannot make its first rotation is refused here, not
+	// left to fail in the background after "config reloaded".
+	if err := c.app.cannotStart(targetsOf(cfg, c.getenv, c.log)); err != nil {
+		return failed(err)
 	}
 	apply, restart := changedFields(c.cfg, cfg)
 	if len(restart) > 0 {

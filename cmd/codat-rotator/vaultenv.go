@@ -163,6 +163,13 @@ func checkVaultPath(vc VaultConfig, getenv func(string) string) error {
 		}
 		return usage("%s: %s is not an http(s) URL such as https://vault.example:8200", field, redactedURL(addr))
 	}
+	if p := strings.TrimRight(u.Path, "/"); strings.HasSuffix(p, "/v1") {
+		// The client appends /v1/ to the address: this one would call
+		// /v1/v1/…, which Vault answers "no handler for route", as if
+		// no secrets engine were mounted.
+		full, base := redactedURL(addr)+p, redactedURL(addr)+strings.TrimSuffix(p, "/v1")
+		return usage("%s: %s ends in /v1, the API's prefix, which the Vault client adds itself (it would call %s/v1/…); set it to %s", field, full, full, base)
+	}
 	if err := vaultInClear(field, addr, vc.AllowInsecureHTTP); err != nil {
 		return &usageError{err}
 	}

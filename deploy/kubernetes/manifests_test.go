@@ -648,7 +648,7 @@ func TestMetricsService(t *testing.T) {
 	}
 }
 
-// Where Prometheus runs, as the NetworkPolicy admits it and the README
+// Where Prometheus runs, as the NetworkPolicy admits it and docs/metrics.md
 // says (kube-prometheus-stack's defaults).
 const (
 	scrapeNamespace = "monitoring"
@@ -696,13 +696,13 @@ func TestNetworkPolicy(t *testing.T) {
 		!maps.Equal(peer.PodSelector.MatchLabels, map[string]string{wantKey: wantValue}):
 		t.Errorf("ingress from: podSelector %+v, want %s alone (in the same peer as the namespace)", peer.PodSelector, scrapePodLabel)
 	}
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../docs/metrics.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"`" + scrapeNamespace + "`", "`" + scrapePodLabel + "`", "networkpolicy.yaml"} {
 		if !bytes.Contains(readme, []byte(want)) {
-			t.Errorf("README.md does not say %s: it must tell where scrapes are admitted from", want)
+			t.Errorf("docs/metrics.md does not say %s: it must tell where scrapes are admitted from", want)
 		}
 	}
 }

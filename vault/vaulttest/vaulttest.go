@@ -24,14 +24,17 @@ import (
 
 // Server is a running dev server.
 type Server struct {
-	Addr      string // http://127.0.0.1:PORT
+	Addr      string // http://127.0.0.1:PORT (https:// from StartTLS)
 	RootToken string
-	Binary    string
-	cmd       *exec.Cmd
-	exited    chan error
-	stopOnce  sync.Once
-	log       *bytes.Buffer
-	logMu     *sync.Mutex
+	// CACert is the PEM file of the CA that signed the server's
+	// certificate (StartTLS); empty for plain HTTP.
+	CACert   string
+	Binary   string
+	cmd      *exec.Cmd
+	exited   chan error
+	stopOnce sync.Once
+	log      *bytes.Buffer
+	logMu    *sync.Mutex
 }
 
 var (
@@ -93,7 +96,14 @@ func Binary() (string, error) {
 }
 
 // Start starts a new dev server and waits until it is unsealed and ready.
-func Start() (*Server, error) {
+func Start() (*Server, error) { return start("") }
+
+// StartTLS starts a dev server over TLS (`vault server -dev-tls`), its
+// CA and certificate generated in certDir: CACert names the CA, which no
+// client trusts unless told. Stop it when the test ends.
+func StartTLS(certDir string) (*Server, error) { return start(certDir) }
+
+func start(certDir string) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
@@ -104,11 +114,17 @@ func Start() (*Server, error) {
 	}
 	token := "root-" + randomHex(12)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	cmd := exec.Command(bin, "server", "-dev",
-		"-dev-listen-address="+addr,
-		"-dev-root-token-id="+token,
+	args := []string{"server", "-dev",
+		"-dev-listen-address=" + addr,
+		"-dev-root-token-id=" + token,
 		"-dev-no-store-token",
-	)
+	}
+	scheme, ca := "http", ""
+	if certDir != "" {
+		args = append(args, "-dev-tls", "-dev-tls-cert-dir="+certDir)
+		scheme, ca = "https", filepath.Join(certDir, "vault-ca.pem")
+	}
+	cmd := exec.Command(bin, args...)
 	// A clean environment: the developer's VAULT_* must not leak in.
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.TempDir()}
 	logBuf, mu := &bytes.Buffer{}, &sync.Mutex{}
@@ -119,20 +135,27 @@ func Start() (*Server, error) {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	exited := make(chan error, 1)
-	s := &Server{Addr: "http://" + addr, RootToken: token, Binary: bin, cmd: cmd, exited: exited, log: logBuf, logMu: mu}
+	s := &Server{Addr: scheme + "://" + addr, RootToken: token, CACert: ca, Binary: bin, cmd: cmd, exited: exited, log: logBuf, logMu: mu}
 	go func() { exited <- cmd.Wait(); close(exited) }()
 
-	c, err := s.client()
-	if err != nil {
-		s.Stop()
-		return nil, err
-	}
 	deadline := time.Now().Add(60 * time.Second)
+	var c *api.Client
 	for {
 		select {
 		case err := <-exited:
 			return nil, fmt.Errorf("vault server exited: %v\n%s", err, s.Log())
 		default:
+		}
+		if c == nil {
+			// Over TLS, the CA file appears once the server made it.
+			if c, err = s.client(); err != nil {
+				if time.Now().After(deadline) {
+					s.Stop()
+					return nil, err
+				}
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		h, err := c.Sys().HealthWithContext(ctx)
@@ -186,6 +209,11 @@ func (s *Server) Client(tb testing.TB) *api.Client {
 func (s *Server) client() (*api.Client, error) {
 	conf := api.DefaultConfig()
 	conf.Address = s.Addr
+	if s.CACert != "" {
+		if err := conf.ConfigureTLS(&api.TLSConfig{CACert: s.CACert}); err != nil {
+			return nil, err
+		}
+	}
 	c, err := api.NewClient(conf)
 	if err != nil {
 		return nil, err
