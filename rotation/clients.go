@@ -192,6 +192,54 @@ func (e *Engine) Know(ts ...Target) error {
 			return err
 		}
 	}
+	return e.noteRenamed(ts)
+}
+
+// noteRenamed places each of ts whose state records no key yet (a target
+// renamed in the config, same Vault location) by the state its old name
+// left: that state's keys say which client it is on, so that the delete
+// path reads its secret (a copy there is seen) and the strictest cap
+// applies before its first listing under the new name. One pass over the
+// state file, and only when such a target exists.
+func (e *Engine) noteRenamed(ts []Target) error {
+	e.mu.Lock()
+	empty := map[string]string{} // Vault location -> target
+	for _, t := range ts {
+		if len(e.slots.seen[t.Name]) == 0 {
+			empty[t.Vault.String()] = t.Name
+		}
+	}
+	known := make(map[string]bool, len(e.defs))
+	for name := range e.defs {
+		known[name] = true
+	}
+	e.mu.Unlock()
+	if len(empty) == 0 || e.Store == nil {
+		return nil
+	}
+	names, err := e.Store.Targets()
+	if err != nil {
+		return err
+	}
+	for _, old := range names {
+		if known[old] {
+			continue
+		}
+		st, err := e.Store.Load(old)
+		if err != nil {
+			return err
+		}
+		target, ok := empty[st.Vault]
+		if !ok {
+			continue
+		}
+		ids := stateIDs(st)
+		e.mu.Lock()
+		if len(e.slots.seen[target]) == 0 && len(ids) > 0 {
+			e.slots.noteKeys(target, ids)
+		}
+		e.mu.Unlock()
+	}
 	return nil
 }
 
@@ -211,6 +259,17 @@ func (e *Engine) noteState(target string) error {
 	if err != nil {
 		return err
 	}
+	ids := stateIDs(st)
+	e.mu.Lock()
+	if _, ok := e.slots.seen[target]; !ok {
+		e.slots.noteKeys(target, ids)
+	}
+	e.mu.Unlock()
+	return nil
+}
+
+// stateIDs are the key ids a state stands in a listing's place with.
+func stateIDs(st store.Target) []string {
 	var ids []string
 	for _, k := range st.Keys {
 		if k.State != store.KeyDeleted {
@@ -220,28 +279,7 @@ func (e *Engine) noteState(target string) error {
 	if st.SharedKey != "" {
 		ids = append(ids, st.SharedKey)
 	}
-	e.mu.Lock()
-	if _, ok := e.slots.seen[target]; !ok {
-		e.slots.noteKeys(target, ids)
-	}
-	e.mu.Unlock()
-	return nil
-}
-
-// unplaced returns the known targets other than t whose client is not
-// known: no listing seen and no live key recorded (a new or renamed
-// target). Any of them may share t's client.
-func (e *Engine) unplaced(t Target) []Target {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []Target
-	for name, d := range e.defs {
-		if name != t.Name && len(e.slots.seen[name]) == 0 {
-			out = append(out, d)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
+	return ids
 }
 
 // noteTarget records t's definition, so that targets sharing its client

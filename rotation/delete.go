@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/codat-rotator/codat-rotator/store"
@@ -107,8 +106,8 @@ func (o *ownedElsewhere) Error() string {
 // secret serves key id now (by its value's fingerprint, else by
 // key_id), or "": a secret copied into another target's path is seen
 // before that target looks at it. The targets known to share the
-// client are read, one Vault read each, and those whose client is not
-// known yet (a new or renamed target, whose path may hold a copy).
+// client are read, one Vault read each; a renamed target is known by its
+// old name's state (noteRenamed).
 func (e *Engine) servedElsewhere(ctx context.Context, t Target, st store.Target, id string) (string, error) {
 	var print string
 	if rec := st.Key(id); rec != nil {
@@ -123,11 +122,6 @@ func (e *Engine) servedElsewhere(ctx context.Context, t Target, st store.Target,
 		}
 	}
 	e.mu.Unlock()
-	for _, d := range e.unplaced(t) {
-		if d.Vault != t.Vault && !slices.ContainsFunc(defs, func(o Target) bool { return o.Name == d.Name }) {
-			defs = append(defs, d)
-		}
-	}
 	for _, d := range defs {
 		cur, err := e.Vault.Read(ctx, d.Vault)
 		if err != nil {

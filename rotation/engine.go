@@ -58,6 +58,8 @@ type Store interface {
 	// Finish applies fn and adds r to the target's history, in one
 	// transaction.
 	Finish(target string, fn func(*store.Target) error, r store.Rotation) error
+	// Targets returns the names of the targets with state.
+	Targets() ([]string, error)
 }
 
 // Target is one configured Codat client and where its key is published.
