@@ -1,8 +1,10 @@
 package store_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -144,5 +146,65 @@ func TestKeyIndexBuiltForOlderFiles(t *testing.T) {
 	db = storetest.MustOpenPath(t, path)
 	if c, err := db.Claims("b", "", []string{"k1"}); err != nil || c.Own["k1"] != "a" || c.Serve["k1"] != "a" {
 		t.Fatalf("after the index is built: %+v, %v; want k1 of a", c, err)
+	}
+}
+
+// TestRename: a target renamed in the config takes its old name's state
+// and history in one move, the key index with them; a target that has
+// state of its own is never overwritten, and a read-only file refuses.
+func TestRename(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	db := storetest.MustOpenPath(t, path)
+	old := store.Target{Tag: "abc123", Vault: "secret/codat/a", VaultVersion: 3, Keys: []store.Key{
+		{ID: "k1", Origin: store.OriginCreated, State: store.KeyActive, Fingerprint: "f1"},
+		{ID: "k2", Origin: store.OriginAdopted, State: store.KeyRetiring},
+	}, Journal: &store.Journal{RotationID: "r-1", Step: store.StepRetire}}
+	if err := db.Update("a", func(t *store.Target) error { *t = old; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.AddHistory("a", store.Rotation{ID: "r-0"}); err != nil {
+		t.Fatal(err)
+	}
+	// A look that failed before the rename landed leaves a fresh state.
+	if err := db.Update("a2", func(t *store.Target) error { t.LastError = "x"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Rename("a", "a2"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.Load("a2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Tag != old.Tag || len(got.Keys) != 2 || got.Key("k1").Fingerprint != "f1" || got.Journal == nil || got.Journal.RotationID != "r-1" {
+		t.Errorf("a2 after the rename: %+v, want a's state", got)
+	}
+	if names, _ := db.Targets(); slices.Contains(names, "a") {
+		t.Errorf("targets %v still hold a", names)
+	}
+	if h, _ := db.History("a2", 10); len(h) != 1 || h[0].ID != "r-0" {
+		t.Errorf("a2's history %+v, want a's rotation r-0", h)
+	}
+	if c, _ := db.Claims("b", "", []string{"k1"}); c.Own["k1"] != "a2" {
+		t.Errorf("the key index after the rename: %+v, want k1 owned by a2", c)
+	}
+	// Never over a state of its own.
+	if err := db.Update("b", func(t *store.Target) error { t.Tag = "zzz999"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Rename("a2", "b"); err == nil {
+		t.Errorf("rename over b's own state: nil error")
+	}
+	if got, _ := db.Load("a2"); got.Tag != old.Tag {
+		t.Errorf("a refused rename changed a2: %+v", got)
+	}
+	db.Close()
+	ro, err := store.Open(path, store.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if err := ro.Rename("a2", "a3"); !errors.Is(err, store.ErrReadOnly) {
+		t.Errorf("read-only rename: %v, want ErrReadOnly", err)
 	}
 }

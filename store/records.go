@@ -160,6 +160,12 @@ type Target struct {
 	ConsecutiveFailures int       `json:"consecutive_failures,omitempty"`
 }
 
+// Fresh reports whether the target has recorded nothing of a look yet:
+// no key, no tag, no journal, no version of its secret.
+func (t Target) Fresh() bool {
+	return len(t.Keys) == 0 && t.Tag == "" && t.Journal == nil && t.VaultVersion == 0 && t.SharedKey == ""
+}
+
 // Key returns the key with the id, or nil.
 func (t *Target) Key(id string) *Key {
 	for i := range t.Keys {

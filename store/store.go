@@ -57,6 +57,8 @@ var (
 	ErrForeign = errors.New("not a codat-rotator state file")
 	// ErrNewerSchema means a newer codat-rotator wrote the file.
 	ErrNewerSchema = errors.New("state file was written by a newer codat-rotator")
+	// ErrReadOnly means a write to a file opened read-only.
+	ErrReadOnly = errors.New("state file is open read-only")
 )
 
 var (
@@ -759,6 +761,59 @@ func (db *DB) History(target string, limit int) ([]Rotation, error) {
 		return nil, fmt.Errorf("read history of %q: %w", target, err)
 	}
 	return out, nil
+}
+
+// Rename moves the state and history of target from to target to (a
+// target renamed in the config, same Vault location), in one
+// transaction, the key index with them. to must have no state of its
+// own (Target.Fresh); a from with no state moves nothing.
+func (db *DB) Rename(from, to string) error {
+	if db.readOnly {
+		return ErrReadOnly
+	}
+	err := db.write(func(tx *bolt.Tx) (bool, error) {
+		src := targetBucket(tx, from)
+		if src == nil || from == to {
+			return false, nil
+		}
+		var st Target
+		if raw := src.Get(keyState); raw != nil {
+			var err error
+			if st, err = DecodeTarget(raw); err != nil {
+				return false, fmt.Errorf("state of %q: %w", from, err)
+			}
+		}
+		if dst := targetBucket(tx, to); dst != nil {
+			if raw := dst.Get(keyState); raw != nil {
+				cur, err := DecodeTarget(raw)
+				if err != nil {
+					return false, fmt.Errorf("state of %q: %w", to, err)
+				}
+				if !cur.Fresh() {
+					return false, fmt.Errorf("target %q has state of its own", to)
+				}
+			}
+		}
+		if _, err := updateTarget(tx, to, func(t *Target) error { *t = st; return nil }); err != nil {
+			return false, err
+		}
+		if h := src.Bucket(bucketHistory); h != nil {
+			c := h.Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				if err := addHistory(tx, to, bytes.Clone(v)); err != nil {
+					return false, err
+				}
+			}
+		}
+		if err := reindex(tx, from, mentioned(st), nil); err != nil {
+			return false, err
+		}
+		return true, tx.Bucket(bucketTargets).DeleteBucket([]byte(from))
+	})
+	if err != nil {
+		return fmt.Errorf("move the state of %q to %q: %w", from, to, err)
+	}
+	return nil
 }
 
 // Targets returns the names of the targets with state, sorted.
