@@ -2,6 +2,8 @@ package rotation
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"sort"
 
@@ -195,23 +197,27 @@ func (e *Engine) Know(ts ...Target) error {
 	return e.noteRenamed(ts)
 }
 
-// noteRenamed places each of ts whose state records no key yet (a target
-// renamed in the config, same Vault location) by the state its old name
-// left: that state's keys say which client it is on, so that the delete
-// path reads its secret (a copy there is seen) and the strictest cap
-// applies before its first listing under the new name. One pass over the
-// state file, and only when such a target exists.
+// noteRenamed finds each of ts that has no state yet while the state of
+// a name the config no longer has records its Vault location: a target
+// renamed in the config. That state becomes the renamed target's, moved
+// to the new name in one transaction (store.DB.Rename), so the target
+// keeps its keys, fingerprints, journal and timers; a read-only state
+// file (status, a dry run) reads the old name's state in its place
+// (renamedFrom). Its keys also say which client the target is on, so
+// that the delete path reads its secret and the strictest cap applies
+// before its first listing under the new name. ts is the whole config.
+// One pass over the state file, and only when such a target exists.
 func (e *Engine) noteRenamed(ts []Target) error {
+	configured := make(map[string]bool, len(ts))
+	for _, t := range ts {
+		configured[t.Name] = true
+	}
 	e.mu.Lock()
 	empty := map[string]string{} // Vault location -> target
 	for _, t := range ts {
 		if len(e.slots.seen[t.Name]) == 0 {
 			empty[t.Vault.String()] = t.Name
 		}
-	}
-	known := make(map[string]bool, len(e.defs))
-	for name := range e.defs {
-		known[name] = true
 	}
 	e.mu.Unlock()
 	if len(empty) == 0 || e.Store == nil {
@@ -222,7 +228,7 @@ func (e *Engine) noteRenamed(ts []Target) error {
 		return err
 	}
 	for _, old := range names {
-		if known[old] {
+		if configured[old] {
 			continue
 		}
 		st, err := e.Store.Load(old)
@@ -230,8 +236,11 @@ func (e *Engine) noteRenamed(ts []Target) error {
 			return err
 		}
 		target, ok := empty[st.Vault]
-		if !ok {
+		if !ok || st.Fresh() {
 			continue
+		}
+		if err := e.rename(old, target); err != nil {
+			return err
 		}
 		ids := stateIDs(st)
 		e.mu.Lock()
@@ -241,6 +250,48 @@ func (e *Engine) noteRenamed(ts []Target) error {
 		e.mu.Unlock()
 	}
 	return nil
+}
+
+// rename gives target the state old left, unless target has state of
+// its own. Never under a run of either name (a reload may rename while
+// the old name's last run finishes): then the target, at its first
+// look, rebuilds what it can from the secret's versions instead.
+func (e *Engine) rename(old, target string) error {
+	for _, name := range []string{old, target} {
+		release, err := e.acquire(name)
+		if err != nil {
+			e.log().Warn("target renamed in the config, but its old state is not moved: a run is in flight", "target", target, "from", old, "error", err)
+			return nil
+		}
+		defer release()
+	}
+	cur, err := e.Store.Load(target)
+	if err != nil || !cur.Fresh() {
+		return err
+	}
+	err = e.Store.Rename(old, target)
+	switch {
+	case errors.Is(err, store.ErrReadOnly):
+		e.mu.Lock()
+		if e.renamed == nil {
+			e.renamed = map[string]string{}
+		}
+		e.renamed[target] = old
+		e.mu.Unlock()
+		return nil
+	case err != nil:
+		return fmt.Errorf("target %s, renamed from %s in the config: %w", target, old, err)
+	}
+	e.log().Info("target renamed in the config: its state moves to the new name", "target", target, "from", old)
+	return nil
+}
+
+// renamedFrom is the old name whose state a read-only engine reads for
+// target (noteRenamed), or "".
+func (e *Engine) renamedFrom(target string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.renamed[target]
 }
 
 // noteState stands a target's state in for a listing until this

@@ -60,6 +60,9 @@ type Store interface {
 	Finish(target string, fn func(*store.Target) error, r store.Rotation) error
 	// Targets returns the names of the targets with state.
 	Targets() ([]string, error)
+	// Rename moves a target's state to a new name (store.DB.Rename);
+	// store.ErrReadOnly when the file is open read-only.
+	Rename(from, to string) error
 }
 
 // Target is one configured Codat client and where its key is published.
@@ -203,6 +206,7 @@ type Engine struct {
 	slots   slots                   // which targets share a Codat client
 	defs    map[string]Target       // the targets seen, for the shared cap (clients.go)
 	served  map[string]secret.Value // per target, the key last seen served (early.go)
+	renamed map[string]string       // a read-only engine's renamed targets: new name -> old (clients.go)
 }
 
 // checkMount checks once per engine that loc's mount is KV v2 (a round

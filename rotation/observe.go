@@ -65,7 +65,11 @@ func (e *Engine) load(target string) (store.Target, error) {
 	if e.Store == nil {
 		return store.Target{}, nil
 	}
-	return e.Store.Load(target)
+	st, err := e.Store.Load(target)
+	if old := e.renamedFrom(target); err == nil && old != "" && st.Fresh() {
+		return e.Store.Load(old) // read-only: the state a rename would move
+	}
+	return st, err
 }
 
 // look reads what Vault holds for t, checks who owns it, lists Codat's
@@ -280,7 +284,11 @@ func (e *Engine) settle(ctx context.Context, t Target, v *view, st store.Target,
 		names := NamesOf(t, st.Tag)
 		orphans := Reconcile(st, v.Seen, names, t.Grace, now, rotationID)
 		for _, id := range Adoptions(before, *st) {
-			if _, theirs := claims[id]; theirs && !v.Served.Is(id) {
+			// A key another target took on is left to it, unless it
+			// carries this target's own tag: this target made it (a
+			// state restored from before it did), so both record it and
+			// neither deletes it before the other's grace ends (Keep).
+			if _, theirs := claims[id]; theirs && !v.Served.Is(id) && !names.Own(st.Key(id).Name) {
 				disown(st.Key(id))
 			}
 		}

@@ -52,7 +52,7 @@ func (e *Engine) Plan(ctx context.Context, t Target, opts Options) (Plan, error)
 	e.noteTarget(t)
 	now := e.now()
 	p := Plan{Target: t.Name, Revoke: opts.Revoke}
-	st, err := e.Store.Load(t.Name)
+	st, err := e.load(t.Name)
 	if err != nil {
 		return p, err
 	}

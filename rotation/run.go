@@ -232,6 +232,8 @@ func (r *run) bootstrap(ctx context.Context, cur Current) (Current, error) {
 		if st.Tag == "" {
 			st.Tag = tag
 		}
+		// Where it publishes: a rename keeps this state its own (Claims).
+		st.Vault = r.t.Vault.String()
 		st.VaultVersion, st.VaultWritten = after.Version, after.Written
 		st.Unclaimed = r.unclaimed
 		return nil

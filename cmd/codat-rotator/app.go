@@ -260,7 +260,8 @@ func (noState) Update(string, func(*store.Target) error) error {
 func (noState) Finish(string, func(*store.Target) error, store.Rotation) error {
 	return errors.New("no state file: read-only")
 }
-func (noState) Targets() ([]string, error) { return nil, nil }
+func (noState) Targets() ([]string, error)  { return nil, nil }
+func (noState) Rename(string, string) error { return store.ErrReadOnly }
 func (noState) Claims(string, string, []string) (store.Claims, error) {
 	return store.Claims{}, nil
 }
