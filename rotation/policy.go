@@ -37,6 +37,14 @@ type Served struct {
 	// certain: ID was told by value or by elimination, so the secret's
 	// api_key is that key's value (its fingerprint may be recorded).
 	certain bool
+	// bare: ID is the key_id label alone, and the secret's key_name is
+	// not that key's listed name (a hand write or patch, not a version
+	// the daemon wrote with the key's name).
+	bare bool
+	// labelOnly: bare, of a key the state does not hold as the target's,
+	// while a key the target manages may be the api_key's: the label is
+	// kept, never taken on (see Adopts).
+	labelOnly bool
 }
 
 // May reports whether id may be the key Vault serves: such a key is
@@ -46,6 +54,35 @@ func (s Served) May(id string) bool { return id != "" && s.maybe[id] }
 // Is reports whether id is the key taken as served: the one the state
 // records active. Other keys that May be it are kept, not taken on.
 func (s Served) Is(id string) bool { return id != "" && s.Known && id == s.ID }
+
+// Adopts reports whether k, taken as served, becomes the target's own:
+// the served key, unless only a bare key_id label names it while one of
+// the target's keys may be the api_key's (a hand patch of api_key back
+// to an older key under a wrong key_id, with a listing that shows no
+// raw values) and its name is not in the target's own shape. Such a
+// key is another's that the target keeps and never deletes (I3, I6);
+// its own keys that may be served are kept too.
+func (s Served) Adopts(k Key, names Names) bool {
+	return s.Is(k.ID) && (!s.labelOnly || names.Own(k.Name))
+}
+
+// withState marks a served key taken by a bare label while a key the
+// state holds as the target's may be the one served (labelOnly).
+func (s Served) withState(st store.Target) Served {
+	if !s.bare {
+		return s
+	}
+	if rec := st.Key(s.ID); rec != nil && rec.Origin.Managed() {
+		return s
+	}
+	for _, r := range st.Keys {
+		if r.Origin.Managed() && r.State != store.KeyDeleted && s.maybe[r.ID] {
+			s.labelOnly = true
+			break
+		}
+	}
+	return s
+}
 
 // Maybe returns the ids that may be the served key, sorted.
 func (s Served) Maybe() []string {
@@ -134,6 +171,7 @@ func FindServed(keys []Key, s *Published, prints Prints, fp string) Served {
 		}
 	case idOpen:
 		out.ID = s.KeyID
+		out.bare = s.KeyName == "" || !slices.ContainsFunc(keys, func(k Key) bool { return k.ID == s.KeyID && k.Name == s.KeyName })
 		out.Doubt = fmt.Sprintf("the secret's api_key matches no key this daemon made or published, and codat's listing shows no raw keys: key_id %s is taken as served, and every key that may be it is kept (%d keys)", s.KeyID, len(open))
 	case s.KeyID != "" && len(open) == 0:
 		// Every listed key's value is known and none is the api_key:
@@ -211,13 +249,18 @@ func attribute(st store.Target, k Key, seen Seen, names Names, grace time.Durati
 		switch {
 		case rec.Origin == store.OriginCreated:
 			return ClassManaged, time.Time{}
-		case rec.Origin == store.OriginAdopted, served.Is(k.ID):
+		case rec.Origin == store.OriginAdopted, served.Adopts(k, names):
 			return ClassAdopted, time.Time{}
 		}
 		return ClassForeign, time.Time{}
 	}
-	if served.Is(k.ID) {
+	if served.Adopts(k, names) {
 		return ClassAdopted, time.Time{}
+	}
+	if served.Is(k.ID) {
+		// Its label alone names it, in this version and perhaps in
+		// earlier ones, while a key of the target's may be served.
+		return ClassForeign, time.Time{}
 	}
 	if secret != nil && secret.PreviousKeyID != "" && k.ID == secret.PreviousKeyID {
 		at, ok := supersededUntil(*secret, seen.Written, k.ID, grace)
@@ -423,7 +466,7 @@ func See(keys []Key, cur Current, st store.Target, salt []byte) Seen {
 	}
 	seen.known = PrintsOf(st)
 	maps.Copy(seen.known, seen.Prints)
-	seen.Served = FindServed(keys, cur.Secret, PrintsOf(st), seen.SecretPrint)
+	seen.Served = FindServed(keys, cur.Secret, PrintsOf(st), seen.SecretPrint).withState(st)
 	return seen
 }
 
@@ -462,7 +505,7 @@ func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, no
 		class, after := attribute(*st, k, seen, names, grace, now)
 		switch class {
 		case ClassAdopted:
-			if served.Is(k.ID) {
+			if served.Adopts(k, names) {
 				adopt(st, k, store.KeyActive, secret.RotatedAt, time.Time{}, rotationID)
 				continue
 			}
@@ -484,6 +527,9 @@ func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, no
 		case rec.State == store.KeyDeleted:
 		case !live[rec.ID]:
 			markDeleted(rec, now)
+		case rec.Origin == store.OriginForeign && served.Is(rec.ID) && !served.Adopts(Key{ID: rec.ID, Name: rec.Name}, names):
+			// Named by a label only, while a key of the target's may be
+			// the one served: kept as another's (Adopts).
 		case served.Is(rec.ID):
 			if rec.Origin == store.OriginForeign {
 				claim(rec) // someone published it: the daemon's now
