@@ -52,7 +52,14 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 	}
 	if j.Step == store.StepRetire {
 		// Activated, but Vault no longer serves that key: someone
-		// published another since. Only the revoke was left.
+		// published another since. The state learns what Vault serves
+		// (the look a rotation's plan makes), and only the revoke was
+		// left.
+		if r.served.Known {
+			if err := r.reconcile(ctx); err != nil {
+				return false, err
+			}
+		}
 		return true, r.revoke(ctx)
 	}
 	if cur.Version != j.VaultVersion {

@@ -58,6 +58,11 @@ func (e *Engine) retireDue(ctx context.Context, t Target, log *slog.Logger) ([]s
 	keys := v.Keys
 	del, gone, held := Retirement(due, keys, served)
 	var errs []error
+	if !served.Known && len(held) > 0 {
+		// Which key is served cannot be told: the keys that may be it
+		// stay until the secret says, and the error says how.
+		errs = append(errs, servedUnknown(t, false, len(keys), served))
+	}
 	for _, h := range held {
 		log.Warn("not retiring a due key", "key_id", h.Key.ID, "reason", h.Reason)
 		if !served.Is(h.Key.ID) {
