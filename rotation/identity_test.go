@@ -648,3 +648,172 @@ func TestTakeoverAfterTwoHandPatches(t *testing.T) {
 		t.Fatalf("key %s after takeover: %+v; vault served it until %s, so it must live until %s", oldID, k, supersededAt, supersededAt.Add(grace))
 	}
 }
+
+// forgetPrints leaves the state as a takeover with a listing that shows
+// no raw keys leaves it: no key's fingerprint is known.
+func (e *env) forgetPrints() {
+	e.t.Helper()
+	err := e.db.Update(targetName, func(st *store.Target) error {
+		for i := range st.Keys {
+			st.Keys[i].Fingerprint = ""
+		}
+		return nil
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// TestWrongLabelWithoutPrintsKeepsPortalKey: no fingerprint is known (a
+// takeover with a blind listing), and an operator patches api_key back to
+// an older key of the target's under a Portal key's key_id. The label
+// alone names the Portal key while the target's own keys may be the
+// value: the Portal key is never taken on, so the emergency that follows
+// leaves it alone (I6).
+func TestWrongLabelWithoutPrintsKeepsPortalKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{listOmitsRawKeys: true})
+	e.mustRotate(rotation.Options{})
+	_, oldRaw := e.servedAt(secretPath)
+	e.mustRotate(rotation.Options{})
+	e.forgetPrints()
+	portalID, _ := e.portalRaw("someone's portal key")
+	if _, err := e.root.KVv2(e.mount).Patch(context.Background(), secretPath, map[string]any{
+		vault.FieldAPIKey: oldRaw, vault.FieldKeyID: portalID,
+		vault.FieldHeader: secret.AuthorizationHeader(secret.Value(oldRaw)).Reveal(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.mustRotate(rotation.Options{Emergency: true, Manual: true})
+	if !e.alive(portalID) {
+		t.Fatalf("the portal key %s, named only by a wrong key_id, was deleted", portalID)
+	}
+	st := e.state()
+	if rec := st.Key(portalID); rec == nil || rec.Origin.Managed() {
+		t.Errorf("the portal key is recorded as %+v, want foreign", rec)
+	}
+	e.checkInvariants()
+}
+
+// TestRetireWithServedUnknownSaysHow: the secret's api_key matches no
+// key whose value is known and it has no key_id: the retire pass keeps
+// every key that may be served and fails with ErrServedUnknown, whose
+// message tells the operator to add the key_id (not only that keys were
+// held).
+func TestRetireWithServedUnknownSaysHow(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{listOmitsRawKeys: true})
+	e.mustRotate(rotation.Options{})
+	e.mustRotate(rotation.Options{})
+	e.forgetPrints()
+	_, raw := e.portalRaw("published by hand")
+	e.put(secretPath, map[string]any{vault.FieldAPIKey: raw})
+	e.clock.Advance(grace + time.Minute)
+	before := e.activeKeys()
+	_, err := e.retireDue()
+	if !errors.Is(err, rotation.ErrServedUnknown) || !strings.Contains(err.Error(), "key_id") {
+		t.Fatalf("retire with the served key unknown: %v, want ErrServedUnknown saying to add key_id", err)
+	}
+	for id := range before {
+		if !e.alive(id) {
+			t.Errorf("key %s, which may be the one served, was deleted", id)
+		}
+	}
+}
+
+// TestRecoveryAtRetireLearnsWhatVaultServes: a crash left an emergency
+// at its revoke (the new key active), and an operator published another
+// key by hand since. The recovery finishes the revoke, and the state
+// learns the key Vault serves now: the published key is active, the
+// rotation's key superseded.
+func TestRecoveryAtRetireLearnsWhatVaultServes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	e.mustRotate(rotation.Options{})
+	leakedID, _ := e.portalRaw("leaked")
+	newID, _ := e.servedAt(secretPath)
+	now := e.clock.Now()
+	if err := e.db.Update(targetName, func(st *store.Target) error {
+		st.Journal = &store.Journal{RotationID: "r-crashed", Step: store.StepRetire, Started: now, Updated: now,
+			Emergency: true, Revoke: leakedID, NewKeyID: newID}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pubID, pubRaw := e.portalRaw("published by hand")
+	e.put(secretPath, map[string]any{vault.FieldAPIKey: pubRaw, vault.FieldKeyID: pubID})
+	e.mustRotate(rotation.Options{Manual: true})
+	if e.alive(leakedID) {
+		t.Errorf("the revoke was not finished: %s is alive", leakedID)
+	}
+	st := e.state()
+	if st.Journal != nil {
+		t.Errorf("journal left: %+v", st.Journal)
+	}
+	if rec := st.Key(pubID); rec == nil || rec.State != store.KeyActive {
+		t.Errorf("the key vault serves is recorded as %+v, want active", rec)
+	}
+	if rec := st.Key(newID); rec == nil || rec.State != store.KeyRetiring {
+		t.Errorf("the rotation's key, no longer served, is %+v, want retiring", rec)
+	}
+	e.checkInvariants()
+}
+
+// readOnlyStore is the state file as status or a dry run opens it.
+type readOnlyStore struct{ *store.DB }
+
+func (readOnlyStore) Rename(string, string) error { return store.ErrReadOnly }
+
+// TestRenameMovesTheState: a target renamed in the config (same Vault
+// location) takes its old name's state whole when the process learns the
+// config (Know: at start and at each reload), keys, fingerprints and
+// timers, which the secret's versions could give back only in part (no
+// fingerprint with a listing that shows no raw keys, no key served only
+// in a version Vault pruned). A read-only process (a dry run, status)
+// reads the old state in its place.
+func TestRenameMovesTheState(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{listOmitsRawKeys: true})
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	initial := e.initialID()
+	first := e.state()
+	if rec := first.Key(initial); rec == nil || rec.State != store.KeyRetiring {
+		t.Fatalf("the bootstrap key after the first rotation: %+v, want retiring", rec)
+	}
+	renamed := e.target
+	renamed.Name = "production"
+
+	ro := e.newEngine(nil)
+	ro.Store = readOnlyStore{e.db}
+	if err := ro.Know(renamed); err != nil {
+		t.Fatal(err)
+	}
+	p, err := ro.Plan(ctx, renamed, rotation.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Foreign != 0 {
+		t.Errorf("the dry run of the renamed target counts %d foreign keys, want 0 (its old state's keys)", p.Foreign)
+	}
+
+	e.engine = e.newEngine(nil)
+	if err := e.engine.Know(renamed); err != nil {
+		t.Fatal(err)
+	}
+	if old := mustLoad(t, e.db, targetName); !old.Fresh() {
+		t.Errorf("the old name still has state after the rename: %+v", old)
+	}
+	st := mustLoad(t, e.db, renamed.Name)
+	if rec := st.Key(initial); rec == nil || !rec.Origin.Managed() || rec.Fingerprint == "" {
+		t.Errorf("the bootstrap key after the rename: %+v, want managed, with its fingerprint", rec)
+	}
+	e.target = renamed
+	e.clock.Advance(grace + time.Minute)
+	if _, err := e.engine.RetireDue(ctx, renamed); err != nil {
+		t.Fatal(err)
+	}
+	if e.alive(initial) {
+		t.Errorf("the bootstrap key outlived its grace after the rename")
+	}
+}
