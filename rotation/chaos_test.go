@@ -53,6 +53,7 @@ var (
 	chaosSteps = flag.Int("chaos.steps", 10, "most steps in one chaos schedule (at least 4)")
 	chaosTrace = flag.Bool("chaos.trace", false, "print every step of every chaos schedule")
 	chaosState = flag.Bool("chaos.state", false, "with -chaos.trace, also print the target's state and the secret after every step")
+	chaosLogs  = flag.Bool("chaos.logs", false, "with -chaos.trace, also print the engine's log lines at the end of the schedule")
 )
 
 // Timeouts of the clients in the simulation. A hung Codat request costs
@@ -477,6 +478,9 @@ func (s *chaosRun) teardown() {
 		s.proxy.mu.Unlock()
 	}
 	logs := s.logs.String()
+	if *chaosTrace && *chaosLogs {
+		fmt.Print(logs)
+	}
 	for _, m := range []string{"deleting orphan key", "rolling back the new key", "resuming a rotation left by a crash",
 		"create outcome unknown; looking the key up by name", "deleting a key past its grace to make room", "deleting retired key", "revoking key"} {
 		if n := strings.Count(logs, `"msg":"`+m+`"`); n > 0 {

@@ -817,3 +817,38 @@ func TestRenameMovesTheState(t *testing.T) {
 		t.Errorf("the bootstrap key outlived its grace after the rename")
 	}
 }
+
+// TestRecoveryAfterPublishLearnsKeysMadeSince: a crash right after the
+// publish left the journal, and Codat holds a key of the target's own
+// shape that the state never recorded (made by a run a restored backup
+// does not know). The recovery that finishes the rotation brings the
+// state in line with its look first, as a plan does: the key is recorded
+// and retires with a full grace (Vault moved past the state, so it may
+// have been served), instead of staying unknown.
+func TestRecoveryAfterPublishLearnsKeysMadeSince(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	e.mustRotate(rotation.Options{})
+	c := &crasher{at: func(c call, _ *crasher) bool { return c.svc == "vault" && c.op == "write" && c.after }}
+	if _, crashed := e.rotateUntilCrash(c, rotation.Options{}); !crashed {
+		t.Fatal("no crash after the publish")
+	}
+	unknownID, _ := e.portalRaw(e.names().Example(e.clock.Now()))
+	e.mustRotate(rotation.Options{Manual: true})
+	st := e.state()
+	rec := st.Key(unknownID)
+	if rec == nil || !rec.Origin.Managed() || rec.State != store.KeyRetiring || rec.DeleteAfter.Before(e.clock.Now().Add(grace)) {
+		t.Fatalf("the key of the target's shape after the recovery: %+v, want retiring a full grace from now", rec)
+	}
+	if !e.alive(unknownID) {
+		t.Fatalf("the key %s, which a run the state never saw may have published, was deleted at once", unknownID)
+	}
+	e.clock.Advance(grace + time.Minute)
+	if _, err := e.retireDue(); err != nil {
+		t.Fatal(err)
+	}
+	if e.alive(unknownID) {
+		t.Errorf("the key %s outlived its grace", unknownID)
+	}
+	e.checkInvariants()
+}

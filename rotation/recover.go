@@ -42,8 +42,13 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 	keys := r.keys
 
 	if j.NewKeyID != "" && r.served.Is(j.NewKeyID) && r.secret.KeyID == j.NewKeyID {
-		// The publish landed before the crash: finish from activate.
+		// The publish landed before the crash: finish from activate,
+		// once the state is in line with the look (a state restored
+		// from a backup does not know the keys made since).
 		log.Info("vault already serves the new key; activating", "key_id", j.NewKeyID)
+		if err := r.reconcile(ctx); err != nil {
+			return false, err
+		}
 		k := Key{ID: j.NewKeyID, APIKey: cur.Secret.APIKey, Name: cur.Secret.KeyName, Created: cur.Secret.CreatedAt}
 		if err := r.activate(k); err != nil {
 			return false, err
