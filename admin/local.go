@@ -138,7 +138,7 @@ func (l *Local) Status(ctx context.Context) (StatusReport, error) {
 func (l *Local) states(targets []rotation.Target) (map[string]store.Target, error) {
 	out := make(map[string]store.Target, len(targets))
 	for _, t := range targets {
-		st, err := l.Engine.Store.Load(t.Name)
+		st, err := l.Engine.State(t.Name)
 		if err != nil {
 			return nil, err
 		}

@@ -59,8 +59,13 @@ type lookOpts struct {
 	noSecret string
 }
 
+// State returns the target's state as the engine reads it: a renamed
+// target's old state in a read-only process (noteRenamed).
+func (e *Engine) State(target string) (store.Target, error) { return e.load(target) }
+
 // load returns the target's state; the zero state when the engine has
-// no state file (check).
+// no state file (check), and a renamed target's old state in a
+// read-only process (noteRenamed).
 func (e *Engine) load(target string) (store.Target, error) {
 	if e.Store == nil {
 		return store.Target{}, nil

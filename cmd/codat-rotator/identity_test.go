@@ -170,3 +170,41 @@ func TestIdentityHandPatchedSecretBlindListing(t *testing.T) {
 	d.stop(t)
 	w.checkNoSecrets(t, []string{tg.path}, oldRaw, newRaw)
 }
+
+// TestIdentityRenamedTarget: a target renamed in the config (same Vault
+// path, same state file) keeps what its old name recorded. Before any
+// run, status (read-only) shows the old name's keys under the new name;
+// the first rotation moves the state, and the old keys retire after
+// their grace, the bootstrap key among them.
+func TestIdentityRenamedTarget(t *testing.T) {
+	t.Parallel()
+	w := newOwnWorld(t)
+	prod := ownTarget{name: "prod", path: "codat/prod", bootstrapEnv: "CODAT_BOOTSTRAP_API_KEY", schedule: "@every 1h", grace: "1s"}
+	cfg := w.config(t, "rename", listenNothing, prod)
+	w.mustCLI(t, cfg, nil, "rotate", "--target", "prod")
+	var bootstrapID string
+	for _, k := range w.emu.Keys() {
+		if k.Origin == emulator.OriginInitial {
+			bootstrapID = k.ID
+		}
+	}
+	servedID, raw := w.servedAt(t, prod.path)
+
+	renamed := prod
+	renamed.name = "production"
+	cfg = w.config(t, "rename", listenNothing, renamed) // same state file
+	st := w.status(t, cfg, "production")
+	if st.CurrentKey == nil || st.CurrentKey.ID != servedID || len(st.Retiring) != 1 || st.Retiring[0].ID != bootstrapID {
+		t.Fatalf("status of the renamed target before its first run: current %+v, retiring %+v; want %s current and the bootstrap key %s retiring", st.CurrentKey, st.Retiring, servedID, bootstrapID)
+	}
+	time.Sleep(1100 * time.Millisecond) // past the grace
+	w.mustCLI(t, cfg, nil, "rotate", "--target", "production")
+	if w.alive(bootstrapID) {
+		t.Errorf("the bootstrap key %s outlived its grace after the rename", bootstrapID)
+	}
+	if !w.alive(servedID) {
+		t.Errorf("the key served until this rotation, %s, is gone within its grace", servedID)
+	}
+	_, raw2 := w.servedAt(t, prod.path)
+	w.checkNoSecrets(t, []string{prod.path}, raw, raw2)
+}
