@@ -144,10 +144,25 @@ func (s *chaosRun) victim() rotation.Target {
 
 // fixCopy gives the victim of a copied secret a key of its own again:
 // what it served before the copy, or a new Portal key if that is gone.
+// Codat's Portal, like its API, makes no key while the client holds
+// its cap ("delete an unused key and try again"), so the operator
+// deletes a person's key first: the emulator's cap is raised only to
+// record a daemon's overshoot (I1), never to let the harness make one.
 func (s *chaosRun) fixCopy(ctx context.Context) error {
 	c := s.copied
 	v := c.before
 	if !s.live(v.keyID) {
+		if n := s.emu.ActiveKeys(); n >= chaosMaxKeys {
+			live := s.livePortal()
+			if len(live) == 0 {
+				return fmt.Errorf("codat holds %d keys, none a person's to delete for the victim's own", n)
+			}
+			if err := s.emu.DeletePortalKey(live[0]); err != nil {
+				return err
+			}
+			s.portalDeleted[live[0]] = true
+			s.stats["portal-full-for-fix"]++
+		}
 		id, raw, err := s.emu.AddPortalKey("the victim's own")
 		if err != nil {
 			return err
