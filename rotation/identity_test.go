@@ -852,3 +852,41 @@ func TestRecoveryAfterPublishLearnsKeysMadeSince(t *testing.T) {
 	}
 	e.checkInvariants()
 }
+
+// TestMovedStateReadsAnUnknownTargetsSecret: a's secret was copied into
+// b's path (same Codat client), and b never published since, so b's
+// secret names no owner. The daemon moves to a new state file; the
+// operator takes over a (the only target another state file owns),
+// so the new state knows nothing of b: no key recorded, none listed,
+// hence no sign that b shares a's client. a's emergency must still not
+// delete the key b's secret serves (I3). Found by TestChaos (seed
+// 51003254: migrate, then a sibling's emergency).
+func TestMovedStateReadsAnUnknownTargetsSecret(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	aID, aRaw := e.servedAt(secretPath)
+	tb := other(e.target, "b", "codat/b")
+	e.put("codat/b", map[string]any{vault.FieldAPIKey: aRaw, vault.FieldKeyID: aID,
+		vault.FieldHeader: secret.AuthorizationHeader(secret.Value(aRaw)).Reveal()})
+
+	moved, db := e.otherInstance()
+	if err := moved.Know(e.target, tb); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := moved.Takeover(ctx, e.target); err != nil {
+		t.Fatalf("takeover of %s: %v", targetName, err)
+	}
+	if st := mustLoad(t, db, "b"); !st.Fresh() {
+		t.Fatalf("b has state in the new file: %+v", st)
+	}
+	res, err := moved.Rotate(ctx, e.target, rotation.Options{Emergency: true, Manual: true})
+	e.record(res, err)
+	if !e.alive(aID) {
+		t.Fatalf("I3: a's emergency deleted key %s, which b's secret serves (rotate: %v)", aID, err)
+	}
+	if err == nil || !strings.Contains(err.Error(), "the secret of target b serves it") {
+		t.Errorf("a's emergency: %v; want its retire refused, naming b", err)
+	}
+}
