@@ -9,6 +9,7 @@ import (
 
 	"github.com/codat-rotator/codat-rotator/codat/emulator"
 	"github.com/codat-rotator/codat-rotator/rotation"
+	"github.com/codat-rotator/codat-rotator/secret"
 	"github.com/codat-rotator/codat-rotator/store"
 	"github.com/codat-rotator/codat-rotator/vault"
 )
@@ -176,5 +177,55 @@ func TestRevokeOfAKeyPublishedAgainIsRefused(t *testing.T) {
 		t.Fatalf("the journal still holds the target: %+v", *j)
 	}
 	e.mustRotate(rotation.Options{Manual: true})
+	e.checkInvariants()
+}
+
+// TestRestoredEmergencyJournalKeepsLaterKeysGrace: an emergency dies
+// right after its publish and a backup of the state file is taken then;
+// a rerun finishes the emergency, a routine rotation publishes a later
+// key, and an operator rolls the secret back to the emergency's key.
+// The backup is restored and the target taken over (the takeover reads
+// the versions: the later key retires a full grace from the rollback).
+// The restored journal's recovery finds Vault serving its key, but Vault
+// moved past its publish: the later key was superseded by the rollback,
+// not by the emergency, and must keep its grace (I4). Found by TestChaos
+// (seed 51000528).
+func TestRestoredEmergencyJournalKeepsLaterKeysGrace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	e.clock.Advance(time.Hour)
+	c := &crasher{at: func(c call, _ *crasher) bool { return c.svc == "vault" && c.op == "write" && c.after }}
+	if _, crashed := e.rotateUntilCrash(c, rotation.Options{Emergency: true, Manual: true}); !crashed {
+		t.Fatal("no crash")
+	}
+	backup := copyStateFile(t, e.db)
+	emergencyID, emergencyRaw := e.servedAt(secretPath)
+	e.engine = e.newEngine(nil)
+	e.mustRotate(rotation.Options{Emergency: true, Manual: true}) // the rerun finishes it
+	e.clock.Advance(time.Hour)
+	e.mustRotate(rotation.Options{})
+	laterID, _ := e.servedAt(secretPath)
+	e.clock.Advance(time.Hour)
+	e.put(secretPath, map[string]any{vault.FieldAPIKey: emergencyRaw, vault.FieldKeyID: emergencyID,
+		vault.FieldHeader: secret.AuthorizationHeader(secret.Value(emergencyRaw)).Reveal()})
+	rolledBack := e.clock.Now()
+
+	e.db = restoreStateFile(t, e.db, backup)
+	e.engine = e.newEngine(nil)
+	if _, err := e.engine.Takeover(ctx, e.target); err != nil {
+		t.Fatalf("takeover after the restore: %v", err)
+	}
+	if j := e.state().Journal; j == nil || !j.Emergency {
+		t.Fatalf("the restored state holds journal %+v, want the emergency's", j)
+	}
+	e.mustRotate(rotation.Options{})
+	if !e.alive(laterID) {
+		t.Fatalf("I4: key %s, served until the rollback at %s, was deleted at once by the restored emergency's recovery", laterID, rfc3339(rolledBack))
+	}
+	if k := e.stateKey(laterID); k == nil || k.State != store.KeyRetiring || k.DeleteAfter.Before(rolledBack.Add(grace)) {
+		t.Errorf("key %s is %+v, want retiring until at least %s", laterID, k, rfc3339(rolledBack.Add(grace)))
+	}
 	e.checkInvariants()
 }

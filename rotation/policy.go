@@ -723,6 +723,18 @@ func MaySupersede(j store.Journal) bool {
 	return j.NewKeyID != "" && (j.Step == store.StepPublish || j.Step == store.StepActivate || j.Step == store.StepRetire)
 }
 
+// EmergencyStands reports whether an interrupted emergency, whose key
+// Vault serves, still supersedes the other keys with no grace when its
+// recovery activates that key: only while Vault holds the version its
+// own publish wrote, the one after the journal's. Past it, Vault was
+// written since (an operator's way back to the key, or a journal
+// restored from a backup taken before later rotations): a key served
+// in between was superseded by those writes, not by the emergency, and
+// keeps the full grace (I4).
+func EmergencyStands(j store.Journal, cur Current) bool {
+	return j.Emergency && cur.Version == j.VaultVersion+1
+}
+
 // DeleteKind is why a key is deleted; every delete at Codat names one
 // and goes through MayDelete (docs/design.md#delete-path).
 type DeleteKind string

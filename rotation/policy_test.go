@@ -383,6 +383,18 @@ func TestMaySupersede(t *testing.T) {
 	}
 }
 
+func TestEmergencyStands(t *testing.T) {
+	j := store.Journal{Emergency: true, VaultVersion: 4, NewKeyID: "k"}
+	for version, want := range map[int]bool{5: true, 6: false, 7: false} {
+		if got := rotation.EmergencyStands(j, rotation.Current{Version: version}); got != want {
+			t.Errorf("EmergencyStands(journal at 4, vault at %d) = %v, want %v", version, got, want)
+		}
+	}
+	if rotation.EmergencyStands(store.Journal{VaultVersion: 4}, rotation.Current{Version: 5}) {
+		t.Errorf("a routine journal's recovery has no emergency to keep")
+	}
+}
+
 func TestNeverPublished(t *testing.T) {
 	keys := listing(false, "a", "b", "new")
 	s := rotation.FindServed(keys, &rotation.Published{APIKey: "raw-a"}, nil, "")

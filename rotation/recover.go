@@ -49,6 +49,11 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		if err := r.reconcile(ctx); err != nil {
 			return false, err
 		}
+		if r.opts.Emergency && !EmergencyStands(j, cur) {
+			log.Warn("vault was written after the emergency's publish; the keys it supersedes get the full grace",
+				"journal_version", j.VaultVersion, "vault_version", cur.Version)
+			r.opts.Emergency = false
+		}
 		k := Key{ID: j.NewKeyID, APIKey: cur.Secret.APIKey, Name: cur.Secret.KeyName, Created: cur.Secret.CreatedAt}
 		if err := r.activate(k); err != nil {
 			return false, err
