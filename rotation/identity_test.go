@@ -695,6 +695,50 @@ func TestWrongLabelWithoutPrintsKeepsPortalKey(t *testing.T) {
 	e.checkInvariants()
 }
 
+// TestFreshStateWrongLabelKeepsPortalKey: the secret's metadata is
+// deleted and its key written back by hand, then api_key is patched back
+// to an older key of the target's under a Portal key's key_id (a name
+// with the target's prefix, not its shape). A daemon on a new state
+// file, with a listing without raw keys, meets it: the earlier version
+// names a key the target takes on, which may be the value, so the label
+// is no hand seed of a new target's. The Portal key stays foreign, and
+// the emergency that follows leaves it (I6; chaos seed 51000334).
+func TestFreshStateWrongLabelKeepsPortalKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{listOmitsRawKeys: true})
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	_, oldRaw := e.servedAt(secretPath)
+	e.mustRotate(rotation.Options{})
+	curID, curRaw := e.servedAt(secretPath)
+	portalID, _ := e.portalRaw(prefix + "manual-1")
+	kv := e.root.KVv2(e.mount)
+	if err := kv.DeleteMetadata(ctx, secretPath); err != nil {
+		t.Fatal(err)
+	}
+	e.put(secretPath, map[string]any{vault.FieldAPIKey: curRaw, vault.FieldKeyID: curID})
+	if _, err := kv.Patch(ctx, secretPath, map[string]any{
+		vault.FieldAPIKey: oldRaw, vault.FieldKeyID: portalID,
+		vault.FieldHeader: secret.AuthorizationHeader(secret.Value(oldRaw)).Reveal(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	moved, db := e.otherInstance()
+	if _, err := moved.Rotate(ctx, e.target, rotation.Options{Emergency: true, Manual: true}); err != nil {
+		t.Fatalf("emergency on the new state file: %v", err)
+	}
+	if !e.alive(portalID) {
+		t.Fatalf("the portal key %s, named only by a wrong key_id, was deleted", portalID)
+	}
+	st, err := db.Load(targetName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec := st.Key(portalID); rec == nil || rec.Origin.Managed() {
+		t.Errorf("the portal key is recorded as %+v, want foreign", rec)
+	}
+}
+
 // TestRetireWithServedUnknownSaysHow: the secret's api_key matches no
 // key whose value is known and it has no key_id: the retire pass keeps
 // every key that may be served and fails with ErrServedUnknown, whose

@@ -42,8 +42,9 @@ type Served struct {
 	// the daemon wrote with the key's name).
 	bare bool
 	// labelOnly: bare, of a key the state does not hold as the target's,
-	// while a key the target manages may be the api_key's: the label is
-	// kept, never taken on (see Adopts).
+	// while a key the target manages or takes on in the same look may
+	// be the api_key's: the label is kept, never taken on (see Adopts,
+	// Seen.withState).
 	labelOnly bool
 }
 
@@ -66,22 +67,62 @@ func (s Served) Adopts(k Key, names Names) bool {
 	return s.Is(k.ID) && (!s.labelOnly || names.Own(k.Name))
 }
 
-// withState marks a served key taken by a bare label while a key the
-// state holds as the target's may be the one served (labelOnly).
-func (s Served) withState(st store.Target) Served {
+// withState marks the served key of seen, taken by a bare label, as
+// labelOnly while another key that may be the one served is the
+// target's: one the state holds as its own, or one this look takes on
+// (a key an earlier version of the secret or its previous_key_id names,
+// a key in the target's own shape) unless a version the daemon wrote
+// for it held another value (heldOther). A state file that lost its
+// keys (a migration, a lost or restored file) meets them again in the
+// secret's versions: the target is not new, and a bare label is no
+// hand seed of a new target's. Reconcile and Classify call it, with
+// the look's history in seen.
+func (seen Seen) withState(st store.Target, names Names) Seen {
+	s := seen.Served
 	if !s.bare {
-		return s
+		return seen
 	}
 	if rec := st.Key(s.ID); rec != nil && rec.Origin.Managed() {
-		return s
+		return seen
 	}
-	for _, r := range st.Keys {
-		if r.Origin.Managed() && r.State != store.KeyDeleted && s.maybe[r.ID] {
-			s.labelOnly = true
+	for _, k := range seen.Keys {
+		if k.ID == s.ID || !s.maybe[k.ID] {
+			continue
+		}
+		if rec := st.Key(k.ID); rec != nil {
+			s.labelOnly = rec.Origin.Managed() && rec.State != store.KeyDeleted
+		} else {
+			class, _ := attribute(st, k, seen, names, 0, time.Time{})
+			s.labelOnly = class != ClassForeign && !seen.heldOther(k)
+		}
+		if s.labelOnly {
 			break
 		}
 	}
-	return s
+	seen.Served = s
+	return seen
+}
+
+// heldOther reports whether a version of the secret that the daemon
+// wrote for k (k's key_id and listed name, and not a patch of the
+// version before, which keeps its rotated_at and key_name) held another
+// raw value than the secret holds now: k is not the key served now.
+func (seen Seen) heldOther(k Key) bool {
+	for i, v := range seen.History {
+		s := v.Secret
+		if s == nil || i >= len(seen.HistoryPrints) || s.KeyID != k.ID || s.KeyName == "" || s.KeyName != k.Name || s.RotatedAt.IsZero() {
+			continue
+		}
+		if i > 0 {
+			if prev := seen.History[i-1].Secret; prev != nil && prev.RotatedAt.Equal(s.RotatedAt) && prev.KeyName == s.KeyName {
+				continue // a patch: it keeps both
+			}
+		}
+		if p := seen.HistoryPrints[i]; p != "" && p != seen.SecretPrint {
+			return true
+		}
+	}
+	return false
 }
 
 // Maybe returns the ids that may be the served key, sorted.
@@ -227,6 +268,7 @@ const (
 // Classify says what each of Codat's keys is to the target, as
 // Reconcile would record it (see attribute).
 func Classify(st store.Target, seen Seen, names Names) map[string]Class {
+	seen = seen.withState(st, names)
 	out := make(map[string]Class, len(seen.Keys))
 	for _, k := range seen.Keys {
 		out[k.ID], _ = attribute(st, k, seen, names, 0, time.Time{})
@@ -466,7 +508,7 @@ func See(keys []Key, cur Current, st store.Target, salt []byte) Seen {
 	}
 	seen.known = PrintsOf(st)
 	maps.Copy(seen.known, seen.Prints)
-	seen.Served = FindServed(keys, cur.Secret, PrintsOf(st), seen.SecretPrint).withState(st)
+	seen.Served = FindServed(keys, cur.Secret, PrintsOf(st), seen.SecretPrint)
 	return seen
 }
 
@@ -485,6 +527,7 @@ func See(keys []Key, cur Current, st store.Target, salt []byte) Seen {
 // served one are never orphans. The served key must be known (a
 // rotation refuses to start otherwise).
 func Reconcile(st *store.Target, seen Seen, names Names, grace time.Duration, now time.Time, rotationID string) (orphans []Key) {
+	seen = seen.withState(*st, names)
 	keys, served, secret := seen.Keys, seen.Served, seen.Secret
 	unseen := Stale(*st, Current{Version: seen.Version, Written: seen.Written})
 	st.CodatKeys = len(keys)
