@@ -739,6 +739,50 @@ func TestFreshStateWrongLabelKeepsPortalKey(t *testing.T) {
 	}
 }
 
+// TestTakeoverWrongLabelInHistoryKeepsPortalKey: with a listing without
+// raw keys and no fingerprint known, an operator patches api_key back to
+// an older key under a Portal key's key_id; the patch keeps the key_name
+// of the daemon's version it patched. The next rotations leave the
+// Portal key foreign. A takeover that reads that version later finds the
+// label contradicted by the version's own key_name: the Portal key was
+// never served, is not taken on, and the new owner's emergency leaves it
+// (I6; chaos seed 51004078).
+func TestTakeoverWrongLabelInHistoryKeepsPortalKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{listOmitsRawKeys: true})
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	_, oldRaw := e.servedAt(secretPath)
+	e.mustRotate(rotation.Options{})
+	e.forgetPrints()
+	portalID, _ := e.portalRaw(prefix + "manual-2")
+	if _, err := e.root.KVv2(e.mount).Patch(ctx, secretPath, map[string]any{
+		vault.FieldAPIKey: oldRaw, vault.FieldKeyID: portalID,
+		vault.FieldHeader: secret.AuthorizationHeader(secret.Value(oldRaw)).Reveal(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.mustRotate(rotation.Options{})
+	e.mustRotate(rotation.Options{})
+	other, db := e.otherInstance()
+	if _, err := other.Takeover(ctx, e.target); err != nil {
+		t.Fatalf("takeover: %v", err)
+	}
+	st, err := db.Load(targetName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec := st.Key(portalID); rec == nil || rec.Origin.Managed() {
+		t.Errorf("after the takeover the portal key is recorded as %+v, want foreign", rec)
+	}
+	if _, err := other.Rotate(ctx, e.target, rotation.Options{Emergency: true, Manual: true}); err != nil {
+		t.Fatalf("emergency after the takeover: %v", err)
+	}
+	if !e.alive(portalID) {
+		t.Fatalf("the portal key %s, named only by a wrong key_id in an earlier version, was deleted", portalID)
+	}
+}
+
 // TestRetireWithServedUnknownSaysHow: the secret's api_key matches no
 // key whose value is known and it has no key_id: the retire pass keeps
 // every key that may be served and fails with ErrServedUnknown, whose

@@ -355,9 +355,11 @@ func servedBefore(seen Seen, k Key, kprint string, grace time.Duration, now time
 			served = hprint == kprint
 		default:
 			// Only the label is left: it names k unless the version's
-			// raw value is known to be another key's (a hand patch of
-			// api_key under a wrong key_id).
-			served = v.Secret.KeyID == id && !seen.printOfAnother(hprint, id)
+			// raw value is known to be another key's, or its key_name is
+			// another key's (a hand patch of api_key under a wrong
+			// key_id keeps the key_name of the version it patched).
+			served = v.Secret.KeyID == id && !seen.printOfAnother(hprint, id) &&
+				(v.Secret.KeyName == "" || v.Secret.KeyName == k.Name)
 		}
 		if served {
 			last = i
