@@ -1370,6 +1370,7 @@ func (s *chaosRun) targets() []rotation.Target {
 func (s *chaosRun) attributable(ctx context.Context) map[string]bool {
 	out := map[string]bool{}
 	kv := s.sh.root.KVv2(s.sh.mount)
+	st, _ := s.db.Load(s.target.Name)
 	if list, err := kv.GetVersionsAsList(ctx, s.path); err == nil {
 		for _, v := range list {
 			if v.Destroyed || !v.DeletionTime.IsZero() || s.vbase+v.Version > len(s.versions) {
@@ -1380,14 +1381,19 @@ func (s *chaosRun) attributable(ctx context.Context) map[string]bool {
 				// keeps it, this target never takes it on.
 				continue
 			}
-			// A version written by hand without key_id names its key
-			// only by raw value, which a listing may leave out.
+			// A version written by hand without key_id, or with the
+			// key_id of another key (a patch of api_key that kept or
+			// mislabelled it), names its key only by raw value, which a
+			// listing may leave out: then only a fingerprint the state
+			// holds tells the key.
 			sec, err := kv.GetVersion(ctx, s.path, v.Version)
 			if err != nil {
 				continue
 			}
-			if id, _ := sec.Data[vault.FieldKeyID].(string); id != "" || !s.omitRaw {
-				out[s.versions[s.vbase+v.Version-1].keyID] = true
+			key := s.versions[s.vbase+v.Version-1].keyID
+			id, _ := sec.Data[vault.FieldKeyID].(string)
+			if rec := st.Key(key); id == key || !s.omitRaw || (rec != nil && rec.Fingerprint != "") {
+				out[key] = true
 			}
 		}
 	}
