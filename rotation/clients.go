@@ -100,24 +100,6 @@ func (s *slots) group(target string) []string {
 	return out
 }
 
-// mayShare returns target and every configured target that may share
-// its client: those known to (group), and those of which this process
-// knows no key at all, neither recorded in their state nor listed since
-// start (a state file new after a move, where a target nobody took over
-// has no state yet): nothing says they are on another client. The
-// delete path reads their secrets before it deletes a key. The caller
-// holds e.mu.
-func (e *Engine) mayShare(target string) []string {
-	out := e.slots.group(target)
-	for name := range e.defs {
-		if len(e.slots.seen[name]) == 0 && !slices.Contains(out, name) {
-			out = append(out, name)
-		}
-	}
-	sort.Strings(out)
-	return out
-}
-
 // noteListing records what a target's listing showed.
 func (e *Engine) noteListing(target string, keys []Key) {
 	ids := make([]string, 0, len(keys))

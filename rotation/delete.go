@@ -105,22 +105,24 @@ func (o *ownedElsewhere) Error() string {
 // servedElsewhere returns the other target on t's Codat client whose
 // secret serves key id now (by its value's fingerprint, else by
 // key_id), or "": a secret copied into another target's path is seen
-// before that target looks at it. The targets that may share the
-// client are read, one Vault read each (mayShare); a renamed target is
-// known by its old name's state (noteRenamed).
+// before that target looks at it. The targets known to share the
+// client are read, one Vault read each; a renamed target is known by
+// its old name's state (noteRenamed); the targets whose client is not
+// known yet are read at most once per unplacedFor (unplaced.go).
 func (e *Engine) servedElsewhere(ctx context.Context, t Target, st store.Target, id string) (string, error) {
 	var print string
 	if rec := st.Key(id); rec != nil {
 		print = rec.Fingerprint
 	}
 	e.mu.Lock()
-	group := e.mayShare(t.Name)
+	group := e.slots.group(t.Name)
 	defs := make([]Target, 0, len(group))
 	for _, name := range group {
 		if d, ok := e.defs[name]; ok && name != t.Name && d.Vault != t.Vault {
 			defs = append(defs, d)
 		}
 	}
+	unknown := e.unplacedTargets(t, group)
 	e.mu.Unlock()
 	for _, d := range defs {
 		cur, err := e.Vault.Read(ctx, d.Vault)
@@ -134,5 +136,5 @@ func (e *Engine) servedElsewhere(ctx context.Context, t Target, st store.Target,
 			return d.Name, nil
 		}
 	}
-	return "", nil
+	return e.unplacedServing(ctx, unknown, id, print)
 }

@@ -207,6 +207,8 @@ type Engine struct {
 	defs    map[string]Target       // the targets seen, for the shared cap (clients.go)
 	served  map[string]secret.Value // per target, the key last seen served (early.go)
 	renamed map[string]string       // a read-only engine's renamed targets: new name -> old (clients.go)
+
+	unplaced unplaced // what the secrets of targets on unknown clients served (unplaced.go)
 }
 
 // checkMount checks once per engine that loc's mount is KV v2 (a round
