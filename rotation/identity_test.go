@@ -3,6 +3,7 @@ package rotation_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -749,37 +750,49 @@ func TestFreshStateWrongLabelKeepsPortalKey(t *testing.T) {
 // (I6; chaos seed 51004078).
 func TestTakeoverWrongLabelInHistoryKeepsPortalKey(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envConfig{listOmitsRawKeys: true})
-	ctx := context.Background()
-	e.mustRotate(rotation.Options{})
-	_, oldRaw := e.servedAt(secretPath)
-	e.mustRotate(rotation.Options{})
-	e.forgetPrints()
-	portalID, _ := e.portalRaw(prefix + "manual-2")
-	if _, err := e.root.KVv2(e.mount).Patch(ctx, secretPath, map[string]any{
-		vault.FieldAPIKey: oldRaw, vault.FieldKeyID: portalID,
-		vault.FieldHeader: secret.AuthorizationHeader(secret.Value(oldRaw)).Reveal(),
-	}); err != nil {
-		t.Fatal(err)
-	}
-	e.mustRotate(rotation.Options{})
-	e.mustRotate(rotation.Options{})
-	other, db := e.otherInstance()
-	if _, err := other.Takeover(ctx, e.target); err != nil {
-		t.Fatalf("takeover: %v", err)
-	}
-	st, err := db.Load(targetName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rec := st.Key(portalID); rec == nil || rec.Origin.Managed() {
-		t.Errorf("after the takeover the portal key is recorded as %+v, want foreign", rec)
-	}
-	if _, err := other.Rotate(ctx, e.target, rotation.Options{Emergency: true, Manual: true}); err != nil {
-		t.Fatalf("emergency after the takeover: %v", err)
-	}
-	if !e.alive(portalID) {
-		t.Fatalf("the portal key %s, named only by a wrong key_id in an earlier version, was deleted", portalID)
+	// After one rotation the current version names the label's key as
+	// previous_key_id unless the publish leaves it out; after two, only
+	// an older version names it.
+	for _, rotations := range []int{1, 2} {
+		t.Run(fmt.Sprintf("rotations=%d", rotations), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, envConfig{listOmitsRawKeys: true})
+			ctx := context.Background()
+			e.mustRotate(rotation.Options{})
+			_, oldRaw := e.servedAt(secretPath)
+			e.mustRotate(rotation.Options{})
+			e.forgetPrints()
+			portalID, _ := e.portalRaw(prefix + "manual-2")
+			if _, err := e.root.KVv2(e.mount).Patch(ctx, secretPath, map[string]any{
+				vault.FieldAPIKey: oldRaw, vault.FieldKeyID: portalID,
+				vault.FieldHeader: secret.AuthorizationHeader(secret.Value(oldRaw)).Reveal(),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			for range rotations {
+				e.mustRotate(rotation.Options{})
+			}
+			if prev := e.mustServe().Data[vault.FieldPreviousKeyID]; prev == portalID {
+				t.Errorf("the publish names the portal key %s, kept as another's, as its previous key", portalID)
+			}
+			other, db := e.otherInstance()
+			if _, err := other.Takeover(ctx, e.target); err != nil {
+				t.Fatalf("takeover: %v", err)
+			}
+			st, err := db.Load(targetName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec := st.Key(portalID); rec == nil || rec.Origin.Managed() {
+				t.Errorf("after the takeover the portal key is recorded as %+v, want foreign", rec)
+			}
+			if _, err := other.Rotate(ctx, e.target, rotation.Options{Emergency: true, Manual: true}); err != nil {
+				t.Fatalf("emergency after the takeover: %v", err)
+			}
+			if !e.alive(portalID) {
+				t.Fatalf("the portal key %s, named only by a wrong key_id in an earlier version, was deleted", portalID)
+			}
+		})
 	}
 }
 

@@ -541,7 +541,17 @@ func (r *run) publish(ctx context.Context, k Key) error {
 	now := r.e.now()
 	s := Published{
 		APIKey: k.APIKey, KeyID: k.ID, KeyName: k.Name, CreatedAt: k.Created, RotatedAt: now,
-		PreviousKeyID: r.served.ID, PreviousExpiresAt: now.Add(Grace(r.t, r.opts)), NextRotationAt: r.nextRotation(now),
+		NextRotationAt: r.nextRotation(now),
+	}
+	st, err := r.e.Store.Load(r.t.Name)
+	if err != nil {
+		return err
+	}
+	if rec := st.Key(r.served.ID); rec != nil && rec.Origin.Managed() {
+		// The key superseded, named only when it is the target's: a
+		// label kept as another's (Served.Adopts) would make a later
+		// takeover take that key on through previous_key_id (I6).
+		s.PreviousKeyID, s.PreviousExpiresAt = r.served.ID, now.Add(Grace(r.t, r.opts))
 	}
 	attempts := orDefault(r.e.PublishAttempts, 3)
 	var last error
