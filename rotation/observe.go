@@ -250,7 +250,11 @@ func (e *Engine) settle(ctx context.Context, t Target, v *view, st store.Target,
 		if !dry && e.Store != nil {
 			// Its secret serves the other target's key: that target must
 			// not delete it while this one serves it (deleteKey).
-			if err := e.Store.Update(t.Name, func(st *store.Target) error { st.SharedKey = id; return nil }); err != nil {
+			err := e.Store.Update(t.Name, func(st *store.Target) error {
+				st.SharedKey, st.Vault = id, t.Vault.String() // the location: a rename keeps it (Claims)
+				return nil
+			})
+			if err != nil {
 				return nil, err
 			}
 		}
