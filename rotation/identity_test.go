@@ -991,3 +991,46 @@ func TestMovedStateReadsAnUnknownTargetsSecret(t *testing.T) {
 		t.Errorf("a's emergency: %v; want its retire refused, naming b", err)
 	}
 }
+
+// TestUnplacedTargetSharesTheStrictestReserve: b keeps one slot in
+// reserve, a none, on one Codat client. The daemon moves to a new state
+// file and only a is taken over: the new file knows nothing of b. a's
+// first look reads b's secret (once, with every other target whose
+// client is not known), finds it serves a key a's listing holds, and so
+// applies b's reserve: a's routine rotations stop at max_keys - 1.
+func TestUnplacedTargetSharesTheStrictestReserve(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{emuMaxKeys: 20})
+	ctx := context.Background()
+	e.target.ReserveSlots = 0
+	e.target.Grace = time.Hour
+	e.mustRotate(rotation.Options{})
+	_, bRaw := e.portalRaw("b's first key")
+	tb := other(e.target, "b", "codat/b")
+	tb.ReserveSlots = 1
+	tb.Bootstrap = func() (codat.Secret, error) { return codat.Secret(bRaw), nil }
+	if _, err := e.engine.Rotate(ctx, tb, rotation.Options{Manual: true}); err != nil {
+		t.Fatalf("b: %v", err)
+	}
+	moved, _ := e.otherInstance()
+	if err := moved.Know(e.target, tb); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := moved.Takeover(ctx, e.target); err != nil {
+		t.Fatalf("takeover of a: %v", err)
+	}
+	for range 12 {
+		if _, err := moved.Rotate(ctx, e.target, rotation.Options{}); err != nil {
+			if !errors.Is(err, rotation.ErrNoRoom) {
+				t.Fatalf("a: %v", err)
+			}
+			break
+		}
+	}
+	if n := len(e.activeKeys()); n > 9 {
+		t.Fatalf("routine rotations of a filled the client to %d keys: b's reserve is gone", n)
+	}
+	if capped, stricter := moved.Strictest(e.target); !stricter || capped.ReserveSlots != 1 {
+		t.Errorf("Strictest(a) = %+v, %v; want reserve 1 from b", capped, stricter)
+	}
+}

@@ -135,6 +135,7 @@ func (e *Engine) look(ctx context.Context, t Target, o lookOpts) (view, error) {
 	v.Client = client
 	if !v.Bootstrap {
 		e.noteListing(t.Name, keys)
+		e.placeUnplaced(ctx, t, keys)
 	}
 	st, err := e.load(t.Name)
 	if err != nil {

@@ -56,12 +56,55 @@ func (e *Engine) unplacedTargets(t Target, group []string) []Target {
 }
 
 // unplacedServing returns the unplaced target among defs whose secret
-// serves key id (by print when known, else by key_id), reading the
-// secrets whose last read is older than unplacedFor.
+// serves key id (by print when known, else by key_id).
 func (e *Engine) unplacedServing(ctx context.Context, defs []Target, id, print string) (string, error) {
-	if len(defs) == 0 {
-		return "", nil
+	seen, err := e.unplacedSecrets(ctx, defs)
+	if err != nil {
+		return "", fmt.Errorf("%w, which may serve key %s", err, id)
 	}
+	for _, d := range defs {
+		s := seen[d.Name]
+		if (print != "" && s.print == print) || (print == "" && s.keyID != "" && s.keyID == id) {
+			return d.Name, nil
+		}
+	}
+	return "", nil
+}
+
+// placeUnplaced puts into t's group every unplaced target whose secret
+// serves a key t's listing holds: the two share a Codat client, so the
+// strictest reserve applies to both from now (Know's rule), and the
+// delete path reads that secret on every delete. A secret that cannot be
+// read places nothing; the delete path, which reads it again, fails
+// closed.
+func (e *Engine) placeUnplaced(ctx context.Context, t Target, keys []Key) {
+	e.mu.Lock()
+	defs := e.unplacedTargets(t, e.slots.group(t.Name))
+	e.mu.Unlock()
+	if len(defs) == 0 || len(keys) == 0 {
+		return
+	}
+	seen, err := e.unplacedSecrets(ctx, defs)
+	if err != nil {
+		e.log().Debug("could not read every target whose codat client is not known", "target", t.Name, "error", err)
+	}
+	listed := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		listed[k.ID] = true
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, d := range defs {
+		if s, ok := seen[d.Name]; ok && listed[s.keyID] && len(e.slots.seen[d.Name]) == 0 {
+			e.slots.noteKeys(d.Name, []string{s.keyID})
+		}
+	}
+}
+
+// unplacedSecrets returns what the secrets of defs served, reading those
+// whose last read is older than unplacedFor; on a read error, what it
+// has.
+func (e *Engine) unplacedSecrets(ctx context.Context, defs []Target) (map[string]unplacedSecret, error) {
 	u := &e.unplaced
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -72,16 +115,14 @@ func (e *Engine) unplacedServing(ctx context.Context, defs []Target, id, print s
 			stale = append(stale, d)
 		}
 	}
-	if err := e.readUnplaced(ctx, stale, now); err != nil {
-		return "", fmt.Errorf("%w, which may serve key %s", err, id)
-	}
+	err := e.readUnplaced(ctx, stale, now)
+	out := make(map[string]unplacedSecret, len(defs))
 	for _, d := range defs {
-		s := u.seen[d.Name]
-		if (print != "" && s.print == print) || (print == "" && s.keyID != "" && s.keyID == id) {
-			return d.Name, nil
+		if s, ok := u.seen[d.Name]; ok {
+			out[d.Name] = s
 		}
 	}
-	return "", nil
+	return out, err
 }
 
 // readUnplaced reads the secrets of defs, unplacedReads at a time, into
@@ -91,16 +132,24 @@ func (e *Engine) readUnplaced(ctx context.Context, defs []Target, now time.Time)
 		e.unplaced.seen = map[string]unplacedSecret{}
 	}
 	var (
-		mu    sync.Mutex
-		first error
-		wg    sync.WaitGroup
-		sem   = make(chan struct{}, unplacedReads)
+		mu     sync.Mutex
+		first  error
+		raised any // a read's panic, raised again in the caller
+		wg     sync.WaitGroup
+		sem    = make(chan struct{}, unplacedReads)
 	)
 	for _, d := range defs {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
+			defer func() {
+				if p := recover(); p != nil {
+					mu.Lock()
+					raised = p
+					mu.Unlock()
+				}
+			}()
 			cur, err := e.Vault.Read(ctx, d.Vault)
 			mu.Lock()
 			defer mu.Unlock()
@@ -118,5 +167,8 @@ func (e *Engine) readUnplaced(ctx context.Context, defs []Target, now time.Time)
 		}()
 	}
 	wg.Wait()
+	if raised != nil {
+		panic(raised)
+	}
 	return first
 }
