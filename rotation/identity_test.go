@@ -41,6 +41,20 @@ func (e *env) servedAt(path string) (id, raw string) {
 	return id, raw
 }
 
+// patchKey changes the secret's api_key (and its header) by hand to
+// raw, as `vault kv patch` does, and its key_id to keyID when one is
+// given; the other fields stay.
+func (e *env) patchKey(raw, keyID string) {
+	e.t.Helper()
+	data := map[string]any{vault.FieldAPIKey: raw, vault.FieldHeader: secret.AuthorizationHeader(secret.Value(raw)).Reveal()}
+	if keyID != "" {
+		data[vault.FieldKeyID] = keyID
+	}
+	if _, err := e.root.KVv2(e.mount).Patch(context.Background(), secretPath, data); err != nil {
+		e.t.Fatalf("vault kv patch %s: %v", secretPath, err)
+	}
+}
+
 // put writes data at path by hand, as `vault kv put` does.
 func (e *env) put(path string, data map[string]any) {
 	e.t.Helper()
@@ -199,11 +213,7 @@ func TestHandPatchedSecretBlindListing(t *testing.T) {
 	e.mustRotate(rotation.Options{})
 	newID, _ := e.servedAt(secretPath)
 	// vault kv patch api_key=<older key> authorization_header=<its header>
-	if _, err := e.root.KVv2(e.mount).Patch(context.Background(), secretPath, map[string]any{
-		vault.FieldAPIKey: oldRaw, vault.FieldHeader: secret.AuthorizationHeader(secret.Value(oldRaw)).Reveal(),
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.patchKey(oldRaw, "")
 	e.clock.Advance(grace + time.Minute)
 	ids, err := e.retireDue()
 	if !e.alive(oldID) {
@@ -537,12 +547,7 @@ func TestPatchUnderWrongLabelKeepsPortalKey(t *testing.T) {
 	_, oldRaw := e.servedAt(secretPath)
 	e.mustRotate(rotation.Options{})
 	portalID, _ := e.portalRaw("someone's portal key")
-	if _, err := e.root.KVv2(e.mount).Patch(context.Background(), secretPath, map[string]any{
-		vault.FieldAPIKey: oldRaw, vault.FieldKeyID: portalID,
-		vault.FieldHeader: secret.AuthorizationHeader(secret.Value(oldRaw)).Reveal(),
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.patchKey(oldRaw, portalID)
 	e.mustRotate(rotation.Options{})
 	st := e.state()
 	if rec := st.Key(portalID); rec == nil || rec.Origin.Managed() {
@@ -627,11 +632,7 @@ func TestTakeoverAfterTwoHandPatches(t *testing.T) {
 	e.mustRotate(rotation.Options{})
 	_, curRaw := e.servedAt(secretPath)
 	patch := func(raw string) {
-		if _, err := e.root.KVv2(e.mount).Patch(ctx, secretPath, map[string]any{
-			vault.FieldAPIKey: raw, vault.FieldHeader: secret.AuthorizationHeader(secret.Value(raw)).Reveal(),
-		}); err != nil {
-			t.Fatal(err)
-		}
+		e.patchKey(raw, "")
 	}
 	e.clock.Advance(2 * grace)
 	patch(oldRaw) // the older key is served again...
@@ -679,12 +680,7 @@ func TestWrongLabelWithoutPrintsKeepsPortalKey(t *testing.T) {
 	e.mustRotate(rotation.Options{})
 	e.forgetPrints()
 	portalID, _ := e.portalRaw("someone's portal key")
-	if _, err := e.root.KVv2(e.mount).Patch(context.Background(), secretPath, map[string]any{
-		vault.FieldAPIKey: oldRaw, vault.FieldKeyID: portalID,
-		vault.FieldHeader: secret.AuthorizationHeader(secret.Value(oldRaw)).Reveal(),
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.patchKey(oldRaw, portalID)
 	e.mustRotate(rotation.Options{Emergency: true, Manual: true})
 	if !e.alive(portalID) {
 		t.Fatalf("the portal key %s, named only by a wrong key_id, was deleted", portalID)
@@ -763,12 +759,7 @@ func TestTakeoverWrongLabelInHistoryKeepsPortalKey(t *testing.T) {
 			e.mustRotate(rotation.Options{})
 			e.forgetPrints()
 			portalID, _ := e.portalRaw(prefix + "manual-2")
-			if _, err := e.root.KVv2(e.mount).Patch(ctx, secretPath, map[string]any{
-				vault.FieldAPIKey: oldRaw, vault.FieldKeyID: portalID,
-				vault.FieldHeader: secret.AuthorizationHeader(secret.Value(oldRaw)).Reveal(),
-			}); err != nil {
-				t.Fatal(err)
-			}
+			e.patchKey(oldRaw, portalID)
 			for range rotations {
 				e.mustRotate(rotation.Options{})
 			}
