@@ -1025,3 +1025,32 @@ func TestUnplacedTargetSharesTheStrictestReserve(t *testing.T) {
 		t.Errorf("Strictest(a) = %+v, %v; want reserve 1 from b", capped, stricter)
 	}
 }
+
+// TestOperatorPublishAfterLostPrintsIsTakenOn: no fingerprint is known
+// (a takeover with a blind listing), and an operator publishes a Portal
+// key whole with its key_id, as a served key in doubt asks (`vault kv
+// put api_key=… key_id=…` over the daemon's version: no key_name). That
+// label is the operator's answer, not a patch under a wrong key_id: the
+// key is taken on, and retires after the next rotation's grace.
+func TestOperatorPublishAfterLostPrintsIsTakenOn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{listOmitsRawKeys: true})
+	e.mustRotate(rotation.Options{})
+	e.mustRotate(rotation.Options{})
+	e.forgetPrints()
+	portalID, portalRaw := e.portalRaw(prefix + "manual-1")
+	e.put(secretPath, map[string]any{vault.FieldAPIKey: portalRaw, vault.FieldKeyID: portalID})
+	e.mustRotate(rotation.Options{})
+	st := e.state()
+	if rec := st.Key(portalID); rec == nil || !rec.Origin.Managed() || rec.State != store.KeyRetiring {
+		t.Fatalf("the key the operator published whole is recorded as %+v, want taken on and retiring", rec)
+	}
+	e.clock.Advance(grace + time.Minute)
+	if _, err := e.retireDue(); err != nil {
+		t.Fatal(err)
+	}
+	if e.alive(portalID) {
+		t.Errorf("the key the operator published, superseded a grace ago, is still alive")
+	}
+	e.checkInvariants()
+}

@@ -79,7 +79,7 @@ func (s Served) Adopts(k Key, names Names) bool {
 // the look's history in seen.
 func (seen Seen) withState(st store.Target, names Names) Seen {
 	s := seen.Served
-	if !s.bare {
+	if !s.bare || seen.labelAdded() {
 		return seen
 	}
 	if rec := st.Key(s.ID); rec != nil && rec.Origin.Managed() {
@@ -101,6 +101,30 @@ func (seen Seen) withState(st store.Target, names Names) Seen {
 	}
 	seen.Served = s
 	return seen
+}
+
+// labelAdded reports whether the secret's key_id, written by hand (no
+// key_name), is an operator's answer naming the key Vault serves, as a
+// served key that cannot be told asks: the label added onto the raw value
+// the version before already held (`vault kv patch key_id=…`), or a key
+// published whole over a version the daemon wrote (`vault kv put
+// api_key=… key_id=…`: a patch would have kept that version's key_name).
+// A hand write over a hand write that changes value and label together
+// (a patch of api_key back to an older key under another key's key_id)
+// is no such answer.
+func (seen Seen) labelAdded() bool {
+	s, n := seen.Secret, len(seen.History)
+	if s == nil || s.KeyName != "" || n < 2 || n > len(seen.HistoryPrints) || seen.History[n-1].Version != seen.Version {
+		return false
+	}
+	prev := seen.History[n-2].Secret
+	if prev == nil {
+		return false
+	}
+	if prev.KeyName != "" && !prev.RotatedAt.IsZero() {
+		return true
+	}
+	return prev.KeyID != s.KeyID && seen.HistoryPrints[n-2] != "" && seen.HistoryPrints[n-2] == seen.SecretPrint
 }
 
 // heldOther reports whether a version of the secret that the daemon
@@ -212,7 +236,9 @@ func FindServed(keys []Key, s *Published, prints Prints, fp string) Served {
 		}
 	case idOpen:
 		out.ID = s.KeyID
-		out.bare = s.KeyName == "" || !slices.ContainsFunc(keys, func(k Key) bool { return k.ID == s.KeyID && k.Name == s.KeyName })
+		// The daemon writes a key's listed name beside its id (a nameless
+		// key's empty one too); a patch keeps the old key_name.
+		out.bare = !slices.ContainsFunc(keys, func(k Key) bool { return k.ID == s.KeyID && k.Name == s.KeyName })
 		out.Doubt = fmt.Sprintf("the secret's api_key matches no key this daemon made or published, and codat's listing shows no raw keys: key_id %s is taken as served, and every key that may be it is kept (%d keys)", s.KeyID, len(open))
 	case s.KeyID != "" && len(open) == 0:
 		// Every listed key's value is known and none is the api_key:
