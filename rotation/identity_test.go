@@ -1054,3 +1054,76 @@ func TestOperatorPublishAfterLostPrintsIsTakenOn(t *testing.T) {
 	}
 	e.checkInvariants()
 }
+
+// TestTakeBackKnowsTheNewTag: the secret's metadata was deleted, and a
+// daemon on another state file took the target on under a new tag (no
+// tag left to read back). Taken back by the first state file, which
+// keeps its own older tag, the target still knows keys in the tag the
+// metadata now records as its own: a crash's leftover in that shape is
+// its orphan, never left foreign (I5).
+func TestTakeBackKnowsTheNewTag(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	tagA := e.state().Tag
+	id, raw := e.servedAt(secretPath)
+	if err := e.root.KVv2(e.mount).DeleteMetadata(ctx, secretPath); err != nil {
+		t.Fatal(err)
+	}
+	e.put(secretPath, map[string]any{vault.FieldAPIKey: raw, vault.FieldKeyID: id})
+	moved, db := e.otherInstance()
+	if _, err := moved.Rotate(ctx, e.target, rotation.Options{Manual: true}); err != nil {
+		t.Fatalf("the other state file's rotation: %v", err)
+	}
+	tagB := mustLoad(t, db, targetName).Tag
+	if tagB == "" || tagB == tagA {
+		t.Fatalf("the other state file's tag %q, want a new one (first: %q)", tagB, tagA)
+	}
+	orphanID, _ := e.portalRaw(rotation.Names{Prefix: e.target.Prefix, Tag: tagB}.New(e.clock.Now()))
+	if _, err := e.engine.Takeover(ctx, e.target); err != nil {
+		t.Fatalf("take back: %v", err)
+	}
+	e.mustRotate(rotation.Options{Manual: true})
+	st := e.state()
+	if rec := st.Key(orphanID); e.alive(orphanID) && (rec == nil || !rec.Origin.Managed()) {
+		t.Errorf("a key in the shape of the tag the metadata records is %+v and alive, want it the target's (an orphan, deleted)", rec)
+	}
+	e.checkInvariants()
+}
+
+// TestRecoveryAfterMetadataDeleteOnTheJournalsVersion: a crash right
+// before the publish left the journal at Vault's version v. Then the
+// metadata was deleted (versions restart at 1) and hand writes brought
+// Vault back to version v, serving another key. The version number
+// alone says nothing moved; the time Vault wrote it does. The recovery
+// does not publish over those writes: the key Vault served meanwhile is
+// recorded and keeps a full grace.
+func TestRecoveryAfterMetadataDeleteOnTheJournalsVersion(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envConfig{})
+	ctx := context.Background()
+	e.mustRotate(rotation.Options{})
+	c := &crasher{at: func(c call, _ *crasher) bool { return c.svc == "vault" && c.op == "write" && !c.after }}
+	if _, crashed := e.rotateUntilCrash(c, rotation.Options{}); !crashed {
+		t.Fatal("no crash before the publish")
+	}
+	v := e.state().Journal.VaultVersion
+	if err := e.root.KVv2(e.mount).DeleteMetadata(ctx, secretPath); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Minute)
+	handID, handRaw := e.portalRaw("published by hand")
+	for range v {
+		e.put(secretPath, map[string]any{vault.FieldAPIKey: handRaw, vault.FieldKeyID: handID})
+	}
+	if got := e.vaultVersion(); got != v {
+		t.Fatalf("vault at version %d, want the journal's %d", got, v)
+	}
+	e.mustRotate(rotation.Options{Manual: true})
+	st := e.state()
+	if rec := st.Key(handID); rec == nil || !rec.Origin.Managed() || rec.State != store.KeyRetiring || rec.DeleteAfter.Before(e.clock.Now().Add(grace)) {
+		t.Errorf("the key vault served since the crash is %+v, want taken on and retiring a full grace from now", rec)
+	}
+	e.checkInvariants()
+}

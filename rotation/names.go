@@ -38,6 +38,21 @@ const nameAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
 type Names struct {
 	Prefix string
 	Tag    string
+	// Also is another tag the target's keys carry: the one the secret's
+	// metadata records when it differs from the state's (the state file
+	// of an earlier owner of this path taken back, after the target made
+	// keys under a new tag elsewhere). New names never use it.
+	Also string
+}
+
+// withMetadata returns n recognising also the tag the secret's custom
+// metadata records: the last publisher of this path named its keys so,
+// and only this target publishes there (ownership moves by takeover).
+func (n Names) withMetadata(md map[string]string) Names {
+	if tag := md[MetadataKeyTag]; ValidTag(tag) && tag != n.Tag {
+		n.Also = tag
+	}
+	return n
 }
 
 // NamesOf returns the naming of t's keys under tag, the target's tag in
@@ -92,9 +107,13 @@ var suffixPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$`)
 // the shape of older releases (prefix, timestamp, random, no tag) are
 // not (I6); the state and Vault's history vouch for those.
 func (n Names) Own(name string) bool {
-	if n.Tag == "" {
-		return false
+	for _, tag := range []string{n.Tag, n.Also} {
+		if tag == "" {
+			continue
+		}
+		if rest, ok := strings.CutPrefix(name, n.Prefix+tag+"-"); ok && suffixPattern.MatchString(rest) {
+			return true
+		}
 	}
-	rest, ok := strings.CutPrefix(name, n.Prefix+n.Tag+"-")
-	return ok && suffixPattern.MatchString(rest)
+	return false
 }

@@ -207,7 +207,7 @@ func (e *Engine) settle(ctx context.Context, t Target, v *view, st store.Target,
 		if st.Tag == "" {
 			st.Tag = tag
 		}
-		orphans := Reconcile(&st, v.Seen, NamesOf(t, st.Tag), t.Grace, now, rotationID)
+		orphans := Reconcile(&st, v.Seen, NamesOf(t, st.Tag).withMetadata(v.Metadata), t.Grace, now, rotationID)
 		return st, orphans
 	}
 	after, orphans := try(st)
@@ -291,7 +291,7 @@ func (e *Engine) settle(ctx context.Context, t Target, v *view, st store.Target,
 		if st.Tag == "" {
 			st.Tag = tag
 		}
-		names := NamesOf(t, st.Tag)
+		names := NamesOf(t, st.Tag).withMetadata(v.Metadata)
 		orphans := Reconcile(st, v.Seen, names, t.Grace, now, rotationID)
 		for _, id := range Adoptions(before, *st) {
 			// A key another target took on is left to it, unless it

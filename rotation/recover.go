@@ -38,7 +38,7 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 	if err != nil {
 		return false, err
 	}
-	r.names = NamesOf(r.t, r.e.tagFor(r.t, st, v.Metadata))
+	r.names = NamesOf(r.t, r.e.tagFor(r.t, st, v.Metadata)).withMetadata(v.Metadata)
 	keys := r.keys
 
 	if j.NewKeyID != "" && r.served.Is(j.NewKeyID) && r.secret.KeyID == j.NewKeyID {
@@ -72,7 +72,12 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		}
 		return true, r.revoke(ctx)
 	}
-	if cur.Version != j.VaultVersion {
+	// Vault moved since the journal began: by version number, or by the
+	// time Vault wrote the version the state saw (`vault kv metadata
+	// delete` restarts the numbers, and two writes since can land on
+	// the journal's number).
+	moved := cur.Version != j.VaultVersion || (st.VaultVersion == j.VaultVersion && Stale(st, cur))
+	if moved {
 		maySupersede := MaySupersede(j)
 		for _, k := range journaled(keys, j) {
 			if rec := st.Key(k.ID); rec != nil && rec.Origin.Managed() && (rec.State == store.KeyActive || rec.State == store.KeyRetiring) {
@@ -103,7 +108,7 @@ func (r *run) recover(ctx context.Context, j store.Journal) (done bool, err erro
 		log.Info("the journaled key does not exist (or was unusable); starting afresh", "name", j.Name, "key_id", j.NewKeyID)
 		return false, r.forget(j)
 	}
-	if cur.Version != j.VaultVersion {
+	if moved {
 		// Vault changed before anything was published: publishing would
 		// race whoever wrote it. Roll back and start afresh.
 		log.Warn("vault changed since the rotation began; rolling back", "journal_version", j.VaultVersion, "vault_version", cur.Version)
